@@ -1,0 +1,156 @@
+//! A batch of puzzles: token ids and puzzle identifiers, checked against the
+//! model's vocabulary and puzzle table.
+
+use std::ops::Range;
+use std::path::Path;
+
+use crate::config::TrmConfig;
+use crate::error::{Result, TrmError};
+use crate::tensor_file;
+
+/// Puzzles ready to solve: `B x seq_len` token ids and `B` puzzle identifiers,
+/// all within the model's ranges.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PuzzleBatch {
+    seq_len: usize,
+    tokens: Vec<u32>,
+    puzzle_ids: Vec<u32>,
+}
+
+impl PuzzleBatch {
+    /// Checks and wraps `tokens` (row-major `[B, seq_len]`) and optional
+    /// `puzzle_ids` (`[B]`, default 0) for the model `config`.
+    pub fn new(config: &TrmConfig, tokens: &[i64], puzzle_ids: Option<&[i64]>) -> Result<Self> {
+        let seq_len = config.seq_len;
+        if tokens.is_empty() {
+            return Err(TrmError::Input("the batch holds no puzzles".into()));
+        }
+        if tokens.len() % seq_len != 0 {
+            return Err(TrmError::Input(format!(
+                "{} token ids do not split into puzzles of seq_len {seq_len}",
+                tokens.len()
+            )));
+        }
+        let batch = tokens.len() / seq_len;
+        let mut checked = Vec::with_capacity(tokens.len());
+        for (i, &t) in tokens.iter().enumerate() {
+            if t < 0 || t as u64 >= config.vocab_size as u64 {
+                return Err(TrmError::TokenOutOfRange {
+                    puzzle: i / seq_len,
+                    position: i % seq_len,
+                    value: t,
+                    vocab_size: config.vocab_size,
+                });
+            }
+            checked.push(t as u32);
+        }
+        let ids = match puzzle_ids {
+            None => vec![0; batch],
+            Some(ids) => {
+                if ids.len() != batch {
+                    return Err(TrmError::Input(format!(
+                        "{} puzzle identifiers for {batch} puzzles",
+                        ids.len()
+                    )));
+                }
+                let limit = config.num_puzzle_identifiers;
+                ids.iter()
+                    .enumerate()
+                    .map(|(puzzle, &v)| {
+                        if v < 0 || v as u64 >= limit as u64 {
+                            Err(TrmError::PuzzleIdOutOfRange {
+                                puzzle,
+                                value: v,
+                                num_puzzle_identifiers: limit,
+                            })
+                        } else {
+                            Ok(v as u32)
+                        }
+                    })
+                    .collect::<Result<Vec<u32>>>()?
+            }
+        };
+        Ok(PuzzleBatch {
+            seq_len,
+            tokens: checked,
+            puzzle_ids: ids,
+        })
+    }
+
+    /// Reads `trm run`'s input file: `inputs` (int32 or int64, `[B, seq_len]`)
+    /// and optionally `puzzle_identifiers` (int32 or int64, `[B]`).
+    pub fn load(path: impl AsRef<Path>, config: &TrmConfig) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = tensor_file::read_file(path)?;
+        Self::from_safetensors_bytes(&bytes, &path.display().to_string(), config)
+    }
+
+    /// As [`PuzzleBatch::load`], from a buffer; `what` names it in errors.
+    pub fn from_safetensors_bytes(bytes: &[u8], what: &str, config: &TrmConfig) -> Result<Self> {
+        let file = tensor_file::parse(bytes, what)?;
+        let inputs = file
+            .tensor("inputs")
+            .map_err(|_| TrmError::Input(format!("{what} has no tensor `inputs`")))?;
+        if inputs.shape().len() != 2 || inputs.shape()[1] != config.seq_len {
+            return Err(TrmError::Input(format!(
+                "`inputs` must have shape [B, {}], got {:?}",
+                config.seq_len,
+                inputs.shape()
+            )));
+        }
+        let tokens = tensor_file::to_i64("inputs", &inputs)?;
+        let ids = match file.tensor("puzzle_identifiers") {
+            Err(_) => None,
+            Ok(view) => {
+                if view.shape() != [inputs.shape()[0]] {
+                    return Err(TrmError::Input(format!(
+                        "`puzzle_identifiers` must have shape [{}], got {:?}",
+                        inputs.shape()[0],
+                        view.shape()
+                    )));
+                }
+                Some(tensor_file::to_i64("puzzle_identifiers", &view)?)
+            }
+        };
+        Self::new(config, &tokens, ids.as_deref())
+    }
+
+    /// Number of puzzles B.
+    pub fn len(&self) -> usize {
+        self.puzzle_ids.len()
+    }
+
+    /// Whether the batch is empty (never true for a batch built by `new`).
+    pub fn is_empty(&self) -> bool {
+        self.puzzle_ids.is_empty()
+    }
+
+    /// Tokens per puzzle.
+    pub fn seq_len(&self) -> usize {
+        self.seq_len
+    }
+
+    /// All token ids, row-major `[B, seq_len]`.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Puzzle identifiers, `[B]`.
+    pub fn puzzle_ids(&self) -> &[u32] {
+        &self.puzzle_ids
+    }
+
+    /// Token ids of puzzle `i`.
+    pub fn puzzle_tokens(&self, i: usize) -> &[u32] {
+        &self.tokens[i * self.seq_len..(i + 1) * self.seq_len]
+    }
+
+    /// The puzzles in `range` as a batch of their own (for splitting).
+    pub fn slice(&self, range: Range<usize>) -> PuzzleBatch {
+        PuzzleBatch {
+            seq_len: self.seq_len,
+            tokens: self.tokens[range.start * self.seq_len..range.end * self.seq_len].to_vec(),
+            puzzle_ids: self.puzzle_ids[range].to_vec(),
+        }
+    }
+}

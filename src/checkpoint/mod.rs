@@ -1,0 +1,8 @@
+//! Checkpoint formats.
+//!
+//! - [`model_file`]: the project's format, a safetensors file whose header
+//!   metadata key `config` holds the configuration as JSON (the golden format).
+//! - the authors' `torch.save` state dicts (`step_N` + `all_config.yaml` +
+//!   `dataset.json`), read without Python and converted to the former.
+
+pub mod model_file;

@@ -1,0 +1,58 @@
+//! Command-line interface of `trm`.
+
+mod info;
+mod run;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use trm_wgpu::{LoadOptions, Result, TrmModel};
+
+/// Tiny Recursive Model inference on CPU and GPU.
+#[derive(Parser, Debug)]
+#[command(name = "trm", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Solve a batch of puzzles and write the outputs.
+    Run(run::RunArgs),
+    /// Print a checkpoint's configuration, parameter count and cost.
+    Info(info::InfoArgs),
+}
+
+/// Model loading flags shared by the subcommands.
+#[derive(clap::Args, Debug)]
+pub struct ModelArgs {
+    /// Checkpoint in the project's format (safetensors with the config in
+    /// the header metadata).
+    #[arg(long, short = 'm')]
+    pub model: PathBuf,
+    /// Accept (and list) tensors the configuration does not use.
+    #[arg(long)]
+    pub allow_unexpected: bool,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<TrmModel> {
+        let options = LoadOptions::default().allow_unexpected(self.allow_unexpected);
+        let model = TrmModel::load_with(&self.model, &options, None)?;
+        if !model.ignored_tensors().is_empty() {
+            eprintln!(
+                "warning: ignored tensors the configuration does not use: {}",
+                model.ignored_tensors().join(", ")
+            );
+        }
+        Ok(model)
+    }
+}
+
+pub fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Info(args) => info::info(args),
+    }
+}

@@ -1,0 +1,463 @@
+//! The model configuration, under the official field names, and the sizes
+//! derived from it (see `shared/TRM.md`, Configuration).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrmError};
+
+/// Positional encoding of the model (`pos_encodings`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PosEncodings {
+    /// No positional information (the Sudoku MLP-mixer).
+    None,
+    /// Rotary embeddings on q and k (attention variant).
+    Rope,
+    /// A learned `[S, D]` table added at embedding time.
+    Learned,
+}
+
+impl PosEncodings {
+    /// The official spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PosEncodings::None => "none",
+            PosEncodings::Rope => "rope",
+            PosEncodings::Learned => "learned",
+        }
+    }
+}
+
+impl std::str::FromStr for PosEncodings {
+    type Err = TrmError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "none" => Ok(PosEncodings::None),
+            "rope" => Ok(PosEncodings::Rope),
+            "learned" => Ok(PosEncodings::Learned),
+            other => Err(TrmError::Config(format!(
+                "pos_encodings `{other}` is not one of none, rope, learned"
+            ))),
+        }
+    }
+}
+
+/// Upper bound on any single size of a configuration. Generous for TRM
+/// (D = 512, S = 916), small enough that products of a few sizes cannot
+/// overflow a `u64` and a lying header cannot ask for absurd allocations.
+const MAX_DIM: usize = 1 << 20;
+
+/// Upper bound on the element count of the whole parameter set (16 GiB of
+/// f32): far above any TRM, far below what would overflow.
+const MAX_PARAMETERS: u64 = 1 << 32;
+
+/// TRM configuration with the official field names (`arch` section of the
+/// authors' `all_config.yaml`, plus `seq_len`, `vocab_size` and
+/// `num_puzzle_identifiers` from the data set).
+///
+/// Build one with [`TrmConfig::from_json`] or by filling the fields and
+/// calling [`TrmConfig::validate`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawConfig")]
+pub struct TrmConfig {
+    /// Tokens per puzzle.
+    pub seq_len: usize,
+    /// Number of token ids.
+    pub vocab_size: usize,
+    /// Rows of the puzzle-embedding table.
+    pub num_puzzle_identifiers: usize,
+    /// Width D.
+    pub hidden_size: usize,
+    /// SwiGLU expansion factor.
+    pub expansion: f64,
+    /// Attention heads (attention variant only).
+    pub num_heads: usize,
+    /// T: answer updates per ACT step.
+    #[serde(rename = "H_cycles")]
+    pub h_cycles: usize,
+    /// n: latent updates per answer update.
+    #[serde(rename = "L_cycles")]
+    pub l_cycles: usize,
+    /// Blocks in the network.
+    #[serde(rename = "L_layers")]
+    pub l_layers: usize,
+    /// N_sup: ACT (supervision) steps.
+    pub halt_max_steps: usize,
+    /// true: MLP-mixer block; false: attention block.
+    pub mlp_t: bool,
+    /// Positional encoding.
+    pub pos_encodings: PosEncodings,
+    /// Puzzle-embedding width (0: none).
+    pub puzzle_emb_ndim: usize,
+    /// Positions the puzzle embedding takes (0: ceil(puzzle_emb_ndim / D)).
+    pub puzzle_emb_len: usize,
+    /// Epsilon of every RMSNorm.
+    pub rms_norm_eps: f64,
+    /// Base of the rotary frequencies.
+    pub rope_theta: f64,
+}
+
+/// What a configuration file may say; missing fields get the official
+/// defaults in the conversion to [`TrmConfig`].
+#[derive(Deserialize)]
+struct RawConfig {
+    seq_len: usize,
+    vocab_size: usize,
+    #[serde(default = "default_num_puzzle_identifiers")]
+    num_puzzle_identifiers: usize,
+    hidden_size: usize,
+    expansion: f64,
+    #[serde(default = "default_num_heads")]
+    num_heads: usize,
+    #[serde(rename = "H_cycles")]
+    h_cycles: usize,
+    #[serde(rename = "L_cycles")]
+    l_cycles: usize,
+    #[serde(rename = "L_layers")]
+    l_layers: usize,
+    halt_max_steps: usize,
+    #[serde(default)]
+    mlp_t: bool,
+    pos_encodings: String,
+    #[serde(default)]
+    puzzle_emb_ndim: usize,
+    #[serde(default)]
+    puzzle_emb_len: Option<usize>,
+    #[serde(default = "default_rms_norm_eps")]
+    rms_norm_eps: f64,
+    #[serde(default = "default_rope_theta")]
+    rope_theta: f64,
+}
+
+fn default_num_puzzle_identifiers() -> usize {
+    1
+}
+fn default_num_heads() -> usize {
+    1
+}
+fn default_rms_norm_eps() -> f64 {
+    1e-5
+}
+fn default_rope_theta() -> f64 {
+    10000.0
+}
+
+impl TryFrom<RawConfig> for TrmConfig {
+    type Error = TrmError;
+    fn try_from(raw: RawConfig) -> Result<Self> {
+        let config = TrmConfig {
+            seq_len: raw.seq_len,
+            vocab_size: raw.vocab_size,
+            num_puzzle_identifiers: raw.num_puzzle_identifiers,
+            hidden_size: raw.hidden_size,
+            expansion: raw.expansion,
+            num_heads: raw.num_heads,
+            h_cycles: raw.h_cycles,
+            l_cycles: raw.l_cycles,
+            l_layers: raw.l_layers,
+            halt_max_steps: raw.halt_max_steps,
+            mlp_t: raw.mlp_t,
+            pos_encodings: raw.pos_encodings.parse()?,
+            puzzle_emb_ndim: raw.puzzle_emb_ndim,
+            // The authors' default is 16, which their code can only run with
+            // a puzzle embedding; without one the only working value is 0.
+            puzzle_emb_len: raw.puzzle_emb_len.unwrap_or(if raw.puzzle_emb_ndim > 0 {
+                16
+            } else {
+                0
+            }),
+            rms_norm_eps: raw.rms_norm_eps,
+            rope_theta: raw.rope_theta,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// SwiGLU intermediate width for input width `width`:
+/// `256 * ceil(round(expansion * width * 2 / 3) / 256)`, with Python's
+/// round-half-to-even.
+pub fn swiglu_inter(expansion: f64, width: usize) -> usize {
+    let exact = expansion * width as f64 * 2.0 / 3.0;
+    let rounded = exact.round_ties_even().max(0.0) as usize;
+    rounded.div_ceil(256) * 256
+}
+
+impl TrmConfig {
+    /// Parses a JSON object with the official field names and validates it.
+    pub fn from_json(json: &str) -> Result<Self> {
+        serde_json::from_str(json).map_err(|e| TrmError::Config(format!("config JSON: {e}")))
+    }
+
+    /// The configuration as a JSON object with the official field names.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+
+    /// Checks the configuration on its own: positive sizes and cycle counts,
+    /// heads that divide the width, even head width for RoPE, puzzle
+    /// embedding length consistent with its width, sizes within bounds.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(TrmError::Config(msg));
+        for (name, value) in [
+            ("seq_len", self.seq_len),
+            ("vocab_size", self.vocab_size),
+            ("num_puzzle_identifiers", self.num_puzzle_identifiers),
+            ("hidden_size", self.hidden_size),
+            ("num_heads", self.num_heads),
+            ("H_cycles", self.h_cycles),
+            ("L_cycles", self.l_cycles),
+            ("L_layers", self.l_layers),
+            ("halt_max_steps", self.halt_max_steps),
+        ] {
+            if value == 0 {
+                return bad(format!("{name} must be positive"));
+            }
+            if value > MAX_DIM {
+                return bad(format!("{name} = {value} exceeds the limit {MAX_DIM}"));
+            }
+        }
+        if self.puzzle_emb_ndim > MAX_DIM || self.puzzle_emb_len > MAX_DIM {
+            return bad(format!("puzzle embedding sizes exceed the limit {MAX_DIM}"));
+        }
+        if !(self.expansion.is_finite() && self.expansion > 0.0 && self.expansion <= 64.0) {
+            return bad(format!(
+                "expansion must be a positive number up to 64, got {}",
+                self.expansion
+            ));
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
+            return bad(format!(
+                "rms_norm_eps must be positive, got {}",
+                self.rms_norm_eps
+            ));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return bad(format!(
+                "rope_theta must be positive, got {}",
+                self.rope_theta
+            ));
+        }
+        let minimum_len = self.puzzle_emb_ndim.div_ceil(self.hidden_size);
+        if self.puzzle_emb_ndim == 0 && self.puzzle_emb_len != 0 {
+            return bad(format!(
+                "puzzle_emb_len = {} needs a puzzle embedding, but puzzle_emb_ndim is 0 (use puzzle_emb_len 0)",
+                self.puzzle_emb_len
+            ));
+        }
+        if self.puzzle_emb_len != 0 && self.puzzle_emb_len < minimum_len {
+            return bad(format!(
+                "puzzle_emb_len = {} cannot hold puzzle_emb_ndim = {} at hidden_size {} (at least {minimum_len} positions, or 0)",
+                self.puzzle_emb_len, self.puzzle_emb_ndim, self.hidden_size
+            ));
+        }
+        if !self.mlp_t {
+            if self.hidden_size % self.num_heads != 0 {
+                return bad(format!(
+                    "hidden_size {} is not divisible by num_heads {}",
+                    self.hidden_size, self.num_heads
+                ));
+            }
+            if self.pos_encodings == PosEncodings::Rope && self.head_dim() % 2 != 0 {
+                return bad(format!(
+                    "RoPE needs an even head width, but hidden_size / num_heads = {}",
+                    self.head_dim()
+                ));
+            }
+        }
+        if self.state_len() > MAX_DIM {
+            return bad(format!("seq_len + puzzle_emb_len exceeds {MAX_DIM}"));
+        }
+        let params = self.parameter_count();
+        if params > MAX_PARAMETERS {
+            return bad(format!(
+                "the configuration implies {params} parameters, beyond the limit {MAX_PARAMETERS}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// P: positions taken by the puzzle embedding.
+    pub fn puzzle_emb_positions(&self) -> usize {
+        if self.puzzle_emb_len == 0 {
+            self.puzzle_emb_ndim.div_ceil(self.hidden_size.max(1))
+        } else {
+            self.puzzle_emb_len
+        }
+    }
+
+    /// S = seq_len + P: length of every state tensor.
+    pub fn state_len(&self) -> usize {
+        self.seq_len + self.puzzle_emb_positions()
+    }
+
+    /// Intermediate width of the channel SwiGLU, inter(D).
+    pub fn channel_inter(&self) -> usize {
+        swiglu_inter(self.expansion, self.hidden_size)
+    }
+
+    /// Intermediate width of the token-mixing SwiGLU, inter(S).
+    pub fn token_inter(&self) -> usize {
+        swiglu_inter(self.expansion, self.state_len())
+    }
+
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_heads.max(1)
+    }
+
+    /// Network calls per ACT step: T x (n + 1).
+    pub fn recursion_steps_per_act_step(&self) -> usize {
+        self.h_cycles * (self.l_cycles + 1)
+    }
+
+    /// Multiply-add FLOPs of one network call for one puzzle (matrix
+    /// products only, 2 per multiply-add), as TRM.md counts them.
+    pub fn flops_per_recursion_step(&self) -> u64 {
+        let s = self.state_len() as u64;
+        let d = self.hidden_size as u64;
+        let channel = 6 * s * d * self.channel_inter() as u64;
+        let mixer = if self.mlp_t {
+            6 * s * d * self.token_inter() as u64
+        } else {
+            // qkv + o_proj + scores + weighted sum
+            2 * s * d * 3 * d + 2 * s * d * d + 4 * s * s * d
+        };
+        self.l_layers as u64 * (channel + mixer)
+    }
+
+    /// FLOPs of the output heads for one puzzle (lm_head and q_head).
+    pub fn flops_per_heads(&self) -> u64 {
+        let d = self.hidden_size as u64;
+        2 * self.seq_len as u64 * d * self.vocab_size as u64 + 2 * 2 * d
+    }
+
+    /// FLOPs of one ACT step for one puzzle.
+    pub fn flops_per_act_step(&self) -> u64 {
+        self.recursion_steps_per_act_step() as u64 * self.flops_per_recursion_step()
+            + self.flops_per_heads()
+    }
+
+    /// FLOPs of a full solve (halt_max_steps ACT steps) for one puzzle.
+    pub fn flops_per_puzzle(&self) -> u64 {
+        self.halt_max_steps as u64 * self.flops_per_act_step()
+    }
+
+    /// Number of trainable parameters (and init buffers) the configuration
+    /// implies; saturates instead of overflowing.
+    pub fn parameter_count(&self) -> u64 {
+        crate::model::expected_tensors(self)
+            .iter()
+            .map(|(_, shape)| {
+                shape
+                    .iter()
+                    .fold(1u64, |acc, &x| acc.saturating_mul(x as u64))
+            })
+            .fold(0u64, |acc, n| acc.saturating_add(n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swiglu_widths_match_the_official_sudoku_model() {
+        assert_eq!(swiglu_inter(4.0, 512), 1536);
+        assert_eq!(swiglu_inter(4.0, 97), 512);
+        assert_eq!(swiglu_inter(4.0, 64), 256);
+        // Python's round is half-to-even: 256.5 -> 256 (not 257 -> 512).
+        assert_eq!(swiglu_inter(384.75, 1), 256);
+    }
+
+    fn sudoku_json() -> &'static str {
+        r#"{"hidden_size": 512, "expansion": 4, "num_heads": 8, "H_cycles": 3, "L_cycles": 6,
+            "L_layers": 2, "halt_max_steps": 16, "mlp_t": true, "pos_encodings": "none",
+            "puzzle_emb_ndim": 512, "puzzle_emb_len": 16, "seq_len": 81, "vocab_size": 11,
+            "num_puzzle_identifiers": 1}"#
+    }
+
+    #[test]
+    fn official_sudoku_sizes() {
+        let c = TrmConfig::from_json(sudoku_json()).unwrap();
+        assert_eq!(c.state_len(), 97);
+        assert_eq!(c.channel_inter(), 1536);
+        assert_eq!(c.token_inter(), 512);
+        assert_eq!(c.recursion_steps_per_act_step(), 21);
+        let gflop = c.flops_per_recursion_step() as f64 / 1e9;
+        assert!((gflop - 1.22).abs() < 0.01, "{gflop}");
+        // TRM.md: about 410 GFLOP per puzzle for the official evaluation.
+        let per_puzzle = c.flops_per_puzzle() as f64 / 1e9;
+        assert!((per_puzzle - 410.0).abs() < 3.0, "{per_puzzle}");
+        assert_eq!(c.rms_norm_eps, 1e-5);
+        assert_eq!(c.rope_theta, 10000.0);
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let c = TrmConfig::from_json(sudoku_json()).unwrap();
+        assert_eq!(TrmConfig::from_json(&c.to_json()).unwrap(), c);
+    }
+
+    #[test]
+    fn rejects_inconsistent_configurations() {
+        let base: serde_json::Value = serde_json::from_str(sudoku_json()).unwrap();
+        let with = |k: &str, v: serde_json::Value| {
+            let mut c = base.clone();
+            c[k] = v;
+            TrmConfig::from_json(&c.to_string())
+        };
+        assert!(matches!(
+            with("hidden_size", 0.into()),
+            Err(TrmError::Config(_))
+        ));
+        assert!(matches!(
+            with("L_cycles", 0.into()),
+            Err(TrmError::Config(_))
+        ));
+        assert!(matches!(
+            with("pos_encodings", "sinusoid".into()),
+            Err(TrmError::Config(_))
+        ));
+        assert!(matches!(with("puzzle_emb_len", 0.into()), Ok(_)));
+        let mut c = base.clone();
+        c["puzzle_emb_ndim"] = 0.into();
+        assert!(TrmConfig::from_json(&c.to_string()).is_err());
+        c["puzzle_emb_len"] = 0.into();
+        assert!(TrmConfig::from_json(&c.to_string()).is_ok());
+        // attention needs heads that divide the width and an even RoPE head
+        let mut c = base.clone();
+        c["mlp_t"] = false.into();
+        c["num_heads"] = 7.into();
+        assert!(TrmConfig::from_json(&c.to_string()).is_err());
+        c["hidden_size"] = 42.into();
+        c["num_heads"] = 14.into();
+        c["puzzle_emb_ndim"] = 42.into();
+        c["pos_encodings"] = "rope".into();
+        assert!(
+            TrmConfig::from_json(&c.to_string()).is_err(),
+            "odd head width"
+        );
+        c["pos_encodings"] = "learned".into();
+        assert!(TrmConfig::from_json(&c.to_string()).is_ok());
+        // a puzzle embedding wider than the positions given for it
+        let mut c = base.clone();
+        c["puzzle_emb_ndim"] = 1025.into();
+        c["puzzle_emb_len"] = 2.into();
+        assert!(TrmConfig::from_json(&c.to_string()).is_err());
+        // absurd sizes
+        assert!(with("hidden_size", (1u64 << 40).into()).is_err());
+        assert!(with("expansion", (-1.0).into()).is_err());
+    }
+
+    #[test]
+    fn puzzle_emb_len_zero_means_ceil() {
+        let json = r#"{"hidden_size": 48, "expansion": 2, "num_heads": 2, "H_cycles": 2,
+            "L_cycles": 2, "L_layers": 1, "halt_max_steps": 2, "mlp_t": false,
+            "pos_encodings": "learned", "puzzle_emb_ndim": 80, "puzzle_emb_len": 0,
+            "seq_len": 30, "vocab_size": 12, "num_puzzle_identifiers": 7}"#;
+        let c = TrmConfig::from_json(json).unwrap();
+        assert_eq!(c.puzzle_emb_positions(), 2);
+        assert_eq!(c.state_len(), 32);
+    }
+}

@@ -1,0 +1,39 @@
+//! # trm-wgpu
+//!
+//! Inference for the Tiny Recursive Model (TRM, arXiv 2510.04871): a CPU
+//! reference engine that reproduces the authors' PyTorch outputs, and a GPU
+//! engine on wgpu with hand-written WGSL kernels.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use trm_wgpu::{CpuEngine, Engine, PuzzleBatch, SolveOptions, TrmModel};
+//!
+//! # fn main() -> trm_wgpu::Result<()> {
+//! let model = Arc::new(TrmModel::load("model.safetensors")?);
+//! let tokens = vec![1i64; model.config().seq_len]; // one puzzle of blanks
+//! let batch = PuzzleBatch::new(model.config(), &tokens, None)?;
+//! let mut engine = CpuEngine::new(model)?;
+//! let out = engine.solve(&batch, &SolveOptions::default())?;
+//! println!("answer: {:?}, q_halt: {}", out.predictions(), out.q_halt_logits[0]);
+//! # Ok(())
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod batch;
+pub mod checkpoint;
+pub mod config;
+pub mod cpu;
+pub mod error;
+pub mod model;
+pub mod rng;
+pub mod solve;
+mod tensor_file;
+
+pub use batch::PuzzleBatch;
+pub use config::{PosEncodings, TrmConfig};
+pub use cpu::CpuEngine;
+pub use error::{Result, TrmError};
+pub use model::{LoadOptions, Tensor, TrmModel};
+pub use solve::{Carry, Engine, SolveOptions, SolveOutput};

@@ -1,0 +1,221 @@
+//! What a solve takes and gives, shared by every engine.
+
+use std::path::Path;
+
+use crate::batch::PuzzleBatch;
+use crate::config::TrmConfig;
+use crate::error::{Result, TrmError};
+use crate::tensor_file::{self, OwnedTensor};
+
+/// How to run a solve. The default is the official evaluation: every puzzle
+/// runs `halt_max_steps` ACT steps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SolveOptions {
+    /// ACT steps to run (`None`: the model's `halt_max_steps`).
+    pub act_steps: Option<usize>,
+    /// Stop a puzzle after the first ACT step whose `q_halt > 0`; its outputs
+    /// are then that step's.
+    pub early_halt: bool,
+}
+
+impl SolveOptions {
+    /// Runs `steps` ACT steps instead of `halt_max_steps`.
+    pub fn act_steps(mut self, steps: usize) -> Self {
+        self.act_steps = Some(steps);
+        self
+    }
+
+    /// Turns early halting on or off.
+    pub fn early_halt(mut self, on: bool) -> Self {
+        self.early_halt = on;
+        self
+    }
+
+    /// The number of ACT steps this solve runs at most.
+    pub fn resolved_act_steps(&self, config: &TrmConfig) -> Result<usize> {
+        match self.act_steps {
+            Some(0) => Err(TrmError::Input("at least one ACT step is needed".into())),
+            Some(n) => Ok(n),
+            None => Ok(config.halt_max_steps),
+        }
+    }
+}
+
+/// The recurrent state of a batch: y = z_H (answer) and z = z_L (latent),
+/// each row-major `[B, S, D]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Carry {
+    /// z_H, `[B, S, D]`.
+    pub z_h: Vec<f32>,
+    /// z_L, `[B, S, D]`.
+    pub z_l: Vec<f32>,
+}
+
+impl Carry {
+    /// The official initial carry: every row of z_H is `H_init`, every row of
+    /// z_L is `L_init`.
+    pub fn initial(h_init: &[f32], l_init: &[f32], batch: usize, state_len: usize) -> Self {
+        let rows = batch * state_len;
+        Carry {
+            z_h: h_init.repeat(rows),
+            z_l: l_init.repeat(rows),
+        }
+    }
+
+    /// Checks the sizes against a batch of `batch` puzzles.
+    pub(crate) fn check(&self, config: &TrmConfig, batch: usize) -> Result<()> {
+        let n = batch * config.state_len() * config.hidden_size;
+        if self.z_h.len() != n || self.z_l.len() != n {
+            return Err(TrmError::Input(format!(
+                "the carry holds {} and {} values, but {batch} puzzles need {n} each",
+                self.z_h.len(),
+                self.z_l.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Everything a solve returns, per puzzle.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SolveOutput {
+    /// Puzzles B.
+    pub batch: usize,
+    /// Tokens per puzzle.
+    pub seq_len: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// S, rows of the carry.
+    pub state_len: usize,
+    /// D, width of the carry.
+    pub hidden_size: usize,
+    /// `[B, seq_len, vocab]` logits of the last ACT step each puzzle ran.
+    pub logits: Vec<f32>,
+    /// `[B]` halting logits.
+    pub q_halt_logits: Vec<f32>,
+    /// `[B]` continue logits.
+    pub q_continue_logits: Vec<f32>,
+    /// `[B, S, D]` final z_H.
+    pub z_h: Vec<f32>,
+    /// `[B, S, D]` final z_L.
+    pub z_l: Vec<f32>,
+    /// `[B]` ACT steps each puzzle ran.
+    pub steps: Vec<u32>,
+}
+
+impl SolveOutput {
+    /// An output of the right sizes for `batch` puzzles, filled with NaN so
+    /// that an element no engine wrote is visible.
+    pub fn poisoned(config: &TrmConfig, batch: usize) -> Self {
+        let state = batch * config.state_len() * config.hidden_size;
+        SolveOutput {
+            batch,
+            seq_len: config.seq_len,
+            vocab_size: config.vocab_size,
+            state_len: config.state_len(),
+            hidden_size: config.hidden_size,
+            logits: vec![f32::NAN; batch * config.seq_len * config.vocab_size],
+            q_halt_logits: vec![f32::NAN; batch],
+            q_continue_logits: vec![f32::NAN; batch],
+            z_h: vec![f32::NAN; state],
+            z_l: vec![f32::NAN; state],
+            steps: vec![0; batch],
+        }
+    }
+
+    /// Predicted token per position, `[B, seq_len]` (argmax of the logits;
+    /// the first maximum on ties, as PyTorch).
+    pub fn predictions(&self) -> Vec<u32> {
+        argmax_rows(&self.logits, self.vocab_size)
+    }
+
+    /// Predicted tokens of puzzle `i`.
+    pub fn puzzle_predictions(&self, i: usize) -> Vec<u32> {
+        let row = self.seq_len * self.vocab_size;
+        argmax_rows(&self.logits[i * row..(i + 1) * row], self.vocab_size)
+    }
+
+    /// The final carry, to continue the solve.
+    pub fn carry(&self) -> Carry {
+        Carry {
+            z_h: self.z_h.clone(),
+            z_l: self.z_l.clone(),
+        }
+    }
+
+    /// Appends another output (of the same model) after this one.
+    pub fn append(&mut self, other: SolveOutput) {
+        self.batch += other.batch;
+        self.logits.extend(other.logits);
+        self.q_halt_logits.extend(other.q_halt_logits);
+        self.q_continue_logits.extend(other.q_continue_logits);
+        self.z_h.extend(other.z_h);
+        self.z_l.extend(other.z_l);
+        self.steps.extend(other.steps);
+    }
+
+    /// `trm run`'s output file: `logits`, `q_halt_logits`,
+    /// `q_continue_logits`, `z_H`, `z_L` (f32) and `steps` (i32).
+    pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
+        let (b, s, d) = (self.batch, self.state_len, self.hidden_size);
+        let steps: Vec<i32> = self.steps.iter().map(|&s| s as i32).collect();
+        let tensors = [
+            OwnedTensor::f32(
+                "logits",
+                vec![b, self.seq_len, self.vocab_size],
+                &self.logits,
+            ),
+            OwnedTensor::f32("q_halt_logits", vec![b], &self.q_halt_logits),
+            OwnedTensor::f32("q_continue_logits", vec![b], &self.q_continue_logits),
+            OwnedTensor::f32("z_H", vec![b, s, d], &self.z_h),
+            OwnedTensor::f32("z_L", vec![b, s, d], &self.z_l),
+            OwnedTensor::i32("steps", vec![b], &steps),
+        ];
+        tensor_file::serialize(&tensors, None)
+    }
+
+    /// Writes [`SolveOutput::to_safetensors_bytes`] to `path`.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        tensor_file::write_file(path.as_ref(), &self.to_safetensors_bytes()?)
+    }
+}
+
+/// Index of the largest value of each row of `width` values (first on ties).
+fn argmax_rows(values: &[f32], width: usize) -> Vec<u32> {
+    values
+        .chunks_exact(width.max(1))
+        .map(|row| {
+            let mut best = 0;
+            for (i, &v) in row.iter().enumerate() {
+                if v > row[best] {
+                    best = i;
+                }
+            }
+            best as u32
+        })
+        .collect()
+}
+
+/// A TRM inference engine: the CPU reference or the GPU engine.
+pub trait Engine {
+    /// Configuration of the loaded model.
+    fn config(&self) -> &TrmConfig;
+
+    /// Short description: backend and, for the GPU, the adapter.
+    fn describe(&self) -> String;
+
+    /// Solves a batch, starting from `carry` (or the model's initial state
+    /// when `None`).
+    fn solve_from(
+        &mut self,
+        batch: &PuzzleBatch,
+        carry: Option<&Carry>,
+        options: &SolveOptions,
+    ) -> Result<SolveOutput>;
+
+    /// Solves a batch from the model's initial state.
+    fn solve(&mut self, batch: &PuzzleBatch, options: &SolveOptions) -> Result<SolveOutput> {
+        self.solve_from(batch, None, options)
+    }
+}

@@ -1,0 +1,134 @@
+//! Reading and writing safetensors files: the model checkpoint, `trm run`'s
+//! input and output. The `safetensors` crate validates the header and the
+//! offsets; this module converts element types and reports errors by name.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::error::{Result, TrmError};
+
+/// Reads a whole file, with the path in the error.
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| TrmError::io(path, e))
+}
+
+/// Writes a whole file, with the path in the error.
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(|e| TrmError::io(path, e))
+}
+
+/// Parses a safetensors buffer; `what` names it in errors.
+pub(crate) fn parse<'a>(bytes: &'a [u8], what: &str) -> Result<SafeTensors<'a>> {
+    SafeTensors::deserialize(bytes).map_err(|e| TrmError::safetensors(what, e))
+}
+
+/// The `__metadata__` map of a safetensors buffer (empty when absent).
+pub(crate) fn metadata(bytes: &[u8], what: &str) -> Result<HashMap<String, String>> {
+    let (_, meta) =
+        SafeTensors::read_metadata(bytes).map_err(|e| TrmError::safetensors(what, e))?;
+    Ok(meta.metadata().clone().unwrap_or_default())
+}
+
+fn dtype_name(dtype: Dtype) -> String {
+    format!("{dtype:?}")
+}
+
+/// Widens a floating-point tensor (F32, BF16, F16, F64) to f32.
+pub(crate) fn to_f32(name: &str, view: &TensorView<'_>) -> Result<Vec<f32>> {
+    let data = view.data();
+    let out = match view.dtype() {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::F64 => data
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
+            .collect(),
+        other => {
+            return Err(TrmError::TensorDtype {
+                name: name.to_string(),
+                dtype: dtype_name(other),
+                expected: "F32, BF16, F16 or F64".into(),
+            });
+        }
+    };
+    Ok(out)
+}
+
+/// Reads an integer tensor (I32 or I64) as i64.
+pub(crate) fn to_i64(name: &str, view: &TensorView<'_>) -> Result<Vec<i64>> {
+    let data = view.data();
+    let out = match view.dtype() {
+        Dtype::I32 => data
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64)
+            .collect(),
+        Dtype::I64 => data
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+            .collect(),
+        other => {
+            return Err(TrmError::TensorDtype {
+                name: name.to_string(),
+                dtype: dtype_name(other),
+                expected: "I32 or I64".into(),
+            });
+        }
+    };
+    Ok(out)
+}
+
+/// A tensor to write: name, element type, shape, little-endian bytes.
+pub(crate) struct OwnedTensor {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+impl OwnedTensor {
+    pub fn f32(name: impl Into<String>, shape: Vec<usize>, data: &[f32]) -> Self {
+        OwnedTensor {
+            name: name.into(),
+            dtype: Dtype::F32,
+            shape,
+            bytes: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+
+    pub fn i32(name: impl Into<String>, shape: Vec<usize>, data: &[i32]) -> Self {
+        OwnedTensor {
+            name: name.into(),
+            dtype: Dtype::I32,
+            shape,
+            bytes: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+}
+
+/// Serialises tensors (and string metadata) to a safetensors buffer.
+pub(crate) fn serialize(
+    tensors: &[OwnedTensor],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<Vec<u8>> {
+    let views = tensors
+        .iter()
+        .map(|t| {
+            TensorView::new(t.dtype, t.shape.clone(), &t.bytes)
+                .map(|v| (t.name.clone(), v))
+                .map_err(|e| TrmError::safetensors(t.name.clone(), e))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize(views, metadata).map_err(|e| TrmError::safetensors("output", e))
+}
