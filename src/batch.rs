@@ -25,7 +25,7 @@ impl PuzzleBatch {
         if tokens.is_empty() {
             return Err(TrmError::Input("the batch holds no puzzles".into()));
         }
-        if tokens.len() % seq_len != 0 {
+        if !tokens.len().is_multiple_of(seq_len) {
             return Err(TrmError::Input(format!(
                 "{} token ids do not split into puzzles of seq_len {seq_len}",
                 tokens.len()

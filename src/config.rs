@@ -252,13 +252,13 @@ impl TrmConfig {
             ));
         }
         if !self.mlp_t {
-            if self.hidden_size % self.num_heads != 0 {
+            if !self.hidden_size.is_multiple_of(self.num_heads) {
                 return bad(format!(
                     "hidden_size {} is not divisible by num_heads {}",
                     self.hidden_size, self.num_heads
                 ));
             }
-            if self.pos_encodings == PosEncodings::Rope && self.head_dim() % 2 != 0 {
+            if self.pos_encodings == PosEncodings::Rope && !self.head_dim().is_multiple_of(2) {
                 return bad(format!(
                     "RoPE needs an even head width, but hidden_size / num_heads = {}",
                     self.head_dim()
@@ -419,7 +419,7 @@ mod tests {
             with("pos_encodings", "sinusoid".into()),
             Err(TrmError::Config(_))
         ));
-        assert!(matches!(with("puzzle_emb_len", 0.into()), Ok(_)));
+        assert!(with("puzzle_emb_len", 0.into()).is_ok());
         let mut c = base.clone();
         c["puzzle_emb_ndim"] = 0.into();
         assert!(TrmConfig::from_json(&c.to_string()).is_err());

@@ -215,6 +215,7 @@ impl TrmError {
         }
     }
 
+    #[allow(dead_code)] // used by the official-checkpoint reader
     pub(crate) fn checkpoint(what: impl Into<String>, reason: impl ToString) -> Self {
         TrmError::Checkpoint {
             what: what.into(),

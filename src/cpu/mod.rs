@@ -20,8 +20,9 @@ use crate::solve::{Carry, Engine, SolveOptions, SolveOutput};
 
 pub use ops::rope_tables;
 
-/// Scale of the learned position embedding, as the authors write it.
-const LEARNED_POS_SCALE: f32 = 0.707_106_781;
+/// Scale of the learned position embedding: the authors write 0.707106781,
+/// which rounds to the same f32 as 1/sqrt(2).
+const LEARNED_POS_SCALE: f32 = std::f32::consts::FRAC_1_SQRT_2;
 
 /// Runs TRM on the CPU.
 pub struct CpuEngine {

@@ -2,6 +2,8 @@
 //! named, the shared data folder.
 #![allow(dead_code)]
 
+pub mod f64_reference;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -99,6 +101,13 @@ pub struct Diff {
 /// Relative L2 error and max error of `actual` against `expected`; a NaN
 /// anywhere in `actual` counts as infinitely wrong at its index.
 pub fn diff(actual: &[f32], expected: &[f32]) -> Diff {
+    diff_floor(actual, expected, 0.0)
+}
+
+/// As [`diff`], with the norm of `expected` taken as at least
+/// `floor * sqrt(n)`: for short vectors that may sit near zero by chance
+/// (the two q logits), relative to the scale they live on.
+pub fn diff_floor(actual: &[f32], expected: &[f32], floor: f64) -> Diff {
     assert_eq!(actual.len(), expected.len(), "length mismatch");
     let (mut num, mut den, mut max_abs, mut worst) = (0f64, 0f64, 0f64, 0usize);
     for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
@@ -114,6 +123,7 @@ pub fn diff(actual: &[f32], expected: &[f32]) -> Diff {
         num += err * err;
         den += (e as f64) * (e as f64);
     }
+    let den = den.max(floor * floor * expected.len() as f64);
     Diff {
         rel_l2: (num / den.max(1e-300)).sqrt(),
         max_abs,
@@ -130,7 +140,20 @@ pub fn assert_close(
     rel_tol: f64,
     abs_tol: f64,
 ) -> Diff {
-    let d = diff(actual, expected);
+    assert_close_floor(what, actual, expected, rel_tol, abs_tol, 0.0)
+}
+
+/// [`assert_close`] with the norm of `expected` floored at `floor * sqrt(n)`
+/// (see [`diff_floor`]).
+pub fn assert_close_floor(
+    what: &str,
+    actual: &[f32],
+    expected: &[f32],
+    rel_tol: f64,
+    abs_tol: f64,
+    floor: f64,
+) -> Diff {
+    let d = diff_floor(actual, expected, floor);
     eprintln!(
         "{what}: rel L2 {:.2e}, max {:.2e} at {}",
         d.rel_l2, d.max_abs, d.worst
@@ -145,4 +168,96 @@ pub fn assert_close(
         expected[d.worst]
     );
     d
+}
+
+/// A tensor to write in a test file: name, dtype, shape, little-endian bytes.
+pub struct RawTensor {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+impl RawTensor {
+    pub fn f32(name: &str, shape: Vec<usize>, data: &[f32]) -> Self {
+        RawTensor {
+            name: name.into(),
+            dtype: Dtype::F32,
+            shape,
+            bytes: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+    pub fn i32(name: &str, shape: Vec<usize>, data: &[i32]) -> Self {
+        RawTensor {
+            name: name.into(),
+            dtype: Dtype::I32,
+            shape,
+            bytes: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+    pub fn i64(name: &str, shape: Vec<usize>, data: &[i64]) -> Self {
+        RawTensor {
+            name: name.into(),
+            dtype: Dtype::I64,
+            shape,
+            bytes: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+}
+
+/// Serialises tensors (and optional metadata) to safetensors bytes.
+pub fn safetensors_bytes(
+    tensors: &[RawTensor],
+    metadata: Option<HashMap<String, String>>,
+) -> Vec<u8> {
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.bytes).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize(views, metadata).unwrap()
+}
+
+/// A model file from named tensors and a config JSON.
+pub fn model_bytes(tensors: &[RawTensor], config_json: &str) -> Vec<u8> {
+    safetensors_bytes(
+        tensors,
+        Some(HashMap::from([(
+            "config".to_string(),
+            config_json.to_string(),
+        )])),
+    )
+}
+
+/// The tensors of a model, as test tensors.
+pub fn raw_tensors(model: &TrmModel) -> Vec<RawTensor> {
+    model
+        .named_tensors()
+        .into_iter()
+        .map(|(name, t)| RawTensor::f32(&name, t.shape, &t.data))
+        .collect()
+}
+
+/// A fresh temporary directory under the target folder, removed by the OS
+/// eventually; unique per call.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("trm-test-{}-{tag}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Reads a float tensor of an output file.
+pub fn read_output_f32(bytes: &[u8], name: &str) -> (Vec<usize>, Vec<f32>) {
+    let file = SafeTensors::deserialize(bytes).unwrap();
+    let view = file
+        .tensor(name)
+        .unwrap_or_else(|_| panic!("output lacks `{name}`"));
+    (view.shape().to_vec(), read_f32(&view))
 }

@@ -1,0 +1,353 @@
+//! Every bad input ends in a typed error, never a panic: checkpoints,
+//! configurations, input batches.
+
+mod common;
+
+use common::{RawTensor, model_bytes, raw_tensors, safetensors_bytes};
+use trm_wgpu::{LoadOptions, PosEncodings, PuzzleBatch, TrmConfig, TrmError, TrmModel};
+
+fn small_config() -> TrmConfig {
+    TrmConfig {
+        seq_len: 9,
+        vocab_size: 6,
+        num_puzzle_identifiers: 2,
+        hidden_size: 12,
+        expansion: 2.0,
+        num_heads: 2,
+        h_cycles: 2,
+        l_cycles: 2,
+        l_layers: 2,
+        halt_max_steps: 2,
+        mlp_t: true,
+        pos_encodings: PosEncodings::None,
+        puzzle_emb_ndim: 12,
+        puzzle_emb_len: 0,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+    }
+}
+
+fn model() -> TrmModel {
+    TrmModel::random(small_config(), 7, 0.5).unwrap()
+}
+
+fn load(bytes: &[u8]) -> Result<TrmModel, TrmError> {
+    TrmModel::from_safetensors_bytes(bytes, "test", &LoadOptions::default(), None)
+}
+
+#[test]
+fn a_valid_file_round_trips() {
+    let m = model();
+    let loaded = load(&m.to_safetensors_bytes().unwrap()).unwrap();
+    assert_eq!(loaded.named_tensors(), m.named_tensors());
+    assert_eq!(loaded.config(), m.config());
+}
+
+#[test]
+fn unreadable_file() {
+    let err = TrmModel::load("/nonexistent/model.safetensors").unwrap_err();
+    assert!(matches!(err, TrmError::Io { .. }), "{err}");
+}
+
+#[test]
+fn truncated_file() {
+    let bytes = model().to_safetensors_bytes().unwrap();
+    for cut in [0, 4, 8, 20, bytes.len() / 2, bytes.len() - 1] {
+        let err = load(&bytes[..cut]).unwrap_err();
+        assert!(
+            matches!(err, TrmError::Safetensors { .. }),
+            "cut at {cut}: {err}"
+        );
+    }
+}
+
+#[test]
+fn bad_header() {
+    let mut bytes = model().to_safetensors_bytes().unwrap();
+    bytes[8] = b'['; // the JSON header must be an object
+    assert!(matches!(
+        load(&bytes).unwrap_err(),
+        TrmError::Safetensors { .. }
+    ));
+    let garbage = b"definitely not a safetensors file at all".to_vec();
+    assert!(matches!(
+        load(&garbage).unwrap_err(),
+        TrmError::Safetensors { .. }
+    ));
+}
+
+#[test]
+fn missing_config_metadata() {
+    let bytes = safetensors_bytes(&raw_tensors(&model()), None);
+    let err = load(&bytes).unwrap_err();
+    assert!(matches!(err, TrmError::Config(_)), "{err}");
+    // ... unless the caller supplies one
+    let loaded = TrmModel::from_safetensors_bytes(
+        &bytes,
+        "test",
+        &LoadOptions::default(),
+        Some(small_config()),
+    );
+    assert!(loaded.is_ok());
+}
+
+#[test]
+fn invalid_config_json() {
+    let tensors = raw_tensors(&model());
+    let err = load(&model_bytes(&tensors, "{not json")).unwrap_err();
+    assert!(matches!(err, TrmError::Config(_)), "{err}");
+    let mut json: serde_json::Value = serde_json::from_str(&small_config().to_json()).unwrap();
+    json["L_cycles"] = 0.into();
+    let err = load(&model_bytes(&tensors, &json.to_string())).unwrap_err();
+    assert!(matches!(err, TrmError::Config(_)), "{err}");
+}
+
+#[test]
+fn missing_tensor() {
+    let tensors: Vec<RawTensor> = raw_tensors(&model())
+        .into_iter()
+        .filter(|t| t.name != "inner.L_level.layers.1.mlp.down_proj.weight")
+        .collect();
+    let err = load(&model_bytes(&tensors, &small_config().to_json())).unwrap_err();
+    match err {
+        TrmError::MissingTensor { name, expected } => {
+            assert_eq!(name, "inner.L_level.layers.1.mlp.down_proj.weight");
+            assert_eq!(expected, vec![12, 256]);
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn misshapen_tensor() {
+    let mut tensors = raw_tensors(&model());
+    let t = tensors
+        .iter_mut()
+        .find(|t| t.name == "inner.lm_head.weight")
+        .unwrap();
+    t.shape = vec![12, 6]; // transposed
+    let err = load(&model_bytes(&tensors, &small_config().to_json())).unwrap_err();
+    assert!(
+        matches!(err, TrmError::TensorShape { ref name, .. } if name == "inner.lm_head.weight"),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_contradicting_the_tensors() {
+    let tensors = raw_tensors(&model());
+    let mut config = small_config();
+    config.hidden_size = 16; // every tensor says 12
+    config.puzzle_emb_ndim = 16;
+    let err = load(&model_bytes(&tensors, &config.to_json())).unwrap_err();
+    assert!(matches!(err, TrmError::TensorShape { .. }), "{err}");
+    let mut config = small_config();
+    config.l_layers = 3; // the file has two blocks
+    let err = load(&model_bytes(&tensors, &config.to_json())).unwrap_err();
+    assert!(matches!(err, TrmError::MissingTensor { .. }), "{err}");
+    let mut config = small_config();
+    config.mlp_t = false; // attention needs qkv_proj
+    let err = load(&model_bytes(&tensors, &config.to_json())).unwrap_err();
+    assert!(matches!(err, TrmError::MissingTensor { .. }), "{err}");
+}
+
+#[test]
+fn unexpected_tensors_are_reported() {
+    let mut tensors = raw_tensors(&model());
+    tensors.push(RawTensor::f32("inner.extra.weight", vec![2], &[1.0, 2.0]));
+    let bytes = model_bytes(&tensors, &small_config().to_json());
+    let err = load(&bytes).unwrap_err();
+    assert!(
+        matches!(err, TrmError::UnexpectedTensors { ref names } if names == &["inner.extra.weight"]),
+        "{err}"
+    );
+    let allowed = TrmModel::from_safetensors_bytes(
+        &bytes,
+        "test",
+        &LoadOptions::default().allow_unexpected(true),
+        None,
+    )
+    .unwrap();
+    assert_eq!(allowed.ignored_tensors(), ["inner.extra.weight"]);
+}
+
+#[test]
+fn prefixed_and_half_precision_tensors_load() {
+    let m = model();
+    let tensors: Vec<RawTensor> = m
+        .named_tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            let name = format!("_orig_mod.model.{name}");
+            if name.ends_with("_init") {
+                // bf16 as official checkpoints store H_init / L_init
+                let bytes = t
+                    .data
+                    .iter()
+                    .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                    .collect();
+                RawTensor {
+                    name,
+                    dtype: safetensors::Dtype::BF16,
+                    shape: t.shape,
+                    bytes,
+                }
+            } else if name.contains("lm_head") {
+                let bytes = t
+                    .data
+                    .iter()
+                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                    .collect();
+                RawTensor {
+                    name,
+                    dtype: safetensors::Dtype::F16,
+                    shape: t.shape,
+                    bytes,
+                }
+            } else {
+                RawTensor::f32(&name, t.shape, &t.data)
+            }
+        })
+        .collect();
+    let loaded = load(&model_bytes(&tensors, &small_config().to_json())).unwrap();
+    let expected: Vec<f32> = m
+        .weights()
+        .h_init
+        .iter()
+        .map(|v| half::bf16::from_f32(*v).to_f32())
+        .collect();
+    assert_eq!(loaded.weights().h_init, expected);
+    let expected: Vec<f32> = m
+        .weights()
+        .lm_head
+        .iter()
+        .map(|v| half::f16::from_f32(*v).to_f32())
+        .collect();
+    assert_eq!(loaded.weights().lm_head, expected);
+}
+
+#[test]
+fn duplicate_names_after_prefix_stripping() {
+    let mut tensors = raw_tensors(&model());
+    let t = &tensors[0];
+    let dup = RawTensor::f32(
+        &format!("_orig_mod.model.{}", t.name),
+        t.shape.clone(),
+        &vec![0.0; t.bytes.len() / 4],
+    );
+    tensors.push(dup);
+    let err = load(&model_bytes(&tensors, &small_config().to_json())).unwrap_err();
+    assert!(matches!(err, TrmError::DuplicateTensor { .. }), "{err}");
+}
+
+#[test]
+fn integer_or_non_finite_weights() {
+    let mut tensors = raw_tensors(&model());
+    let t = tensors
+        .iter_mut()
+        .find(|t| t.name == "inner.q_head.bias")
+        .unwrap();
+    *t = RawTensor::i32("inner.q_head.bias", vec![2], &[1, 2]);
+    let err = load(&model_bytes(&tensors, &small_config().to_json())).unwrap_err();
+    assert!(matches!(err, TrmError::TensorDtype { .. }), "{err}");
+    let mut tensors = raw_tensors(&model());
+    let t = tensors
+        .iter_mut()
+        .find(|t| t.name == "inner.q_head.bias")
+        .unwrap();
+    *t = RawTensor::f32("inner.q_head.bias", vec![2], &[1.0, f32::NAN]);
+    let err = load(&model_bytes(&tensors, &small_config().to_json())).unwrap_err();
+    assert!(matches!(err, TrmError::NonFinite { index: 1, .. }), "{err}");
+}
+
+fn input_bytes(tensors: &[RawTensor]) -> Vec<u8> {
+    safetensors_bytes(tensors, None)
+}
+
+fn read_batch(tensors: &[RawTensor]) -> Result<PuzzleBatch, TrmError> {
+    PuzzleBatch::from_safetensors_bytes(&input_bytes(tensors), "input", &small_config())
+}
+
+#[test]
+fn input_in_both_integer_types() {
+    let tokens: Vec<i32> = (0..18).map(|i| i % 6).collect();
+    let a = read_batch(&[RawTensor::i32("inputs", vec![2, 9], &tokens)]).unwrap();
+    let tokens64: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+    let b = read_batch(&[
+        RawTensor::i64("inputs", vec![2, 9], &tokens64),
+        RawTensor::i64("puzzle_identifiers", vec![2], &[0, 0]),
+    ])
+    .unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a.len(), 2);
+}
+
+#[test]
+fn token_id_out_of_range() {
+    let mut tokens = vec![1i32; 18];
+    tokens[13] = 6;
+    match read_batch(&[RawTensor::i32("inputs", vec![2, 9], &tokens)]).unwrap_err() {
+        TrmError::TokenOutOfRange {
+            puzzle,
+            position,
+            value,
+            vocab_size,
+        } => {
+            assert_eq!((puzzle, position, value, vocab_size), (1, 4, 6, 6));
+        }
+        other => panic!("{other}"),
+    }
+    tokens[13] = -1;
+    assert!(matches!(
+        read_batch(&[RawTensor::i32("inputs", vec![2, 9], &tokens)]).unwrap_err(),
+        TrmError::TokenOutOfRange { value: -1, .. }
+    ));
+}
+
+#[test]
+fn puzzle_id_out_of_range() {
+    let tokens = vec![1i32; 18];
+    let err = read_batch(&[
+        RawTensor::i32("inputs", vec![2, 9], &tokens),
+        RawTensor::i32("puzzle_identifiers", vec![2], &[0, 2]),
+    ])
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TrmError::PuzzleIdOutOfRange {
+                puzzle: 1,
+                value: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrong_input_rank_shape_or_dtype() {
+    let tokens = vec![1i32; 18];
+    for bad in [
+        vec![RawTensor::i32("inputs", vec![18], &tokens)],
+        vec![RawTensor::i32("inputs", vec![1, 2, 9], &tokens)],
+        vec![RawTensor::i32("inputs", vec![3, 6], &tokens)],
+        vec![RawTensor::f32("inputs", vec![2, 9], &[1.0; 18])],
+        vec![RawTensor::i32("tokens", vec![2, 9], &tokens)],
+        vec![
+            RawTensor::i32("inputs", vec![2, 9], &tokens),
+            RawTensor::i32("puzzle_identifiers", vec![3], &[0, 0, 0]),
+        ],
+        vec![
+            RawTensor::i32("inputs", vec![2, 9], &tokens),
+            RawTensor::f32("puzzle_identifiers", vec![2], &[0.0, 0.0]),
+        ],
+        vec![RawTensor::i32("inputs", vec![0, 9], &[])],
+    ] {
+        let err = read_batch(&bad).unwrap_err();
+        assert!(
+            matches!(err, TrmError::Input(_) | TrmError::TensorDtype { .. }),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,347 @@
+//! The `trm` binary end to end: fresh random models through `trm run`
+//! against the float64 implementation, and one clear error line (never a
+//! panic) for every bad input.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{
+    RawTensor, assert_close, assert_close_floor, f64_reference, read_output_f32, safetensors_bytes,
+    temp_dir,
+};
+use trm_wgpu::rng::SplitMix64;
+use trm_wgpu::{PosEncodings, PuzzleBatch, TrmConfig, TrmModel};
+
+fn trm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_trm"))
+        .args(args)
+        .output()
+        .expect("the trm binary runs")
+}
+
+fn config(mlp_t: bool, pos: PosEncodings) -> TrmConfig {
+    TrmConfig {
+        seq_len: 11,
+        vocab_size: 7,
+        num_puzzle_identifiers: 3,
+        hidden_size: if mlp_t { 14 } else { 12 },
+        expansion: 2.5,
+        num_heads: 2,
+        h_cycles: 2,
+        l_cycles: 2,
+        l_layers: 2,
+        halt_max_steps: 3,
+        mlp_t,
+        pos_encodings: pos,
+        puzzle_emb_ndim: 10,
+        puzzle_emb_len: 0,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+    }
+}
+
+/// Writes a model and an input of `batch` random puzzles; returns their
+/// paths and the batch.
+fn write_case(
+    dir: &Path,
+    model: &TrmModel,
+    batch: usize,
+    seed: u64,
+) -> (PathBuf, PathBuf, PuzzleBatch) {
+    let c = model.config();
+    let mut rng = SplitMix64::new(seed);
+    let tokens: Vec<i32> = (0..batch * c.seq_len)
+        .map(|_| rng.below(c.vocab_size as u64) as i32)
+        .collect();
+    let ids: Vec<i32> = (0..batch)
+        .map(|_| rng.below(c.num_puzzle_identifiers as u64) as i32)
+        .collect();
+    let model_path = dir.join("model.safetensors");
+    model.save(&model_path).unwrap();
+    let input_path = dir.join("input.safetensors");
+    let bytes = safetensors_bytes(
+        &[
+            RawTensor::i32("inputs", vec![batch, c.seq_len], &tokens),
+            RawTensor::i32("puzzle_identifiers", vec![batch], &ids),
+        ],
+        None,
+    );
+    std::fs::write(&input_path, bytes).unwrap();
+    let batch = PuzzleBatch::new(
+        c,
+        &tokens.iter().map(|&t| t as i64).collect::<Vec<_>>(),
+        Some(&ids.iter().map(|&t| t as i64).collect::<Vec<_>>()),
+    )
+    .unwrap();
+    (model_path, input_path, batch)
+}
+
+fn fresh_seed() -> u64 {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(3);
+    eprintln!("seed {seed}");
+    seed
+}
+
+fn run_and_compare(mlp_t: bool, pos: PosEncodings) {
+    let seed = fresh_seed();
+    let model = TrmModel::random(config(mlp_t, pos), seed, 0.5).unwrap();
+    let dir = temp_dir("cli-run");
+    let (model_path, input_path, batch) = write_case(&dir, &model, 3, seed ^ 0x5eed);
+    let out_path = dir.join("out.safetensors");
+    let out = trm(&[
+        "run",
+        "--model",
+        model_path.to_str().unwrap(),
+        "--input",
+        input_path.to_str().unwrap(),
+        "--output",
+        out_path.to_str().unwrap(),
+        "--backend",
+        "cpu",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reference = f64_reference::solve(&model, &batch, 3, false);
+    let bytes = std::fs::read(&out_path).unwrap();
+    let c = model.config();
+    let (shape, logits) = read_output_f32(&bytes, "logits");
+    assert_eq!(shape, vec![3, c.seq_len, c.vocab_size]);
+    assert_close("logits", &logits, &reference.logits, 1e-5, 1e-4);
+    let (shape, z_h) = read_output_f32(&bytes, "z_H");
+    assert_eq!(shape, vec![3, c.state_len(), c.hidden_size]);
+    assert_close("z_H", &z_h, &reference.z_h, 1e-5, 1e-4);
+    assert_close(
+        "z_L",
+        &read_output_f32(&bytes, "z_L").1,
+        &reference.z_l,
+        1e-5,
+        1e-4,
+    );
+    assert_close_floor(
+        "q_halt_logits",
+        &read_output_f32(&bytes, "q_halt_logits").1,
+        &reference.q_halt_logits,
+        1e-5,
+        1e-4,
+        1.0,
+    );
+    assert_close_floor(
+        "q_continue_logits",
+        &read_output_f32(&bytes, "q_continue_logits").1,
+        &reference.q_continue_logits,
+        1e-5,
+        1e-4,
+        1.0,
+    );
+    let (shape, steps) = read_output_f32(&bytes, "steps");
+    assert_eq!(shape, vec![3]);
+    assert_eq!(steps, vec![3.0; 3]);
+}
+
+#[test]
+fn run_mlp_mixer_matches_float64() {
+    run_and_compare(true, PosEncodings::None);
+}
+
+#[test]
+fn run_attention_rope_matches_float64() {
+    run_and_compare(false, PosEncodings::Rope);
+}
+
+#[test]
+fn run_attention_learned_matches_float64() {
+    run_and_compare(false, PosEncodings::Learned);
+}
+
+#[test]
+fn run_with_steps_option() {
+    let model = TrmModel::random(config(true, PosEncodings::None), 11, 0.5).unwrap();
+    let dir = temp_dir("cli-steps");
+    let (model_path, input_path, batch) = write_case(&dir, &model, 2, 5);
+    let out_path = dir.join("out.safetensors");
+    let out = trm(&[
+        "run",
+        "-m",
+        model_path.to_str().unwrap(),
+        "-i",
+        input_path.to_str().unwrap(),
+        "-o",
+        out_path.to_str().unwrap(),
+        "--steps",
+        "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&out_path).unwrap();
+    assert_eq!(read_output_f32(&bytes, "steps").1, vec![1.0, 1.0]);
+    let reference = f64_reference::solve(&model, &batch, 1, false);
+    assert_close(
+        "logits",
+        &read_output_f32(&bytes, "logits").1,
+        &reference.logits,
+        1e-5,
+        1e-4,
+    );
+}
+
+#[test]
+fn info_prints_configuration_and_cost() {
+    let model = TrmModel::random(config(true, PosEncodings::None), 1, 1.0).unwrap();
+    let dir = temp_dir("cli-info");
+    let path = dir.join("m.safetensors");
+    model.save(&path).unwrap();
+    let out = trm(&["info", "--model", path.to_str().unwrap()]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&model.parameter_count().to_string()),
+        "{text}"
+    );
+    assert!(text.contains("GFLOP"), "{text}");
+    let out = trm(&["info", "--model", path.to_str().unwrap(), "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["parameters"], model.parameter_count());
+    assert_eq!(
+        json["flops_per_recursion_step"],
+        model.config().flops_per_recursion_step()
+    );
+}
+
+/// Asserts a failed run: non-zero exit, exactly one line on stderr starting
+/// with `error:` and containing `needle`, no panic.
+fn assert_clean_failure(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should fail: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(lines[0].contains(needle), "`{needle}` not in: {stderr}");
+}
+
+#[test]
+fn bad_inputs_give_one_error_line() {
+    let model = TrmModel::random(config(true, PosEncodings::None), 2, 0.5).unwrap();
+    let dir = temp_dir("cli-bad");
+    let (model_path, input_path, _) = write_case(&dir, &model, 2, 9);
+    let out_path = dir.join("out.safetensors");
+    let m = model_path.to_str().unwrap();
+    let i = input_path.to_str().unwrap();
+    let o = out_path.to_str().unwrap();
+    let run = |model: &str, input: &str| trm(&["run", "-m", model, "-i", input, "-o", o]);
+
+    // unreadable model
+    assert_clean_failure(&run("/nonexistent.safetensors", i), "No such file");
+    // truncated model
+    let bytes = std::fs::read(&model_path).unwrap();
+    let truncated = dir.join("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
+    assert_clean_failure(
+        &run(truncated.to_str().unwrap(), i),
+        "not a valid safetensors file",
+    );
+    // bad header
+    let garbage = dir.join("garbage.safetensors");
+    std::fs::write(&garbage, b"\xff\xff\xff\xff\xff\xff\xff\x7f{}").unwrap();
+    assert_clean_failure(
+        &run(garbage.to_str().unwrap(), i),
+        "not a valid safetensors file",
+    );
+    // token id out of range
+    let bad_tokens = dir.join("bad_tokens.safetensors");
+    let mut tokens = vec![1i32; 22];
+    tokens[20] = 99;
+    std::fs::write(
+        &bad_tokens,
+        safetensors_bytes(&[RawTensor::i32("inputs", vec![2, 11], &tokens)], None),
+    )
+    .unwrap();
+    assert_clean_failure(
+        &run(m, bad_tokens.to_str().unwrap()),
+        "token id 99 of puzzle 1 at position 9",
+    );
+    // puzzle id out of range
+    let bad_ids = dir.join("bad_ids.safetensors");
+    std::fs::write(
+        &bad_ids,
+        safetensors_bytes(
+            &[
+                RawTensor::i32("inputs", vec![2, 11], &[1; 22]),
+                RawTensor::i64("puzzle_identifiers", vec![2], &[0, 3]),
+            ],
+            None,
+        ),
+    )
+    .unwrap();
+    assert_clean_failure(&run(m, bad_ids.to_str().unwrap()), "puzzle identifier 3");
+    // wrong rank
+    let bad_rank = dir.join("bad_rank.safetensors");
+    std::fs::write(
+        &bad_rank,
+        safetensors_bytes(&[RawTensor::i32("inputs", vec![22], &[1; 22])], None),
+    )
+    .unwrap();
+    assert_clean_failure(&run(m, bad_rank.to_str().unwrap()), "shape [B, 11]");
+    // wrong dtype
+    let bad_dtype = dir.join("bad_dtype.safetensors");
+    std::fs::write(
+        &bad_dtype,
+        safetensors_bytes(&[RawTensor::f32("inputs", vec![2, 11], &[1.0; 22])], None),
+    )
+    .unwrap();
+    assert_clean_failure(&run(m, bad_dtype.to_str().unwrap()), "dtype F32");
+    // missing tensor in the model
+    let missing = dir.join("missing.safetensors");
+    let tensors: Vec<RawTensor> = common::raw_tensors(&model)
+        .into_iter()
+        .filter(|t| t.name != "inner.q_head.weight")
+        .collect();
+    std::fs::write(
+        &missing,
+        common::model_bytes(&tensors, &model.config().to_json()),
+    )
+    .unwrap();
+    assert_clean_failure(&run(missing.to_str().unwrap(), i), "inner.q_head.weight");
+    // config contradicting the tensors
+    let contradicting = dir.join("contradicting.safetensors");
+    let mut c = model.config().clone();
+    c.seq_len = 12;
+    std::fs::write(
+        &contradicting,
+        common::model_bytes(&common::raw_tensors(&model), &c.to_json()),
+    )
+    .unwrap();
+    assert_clean_failure(
+        &run(contradicting.to_str().unwrap(), i),
+        "configuration implies",
+    );
+    // zero ACT steps
+    assert_clean_failure(
+        &trm(&["run", "-m", m, "-i", i, "-o", o, "--steps", "0"]),
+        "at least one ACT step",
+    );
+    // unwritable output
+    assert_clean_failure(
+        &trm(&[
+            "run",
+            "-m",
+            m,
+            "-i",
+            i,
+            "-o",
+            "/nonexistent/dir/out.safetensors",
+        ]),
+        "/nonexistent/dir",
+    );
+}

@@ -1,0 +1,237 @@
+//! Fresh random models of every variant, which no other test has seen,
+//! against the independent float64 implementation (`common/f64_reference.rs`):
+//! through the library and through `trm run`.
+//!
+//! Seeds come from the clock and are printed; set `TRM_TEST_SEED` to replay.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{assert_close, assert_close_floor, f64_reference};
+use trm_wgpu::rng::SplitMix64;
+use trm_wgpu::{CpuEngine, Engine, PosEncodings, PuzzleBatch, SolveOptions, TrmConfig, TrmModel};
+
+/// Agreement demanded with the float64 implementation.
+const REL_L2: f64 = 1e-5;
+/// Max-abs bound: logits and states are O(1)..O(10) here.
+const MAX_ABS: f64 = 1e-4;
+/// The two q logits of a puzzle can sit near zero by chance; their error is
+/// measured relative to unit scale at least.
+const Q_FLOOR: f64 = 1.0;
+
+fn test_seed() -> u64 {
+    let seed = std::env::var("TRM_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("seed {seed} (replay with TRM_TEST_SEED={seed})");
+    seed
+}
+
+/// A small random configuration of the given variant, with odd sizes.
+fn random_config(
+    rng: &mut SplitMix64,
+    mlp_t: bool,
+    pos: PosEncodings,
+    puzzle_emb: bool,
+) -> TrmConfig {
+    let pick =
+        |rng: &mut SplitMix64, options: &[usize]| options[rng.below(options.len() as u64) as usize];
+    let num_heads = pick(rng, &[1, 2, 4]);
+    let head_dim = pick(rng, &[4, 6, 10]);
+    let hidden_size = if mlp_t {
+        pick(rng, &[13, 18, 30])
+    } else {
+        num_heads * head_dim
+    };
+    let puzzle_emb_ndim = if puzzle_emb {
+        pick(rng, &[hidden_size / 2 + 1, hidden_size + 3])
+    } else {
+        0
+    };
+    let config = TrmConfig {
+        seq_len: pick(rng, &[7, 11, 23]),
+        vocab_size: pick(rng, &[5, 12]),
+        num_puzzle_identifiers: pick(rng, &[1, 3]),
+        hidden_size,
+        expansion: [2.0, 2.5, 4.0][rng.below(3) as usize],
+        num_heads,
+        h_cycles: pick(rng, &[1, 2]),
+        l_cycles: pick(rng, &[1, 2, 3]),
+        l_layers: pick(rng, &[1, 2, 3]),
+        halt_max_steps: 2,
+        mlp_t,
+        pos_encodings: pos,
+        puzzle_emb_ndim,
+        // 0 means ceil(ndim / D); sometimes ask for one more position
+        puzzle_emb_len: if puzzle_emb && rng.below(2) == 0 {
+            puzzle_emb_ndim.div_ceil(hidden_size) + 1
+        } else {
+            0
+        },
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+    };
+    config
+        .validate()
+        .unwrap_or_else(|e| panic!("{config:?}: {e}"));
+    config
+}
+
+fn random_batch(rng: &mut SplitMix64, config: &TrmConfig, batch: usize) -> PuzzleBatch {
+    let tokens: Vec<i64> = (0..batch * config.seq_len)
+        .map(|_| rng.below(config.vocab_size as u64) as i64)
+        .collect();
+    let ids: Vec<i64> = (0..batch)
+        .map(|_| rng.below(config.num_puzzle_identifiers as u64) as i64)
+        .collect();
+    PuzzleBatch::new(config, &tokens, Some(&ids)).unwrap()
+}
+
+/// Every variant: the CPU engine matches float64 on logits, q logits and the
+/// final carry.
+fn check_variant(mlp_t: bool, pos: PosEncodings, puzzle_emb: bool) {
+    let seed = test_seed();
+    let mut rng = SplitMix64::new(seed);
+    let config = random_config(&mut rng, mlp_t, pos, puzzle_emb);
+    eprintln!("{config:?}");
+    let model = TrmModel::random(config.clone(), rng.next_u64(), 0.5).unwrap();
+    let batch_size = 1 + rng.below(4) as usize;
+    let batch = random_batch(&mut rng, &config, batch_size);
+    let reference = f64_reference::solve(&model, &batch, 2, false);
+    let mut engine = CpuEngine::new(Arc::new(model)).unwrap();
+    let out = engine.solve(&batch, &SolveOptions::default()).unwrap();
+    assert_close("logits", &out.logits, &reference.logits, REL_L2, MAX_ABS);
+    assert_close_floor(
+        "q_halt_logits",
+        &out.q_halt_logits,
+        &reference.q_halt_logits,
+        REL_L2,
+        MAX_ABS,
+        Q_FLOOR,
+    );
+    assert_close_floor(
+        "q_continue_logits",
+        &out.q_continue_logits,
+        &reference.q_continue_logits,
+        REL_L2,
+        MAX_ABS,
+        Q_FLOOR,
+    );
+    assert_close("z_H", &out.z_h, &reference.z_h, REL_L2, MAX_ABS);
+    assert_close("z_L", &out.z_l, &reference.z_l, REL_L2, MAX_ABS);
+    assert_eq!(out.steps, reference.steps);
+}
+
+#[test]
+fn mlp_mixer_with_puzzle_embedding() {
+    check_variant(true, PosEncodings::None, true);
+}
+
+#[test]
+fn mlp_mixer_without_puzzle_embedding() {
+    check_variant(true, PosEncodings::None, false);
+}
+
+#[test]
+fn mlp_mixer_with_learned_positions() {
+    check_variant(true, PosEncodings::Learned, true);
+}
+
+#[test]
+fn attention_rope() {
+    check_variant(false, PosEncodings::Rope, true);
+}
+
+#[test]
+fn attention_rope_without_puzzle_embedding() {
+    check_variant(false, PosEncodings::Rope, false);
+}
+
+#[test]
+fn attention_learned() {
+    check_variant(false, PosEncodings::Learned, true);
+}
+
+#[test]
+fn attention_no_positions() {
+    check_variant(false, PosEncodings::None, false);
+}
+
+/// Early halting: each puzzle stops after the first ACT step whose
+/// q_halt > 0, with that step's outputs. The q_head bias is set from the
+/// q_halt trajectories so that puzzles halt at different steps.
+#[test]
+fn early_halting_matches_float64() {
+    let seed = test_seed();
+    let mut rng = SplitMix64::new(seed);
+    let mut config = random_config(&mut rng, true, PosEncodings::None, true);
+    config.halt_max_steps = 4;
+    let model = TrmModel::random(config.clone(), rng.next_u64(), 0.5).unwrap();
+    let batch = random_batch(&mut rng, &config, 6);
+    // q_halt of every puzzle after every step, from the engine step by step
+    let mut engine = CpuEngine::new(Arc::new(model.clone())).unwrap();
+    let mut carry = None;
+    let mut trajectory = Vec::new();
+    for _ in 0..config.halt_max_steps {
+        let out = engine
+            .solve_from(
+                &batch,
+                carry.as_ref(),
+                &SolveOptions::default().act_steps(1),
+            )
+            .unwrap();
+        trajectory.push(out.q_halt_logits.clone());
+        carry = Some(out.carry());
+    }
+    // Shift the bias so that the median of step 2 sits at zero, nudged so
+    // that no decision lies within rounding distance of zero.
+    let mut step2 = trajectory[1].clone();
+    step2.sort_by(f32::total_cmp);
+    let mut shift = -(step2[2] + step2[3]) / 2.0;
+    while trajectory
+        .iter()
+        .flatten()
+        .any(|q| (q + shift).abs() < 1e-3)
+    {
+        shift += 2.5e-3;
+    }
+    let tensors = model.named_tensors().into_iter().map(|(name, mut t)| {
+        if name == "inner.q_head.bias" {
+            t.data[0] += shift;
+        }
+        (name, t)
+    });
+    let model = TrmModel::from_tensors(config.clone(), tensors, &Default::default()).unwrap();
+    let reference = f64_reference::solve(&model, &batch, config.halt_max_steps, true);
+    let mut engine = CpuEngine::new(Arc::new(model)).unwrap();
+    let out = engine
+        .solve(&batch, &SolveOptions::default().early_halt(true))
+        .unwrap();
+    eprintln!(
+        "steps: engine {:?}, float64 {:?}",
+        out.steps, reference.steps
+    );
+    assert_eq!(out.steps, reference.steps);
+    assert!(
+        out.steps.iter().any(|&s| s < config.halt_max_steps as u32),
+        "no puzzle halted early: {:?}",
+        out.steps
+    );
+    assert_close("logits", &out.logits, &reference.logits, REL_L2, MAX_ABS);
+    assert_close_floor(
+        "q_halt_logits",
+        &out.q_halt_logits,
+        &reference.q_halt_logits,
+        REL_L2,
+        MAX_ABS,
+        Q_FLOOR,
+    );
+    assert_close("z_H", &out.z_h, &reference.z_h, REL_L2, MAX_ABS);
+}
