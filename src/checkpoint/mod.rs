@@ -3,6 +3,9 @@
 //! - [`model_file`]: the project's format, a safetensors file whose header
 //!   metadata key `config` holds the configuration as JSON (the golden format).
 //! - the authors' `torch.save` state dicts (`step_N` + `all_config.yaml` +
-//!   `dataset.json`), read without Python and converted to the former.
+//!   `dataset.json`), read without Python and converted to the former:
+//!   [`official`], whose pickles run on the allowlisted machine of [`pickle`].
 
 pub mod model_file;
+pub mod official;
+pub mod pickle;
