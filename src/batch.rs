@@ -8,6 +8,15 @@ use crate::config::TrmConfig;
 use crate::error::{Result, TrmError};
 use crate::tensor_file;
 
+/// Default limit on the state memory of a batch read from a file (8 GiB).
+pub const DEFAULT_MAX_BATCH_BYTES: u64 = 8 << 30;
+
+/// Environment variable that overrides [`DEFAULT_MAX_BATCH_BYTES`].
+pub const MAX_BATCH_BYTES_ENV: &str = "TRM_MAX_BATCH_BYTES";
+
+/// f32 buffers of `[S, D]` per puzzle counted by [`PuzzleBatch::state_bytes`].
+pub const STATE_BUFFERS: u64 = 8;
+
 /// Puzzles ready to solve: `B x seq_len` token ids and `B` puzzle identifiers,
 /// all within the model's ranges.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,7 +95,22 @@ impl PuzzleBatch {
     }
 
     /// As [`PuzzleBatch::load`], from a buffer; `what` names it in errors.
+    /// A batch whose state would need more than
+    /// [`PuzzleBatch::max_state_bytes`] is refused before anything is
+    /// converted.
     pub fn from_safetensors_bytes(bytes: &[u8], what: &str, config: &TrmConfig) -> Result<Self> {
+        Self::from_safetensors_bytes_with_limit(bytes, what, config, Self::max_state_bytes()?)
+    }
+
+    /// As [`PuzzleBatch::from_safetensors_bytes`], refusing batches whose
+    /// state would need more than `limit` bytes (see
+    /// [`PuzzleBatch::state_bytes`]).
+    pub fn from_safetensors_bytes_with_limit(
+        bytes: &[u8],
+        what: &str,
+        config: &TrmConfig,
+        limit: u64,
+    ) -> Result<Self> {
         let file = tensor_file::parse(bytes, what)?;
         let inputs = file
             .tensor("inputs")
@@ -98,6 +122,7 @@ impl PuzzleBatch {
                 inputs.shape()
             )));
         }
+        Self::check_state_bytes(config, inputs.shape()[0], limit, what)?;
         let tokens = tensor_file::to_i64("inputs", &inputs)?;
         let ids = match file.tensor("puzzle_identifiers") {
             Err(_) => None,
@@ -113,6 +138,58 @@ impl PuzzleBatch {
             }
         };
         Self::new(config, &tokens, ids.as_deref())
+    }
+
+    /// Estimated bytes a solve of `puzzles` puzzles needs: [`STATE_BUFFERS`]
+    /// f32 buffers of `[S, D]` per puzzle (input embedding, carry, scratch
+    /// and output copies) plus two copies of the logits. Saturates instead
+    /// of overflowing.
+    pub fn state_bytes(config: &TrmConfig, puzzles: usize) -> u64 {
+        let state = (config.state_len() as u64).saturating_mul(config.hidden_size as u64);
+        let logits = (config.seq_len as u64).saturating_mul(config.vocab_size as u64);
+        let per_puzzle = state
+            .saturating_mul(STATE_BUFFERS)
+            .saturating_add(logits.saturating_mul(2))
+            .saturating_mul(4);
+        per_puzzle.saturating_mul(puzzles as u64)
+    }
+
+    /// The limit on [`PuzzleBatch::state_bytes`] for batches read from
+    /// files: the environment variable [`MAX_BATCH_BYTES_ENV`] (a byte count)
+    /// when set, else [`DEFAULT_MAX_BATCH_BYTES`].
+    pub fn max_state_bytes() -> Result<u64> {
+        match std::env::var(MAX_BATCH_BYTES_ENV) {
+            Err(_) => Ok(DEFAULT_MAX_BATCH_BYTES),
+            Ok(text) => text.trim().parse::<u64>().map_err(|_| {
+                TrmError::Input(format!(
+                    "{MAX_BATCH_BYTES_ENV} must be a number of bytes, got `{text}`"
+                ))
+            }),
+        }
+    }
+
+    /// Refuses `puzzles` puzzles whose state would need more than `limit`
+    /// bytes, saying how many puzzles fit; `what` names the input.
+    pub fn check_state_bytes(
+        config: &TrmConfig,
+        puzzles: usize,
+        limit: u64,
+        what: &str,
+    ) -> Result<()> {
+        let needed = Self::state_bytes(config, puzzles);
+        if needed <= limit {
+            return Ok(());
+        }
+        let per_puzzle = Self::state_bytes(config, 1).max(1);
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        Err(TrmError::TooLarge(format!(
+            "{what}: {puzzles} puzzles need about {:.2} GiB for their state ({STATE_BUFFERS} f32 buffers of S x D = {} x {} per puzzle), beyond the limit of {:.2} GiB; split the input into batches of at most {} puzzles, or raise the limit with {MAX_BATCH_BYTES_ENV}=<bytes>",
+            gib(needed),
+            config.state_len(),
+            config.hidden_size,
+            gib(limit),
+            limit / per_puzzle
+        )))
     }
 
     /// Number of puzzles B.
