@@ -181,13 +181,12 @@ impl PuzzleBatch {
             return Ok(());
         }
         let per_puzzle = Self::state_bytes(config, 1).max(1);
-        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
         Err(TrmError::TooLarge(format!(
-            "{what}: {puzzles} puzzles need about {:.2} GiB for their state ({STATE_BUFFERS} f32 buffers of S x D = {} x {} per puzzle), beyond the limit of {:.2} GiB; split the input into batches of at most {} puzzles, or raise the limit with {MAX_BATCH_BYTES_ENV}=<bytes>",
-            gib(needed),
+            "{what}: {puzzles} puzzles need about {} for their state ({STATE_BUFFERS} f32 buffers of S x D = {} x {} per puzzle), beyond the limit of {}; split the input into batches of at most {} puzzles, or raise the limit with {MAX_BATCH_BYTES_ENV}=<bytes>",
+            human_bytes(needed),
             config.state_len(),
             config.hidden_size,
-            gib(limit),
+            human_bytes(limit),
             limit / per_puzzle
         )))
     }
@@ -229,5 +228,21 @@ impl PuzzleBatch {
             tokens: self.tokens[range.start * self.seq_len..range.end * self.seq_len].to_vec(),
             puzzle_ids: self.puzzle_ids[range].to_vec(),
         }
+    }
+}
+
+/// A byte count for people: `512 B`, `1.5 MiB`, `8.0 GiB`.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
     }
 }

@@ -45,9 +45,12 @@ impl PickleTensor {
     }
 }
 
-/// Writes pickle opcodes.
+/// Writes pickle opcodes. Globals and strings are memoized and fetched
+/// back with BINGET when repeated, and tuples memoized, as Python's pickler
+/// does in `torch.save`.
 pub struct Pickler {
     pub out: Vec<u8>,
+    memo: std::collections::HashMap<String, u32>,
 }
 
 impl Default for Pickler {
@@ -59,7 +62,10 @@ impl Default for Pickler {
 impl Pickler {
     /// Starts a protocol-2 pickle.
     pub fn new() -> Self {
-        Pickler { out: vec![0x80, 2] }
+        Pickler {
+            out: vec![0x80, 2],
+            memo: Default::default(),
+        }
     }
 
     pub fn op(&mut self, op: u8) -> &mut Self {
@@ -72,12 +78,49 @@ impl Pickler {
         self
     }
 
-    /// BINUNICODE.
-    pub fn str(&mut self, s: &str) -> &mut Self {
-        self.out.push(b'X');
-        self.out.extend((s.len() as u32).to_le_bytes());
-        self.out.extend(s.as_bytes());
+    /// BINPUT (or LONG_BINPUT) of the next memo index.
+    pub fn put(&mut self) -> u32 {
+        let index = self.memo.len() as u32 + 1;
+        self.memo.insert(format!("#{index}"), index);
+        if index < 256 {
+            self.out.extend([b'q', index as u8]);
+        } else {
+            self.out.push(b'r');
+            self.out.extend(index.to_le_bytes());
+        }
+        index
+    }
+
+    /// BINGET (or LONG_BINGET).
+    pub fn get(&mut self, index: u32) -> &mut Self {
+        if index < 256 {
+            self.out.extend([b'h', index as u8]);
+        } else {
+            self.out.push(b'j');
+            self.out.extend(index.to_le_bytes());
+        }
         self
+    }
+
+    /// Emits `write` the first time `key` is seen (memoizing it), BINGET
+    /// afterwards.
+    fn memoized(&mut self, key: String, write: impl FnOnce(&mut Self)) -> &mut Self {
+        if let Some(&index) = self.memo.get(&key) {
+            return self.get(index);
+        }
+        write(self);
+        let index = self.put();
+        self.memo.insert(key, index);
+        self
+    }
+
+    /// BINUNICODE, memoized.
+    pub fn str(&mut self, s: &str) -> &mut Self {
+        self.memoized(format!("str:{s}"), |p| {
+            p.out.push(b'X');
+            p.out.extend((s.len() as u32).to_le_bytes());
+            p.out.extend(s.as_bytes());
+        })
     }
 
     /// The smallest of BININT1, BININT2, BININT, LONG1, as pickle does.
@@ -97,8 +140,16 @@ impl Pickler {
         self
     }
 
-    /// GLOBAL `module name`.
+    /// GLOBAL `module name`, memoized.
     pub fn global(&mut self, module: &str, name: &str) -> &mut Self {
+        self.memoized(format!("global:{module}.{name}"), |p| {
+            p.out.push(b'c');
+            p.out.extend(format!("{module}\n{name}\n").as_bytes());
+        })
+    }
+
+    /// GLOBAL without memoization (for hostile pickles).
+    pub fn raw_global(&mut self, module: &str, name: &str) -> &mut Self {
         self.out.push(b'c');
         self.out.extend(format!("{module}\n{name}\n").as_bytes());
         self
@@ -135,17 +186,23 @@ impl Pickler {
             .str(&t.key)
             .str("cpu")
             .int(t.numel as i64)
-            .op(b't')
-            .op(b'Q');
-        self.int(t.offset as i64)
-            .int_tuple(&t.shape)
-            .int_tuple(&t.stride)
-            .op(0x89)
+            .op(b't');
+        self.put();
+        self.op(b'Q');
+        self.int(t.offset as i64).int_tuple(&t.shape);
+        self.put();
+        self.int_tuple(&t.stride);
+        self.put();
+        self.op(0x89)
             .global("collections", "OrderedDict")
             .op(b')')
-            .op(b'R')
-            .op(b't')
-            .op(b'R')
+            .op(b'R');
+        self.put();
+        self.op(b't');
+        self.put();
+        self.op(b'R');
+        self.put();
+        self
     }
 
     /// Ends the pickle.
@@ -158,7 +215,9 @@ impl Pickler {
 /// A state-dict pickle: `{name: tensor, ...}`.
 pub fn state_dict_pickle(tensors: &[PickleTensor]) -> Vec<u8> {
     let mut p = Pickler::new();
-    p.op(b'}').raw(&[b'q', 0]).op(b'(');
+    p.op(b'}');
+    p.put();
+    p.op(b'(');
     for t in tensors {
         p.str(&t.name).tensor(t);
     }

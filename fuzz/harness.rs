@@ -1,0 +1,202 @@
+//! What the fuzz targets run, shared with `tests/fuzz_regressions.rs`
+//! (which includes this file), so that `cargo test` replays every seed and
+//! every fixed crash input through exactly the code the fuzzers ran.
+//!
+//! Each entry point takes arbitrary bytes and must never panic on its own;
+//! on whatever it accepts it checks invariants and panics (a finding for
+//! the fuzzer, a failure for the test) when one does not hold. It returns
+//! the outcome of every call it made: `Ok` for an accepted input, or the
+//! typed error that refused it.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use trm_wgpu::checkpoint::official::{self, ConvertOptions, OfficialCheckpoint};
+use trm_wgpu::{LoadOptions, PuzzleBatch, TrmConfig, TrmError, TrmModel};
+
+/// A tiny MLP-mixer whose SwiGLU widths are 0 (expansion 0.05), so that
+/// its files are a few hundred bytes: the model of the official-checkpoint
+/// seeds and of the storages given to pickles.
+pub const TINY_CONFIG_JSON: &str = r#"{"seq_len": 4, "vocab_size": 3, "num_puzzle_identifiers": 2, "hidden_size": 8, "expansion": 0.05, "num_heads": 2, "H_cycles": 1, "L_cycles": 1, "L_layers": 1, "halt_max_steps": 1, "mlp_t": true, "pos_encodings": "none", "puzzle_emb_ndim": 8, "puzzle_emb_len": 1}"#;
+
+/// The `all_config.yaml` of [`TINY_CONFIG_JSON`], as the authors' training
+/// writes it (training-only fields included).
+pub const TINY_YAML: &str = "arch:
+  H_cycles: 1
+  H_layers: 0
+  L_cycles: 1
+  L_layers: 1
+  expansion: 0.05
+  forward_dtype: bfloat16
+  halt_exploration_prob: 0.1
+  halt_max_steps: 1
+  hidden_size: 8
+  loss:
+    loss_type: stablemax_cross_entropy
+    name: losses@ACTLossHead
+  mlp_t: true
+  name: recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1
+  no_ACT_continue: true
+  num_heads: 2
+  pos_encodings: none
+  puzzle_emb_len: 1
+  puzzle_emb_ndim: 8
+lr: 0.0001
+";
+
+/// The `dataset.json` of [`TINY_CONFIG_JSON`].
+pub const TINY_DATASET: &str =
+    r#"{"pad_id": 0, "seq_len": 4, "vocab_size": 3, "num_puzzle_identifiers": 2}"#;
+
+/// The configuration of [`TINY_CONFIG_JSON`].
+pub fn tiny_config() -> TrmConfig {
+    TrmConfig::from_json(TINY_CONFIG_JSON).expect("the tiny configuration is valid")
+}
+
+/// The tiny model with seeded random weights.
+pub fn tiny_model() -> TrmModel {
+    TrmModel::random(tiny_config(), 7, 0.5).expect("the tiny model builds")
+}
+
+/// The storages pickles are fuzzed against: key `i` holds the f32 bytes of
+/// the `i`-th tensor of [`tiny_model`].
+pub fn template_storages() -> &'static HashMap<String, Vec<u8>> {
+    static STORAGES: OnceLock<HashMap<String, Vec<u8>>> = OnceLock::new();
+    STORAGES.get_or_init(|| {
+        tiny_model()
+            .named_tensors()
+            .into_iter()
+            .enumerate()
+            .map(|(i, (_, t))| {
+                (
+                    i.to_string(),
+                    t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                )
+            })
+            .collect()
+    })
+}
+
+/// The official Sudoku data set's sizes, for batch inputs.
+pub const SUDOKU_CONFIG_JSON: &str = r#"{"seq_len": 81, "vocab_size": 11, "num_puzzle_identifiers": 1, "hidden_size": 512, "expansion": 4, "num_heads": 8, "H_cycles": 3, "L_cycles": 6, "L_layers": 2, "halt_max_steps": 16, "mlp_t": true, "pos_encodings": "none", "puzzle_emb_ndim": 512, "puzzle_emb_len": 16}"#;
+
+/// Checks a model that a loader accepted: tensor sizes agree with shapes
+/// and the configuration, and the model survives a round trip through the
+/// project's format unchanged.
+pub fn check_model(model: &TrmModel) {
+    let tensors = model.named_tensors();
+    for (name, tensor) in &tensors {
+        let n: usize = tensor.shape.iter().product();
+        assert_eq!(n, tensor.data.len(), "tensor {name}");
+        assert!(tensor.data.iter().all(|v| v.is_finite()), "tensor {name}");
+    }
+    let bytes = model
+        .to_safetensors_bytes()
+        .expect("an accepted model serialises");
+    let again = TrmModel::from_safetensors_bytes(&bytes, "round trip", &LoadOptions::default(), None)
+        .expect("an accepted model reloads");
+    assert_eq!(again.config(), model.config());
+    assert_eq!(again.named_tensors(), tensors);
+}
+
+/// Fuzz target `model_file`: a model file in the project's format
+/// (safetensors header, configuration JSON in the metadata, tensors),
+/// loaded strictly and leniently.
+pub fn model_file(data: &[u8]) -> Vec<Result<(), TrmError>> {
+    [false, true]
+        .into_iter()
+        .map(|allow| {
+            let options = LoadOptions::default().allow_unexpected(allow);
+            TrmModel::from_safetensors_bytes(data, "fuzz input", &options, None)
+                .map(|model| check_model(&model))
+        })
+        .collect()
+}
+
+/// Fuzz target `official`: the first byte chooses what the rest is. Even:
+/// a whole `step_N` file (zip archive), converted with the tiny model's
+/// `all_config.yaml`, with and without its `dataset.json`. Odd: a
+/// `data.pkl` alone, run against [`template_storages`] (the zip's CRCs
+/// would otherwise stop most mutations of the pickle at the door).
+pub fn official(data: &[u8]) -> Vec<Result<(), TrmError>> {
+    let Some((&mode, rest)) = data.split_first() else {
+        return Vec::new();
+    };
+    let options = ConvertOptions::default();
+    let mut outcomes = Vec::new();
+    if mode % 2 == 0 {
+        for dataset in [Some(TINY_DATASET), None] {
+            outcomes.push(
+                official::convert_bytes(rest.to_vec(), TINY_YAML, dataset, &options)
+                    .map(|conversion| check_model(&conversion.model)),
+            );
+        }
+    } else {
+        let parts = template_storages().clone();
+        let opened = OfficialCheckpoint::from_parts(rest, parts, "fuzz data.pkl");
+        match opened {
+            Err(e) => outcomes.push(Err(e)),
+            Ok(mut checkpoint) => {
+                let shapes: Vec<Vec<usize>> =
+                    checkpoint.tensors().iter().map(|t| t.shape.clone()).collect();
+                outcomes.push(checkpoint.to_state_dict().map(|tensors| {
+                    assert_eq!(tensors.len(), shapes.len());
+                    for ((name, tensor), shape) in tensors.iter().zip(&shapes) {
+                        assert_eq!(&tensor.shape, shape, "tensor {name}");
+                        let n: usize = shape.iter().product();
+                        assert_eq!(tensor.data.len(), n, "tensor {name}");
+                    }
+                }));
+                outcomes.push(
+                    official::convert_checkpoint(
+                        &mut checkpoint,
+                        TINY_YAML,
+                        "all_config.yaml",
+                        None,
+                        &options,
+                    )
+                    .map(|conversion| check_model(&conversion.model)),
+                );
+            }
+        }
+    }
+    outcomes
+}
+
+/// Fuzz target `batch`: `trm run`'s input file, read for two models (the
+/// official Sudoku sizes, and the tiny model with two puzzle ids), without
+/// a memory limit and with a 1 MiB one.
+pub fn batch(data: &[u8]) -> Vec<Result<(), TrmError>> {
+    let configs = [
+        TrmConfig::from_json(SUDOKU_CONFIG_JSON).expect("the Sudoku configuration is valid"),
+        tiny_config(),
+    ];
+    let mut outcomes = Vec::new();
+    for config in &configs {
+        for limit in [u64::MAX, 1 << 20] {
+            outcomes.push(
+                PuzzleBatch::from_safetensors_bytes_with_limit(data, "fuzz input", config, limit)
+                    .map(|batch| {
+                        assert!(!batch.is_empty());
+                        assert_eq!(batch.tokens().len(), batch.len() * config.seq_len);
+                        assert_eq!(batch.puzzle_ids().len(), batch.len());
+                        assert!(
+                            batch
+                                .tokens()
+                                .iter()
+                                .all(|&t| (t as usize) < config.vocab_size)
+                        );
+                        assert!(
+                            batch
+                                .puzzle_ids()
+                                .iter()
+                                .all(|&p| (p as usize) < config.num_puzzle_identifiers)
+                        );
+                        assert!(PuzzleBatch::state_bytes(config, batch.len()) <= limit);
+                    }),
+            );
+        }
+    }
+    outcomes
+}
