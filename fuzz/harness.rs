@@ -94,8 +94,9 @@ pub fn check_model(model: &TrmModel) {
     let bytes = model
         .to_safetensors_bytes()
         .expect("an accepted model serialises");
-    let again = TrmModel::from_safetensors_bytes(&bytes, "round trip", &LoadOptions::default(), None)
-        .expect("an accepted model reloads");
+    let again =
+        TrmModel::from_safetensors_bytes(&bytes, "round trip", &LoadOptions::default(), None)
+            .expect("an accepted model reloads");
     assert_eq!(again.config(), model.config());
     assert_eq!(again.named_tensors(), tensors);
 }
@@ -138,8 +139,11 @@ pub fn official(data: &[u8]) -> Vec<Result<(), TrmError>> {
         match opened {
             Err(e) => outcomes.push(Err(e)),
             Ok(mut checkpoint) => {
-                let shapes: Vec<Vec<usize>> =
-                    checkpoint.tensors().iter().map(|t| t.shape.clone()).collect();
+                let shapes: Vec<Vec<usize>> = checkpoint
+                    .tensors()
+                    .iter()
+                    .map(|t| t.shape.clone())
+                    .collect();
                 outcomes.push(checkpoint.to_state_dict().map(|tensors| {
                     assert_eq!(tensors.len(), shapes.len());
                     for ((name, tensor), shape) in tensors.iter().zip(&shapes) {

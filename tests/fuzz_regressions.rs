@@ -14,7 +14,7 @@ mod common;
 #[path = "../fuzz/harness.rs"]
 mod harness;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::torch_save::{
     OFFICIAL_PREFIX, PickleTensor, Pickler, model_state_dict, model_step_file, state_dict_pickle,
@@ -62,7 +62,10 @@ fn replay(target: &str, run: fn(&[u8]) -> Vec<Result<(), TrmError>>) {
             .collect();
         eprintln!("{target}/{name}: {}", summary.join(" | "));
         if name.starts_with("ok-") {
-            assert!(outcomes.iter().any(Result::is_ok), "{name} must be accepted");
+            assert!(
+                outcomes.iter().any(Result::is_ok),
+                "{name} must be accepted"
+            );
         } else if name.starts_with("err-") {
             assert!(
                 !outcomes.is_empty() && outcomes.iter().all(Result::is_err),
@@ -185,10 +188,13 @@ fn regenerate_seeds() {
         "ok-zip-tiny-bf16-init",
         &with_mode(0, &model_step_file(&tiny, true)),
     );
-    write("official", "ok-pickle-tiny", &with_mode(1, &tiny_pickle(|_| ())));
+    write(
+        "official",
+        "ok-pickle-tiny",
+        &with_mode(1, &tiny_pickle(|_| ())),
+    );
     let golden_pickle = {
-        let bytes =
-            std::fs::read(common::data_dir().join("golden/official/step_1000")).unwrap();
+        let bytes = std::fs::read(common::data_dir().join("golden/official/step_1000")).unwrap();
         let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
         let mut file = archive.by_name("step_1000/data.pkl").unwrap();
         let mut out = Vec::new();
@@ -239,7 +245,7 @@ fn regenerate_seeds() {
     );
 
     // batch: trm run's input.
-    let sudoku: Vec<i32> = (0..2 * 81).map(|i| (i % 11) as i32).collect();
+    let sudoku: Vec<i32> = (0..2 * 81).map(|i| i % 11).collect();
     write(
         "batch",
         "ok-sudoku-int32.safetensors",
@@ -259,7 +265,10 @@ fn regenerate_seeds() {
     write(
         "batch",
         "err-token-out-of-range.safetensors",
-        &safetensors_bytes(&[RawTensor::i32("inputs", vec![1, 4], &[0, 1, 99, 1])], None),
+        &safetensors_bytes(
+            &[RawTensor::i32("inputs", vec![1, 4], &[0, 1, 99, 1])],
+            None,
+        ),
     );
 }
 
@@ -272,5 +281,4 @@ fn seeds_stay_small() {
             assert!(len <= 16 << 10, "{}: {len} bytes", path.display());
         }
     }
-    let _ = Path::new("");
 }
