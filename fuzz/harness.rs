@@ -115,18 +115,45 @@ pub fn model_file(data: &[u8]) -> Vec<Result<(), TrmError>> {
         .collect()
 }
 
-/// Fuzz target `official`: the first byte chooses what the rest is. Even:
-/// a whole `step_N` file (zip archive), converted with the tiny model's
-/// `all_config.yaml`, with and without its `dataset.json`. Odd: a
-/// `data.pkl` alone, run against [`template_storages`] (the zip's CRCs
-/// would otherwise stop most mutations of the pickle at the door).
+/// The `data.pkl` of the tiny model (the seed `ok-pickle-tiny`, after its
+/// mode byte), whose storages are [`template_storages`].
+pub const TINY_PICKLE: &[u8] = include_bytes!("seeds/official/ok-pickle-tiny");
+
+/// Fuzz target `official`: the first byte chooses what the rest is
+/// (modulo 4). 0: a whole `step_N` file (zip archive), converted with the
+/// tiny model's `all_config.yaml`, with and without its `dataset.json`.
+/// 1: a `data.pkl` alone, run against [`template_storages`] (the zip's CRCs
+/// would otherwise stop most mutations of the pickle at the door). 2: an
+/// `all_config.yaml`, and 3: a `dataset.json`, for the tiny model's
+/// weights.
 pub fn official(data: &[u8]) -> Vec<Result<(), TrmError>> {
     let Some((&mode, rest)) = data.split_first() else {
         return Vec::new();
     };
     let options = ConvertOptions::default();
     let mut outcomes = Vec::new();
-    if mode % 2 == 0 {
+    if mode % 4 >= 2 {
+        let tiny = TINY_PICKLE.get(1..).unwrap_or_default();
+        let text = String::from_utf8_lossy(rest);
+        let (yaml, dataset) = if mode % 4 == 2 {
+            (text.as_ref(), Some(TINY_DATASET))
+        } else {
+            (TINY_YAML, Some(text.as_ref()))
+        };
+        for dataset in [dataset, None] {
+            let converted = OfficialCheckpoint::from_parts(tiny, template_storages().clone(), "t")
+                .and_then(|mut checkpoint| {
+                    official::convert_checkpoint(
+                        &mut checkpoint,
+                        yaml,
+                        "all_config.yaml",
+                        dataset.map(|d| (d, "dataset.json")),
+                        &options,
+                    )
+                });
+            outcomes.push(converted.map(|conversion| check_model(&conversion.model)));
+        }
+    } else if mode % 2 == 0 {
         for dataset in [Some(TINY_DATASET), None] {
             outcomes.push(
                 official::convert_bytes(rest.to_vec(), TINY_YAML, dataset, &options)

@@ -11,8 +11,21 @@ fn main() -> ExitCode {
     match cli::dispatch(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One clear line, no panic, no backtrace.
-            eprintln!("error: {e}");
+            // One clear line, no panic, no backtrace; control characters a
+            // hostile file slipped into the message are escaped.
+            let message: String = e
+                .to_string()
+                .chars()
+                .flat_map(|c| {
+                    let escaped: Vec<char> = if c.is_control() {
+                        c.escape_debug().collect()
+                    } else {
+                        vec![c]
+                    };
+                    escaped
+                })
+                .collect();
+            eprintln!("error: {message}");
             ExitCode::FAILURE
         }
     }

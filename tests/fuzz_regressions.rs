@@ -244,6 +244,25 @@ fn regenerate_seeds() {
         &with_mode(1, &tiny_pickle(|t| t[1].numel += 3)),
     );
 
+    write(
+        "official",
+        "ok-yaml-tiny",
+        &with_mode(2, harness::TINY_YAML.as_bytes()),
+    );
+    write(
+        "official",
+        "ok-dataset-tiny",
+        &with_mode(3, harness::TINY_DATASET.as_bytes()),
+    );
+    write(
+        "official",
+        "err-yaml-alias-bomb",
+        &with_mode(
+            2,
+            b"a: &a [x, x, x, x]\nb: &b [*a, *a, *a, *a]\narch: {hidden_size: *b}\n",
+        ),
+    );
+
     // batch: trm run's input.
     let sudoku: Vec<i32> = (0..2 * 81).map(|i| i % 11).collect();
     write(

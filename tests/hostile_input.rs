@@ -372,6 +372,25 @@ fn checkpoint_error(pickle_bytes: &[u8], needle: &str) {
 }
 
 #[test]
+fn names_with_control_characters_are_refused() {
+    let mut t = tensors();
+    t[0].name = "inner.embed\n\x1b[31mtokens".into();
+    checkpoint_error(&state_dict_pickle(&t), "embed\\n\\u{1b}[31mtokens");
+    let mut t = tensors();
+    t[0].name = "x".repeat(5000);
+    checkpoint_error(&state_dict_pickle(&t), "not a plain name");
+    let mut tensors = raw_tensors(&model());
+    tensors[0].name = "inner.embed_tokens\r.embedding_weight".into();
+    let err = load(&model_bytes(&tensors, &config().to_json())).unwrap_err();
+    assert!(matches!(err, TrmError::Safetensors { .. }), "{err}");
+    assert!(!err.to_string().contains('\r'), "{err}");
+    // A global's name is escaped in the message too.
+    let evil = Pickler::new().raw_global("os\r", "system\x1b").finish();
+    let err = pickle::parse(&evil, "t").unwrap_err().to_string();
+    assert!(err.contains("os\\r.system\\u{1b}"), "{err}");
+}
+
+#[test]
 fn storage_offset_outside_its_data() {
     let mut t = tensors();
     t[0].offset = t[0].numel; // one past the end
@@ -802,6 +821,21 @@ fn cli_reports_hostile_files_on_one_line() {
     assert_one_error_line(
         &trm(&["convert", &outside, "-c", y, "-o", o], &[]),
         "lies outside its storage",
+    );
+
+    // A configuration value with a newline in it.
+    let sneaky = dir.join("sneaky.yaml");
+    std::fs::write(
+        &sneaky,
+        all_config_yaml(&m).replace("pos_encodings: none", "pos_encodings: \"no\\nne\""),
+    )
+    .unwrap();
+    assert_one_error_line(
+        &trm(
+            &["convert", &good, "-c", sneaky.to_str().unwrap(), "-o", o],
+            &[],
+        ),
+        "pos_encodings",
     );
 
     // A model file whose header overflows.

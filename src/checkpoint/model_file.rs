@@ -53,13 +53,21 @@ impl TrmModel {
                 TrmConfig::from_json(json)?
             }
         };
-        // Check names and shapes before widening anything, so that a file
-        // with the wrong tensors is refused without converting the others.
+        // Check every shape before widening anything, so that a file with a
+        // wrong (or far too large) tensor is refused without converting any.
         let expected: HashMap<String, Vec<usize>> = crate::model::expected_tensors(&config)
             .into_iter()
             .collect();
-        let mut tensors = Vec::new();
         for (name, view) in file.iter() {
+            if !super::pickle::plain_name(name) {
+                return Err(TrmError::safetensors(
+                    what,
+                    format!(
+                        "tensor name `{}` is not a plain name (empty, too long, or with control characters)",
+                        super::pickle::printable(name)
+                    ),
+                ));
+            }
             let canonical = crate::model::canonical_name(name);
             if let Some(shape) = expected.get(canonical)
                 && view.shape() != shape.as_slice()
@@ -70,6 +78,10 @@ impl TrmModel {
                     actual: view.shape().to_vec(),
                 });
             }
+        }
+        let mut tensors = Vec::new();
+        for (name, view) in file.iter() {
+            let canonical = crate::model::canonical_name(name);
             let data = if expected.contains_key(canonical) {
                 tensor_file::to_f32(name, &view)?
             } else {

@@ -702,7 +702,10 @@ fn yaml_to_json(text: &str, what: &str) -> Result<Json> {
                 }
                 Some(k) => {
                     if map.contains_key(&k) {
-                        return Err(bad(format!("key `{k}` is given twice")));
+                        return Err(bad(format!(
+                            "key `{}` is given twice",
+                            pickle::printable(&k)
+                        )));
                     }
                     map.insert(k, value);
                 }

@@ -310,6 +310,27 @@ impl Value {
     }
 }
 
+/// `text` fit for a one-line message: control characters escaped, at most
+/// 200 characters.
+pub(crate) fn printable(text: &str) -> String {
+    let escaped: String = text.chars().flat_map(char::escape_debug).collect();
+    if escaped.chars().count() > 200 {
+        let cut: String = escaped.chars().take(200).collect();
+        format!("{cut}...")
+    } else {
+        escaped
+    }
+}
+
+/// Longest tensor name accepted.
+pub const MAX_NAME_BYTES: usize = 1024;
+
+/// Whether a tensor name is plain: not empty, at most [`MAX_NAME_BYTES`],
+/// no control characters.
+pub(crate) fn plain_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_NAME_BYTES && !name.chars().any(char::is_control)
+}
+
 /// Name of a pickle opcode, for messages about the ones refused.
 fn opcode_name(op: u8) -> &'static str {
     match op {
@@ -577,8 +598,8 @@ impl<'a> Machine<'a> {
             Some(global) => self.push(Value::Global(global)),
             None => Err(TrmError::ForbiddenPickleGlobal {
                 what: self.what.to_string(),
-                module: module.to_string(),
-                name: name.to_string(),
+                module: printable(module),
+                name: printable(name),
             }),
         }
     }
@@ -1024,6 +1045,15 @@ pub fn state_dict(value: Value, what: &str) -> Result<Vec<(String, TensorRef)>> 
                 format!("a state-dict key is a {}, not a str", key.kind()),
             ));
         };
+        if !plain_name(&name) {
+            return Err(TrmError::checkpoint(
+                what,
+                format!(
+                    "state-dict entry `{}` is not a plain name (empty, longer than {MAX_NAME_BYTES} bytes, or with control characters)",
+                    printable(&name)
+                ),
+            ));
+        }
         let Value::Tensor(tensor) = value else {
             return Err(TrmError::checkpoint(
                 what,
