@@ -19,13 +19,81 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(path, bytes).map_err(|e| TrmError::io(path, e))
 }
 
+/// Largest safetensors header accepted (TRM headers are a few KiB).
+const MAX_HEADER_BYTES: u64 = 16 << 20;
+
+/// Checks what the safetensors crate trusts: the header length against the
+/// file, and every tensor's offsets against the data and its shape against
+/// overflow. safetensors 0.8 adds the last offset to the header length
+/// unchecked: eight consistent tensors of 2^61 - 1 bytes each overflow it,
+/// a panic with overflow checks on (FUZZING.md; the input is
+/// `fuzz/regressions/model_file/crash-offsets-sum-overflow.safetensors`).
+fn prevalidate(bytes: &[u8], what: &str) -> Result<()> {
+    let bad = |reason: String| TrmError::safetensors(what, reason);
+    let Some(len_bytes) = bytes.first_chunk::<8>() else {
+        return Err(bad(format!(
+            "{} bytes cannot hold the 8-byte header length",
+            bytes.len()
+        )));
+    };
+    let header_len = u64::from_le_bytes(*len_bytes);
+    let available = (bytes.len() - 8) as u64;
+    if header_len > available {
+        return Err(bad(format!(
+            "the header claims {header_len} bytes, but the file holds {available} after the length"
+        )));
+    }
+    if header_len > MAX_HEADER_BYTES {
+        return Err(bad(format!(
+            "a header of {header_len} bytes exceeds the limit of {MAX_HEADER_BYTES}"
+        )));
+    }
+    let data_len = available - header_len;
+    let header = &bytes[8..8 + header_len as usize];
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(header)
+        .map_err(|e| bad(format!("the header is not a JSON object: {e}")))?;
+    for (name, info) in &header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let printable = crate::checkpoint::pickle::printable(name);
+        let offsets = info
+            .get("data_offsets")
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().map(|v| v.as_u64()).collect::<Vec<_>>());
+        match offsets.as_deref() {
+            Some([Some(start), Some(end)]) if start <= end && *end <= data_len => {}
+            _ => {
+                return Err(bad(format!(
+                    "tensor `{printable}` has data_offsets outside the {data_len} bytes of data"
+                )));
+            }
+        }
+        let count = info
+            .get("shape")
+            .and_then(|v| v.as_array())
+            .and_then(|dims| {
+                dims.iter()
+                    .try_fold(1u64, |acc, d| d.as_u64().and_then(|d| acc.checked_mul(d)))
+            });
+        if count.is_none_or(|n| n.checked_mul(8).is_none()) {
+            return Err(bad(format!(
+                "tensor `{printable}` has a shape that is not a list of sizes or whose element count overflows"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Parses a safetensors buffer; `what` names it in errors.
 pub(crate) fn parse<'a>(bytes: &'a [u8], what: &str) -> Result<SafeTensors<'a>> {
+    prevalidate(bytes, what)?;
     SafeTensors::deserialize(bytes).map_err(|e| TrmError::safetensors(what, e))
 }
 
 /// The `__metadata__` map of a safetensors buffer (empty when absent).
 pub(crate) fn metadata(bytes: &[u8], what: &str) -> Result<HashMap<String, String>> {
+    prevalidate(bytes, what)?;
     let (_, meta) =
         SafeTensors::read_metadata(bytes).map_err(|e| TrmError::safetensors(what, e))?;
     Ok(meta.metadata().clone().unwrap_or_default())

@@ -101,6 +101,23 @@ fn offsets_out_of_range_or_overflowing() {
             "{offsets}"
         );
     }
+    // Eight consistent tensors of 2^61 - 1 bytes: the last offset plus the
+    // header length overflows inside safetensors 0.8.
+    let size = (1u64 << 61) - 1;
+    let header = (0..8)
+        .map(|i| {
+            format!(
+                r#""t{i}": {{"dtype": "U8", "shape": [{size}], "data_offsets": [{}, {}]}}"#,
+                i * size,
+                (i + 1) * size
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    assert!(matches!(
+        load(&raw_safetensors(&format!("{{{header}}}"), &[])),
+        Err(TrmError::Safetensors { .. })
+    ));
     // Offsets chained so that their sum would wrap around.
     let big = 1u64 << 62;
     let header = format!(
