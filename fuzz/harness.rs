@@ -8,6 +8,7 @@
 //! the outcome of every call it made: `Ok` for an accepted input, or the
 //! typed error that refused it.
 #![allow(dead_code)]
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::sync::OnceLock;

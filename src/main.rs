@@ -1,4 +1,5 @@
 //! `trm`: run, inspect, convert and benchmark TRM checkpoints.
+#![forbid(unsafe_code)]
 
 mod cli;
 

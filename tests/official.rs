@@ -351,6 +351,8 @@ fn cli_convert_then_info_and_run() {
         input_path.to_str().unwrap(),
         "-o",
         output_path.to_str().unwrap(),
+        "--steps",
+        "2",
     ]);
     assert!(
         run.status.success(),
@@ -359,10 +361,11 @@ fn cli_convert_then_info_and_run() {
     );
     let (shape, logits) = read_output_f32(&std::fs::read(&output_path).unwrap(), "logits");
     assert_eq!(shape, vec![3, 81, 11]);
+    // All 16 steps are checked through the library above; two suffice here.
     assert_close(
-        "logits.step16",
+        "logits.step2",
         &logits,
-        case.tensor("logits.step16"),
+        case.tensor("logits.step2"),
         1e-5,
         1e-4,
     );
