@@ -608,6 +608,9 @@ fn truncated_or_foreign_step_files() {
     let legacy = Pickler::new().op(b'N').finish();
     let err = convert(legacy).unwrap_err().to_string();
     assert!(err.contains("legacy"), "{err}");
+    // And the other way round: a step file given where a model file goes.
+    let err = load(&step).unwrap_err().to_string();
+    assert!(err.contains("trm convert"), "{err}");
     // A safetensors file given to convert.
     let err = convert(model().to_safetensors_bytes().unwrap())
         .unwrap_err()

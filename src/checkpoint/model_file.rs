@@ -40,6 +40,12 @@ impl TrmModel {
         options: &LoadOptions,
         config: Option<TrmConfig>,
     ) -> Result<Self> {
+        if bytes.starts_with(b"PK\x03\x04") {
+            return Err(TrmError::safetensors(
+                what,
+                "this is a zip archive, as torch.save writes; convert an official checkpoint first with `trm convert`",
+            ));
+        }
         let file = tensor_file::parse(bytes, what)?;
         let config = match config {
             Some(config) => config,
