@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod f64_reference;
+pub mod gpu;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -1,0 +1,244 @@
+//! `trm run` on the GPU end to end: fresh random MLP-mixer models (new
+//! weights every run) against the float64 implementation, with the counters
+//! of `--stats`; `--backend auto`, `gl`, and the clear refusal of attention
+//! models.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{
+    RawTensor, assert_close, assert_close_floor, f64_reference, gpu, read_output_f32,
+    safetensors_bytes, temp_dir,
+};
+use trm_wgpu::rng::SplitMix64;
+use trm_wgpu::{PuzzleBatch, TrmConfig, TrmModel};
+
+const PUZZLES: usize = 3;
+const ACT_STEPS: usize = 2;
+
+fn trm(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_trm"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("the trm binary runs")
+}
+
+/// Odd sizes: S = 17 + 2 = 19, D = 22, two layers, a puzzle embedding.
+fn config() -> TrmConfig {
+    TrmConfig::from_json(
+        r#"{"seq_len": 17, "vocab_size": 9, "num_puzzle_identifiers": 3,
+            "hidden_size": 22, "expansion": 3, "H_cycles": 2, "L_cycles": 2,
+            "L_layers": 2, "halt_max_steps": 2, "mlp_t": true,
+            "pos_encodings": "none", "puzzle_emb_ndim": 40, "puzzle_emb_len": 0}"#,
+    )
+    .unwrap()
+}
+
+fn fresh_seed() -> u64 {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(5);
+    eprintln!("seed {seed}");
+    seed
+}
+
+/// Writes `model` and an input of random puzzles (int32 `inputs` and
+/// `puzzle_identifiers`) under `dir`.
+fn write_case(dir: &Path, model: &TrmModel, seed: u64) -> (PathBuf, PathBuf, PuzzleBatch) {
+    let c = model.config();
+    let mut rng = SplitMix64::new(seed);
+    let tokens: Vec<i32> = (0..PUZZLES * c.seq_len)
+        .map(|_| rng.below(c.vocab_size as u64) as i32)
+        .collect();
+    let ids: Vec<i32> = (0..PUZZLES)
+        .map(|_| rng.below(c.num_puzzle_identifiers as u64) as i32)
+        .collect();
+    let model_path = dir.join("model.safetensors");
+    model.save(&model_path).unwrap();
+    let input_path = dir.join("input.safetensors");
+    let bytes = safetensors_bytes(
+        &[
+            RawTensor::i32("inputs", vec![PUZZLES, c.seq_len], &tokens),
+            RawTensor::i32("puzzle_identifiers", vec![PUZZLES], &ids),
+        ],
+        None,
+    );
+    std::fs::write(&input_path, bytes).unwrap();
+    let batch = PuzzleBatch::new(
+        c,
+        &tokens.iter().map(|&t| t as i64).collect::<Vec<_>>(),
+        Some(&ids.iter().map(|&t| t as i64).collect::<Vec<_>>()),
+    )
+    .unwrap();
+    (model_path, input_path, batch)
+}
+
+/// `trm run --stats` with `backend`; returns the output file's bytes and
+/// the stats line.
+fn run(
+    dir: &Path,
+    model: &Path,
+    input: &Path,
+    backend: &str,
+    env: &[(&str, &str)],
+) -> (Vec<u8>, serde_json::Value) {
+    let output = dir.join(format!("out-{backend}.safetensors"));
+    let out = trm(
+        &[
+            "run",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--backend",
+            backend,
+            "--stats",
+        ],
+        env,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "trm run --backend {backend}: {}{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().unwrap_or("");
+    let stats: serde_json::Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("the last line is not one JSON object ({e}): {last}"));
+    eprintln!("{stats}");
+    (std::fs::read(&output).unwrap(), stats)
+}
+
+fn stat(stats: &serde_json::Value, name: &str) -> u64 {
+    stats[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("--stats lacks `{name}`: {stats}"))
+}
+
+#[test]
+fn run_gpu_matches_float64_with_one_dispatch_per_recursion_step() {
+    if gpu::context().is_none() {
+        return;
+    }
+    let seed = fresh_seed();
+    let model = TrmModel::random(config(), seed, 0.5).unwrap();
+    let dir = temp_dir("gpu-cli");
+    let (model_path, input_path, batch) = write_case(&dir, &model, seed ^ 0x5eed);
+    let (bytes, stats) = run(&dir, &model_path, &input_path, "gpu", &[]);
+
+    let reference = f64_reference::solve(&model, &batch, ACT_STEPS, false);
+    let c = model.config();
+    let (shape, logits) = read_output_f32(&bytes, "logits");
+    assert_eq!(shape, vec![PUZZLES, c.seq_len, c.vocab_size]);
+    assert_close("logits", &logits, &reference.logits, 1e-5, 1e-4);
+    let (shape, z_h) = read_output_f32(&bytes, "z_H");
+    assert_eq!(shape, vec![PUZZLES, c.state_len(), c.hidden_size]);
+    assert_close("z_H", &z_h, &reference.z_h, 1e-5, 1e-4);
+    assert_close(
+        "z_L",
+        &read_output_f32(&bytes, "z_L").1,
+        &reference.z_l,
+        1e-5,
+        1e-4,
+    );
+    for name in ["q_halt_logits", "q_continue_logits"] {
+        let expected = if name == "q_halt_logits" {
+            &reference.q_halt_logits
+        } else {
+            &reference.q_continue_logits
+        };
+        assert_close_floor(
+            name,
+            &read_output_f32(&bytes, name).1,
+            expected,
+            1e-5,
+            1e-4,
+            1.0,
+        );
+    }
+    assert_eq!(
+        read_output_f32(&bytes, "steps").1,
+        vec![ACT_STEPS as f32; PUZZLES]
+    );
+
+    // one dispatch per recursion step, plus the embedding and the heads
+    let recursion_steps = (ACT_STEPS * c.h_cycles * (c.l_cycles + 1)) as u64;
+    assert_eq!(stats["engine"], "gpu");
+    assert_eq!(stat(&stats, "recursion_steps"), recursion_steps);
+    assert_eq!(stat(&stats, "dispatches"), recursion_steps + 2);
+    assert_eq!(stat(&stats, "submits"), 1);
+    // nothing read back beyond the outputs
+    let outputs = PUZZLES * (c.seq_len * c.vocab_size + 2 + 2 * c.state_len() * c.hidden_size) * 4;
+    assert_eq!(stat(&stats, "bytes_read_back"), outputs as u64);
+}
+
+/// `auto` takes the GPU when there is one; `gl` (llvmpipe through EGL on a
+/// machine without a GPU) gives the Vulkan answers.
+#[test]
+fn run_auto_and_gl_backends() {
+    if gpu::context().is_none() {
+        return;
+    }
+    let seed = fresh_seed();
+    let model = TrmModel::random(config(), seed, 0.5).unwrap();
+    let dir = temp_dir("gpu-cli-backends");
+    let (model_path, input_path, _) = write_case(&dir, &model, seed);
+    let (vulkan, _) = run(&dir, &model_path, &input_path, "auto", &[]);
+    let (gl, stats) = run(&dir, &model_path, &input_path, "gl", &[]);
+    assert_eq!(stats["engine"], "gpu");
+    assert_eq!(stats["api"], "gl");
+    let (a, b) = (
+        read_output_f32(&vulkan, "logits").1,
+        read_output_f32(&gl, "logits").1,
+    );
+    assert_close("gl vs auto logits", &b, &a, 1e-5, 1e-4);
+    // WGPU_BACKEND picks the API of `--backend gpu`
+    let (_, stats) = run(
+        &dir,
+        &model_path,
+        &input_path,
+        "gpu",
+        &[("WGPU_BACKEND", "gl")],
+    );
+    assert_eq!(stats["api"], "gl");
+}
+
+#[test]
+fn run_gpu_refuses_attention_models_in_one_line() {
+    if gpu::context().is_none() {
+        return;
+    }
+    let mut c = config();
+    c.mlp_t = false;
+    c.num_heads = 2;
+    let model = TrmModel::random(c, 1, 0.5).unwrap();
+    let dir = temp_dir("gpu-cli-attention");
+    let (model_path, input_path, _) = write_case(&dir, &model, 1);
+    let output = dir.join("out.safetensors");
+    let out = trm(
+        &[
+            "run",
+            "-m",
+            model_path.to_str().unwrap(),
+            "-i",
+            input_path.to_str().unwrap(),
+            "-o",
+            output.to_str().unwrap(),
+            "--backend",
+            "gpu",
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(stderr.contains("mlp_t"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
