@@ -116,6 +116,40 @@ fn sudoku_mlp_small_all_16_steps() {
     assert_close("16 steps in one solve", &whole.z_h, &last.z_h, 1e-6, 1e-5);
 }
 
+/// The official Sudoku-Extreme size (D = 512, TI = 512, CI = 1536: many
+/// tiles in every direction), one ACT step, from the shared folder.
+#[test]
+#[ignore = "51 GFLOP: about a minute on lavapipe"]
+fn sudoku_mlp_full_size() {
+    let dir = common::shared_dir().join("golden/full");
+    assert!(
+        dir.exists(),
+        "{} is missing: set TRM_SHARED_DIR to the project's shared folder",
+        dir.display()
+    );
+    let case = common::load_case_from(&dir, "sudoku_mlp_full");
+    assert_eq!(case.model.config().hidden_size, 512);
+    let Some(mut engine) = gpu::engine(&case.model) else {
+        return;
+    };
+    let out = engine.solve(&case.batch, &SolveOptions::default()).unwrap();
+    check_step(&case, &out, 1, ONE_STEP_REL_L2, ONE_STEP_MAX_ABS);
+    assert_close(
+        "z_H",
+        &out.z_h,
+        case.tensor("z_H"),
+        ONE_STEP_REL_L2,
+        ONE_STEP_MAX_ABS,
+    );
+    assert_close(
+        "z_L",
+        &out.z_l,
+        case.tensor("z_L"),
+        ONE_STEP_REL_L2,
+        ONE_STEP_MAX_ABS,
+    );
+}
+
 /// Official-scale weights: each ACT step from the stored carry of the step
 /// before, as the CPU engine is checked.
 #[test]
@@ -363,6 +397,21 @@ fn counters_show_one_dispatch_per_recursion_step() {
     assert_eq!(stats.submits, 1);
     assert_eq!(stats.bytes_read_back, outputs);
     assert_eq!(stats.chunks, 1);
+
+    // a watchdog budget below one dispatch: a submission after every
+    // recursion step, the same outputs, still no waiting in between
+    let whole = engine
+        .solve(&batch, &SolveOptions::default().act_steps(act_steps))
+        .unwrap();
+    engine.set_schedule(GpuSchedule::default().poison(true).max_flops_per_submit(1));
+    let split = engine
+        .solve(&batch, &SolveOptions::default().act_steps(act_steps))
+        .unwrap();
+    assert_eq!(split, whole);
+    let stats = engine.last_stats();
+    assert_eq!(stats.submits, stats.recursion_steps + 1);
+    assert_eq!(stats.dispatches, stats.recursion_steps + 2);
+    assert_eq!(stats.bytes_read_back, outputs);
 }
 
 /// A batch split into chunks (by the schedule, and by a device whose buffer

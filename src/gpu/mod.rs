@@ -799,3 +799,29 @@ impl GpuEngine {
         total.ok_or_else(|| TrmError::Input("the batch holds no puzzles".into()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engines_and_contexts_move_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<GpuContext>();
+        send::<GpuEngine>();
+    }
+
+    #[test]
+    fn stats_serialise_with_the_documented_names() {
+        let json = serde_json::to_value(GpuStats::default()).unwrap();
+        for key in [
+            "recursion_steps",
+            "dispatches",
+            "submits",
+            "bytes_read_back",
+        ] {
+            assert!(json.get(key).is_some(), "{key}");
+        }
+    }
+}
