@@ -17,7 +17,8 @@
 //   1 xyz      array<f32>, read_write   [3][B][S][D]: x, y = z_H, z = z_L
 //   2 scratch  array<f32>, read_write   per puzzle max(TI D, CI S) floats:
 //              gated token activations [TI, D] or channel ones, transposed, [CI, S]
-//   3 active   array<u32>, read         workgroup -> puzzle of the chunk
+//   3 running  array<u32>, read         workgroup -> puzzle of the chunk (the
+//              puzzles that have not halted, compacted)
 //   4 params   uniform (dynamic offset) which region is the state, which the
 //              injection (z update: state z, injection y + x; y update: y, z)
 //
@@ -34,18 +35,24 @@
 // the residual add are applied to the register block before it is stored;
 // the RMSNorms (over S per column, over D per row) run one invocation per
 // column or row, with no workgroup reduction and so no extra barrier.
-// Weights are read once per workgroup per output tile.
+// A weight is read once per column tile of its product, per workgroup and
+// step: ceil(D/64) times for the token products, ceil(S/64) for the channel
+// ones (8 and 2 at Sudoku size), after the first workgroup from cache. Once
+// per step would need tiles spanning all of N (S = 97 fits one 128-wide tile
+// at TK = 16); that trade-off belongs to the performance issue.
 //
 // Cost per puzzle per recursion step (one dispatch), L = L_LAYERS:
 //   FLOPs  L (6 S D TI + 6 S D CI) for the products, plus O(L S D) for the
 //          injection, SiLU, gating and norms. Sudoku (S 97, D 512, TI 512,
 //          CI 1536, L 2): 1.22 GFLOP.
-//   bytes  weights 4 L (2 TI SP + S TI + 2 CI DP + D CI) per output row tile
-//          of each product (from cache after the first workgroup), plus about
+//   bytes  weights 4 L (ceil(D/64) (2 TI SP + S TI) + ceil(S/64) (2 CI DP + D CI))
+//          (Sudoku: 47 MB read, 20 MB of them distinct), plus about
 //          4 L (8 S D + 3 TI D + 3 CI S) of activation traffic through the
 //          per-puzzle state and scratch (L2-resident at small batch).
 //   barriers  L (2 ceil(TI/32) ceil(D/64) ceil(S/TK) + 2 ceil(S/64) ceil(D/64) ceil(TI/TK)
-//          + 2 ceil(CI/32) ceil(S/64) ceil(D/TK) + 2 ceil(D/64) ceil(S/64) ceil(CI/TK)) + 6 L + 1.
+//          + 2 ceil(CI/32) ceil(S/64) ceil(D/TK) + 2 ceil(D/64) ceil(S/64) ceil(CI/TK)) + 6 L + 1
+//          (Sudoku: 12 301, which is why lavapipe, where a barrier costs
+//          microseconds, wants small CI models).
 //
 // Small-batch schedule (not built here): one workgroup per puzzle leaves
 // most of a large GPU idle when B is small. The extension splits each

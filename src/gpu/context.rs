@@ -615,7 +615,8 @@ impl GpuContext {
     }
 
     /// A compute pipeline for `kernel` specialised by `constants`, compiled
-    /// once per context and key.
+    /// once per context and key. `TRM_DUMP_KERNELS=1` prints each kernel
+    /// compiled, with its override constants, to stderr.
     pub(crate) fn pipeline(
         &self,
         kernel: &'static str,
@@ -631,7 +632,8 @@ impl GpuContext {
             return Ok(pipeline.clone());
         }
         if std::env::var_os("TRM_DUMP_KERNELS").is_some() {
-            eprintln!("trm: compiling {kernel} with {constants:?}");
+            // the WGSL as compiled: the source and its override constants
+            eprintln!("// trm: {kernel} with overrides {constants:?}\n{source}");
         }
         let module = self.shader_module(kernel, source)?;
         let device = &self.inner.device;
