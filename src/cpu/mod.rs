@@ -192,6 +192,28 @@ impl CpuEngine {
         x
     }
 
+    /// One network call (one recursion step) on a batch of states:
+    /// `state = net(state, injection)`, both `[B, S, D]`. The unit the
+    /// recursion throughput is counted in; used by the benchmarks.
+    pub fn recursion_step(&self, state: &mut [f32], injection: &[f32]) -> Result<()> {
+        let config = self.model.config();
+        let sd = config.state_len() * config.hidden_size;
+        if state.is_empty() || !state.len().is_multiple_of(sd) || injection.len() != state.len() {
+            return Err(TrmError::Input(format!(
+                "recursion_step needs [B, S, D] states ({sd} values per puzzle), got {} and {}",
+                state.len(),
+                injection.len()
+            )));
+        }
+        let puzzles = state.len() / sd;
+        let plan = Plan::new(config, puzzles, self.threads);
+        let attention = if config.mlp_t { 0 } else { state.len() };
+        let (mut qkv, mut attn) = (vec![0.0; 3 * attention], vec![0.0; attention]);
+        self.pool
+            .install(|| self.net(state, injection, &mut qkv, &mut attn, plan));
+        Ok(())
+    }
+
     /// Runs `f` with the calling pool thread's scratch.
     fn with_scratch<R>(&self, f: impl FnOnce(&mut TaskScratch) -> R) -> R {
         let index = rayon::current_thread_index().unwrap_or(0) % self.scratch.len();
