@@ -29,6 +29,7 @@ pub mod error;
 pub mod model;
 pub mod rng;
 pub mod solve;
+pub mod tasks;
 mod tensor_file;
 
 pub use batch::PuzzleBatch;
