@@ -31,6 +31,7 @@ pub mod gpu;
 pub mod model;
 pub mod rng;
 pub mod solve;
+pub mod tasks;
 mod tensor_file;
 
 pub use backend::Backend;

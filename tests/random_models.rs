@@ -235,3 +235,33 @@ fn early_halting_matches_float64() {
     );
     assert_close("z_H", &out.z_h, &reference.z_h, REL_L2, MAX_ABS);
 }
+
+/// `CpuEngine::recursion_step`, called in the ACT pattern of TRM.md, gives
+/// exactly what a one-step solve gives.
+#[test]
+fn recursion_steps_compose_into_an_act_step() {
+    let seed = test_seed();
+    let mut rng = SplitMix64::new(seed);
+    let mlp_t = rng.below(2) == 0;
+    let config = random_config(&mut rng, mlp_t, PosEncodings::None, true);
+    let model = Arc::new(TrmModel::random(config.clone(), rng.next_u64(), 0.5).unwrap());
+    let batch = random_batch(&mut rng, &config, 3);
+    let mut engine = CpuEngine::new(model.clone()).unwrap();
+    let out = engine
+        .solve(&batch, &SolveOptions::default().act_steps(1))
+        .unwrap();
+    let x = engine.embed(&batch);
+    let w = model.weights();
+    let carry = trm_wgpu::Carry::initial(&w.h_init, &w.l_init, 3, config.state_len());
+    let (mut y, mut z) = (carry.z_h, carry.z_l);
+    for _ in 0..config.h_cycles {
+        let injection: Vec<f32> = y.iter().zip(&x).map(|(a, b)| a + b).collect();
+        for _ in 0..config.l_cycles {
+            engine.recursion_step(&mut z, &injection).unwrap();
+        }
+        engine.recursion_step(&mut y, &z.clone()).unwrap();
+    }
+    assert_eq!(y, out.z_h);
+    assert_eq!(z, out.z_l);
+    assert!(engine.recursion_step(&mut y[..5], &z[..5]).is_err());
+}

@@ -1,5 +1,6 @@
 //! Command-line interface of `trm`.
 
+mod bench;
 mod info;
 mod run;
 
@@ -22,6 +23,8 @@ enum Command {
     Run(run::RunArgs),
     /// Print a checkpoint's configuration, parameter count and cost.
     Info(info::InfoArgs),
+    /// Measure recursion throughput of every available backend.
+    Bench(bench::BenchArgs),
 }
 
 /// Model loading flags shared by the subcommands.
@@ -54,5 +57,6 @@ pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => run::run(args),
         Command::Info(args) => info::info(args),
+        Command::Bench(args) => bench::bench(args),
     }
 }
