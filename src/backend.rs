@@ -3,9 +3,15 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
+use crate::batch::PuzzleBatch;
+use crate::config::TrmConfig;
+use crate::cpu::CpuEngine;
 use crate::error::{Result, TrmError};
-use crate::gpu::GpuBackend;
+use crate::gpu::{GpuBackend, GpuContext, GpuEngine, GpuOptions};
+use crate::model::TrmModel;
+use crate::solve::{Carry, Engine, SolveOptions, SolveOutput};
 
 /// The engine choice of `trm run --backend` (and of applications that offer
 /// the same choice).
@@ -57,6 +63,164 @@ impl FromStr for Backend {
                     "{s} (one of cpu, gpu, auto, vulkan, metal, dx12, gl)"
                 ))
             }),
+        }
+    }
+}
+
+/// How [`Backend::build`] makes its engine.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct EngineOptions {
+    /// GPU adapter: the first whose name contains this, case-insensitive
+    /// (default: `WGPU_ADAPTER_NAME`, else the preferred adapter).
+    pub adapter: Option<String>,
+    /// CPU worker threads (default: all cores).
+    pub threads: Option<usize>,
+}
+
+impl EngineOptions {
+    /// Sets [`EngineOptions::adapter`].
+    pub fn adapter(mut self, name: impl Into<String>) -> Self {
+        self.adapter = Some(name.into());
+        self
+    }
+
+    /// Sets [`EngineOptions::threads`].
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = Some(threads);
+        self
+    }
+}
+
+/// The engine a [`Backend`] chose: the CPU engine or the GPU engine, both
+/// behind [`Engine`].
+pub enum AnyEngine {
+    /// The CPU reference engine; `gpu_unavailable` says why when `auto`
+    /// fell back to it.
+    Cpu {
+        /// The engine.
+        engine: CpuEngine,
+        /// Why `auto` did not use a GPU.
+        gpu_unavailable: Option<TrmError>,
+    },
+    /// The GPU engine.
+    Gpu(Box<GpuEngine>),
+}
+
+impl AnyEngine {
+    /// The GPU engine's counters of the last solve, or for the CPU the
+    /// recursion steps of `out`: one JSON object (`trm run --stats`).
+    pub fn stats_json(&self, out: &SolveOutput) -> serde_json::Value {
+        match self {
+            AnyEngine::Gpu(e) => {
+                let mut stats =
+                    serde_json::to_value(e.last_stats()).unwrap_or_else(|_| serde_json::json!({}));
+                if let Some(map) = stats.as_object_mut() {
+                    let info = e.context().adapter_info();
+                    map.insert("engine".into(), "gpu".into());
+                    map.insert("adapter".into(), info.name.clone().into());
+                    map.insert(
+                        "api".into(),
+                        format!("{:?}", info.backend).to_lowercase().into(),
+                    );
+                }
+                stats
+            }
+            AnyEngine::Cpu { engine, .. } => {
+                let act_steps = out.steps.iter().copied().max().unwrap_or(0) as u64;
+                let per_act = engine.config().recursion_steps_per_act_step() as u64;
+                serde_json::json!({
+                    "engine": "cpu",
+                    "recursion_steps": act_steps * per_act,
+                    "act_steps": act_steps,
+                    "puzzle_recursion_steps":
+                        out.steps.iter().map(|&s| u64::from(s)).sum::<u64>() * per_act,
+                })
+            }
+        }
+    }
+
+    /// Why `auto` fell back to the CPU, if it did.
+    pub fn gpu_unavailable(&self) -> Option<&TrmError> {
+        match self {
+            AnyEngine::Cpu {
+                gpu_unavailable, ..
+            } => gpu_unavailable.as_ref(),
+            AnyEngine::Gpu(_) => None,
+        }
+    }
+
+    fn inner(&self) -> &dyn Engine {
+        match self {
+            AnyEngine::Cpu { engine, .. } => engine,
+            AnyEngine::Gpu(e) => e.as_ref(),
+        }
+    }
+
+    fn inner_mut(&mut self) -> &mut dyn Engine {
+        match self {
+            AnyEngine::Cpu { engine, .. } => engine,
+            AnyEngine::Gpu(e) => e.as_mut(),
+        }
+    }
+}
+
+impl Engine for AnyEngine {
+    fn config(&self) -> &TrmConfig {
+        self.inner().config()
+    }
+
+    fn describe(&self) -> String {
+        self.inner().describe()
+    }
+
+    fn solve_from(
+        &mut self,
+        batch: &PuzzleBatch,
+        carry: Option<&Carry>,
+        options: &SolveOptions,
+    ) -> Result<SolveOutput> {
+        self.inner_mut().solve_from(batch, carry, options)
+    }
+}
+
+impl Backend {
+    /// Makes the engine this choice names. `gpu` and `auto` honour
+    /// `WGPU_BACKEND`, `WGPU_ADAPTER_NAME` and `WGPU_POWER_PREF`; `auto`
+    /// falls back to the CPU when no adapter can run the model (the reason
+    /// is kept in [`AnyEngine::gpu_unavailable`]).
+    pub fn build(self, model: Arc<TrmModel>, options: &EngineOptions) -> Result<AnyEngine> {
+        let cpu = |model, gpu_unavailable| -> Result<AnyEngine> {
+            let engine = match options.threads {
+                Some(n) => CpuEngine::with_threads(model, n)?,
+                None => CpuEngine::new(model)?,
+            };
+            Ok(AnyEngine::Cpu {
+                engine,
+                gpu_unavailable,
+            })
+        };
+        let gpu = |model, api: GpuBackend| -> Result<AnyEngine> {
+            let mut gpu_options = GpuOptions::default().backend(api).with_env()?;
+            if let Some(name) = &options.adapter {
+                gpu_options = gpu_options.adapter_name(name.clone());
+            }
+            let context = GpuContext::new(&gpu_options)?;
+            Ok(AnyEngine::Gpu(Box::new(GpuEngine::new(&context, model)?)))
+        };
+        match self {
+            Backend::Cpu => cpu(model, None),
+            Backend::Gpu(api) => gpu(model, api),
+            Backend::Auto => match gpu(Arc::clone(&model), GpuBackend::Any) {
+                Ok(engine) => Ok(engine),
+                Err(
+                    e @ (TrmError::NoAdapter(_)
+                    | TrmError::AdapterUnsuitable { .. }
+                    | TrmError::RequestDevice { .. }
+                    | TrmError::BackendUnavailable(_)),
+                ) => cpu(model, Some(e)),
+                Err(e) => Err(e),
+            },
         }
     }
 }

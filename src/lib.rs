@@ -34,7 +34,7 @@ pub mod solve;
 pub mod tasks;
 mod tensor_file;
 
-pub use backend::Backend;
+pub use backend::{AnyEngine, Backend, EngineOptions};
 pub use batch::PuzzleBatch;
 pub use config::{PosEncodings, TrmConfig};
 pub use cpu::CpuEngine;

@@ -1,34 +1,47 @@
-//! `trm bench`: recursion throughput of every available backend on the
-//! official Sudoku-Extreme shape (or any checkpoint), time-boxed.
+//! `trm bench`: recursion throughput of every available backend (the CPU,
+//! and the GPU engine on each adapter found) on the official Sudoku-Extreme
+//! shape or any checkpoint, time-boxed, as a table or JSON rows.
+//!
+//! Both engines are timed on the same unit, runs of recursion steps (network
+//! calls) on a resident batch: the CPU through `CpuEngine::recursion_step`,
+//! the GPU through `GpuEngine::time_recursion_steps` (the fused dispatches of
+//! a solve, one submission, plus the GPU time between timestamps where the
+//! adapter has them). A run of one step is the smallest unit, so even a
+//! software adapter, at seconds per step, gives a figure within the box.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use trm_wgpu::gpu::{AdapterReport, list_adapters};
 use trm_wgpu::rng::SplitMix64;
 use trm_wgpu::{
-    CpuEngine, Engine, PuzzleBatch, Result, SolveOptions, TrmConfig, TrmError, TrmModel,
+    CpuEngine, GpuBackend, GpuContext, GpuEngine, GpuOptions, PuzzleBatch, Result, TrmConfig,
+    TrmError, TrmModel,
 };
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Backends to measure, comma-separated: cpu, gpu (every adapter found),
-    /// vulkan, metal, dx12, gl; default: all available.
+    /// Backends, comma-separated: cpu, gpu (every adapter found), vulkan,
+    /// metal, dx12, gl (every adapter of that API). Default: cpu and every
+    /// adapter that can run the model.
     #[arg(long, value_delimiter = ',')]
     backend: Vec<String>,
-    /// Batch sizes, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 8])]
+    /// Batch sizes, comma-separated (default 1,8; on software adapters 1).
+    #[arg(long, value_delimiter = ',')]
     batch: Vec<usize>,
     /// Checkpoint to measure instead of the random Sudoku-Extreme shape.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// ACT steps per timed solve.
-    #[arg(long, default_value_t = 1)]
-    act_steps: usize,
-    /// Time box per row, in seconds (a row always completes one solve).
-    #[arg(long, default_value_t = 4.0)]
-    seconds: f64,
+    /// ACT steps a puzzle runs, for the puzzles/s column (default: the
+    /// model's halt_max_steps, 16 for Sudoku-Extreme).
+    #[arg(long)]
+    act_steps: Option<usize>,
+    /// Time box per row in seconds (default: 40 s shared by all rows,
+    /// at most 6 s a row). A row always completes one run.
+    #[arg(long)]
+    seconds: Option<f64>,
     /// CPU worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -42,65 +55,24 @@ pub struct BenchArgs {
 struct Row {
     backend: String,
     adapter: String,
+    driver: String,
+    api: String,
     batch: usize,
     net_calls_per_s: f64,
-    /// Puzzles per second if every puzzle ran 16 ACT steps.
-    puzzles_per_s_16_act: f64,
+    puzzles_per_s: f64,
+    act_steps: usize,
     gflops: f64,
-    /// GPU time per recursion step from timestamp queries, where available.
-    gpu_ms_per_recursion_step: Option<f64>,
+    /// GPU time of one recursion step of the whole batch, from timestamp
+    /// queries, where the adapter has them.
+    gpu_ms_per_step: Option<f64>,
     net_calls: u64,
     seconds: f64,
 }
 
-fn random_batch(config: &TrmConfig, batch: usize, seed: u64) -> Result<PuzzleBatch> {
-    let mut rng = SplitMix64::new(seed);
-    let tokens: Vec<i64> = (0..batch * config.seq_len)
-        .map(|_| rng.below(config.vocab_size as u64) as i64)
-        .collect();
-    PuzzleBatch::new(config, &tokens, None)
-}
-
-/// Times whole solves of `act_steps` ACT steps until the time box is spent
-/// (after one untimed warm-up solve that also builds any pipelines).
-fn measure(
-    engine: &mut dyn Engine,
-    batch: &PuzzleBatch,
-    act_steps: usize,
-    time_box: Duration,
-) -> Result<(u64, Duration)> {
-    let config = engine.config().clone();
-    let options = SolveOptions::default().act_steps(act_steps);
-    engine.solve(batch, &SolveOptions::default().act_steps(1))?;
-    let per_solve = (act_steps * config.recursion_steps_per_act_step() * batch.len()) as u64;
-    let (mut calls, start) = (0u64, Instant::now());
-    while calls == 0 || start.elapsed() < time_box {
-        engine.solve(batch, &options)?;
-        calls += per_solve;
-    }
-    Ok((calls, start.elapsed()))
-}
-
-fn row(
-    backend: &str,
-    adapter: String,
-    config: &TrmConfig,
-    batch: usize,
-    calls: u64,
-    elapsed: Duration,
-) -> Row {
-    let rate = calls as f64 / elapsed.as_secs_f64();
-    Row {
-        backend: backend.to_string(),
-        adapter,
-        batch,
-        net_calls_per_s: rate,
-        puzzles_per_s_16_act: rate / (16 * config.recursion_steps_per_act_step()) as f64,
-        gflops: rate * config.flops_per_recursion_step() as f64 / 1e9,
-        gpu_ms_per_recursion_step: None,
-        net_calls: calls,
-        seconds: elapsed.as_secs_f64(),
-    }
+/// What a row runs on.
+enum Target {
+    Cpu,
+    Gpu(AdapterReport),
 }
 
 fn cpu_name() -> String {
@@ -115,69 +87,192 @@ fn cpu_name() -> String {
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
+fn random_batch(config: &TrmConfig, batch: usize) -> Result<PuzzleBatch> {
+    let mut rng = SplitMix64::new(batch as u64);
+    let tokens: Vec<i64> = (0..batch * config.seq_len)
+        .map(|_| rng.below(config.vocab_size as u64) as i64)
+        .collect();
+    PuzzleBatch::new(config, &tokens, None)
+}
+
+fn targets(args: &BenchArgs) -> Result<Vec<Target>> {
+    let gpus = |api: GpuBackend| -> Vec<Target> {
+        list_adapters(api)
+            .into_iter()
+            .filter(AdapterReport::can_run)
+            .map(Target::Gpu)
+            .collect()
+    };
+    if args.backend.is_empty() {
+        let mut all = vec![Target::Cpu];
+        all.extend(gpus(GpuBackend::Any));
+        return Ok(all);
+    }
+    let mut chosen = Vec::new();
+    for name in &args.backend {
+        if name.trim().eq_ignore_ascii_case("cpu") {
+            chosen.push(Target::Cpu);
+            continue;
+        }
+        let api: GpuBackend = name.parse()?;
+        let found = gpus(api);
+        if found.is_empty() {
+            return Err(TrmError::NoAdapter(format!(
+                " on `{name}` that can run the model"
+            )));
+        }
+        chosen.extend(found);
+    }
+    Ok(chosen)
+}
+
+/// Runs `run(steps)` (which returns its wall and GPU time) with growing
+/// step counts until the time box is spent; returns steps, wall, GPU time.
+fn time_box(
+    budget: Duration,
+    mut run: impl FnMut(usize) -> Result<(Duration, Option<Duration>)>,
+) -> Result<(u64, Duration, Option<Duration>)> {
+    run(1)?; // warm up: pipelines, caches
+    let (mut steps, mut wall, mut gpu) = (0u64, Duration::ZERO, Some(Duration::ZERO));
+    let mut k = 1;
+    let start = Instant::now();
+    while steps == 0 || start.elapsed() < budget {
+        let (w, g) = run(k)?;
+        steps += k as u64;
+        wall += w;
+        gpu = gpu.zip(g).map(|(a, b)| a + b);
+        if w < budget / 8 {
+            k *= 2;
+        }
+    }
+    Ok((steps, wall, gpu))
+}
+
 pub fn bench(args: BenchArgs) -> Result<()> {
-    let model = match &args.model {
+    let model = Arc::new(match &args.model {
         Some(path) => TrmModel::load(path)?,
         None => TrmModel::random(TrmConfig::sudoku_extreme(), 0x7e57, 1.0)?,
-    };
-    let model = Arc::new(model);
+    });
     let config = model.config().clone();
-    if args.act_steps == 0 {
-        return Err(TrmError::Input("--act-steps must be at least 1".into()));
+    let act_steps = args.act_steps.unwrap_or(config.halt_max_steps);
+    if act_steps == 0 || args.batch.contains(&0) {
+        return Err(TrmError::Input(
+            "--act-steps and --batch must be positive".into(),
+        ));
     }
-    let backends: Vec<String> = if args.backend.is_empty() {
-        vec!["cpu".into()]
-    } else {
-        args.backend.clone()
+    let targets = targets(&args)?;
+    let batches_for = |target: &Target| -> Vec<usize> {
+        match (&args.batch[..], target) {
+            ([], Target::Gpu(report)) if report.device_type == "Cpu" => vec![1],
+            ([], _) => vec![1, 8],
+            (given, _) => given.to_vec(),
+        }
     };
-    let time_box = Duration::from_secs_f64(args.seconds.max(0.0));
+    let rows: usize = targets.iter().map(|t| batches_for(t).len()).sum();
+    let budget = Duration::from_secs_f64(
+        args.seconds
+            .unwrap_or((40.0 / rows.max(1) as f64).min(6.0))
+            .max(0.0),
+    );
+    let per_step = config.flops_per_recursion_step() as f64;
+    let per_puzzle = (act_steps * config.recursion_steps_per_act_step()) as f64;
     if !args.json {
         println!(
-            "model: {} (D = {}, S = {}, {} net calls per ACT step, {:.3} GFLOP per net call)",
+            "model: {} (D = {}, S = {}, {:.3} GFLOP per net call, {} net calls per puzzle at {} ACT steps)",
             args.model
                 .as_ref()
-                .map_or("random Sudoku-Extreme shape".to_string(), |p| p
+                .map_or("random weights, Sudoku-Extreme shape".to_string(), |p| p
                     .display()
                     .to_string()),
             config.hidden_size,
             config.state_len(),
-            config.recursion_steps_per_act_step(),
-            config.flops_per_recursion_step() as f64 / 1e9
+            per_step / 1e9,
+            per_puzzle,
+            act_steps
         );
         println!(
-            "{:<8} {:<44} {:>5} {:>12} {:>14} {:>9} {:>12}",
-            "backend", "adapter", "batch", "net calls/s", "puzzles/s @16", "GFLOP/s", "GPU ms/step"
+            "{:<7} {:<40} {:<8} {:>5} {:>12} {:>10} {:>9} {:>12}",
+            "backend",
+            "adapter",
+            "api",
+            "batch",
+            "net calls/s",
+            "puzzles/s",
+            "GFLOP/s",
+            "GPU ms/step"
         );
     }
-    for backend in &backends {
-        for &batch_size in &args.batch {
-            let batch = random_batch(&config, batch_size.max(1), 42)?;
-            let result = match backend.as_str() {
-                "cpu" => {
-                    let mut engine = match args.threads {
+    for target in &targets {
+        for batch_size in batches_for(target) {
+            let batch = random_batch(&config, batch_size)?;
+            let (backend, adapter, driver, api, (calls, wall, gpu)) = match target {
+                Target::Cpu => {
+                    let engine = match args.threads {
                         Some(n) => CpuEngine::with_threads(model.clone(), n)?,
                         None => CpuEngine::new(model.clone())?,
                     };
-                    let adapter = format!("{} ({} threads)", cpu_name(), engine.threads());
-                    let (calls, elapsed) = measure(&mut engine, &batch, args.act_steps, time_box)?;
-                    row("cpu", adapter, &config, batch.len(), calls, elapsed)
+                    let x = engine.embed(&batch);
+                    let mut state = x.clone();
+                    let timed = time_box(budget, |steps| {
+                        let start = Instant::now();
+                        for _ in 0..steps {
+                            engine.recursion_step(&mut state, &x)?;
+                        }
+                        Ok((start.elapsed(), None))
+                    })?;
+                    let name = format!("{} ({} threads)", cpu_name(), engine.threads());
+                    ("cpu", name, String::new(), "-".to_string(), timed)
                 }
-                other => return Err(TrmError::BackendUnavailable(other.to_string())),
+                Target::Gpu(report) => {
+                    let api: GpuBackend = report.api.parse()?;
+                    let options = GpuOptions::default()
+                        .backend(api)
+                        .adapter_name(report.name.clone());
+                    let context = GpuContext::new(&options)?;
+                    let mut engine = GpuEngine::new(&context, model.clone())?;
+                    let timed = time_box(budget, |steps| {
+                        let t = engine.time_recursion_steps(&batch, steps)?;
+                        Ok((t.wall, t.gpu))
+                    })?;
+                    let name = report.name.clone();
+                    (
+                        "gpu",
+                        name,
+                        report.driver.clone(),
+                        report.api.clone(),
+                        timed,
+                    )
+                }
+            };
+            let rate = (calls * batch_size as u64) as f64 / wall.as_secs_f64();
+            let row = Row {
+                backend: backend.to_string(),
+                adapter,
+                driver,
+                api,
+                batch: batch_size,
+                net_calls_per_s: rate,
+                puzzles_per_s: rate / per_puzzle,
+                act_steps,
+                gflops: rate * per_step / 1e9,
+                gpu_ms_per_step: gpu.map(|g| g.as_secs_f64() * 1e3 / calls.max(1) as f64),
+                net_calls: calls * batch_size as u64,
+                seconds: wall.as_secs_f64(),
             };
             if args.json {
-                println!("{}", serde_json::to_string(&result).unwrap_or_default());
+                println!("{}", serde_json::to_string(&row).unwrap_or_default());
             } else {
                 println!(
-                    "{:<8} {:<44} {:>5} {:>12.2} {:>14.4} {:>9.1} {:>12}",
-                    result.backend,
-                    result.adapter.chars().take(44).collect::<String>(),
-                    result.batch,
-                    result.net_calls_per_s,
-                    result.puzzles_per_s_16_act,
-                    result.gflops,
-                    result
-                        .gpu_ms_per_recursion_step
-                        .map_or("-".to_string(), |ms| format!("{ms:.3}"))
+                    "{:<7} {:<40} {:<8} {:>5} {:>12.2} {:>10.4} {:>9.1} {:>12}",
+                    row.backend,
+                    row.adapter.chars().take(40).collect::<String>(),
+                    row.api,
+                    row.batch,
+                    row.net_calls_per_s,
+                    row.puzzles_per_s,
+                    row.gflops,
+                    row.gpu_ms_per_step
+                        .map_or("-".to_string(), |ms| format!("{ms:.2}"))
                 );
             }
         }

@@ -190,7 +190,7 @@ fn required_limits(adapter: &wgpu::Limits, max_buffer_bytes: Option<u64>) -> wgp
 
 /// Checks that `limits` (of a device, or what an adapter offers) can run
 /// the kernels; the reason when not.
-fn unsuitable(limits: &wgpu::Limits) -> Option<String> {
+pub(super) fn unsuitable(limits: &wgpu::Limits) -> Option<String> {
     let checks = [
         (
             "workgroup invocations",
@@ -352,7 +352,8 @@ impl GpuContext {
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("trm-wgpu"),
-                required_features: wgpu::Features::empty(),
+                // timestamps only, and only where offered: for `trm bench`
+                required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
                 required_limits,
                 experimental_features: wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: wgpu::MemoryHints::Performance,

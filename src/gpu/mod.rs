@@ -27,11 +27,13 @@
 //! # }
 //! ```
 
+mod adapters;
 mod context;
 mod embed;
 mod heads;
 mod layout;
 mod mixer_step;
+mod timing;
 
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -44,7 +46,9 @@ use crate::error::{Result, TrmError};
 use crate::model::TrmModel;
 use crate::solve::{Carry, Engine, SolveOptions, SolveOutput};
 
+pub use adapters::{AdapterReport, list_adapters, list_adapters_async};
 pub use context::{GpuBackend, GpuContext, GpuOptions};
+pub use timing::RecursionTiming;
 
 use embed::Embed;
 use heads::Heads;
@@ -447,6 +451,18 @@ impl GpuEngine {
         ops: &mut Vec<Op>,
         copies: &[Copy<'_>],
     ) -> Result<wgpu::SubmissionIndex> {
+        self.submit_with(chunk, ops, copies, None)
+    }
+
+    /// [`GpuEngine::submit`], with the pass's start and end stamped into
+    /// `stamps` (see [`timing`]).
+    fn submit_with(
+        &mut self,
+        chunk: &Chunk,
+        ops: &mut Vec<Op>,
+        copies: &[Copy<'_>],
+        stamps: Option<&timing::Stamps>,
+    ) -> Result<wgpu::SubmissionIndex> {
         let ctx = self.ctx.clone();
         let stride = self.params_stride;
         let dispatches = ops.len() as u64;
@@ -458,7 +474,7 @@ impl GpuEngine {
             if !ops.is_empty() {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("trm recursion"),
-                    timestamp_writes: None,
+                    timestamp_writes: stamps.map(timing::Stamps::pass_writes),
                 });
                 for op in ops.iter() {
                     match *op {
@@ -475,6 +491,9 @@ impl GpuEngine {
                         Op::Heads(n) => self.heads.record(&mut pass, &chunk.heads_group, stride, n),
                     }
                 }
+            }
+            if let Some(stamps) = stamps {
+                stamps.resolve(&mut encoder);
             }
             let mut at = 0;
             for copy in copies {
