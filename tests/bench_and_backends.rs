@@ -137,7 +137,7 @@ fn bench_prints_a_json_row_per_backend_and_batch() {
     let dir = temp_dir("bench");
     let path = dir.join("m.safetensors");
     small_model().save(&path).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_trm"))
+    let out = Command::new(common::trm_bin())
         .args([
             "bench",
             "--model",
@@ -178,7 +178,7 @@ fn bench_prints_a_json_row_per_backend_and_batch() {
         assert!(row["net_calls_per_s"].as_f64().unwrap() > 0.0, "{row}");
     }
     // and the table form names its columns
-    let out = Command::new(env!("CARGO_BIN_EXE_trm"))
+    let out = Command::new(common::trm_bin())
         .args([
             "bench",
             "--model",

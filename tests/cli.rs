@@ -15,7 +15,7 @@ use trm_wgpu::rng::SplitMix64;
 use trm_wgpu::{PosEncodings, PuzzleBatch, TrmConfig, TrmModel};
 
 fn trm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trm"))
+    Command::new(common::trm_bin())
         .args(args)
         .output()
         .expect("the trm binary runs")

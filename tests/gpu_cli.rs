@@ -19,7 +19,7 @@ const PUZZLES: usize = 3;
 const ACT_STEPS: usize = 2;
 
 fn trm(args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trm"))
+    Command::new(common::trm_bin())
         .args(args)
         .envs(env.iter().copied())
         .output()

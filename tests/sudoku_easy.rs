@@ -15,9 +15,7 @@ use trm_wgpu::tasks::sudoku::Grid;
 use trm_wgpu::{Carry, CpuEngine, Engine, PuzzleBatch, SolveOptions, TrmModel};
 
 fn data(file: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("data/sudoku-easy")
-        .join(file)
+    common::repo_dir().join("data/sudoku-easy").join(file)
 }
 
 /// `answer.step{k}` (tokens) and `q_halt_logits.step{k}` of PyTorch.

@@ -12,9 +12,29 @@ use safetensors::SafeTensors;
 use safetensors::tensor::Dtype;
 use trm_wgpu::{PuzzleBatch, TrmModel};
 
+/// The repository root: where this crate was built, or the working
+/// directory when the test binary runs elsewhere (`bench/device.sh` carries
+/// prebuilt test binaries to a machine with a GPU).
+pub fn repo_dir() -> PathBuf {
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if built.join("tests/data").exists() {
+        built
+    } else {
+        std::env::current_dir().unwrap_or(built)
+    }
+}
+
 /// `tests/data` of this repository.
 pub fn data_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data")
+    repo_dir().join("tests/data")
+}
+
+/// The `trm` binary: `TRM_BIN` when set (prebuilt binaries on another
+/// machine), else the one cargo built with the tests.
+pub fn trm_bin() -> PathBuf {
+    std::env::var_os("TRM_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_trm")))
 }
 
 /// The project's `../shared` folder (or `TRM_SHARED_DIR`), for the large
@@ -22,7 +42,7 @@ pub fn data_dir() -> PathBuf {
 pub fn shared_dir() -> PathBuf {
     std::env::var_os("TRM_SHARED_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"))
+        .unwrap_or_else(|| repo_dir().join("../shared"))
 }
 
 /// A golden case: the model, its batch, and every stored tensor as f32.
