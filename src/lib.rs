@@ -45,3 +45,8 @@ pub use solve::{Carry, Engine, SolveOptions, SolveOutput};
 /// The wgpu this crate is built on, for applications that bring their own
 /// device ([`GpuContext::from_device`]).
 pub use wgpu;
+
+/// The README's code compiles (a doctest only).
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
