@@ -11,8 +11,8 @@ use super::ModelArgs;
 pub struct RunArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Input: `inputs` (int32/int64 [B, seq_len]), optional
-    /// `puzzle_identifiers` (int32/int64 [B]).
+    /// Input: `inputs` (int32/int64 `[B, seq_len]`), optional
+    /// `puzzle_identifiers` (int32/int64 `[B]`).
     #[arg(long, short = 'i')]
     input: PathBuf,
     /// Output: logits, q_halt_logits, q_continue_logits, z_H, z_L, steps.

@@ -5,11 +5,11 @@
 //! - the active puzzles of a batch advance in lockstep, one network call at
 //!   a time, so the channel SwiGLU of all of them is one stream of row
 //!   blocks that reuse each weight while it is in cache;
-//! - every sublayer is split into independent tasks ([`block`]) whose GEMM
+//! - every sublayer is split into independent tasks (`block.rs`) whose GEMM
 //!   output gets its epilogue (gate, second GEMM, residual, RMSNorm) while
 //!   in cache; tasks run on a rayon pool, one task per thread at a time,
 //!   each with its own scratch memory allocated when the engine is made;
-//! - weights are laid out once, when the engine is made ([`packed`]);
+//! - weights are laid out once, when the engine is made (`packed.rs`);
 //! - nothing is allocated inside the recursion loop.
 //!
 //! With early halting, a puzzle that halts leaves the lockstep group at the
