@@ -3,8 +3,10 @@
 //!
 //! A solve uploads the token ids and the initial carry, records one
 //! embedding dispatch, then one dispatch per network call (the fused
-//! recursion step: `shaders/mixer_step.wgsl`, built on the prelude
-//! `shaders/common/step_common.wgsl`) for N_sup x T x (n + 1) calls, the heads after the last ACT step, and reads back only the outputs. With
+//! recursion step: `shaders/mixer_step.wgsl` for the MLP-mixer model,
+//! `shaders/attention_step.wgsl` for the attention model, both built on the
+//! shared prelude `shaders/common/step_common.wgsl`) for N_sup x T x (n + 1)
+//! calls, the heads after the last ACT step, and reads back only the outputs. With
 //! early halting the q logits are read after each ACT step and the puzzles
 //! that halted are dropped from the dispatches (an index buffer maps
 //! workgroups to the puzzles still running). Batches beyond the device's
@@ -27,6 +29,7 @@
 //! # }
 //! ```
 
+mod attention_step;
 mod context;
 mod embed;
 mod heads;
@@ -133,9 +136,9 @@ impl GpuSchedule {
     }
 }
 
-/// The network-call kernel of the model's variant. An attention kernel
-/// takes its place beside the mixer's, with the same prelude, context,
-/// chunk buffers and scheduling.
+/// The network-call kernel of the model's variant: `mixer_step` for the
+/// MLP-mixer model, `attention_step` for the attention model. Both bind the
+/// same buffers and run one dispatch per recursion step.
 struct StepKernel {
     pipeline: StepPipeline,
     /// Name of the kernel, for labels.
@@ -145,25 +148,35 @@ struct StepKernel {
 impl StepKernel {
     /// Builds the kernel of `model`'s variant.
     fn new(ctx: &GpuContext, model: &TrmModel) -> Result<Self> {
-        if !model.config().mlp_t {
-            return Err(TrmError::BackendUnavailable(
-                "gpu for attention models (mlp_t = false): the GPU engine runs the MLP-mixer TRM only so far; use the CPU engine".into(),
-            ));
-        }
-        Ok(StepKernel {
-            pipeline: mixer_step::new(ctx, model)?,
-            kernel: mixer_step::KERNEL,
+        Ok(if model.config().mlp_t {
+            StepKernel {
+                pipeline: mixer_step::new(ctx, model)?,
+                kernel: mixer_step::KERNEL,
+            }
+        } else {
+            StepKernel {
+                pipeline: attention_step::new(ctx, model)?,
+                kernel: attention_step::KERNEL,
+            }
         })
     }
 
     /// Floats of per-puzzle scratch the variant's kernel needs.
     fn scratch_floats(config: &TrmConfig) -> usize {
-        mixer_step::scratch_floats(config)
+        if config.mlp_t {
+            mixer_step::scratch_floats(config)
+        } else {
+            attention_step::scratch_floats(config)
+        }
     }
 
     /// Floats of the weights the variant's kernel binds.
     fn weight_floats(config: &TrmConfig) -> usize {
-        mixer_step::layer_floats(config) * config.l_layers
+        if config.mlp_t {
+            mixer_step::layer_floats(config) * config.l_layers
+        } else {
+            attention_step::weight_floats(config)
+        }
     }
 
     fn record(
@@ -238,16 +251,10 @@ const F32: u64 = 4;
 
 impl GpuEngine {
     /// Uploads the model's weights to the context's device and builds the
-    /// kernels. Fails with [`TrmError::BackendUnavailable`] for attention
-    /// models (`mlp_t = false`), which the GPU engine does not run yet, and
-    /// with [`TrmError::AdapterUnsuitable`] when the weights exceed the
-    /// device's buffer limits.
+    /// kernels, for either variant (MLP-mixer or attention). Fails with
+    /// [`TrmError::AdapterUnsuitable`] when the weights exceed the device's
+    /// buffer limits.
     pub fn new(ctx: &GpuContext, model: Arc<TrmModel>) -> Result<Self> {
-        if !model.config().mlp_t {
-            return Err(TrmError::BackendUnavailable(
-                "gpu for attention models (mlp_t = false): the GPU engine runs the MLP-mixer TRM only so far; use the CPU engine".into(),
-            ));
-        }
         check_weights_fit(ctx, &model)?;
         let step = StepKernel::new(ctx, &model)?;
         let embed = Embed::new(ctx, &model)?;
@@ -421,10 +428,14 @@ impl GpuEngine {
             ctx.queue()
                 .write_buffer(&params, stride, bytemuck::bytes_of(&y_update));
         })?;
-        let step_group =
-            self.step
-                .pipeline
-                .bind_group(ctx, self.step.kernel, &xyz, &scratch, &active, &params)?;
+        let step_group = self.step.pipeline.bind_group(
+            ctx,
+            self.step.kernel,
+            &xyz,
+            &scratch,
+            &active,
+            &params,
+        )?;
         let embed_group = self.embed.bind_group(ctx, &ids, &xyz, &params)?;
         let heads_group = self.heads.bind_group(ctx, &xyz, &out, &active, &params)?;
         self.chunk = Some(Chunk {
