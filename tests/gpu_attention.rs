@@ -197,8 +197,8 @@ fn random_configs() -> Vec<Random> {
             pos: PosEncodings::None,
             act_steps: 2,
         },
-        // 4 heads of 18, RoPE over 3 puzzle positions (140 padded to 216),
-        // S = 70 two query and key tiles, D = 72 two column tiles
+        // 4 heads of 18, RoPE over 2 puzzle positions (140 padded to 144),
+        // S = 69 two query and key tiles, D = 72 two column tiles
         Random {
             seed: 74,
             seq_len: 67,
@@ -291,6 +291,38 @@ fn long_sequence_walks_many_position_tiles() {
     };
     let got = engine.solve(&batch, &options).unwrap();
     compare(&random.label(), &got, &want);
+}
+
+/// A device with less than 16 KiB of workgroup memory (Apple's 16352
+/// bytes): the kernels take their 8 KiB tiles (TK = 16), which change every
+/// loop of the products and the attention (score steps over HD, p v steps
+/// over the key tile, the row exchanges), with the same results.
+#[test]
+fn apple_sized_workgroup_memory_takes_the_small_tiles() {
+    let Some(_) = gpu::context() else {
+        return;
+    };
+    let options = GpuOptions::default()
+        .with_env()
+        .unwrap()
+        .max_workgroup_memory(16352);
+    let context = GpuContext::new(&options).unwrap();
+    assert_eq!(context.limits().max_compute_workgroup_storage_size, 16352);
+    // 4 heads of 18 (two score steps of 16), S = 69, D = 72
+    let random = &random_configs()[3];
+    let model = random.model();
+    let config = model.config().clone();
+    let batch = random_batch(&config, random.batch, random.seed);
+    let options = SolveOptions::default();
+    let want = CpuEngine::new(Arc::new(model.clone()))
+        .unwrap()
+        .solve(&batch, &options)
+        .unwrap();
+    let mut engine = GpuEngine::new(&context, Arc::new(model))
+        .unwrap()
+        .with_schedule(GpuSchedule::default().poison(true));
+    let got = engine.solve(&batch, &options).unwrap();
+    compare(&format!("TK = 16, {}", random.label()), &got, &want);
 }
 
 /// No read-back beyond the outputs, one dispatch per recursion step plus
