@@ -121,17 +121,28 @@ fn stat(stats: &serde_json::Value, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("--stats lacks `{name}`: {stats}"))
 }
 
-/// Runs `model` (fresh weights) through `trm run --backend gpu --stats` and
-/// checks every output against the float64 implementation within 1e-5
-/// relative L2, and the counters: one dispatch per recursion step plus the
-/// embedding and the heads, one submission, nothing read back beyond the
-/// outputs.
-fn run_gpu_against_float64(model: &TrmModel, seed: u64, tag: &str) {
+/// Runs `model` (fresh weights) through `trm run --backend B --stats` for
+/// each of `backends` and checks every output against the float64
+/// implementation within 1e-5 relative L2, and the counters: one dispatch
+/// per recursion step plus the embedding and the heads, one submission,
+/// nothing read back beyond the outputs.
+fn run_gpu_against_float64(model: &TrmModel, seed: u64, tag: &str, backends: &[&str]) {
     let dir = temp_dir(tag);
     let (model_path, input_path, batch) = write_case(&dir, model, seed ^ 0x5eed);
-    let (bytes, stats) = run(&dir, &model_path, &input_path, "gpu", &[]);
-
     let reference = f64_reference::solve(model, &batch, ACT_STEPS, false);
+    for backend in backends {
+        eprintln!("--backend {backend}");
+        let (bytes, stats) = run(&dir, &model_path, &input_path, backend, &[]);
+        check_against_float64(model, &reference, &bytes, &stats);
+    }
+}
+
+fn check_against_float64(
+    model: &TrmModel,
+    reference: &f64_reference::RefOutput,
+    bytes: &[u8],
+    stats: &serde_json::Value,
+) {
     let c = model.config();
     let (shape, logits) = read_output_f32(&bytes, "logits");
     assert_eq!(shape, vec![PUZZLES, c.seq_len, c.vocab_size]);
@@ -184,7 +195,7 @@ fn run_gpu_matches_float64_with_one_dispatch_per_recursion_step() {
     }
     let seed = fresh_seed();
     let model = TrmModel::random(config(), seed, 0.5).unwrap();
-    run_gpu_against_float64(&model, seed, "gpu-cli");
+    run_gpu_against_float64(&model, seed, "gpu-cli", &["gpu"]);
 }
 
 /// The attention variant with `pos`: S = 17 + 2 = 19 (a puzzle embedding of
@@ -201,7 +212,8 @@ fn attention_config(pos: PosEncodings) -> TrmConfig {
 }
 
 /// Fresh random attention models that no test has seen (new weights every
-/// run): RoPE, learned positions, none.
+/// run): RoPE, learned positions, none; the RoPE model also on GL
+/// (llvmpipe through EGL without a GPU), the other shader translation.
 #[test]
 fn run_gpu_attention_matches_float64_with_one_dispatch_per_recursion_step() {
     if gpu::context().is_none() {
@@ -215,7 +227,13 @@ fn run_gpu_attention_matches_float64_with_one_dispatch_per_recursion_step() {
         let seed = fresh_seed();
         eprintln!("attention, pos_encodings {}", pos.as_str());
         let model = TrmModel::random(attention_config(pos), seed, 0.5).unwrap();
-        run_gpu_against_float64(&model, seed, &format!("gpu-cli-attention-{}", pos.as_str()));
+        let backends: &[&str] = if pos == PosEncodings::Rope {
+            &["gpu", "gl"]
+        } else {
+            &["gpu"]
+        };
+        let tag = format!("gpu-cli-attention-{}", pos.as_str());
+        run_gpu_against_float64(&model, seed, &tag, backends);
     }
 }
 
