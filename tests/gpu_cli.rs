@@ -144,15 +144,15 @@ fn check_against_float64(
     stats: &serde_json::Value,
 ) {
     let c = model.config();
-    let (shape, logits) = read_output_f32(&bytes, "logits");
+    let (shape, logits) = read_output_f32(bytes, "logits");
     assert_eq!(shape, vec![PUZZLES, c.seq_len, c.vocab_size]);
     assert_close("logits", &logits, &reference.logits, 1e-5, 1e-4);
-    let (shape, z_h) = read_output_f32(&bytes, "z_H");
+    let (shape, z_h) = read_output_f32(bytes, "z_H");
     assert_eq!(shape, vec![PUZZLES, c.state_len(), c.hidden_size]);
     assert_close("z_H", &z_h, &reference.z_h, 1e-5, 1e-4);
     assert_close(
         "z_L",
-        &read_output_f32(&bytes, "z_L").1,
+        &read_output_f32(bytes, "z_L").1,
         &reference.z_l,
         1e-5,
         1e-4,
@@ -165,7 +165,7 @@ fn check_against_float64(
         };
         assert_close_floor(
             name,
-            &read_output_f32(&bytes, name).1,
+            &read_output_f32(bytes, name).1,
             expected,
             1e-5,
             1e-4,
@@ -173,19 +173,19 @@ fn check_against_float64(
         );
     }
     assert_eq!(
-        read_output_f32(&bytes, "steps").1,
+        read_output_f32(bytes, "steps").1,
         vec![ACT_STEPS as f32; PUZZLES]
     );
 
     // one dispatch per recursion step, plus the embedding and the heads
     let recursion_steps = (ACT_STEPS * c.h_cycles * (c.l_cycles + 1)) as u64;
     assert_eq!(stats["engine"], "gpu");
-    assert_eq!(stat(&stats, "recursion_steps"), recursion_steps);
-    assert_eq!(stat(&stats, "dispatches"), recursion_steps + 2);
-    assert_eq!(stat(&stats, "submits"), 1);
+    assert_eq!(stat(stats, "recursion_steps"), recursion_steps);
+    assert_eq!(stat(stats, "dispatches"), recursion_steps + 2);
+    assert_eq!(stat(stats, "submits"), 1);
     // nothing read back beyond the outputs
     let outputs = PUZZLES * (c.seq_len * c.vocab_size + 2 + 2 * c.state_len() * c.hidden_size) * 4;
-    assert_eq!(stat(&stats, "bytes_read_back"), outputs as u64);
+    assert_eq!(stat(stats, "bytes_read_back"), outputs as u64);
 }
 
 #[test]
