@@ -98,6 +98,11 @@ pub struct GpuOptions {
     /// (default: the adapter's maximum). Larger batches are then split into
     /// chunks that fit; useful to share a GPU, and to test the splitting.
     pub max_buffer_bytes: Option<u64>,
+    /// Request at most this many bytes of workgroup memory (default: the
+    /// adapter's maximum). Below 16 KiB the step kernels use their 8 KiB
+    /// tile configuration (as on Apple GPUs, which offer 16352 bytes), so
+    /// this lets any adapter run and test that path.
+    pub max_workgroup_memory: Option<u32>,
 }
 
 impl GpuOptions {
@@ -122,6 +127,13 @@ impl GpuOptions {
     /// Caps the size of every buffer and storage binding.
     pub fn max_buffer_bytes(mut self, bytes: u64) -> Self {
         self.max_buffer_bytes = Some(bytes);
+        self
+    }
+
+    /// Caps the workgroup memory the kernels may use (see
+    /// [`GpuOptions::max_workgroup_memory`]).
+    pub fn max_workgroup_memory(mut self, bytes: u32) -> Self {
+        self.max_workgroup_memory = Some(bytes);
         self
     }
 
@@ -167,8 +179,13 @@ pub(crate) mod needs {
 
 /// The device limits to request from an adapter offering `adapter`: the
 /// downlevel defaults, raised to what the kernels need, with the buffer
-/// sizes as large as the adapter allows (capped by `max_buffer_bytes`).
-fn required_limits(adapter: &wgpu::Limits, max_buffer_bytes: Option<u64>) -> wgpu::Limits {
+/// sizes and the workgroup memory as large as the adapter allows (capped by
+/// `max_buffer_bytes` and `max_workgroup_memory`).
+fn required_limits(
+    adapter: &wgpu::Limits,
+    max_buffer_bytes: Option<u64>,
+    max_workgroup_memory: Option<u32>,
+) -> wgpu::Limits {
     let mut limits = wgpu::Limits::downlevel_defaults().using_alignment(adapter.clone());
     let cap = max_buffer_bytes.unwrap_or(u64::MAX);
     limits.max_buffer_size = adapter.max_buffer_size.min(cap);
@@ -183,7 +200,9 @@ fn required_limits(adapter: &wgpu::Limits, max_buffer_bytes: Option<u64>) -> wgp
         .max(limits.max_compute_workgroup_size_x)
         .min(adapter.max_compute_workgroup_size_x);
     // More workgroup memory means deeper tile steps (fewer barriers).
-    limits.max_compute_workgroup_storage_size = adapter.max_compute_workgroup_storage_size;
+    limits.max_compute_workgroup_storage_size = adapter
+        .max_compute_workgroup_storage_size
+        .min(max_workgroup_memory.unwrap_or(u32::MAX));
     limits.max_compute_workgroups_per_dimension = adapter.max_compute_workgroups_per_dimension;
     limits
 }
@@ -348,7 +367,11 @@ impl GpuContext {
                 reason,
             });
         }
-        let required_limits = required_limits(&offered, options.max_buffer_bytes);
+        let required_limits = required_limits(
+            &offered,
+            options.max_buffer_bytes,
+            options.max_workgroup_memory,
+        );
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("trm-wgpu"),
@@ -779,9 +802,10 @@ mod tests {
     #[test]
     fn limits_requested_never_exceed_the_adapter() {
         let adapter = wgpu::Limits::defaults();
-        let limits = required_limits(&adapter, Some(1 << 20));
+        let limits = required_limits(&adapter, Some(1 << 20), Some(16352));
         assert!(limits.check_limits(&adapter));
         assert_eq!(limits.max_storage_buffer_binding_size, 1 << 20);
+        assert_eq!(limits.max_compute_workgroup_storage_size, 16352);
         assert!(unsuitable(&limits).is_none());
         let mut weak = wgpu::Limits::downlevel_webgl2_defaults();
         weak.max_compute_invocations_per_workgroup = 128;

@@ -3,8 +3,10 @@
 //!
 //! A solve uploads the token ids and the initial carry, records one
 //! embedding dispatch, then one dispatch per network call (the fused
-//! recursion step, `shaders/mixer_step.wgsl`) for N_sup x T x (n + 1) calls,
-//! the heads after the last ACT step, and reads back only the outputs. With
+//! recursion step: `shaders/mixer_step.wgsl` for the MLP-mixer model,
+//! `shaders/attention_step.wgsl` for the attention model, both built on the
+//! shared prelude `shaders/common/step_common.wgsl`) for N_sup x T x (n + 1)
+//! calls, the heads after the last ACT step, and reads back only the outputs. With
 //! early halting the q logits are read after each ACT step and the puzzles
 //! that halted are dropped from the dispatches (an index buffer maps
 //! workgroups to the puzzles still running). Batches beyond the device's
@@ -28,11 +30,13 @@
 //! ```
 
 mod adapters;
+mod attention_step;
 mod context;
 mod embed;
 mod heads;
 mod layout;
 mod mixer_step;
+mod step_common;
 mod timing;
 
 use std::sync::Arc;
@@ -53,7 +57,7 @@ pub use timing::RecursionTiming;
 use embed::Embed;
 use heads::Heads;
 use layout::{PARAMS_BYTES, Params};
-use mixer_step::MixerStep;
+use step_common::StepPipeline;
 
 /// What the engine did in its last solve, counted by the engine itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -93,8 +97,9 @@ pub struct GpuSchedule {
     /// At most this many bytes of per-batch device memory per chunk
     /// (default 1 GiB).
     pub max_chunk_bytes: u64,
-    /// Fill the output, input and state buffers with NaN before each solve,
-    /// so that an element no kernel writes shows up as NaN (for tests).
+    /// Fill the output, state and scratch buffers with NaN before each
+    /// solve, so that an element no kernel writes (or one read before it is
+    /// written) shows up as NaN (for tests).
     pub poison: bool,
 }
 
@@ -135,14 +140,49 @@ impl GpuSchedule {
     }
 }
 
-/// The network-call kernel of the model's variant. An attention kernel
-/// takes its place beside the mixer's, with the same context, chunk
-/// buffers and scheduling.
-enum StepKernel {
-    Mixer(MixerStep),
+/// The network-call kernel of the model's variant: `mixer_step` for the
+/// MLP-mixer model, `attention_step` for the attention model. Both bind the
+/// same buffers and run one dispatch per recursion step.
+struct StepKernel {
+    pipeline: StepPipeline,
+    /// Name of the kernel, for labels.
+    kernel: &'static str,
 }
 
 impl StepKernel {
+    /// Builds the kernel of `model`'s variant.
+    fn new(ctx: &GpuContext, model: &TrmModel) -> Result<Self> {
+        Ok(if model.config().mlp_t {
+            StepKernel {
+                pipeline: mixer_step::new(ctx, model)?,
+                kernel: mixer_step::KERNEL,
+            }
+        } else {
+            StepKernel {
+                pipeline: attention_step::new(ctx, model)?,
+                kernel: attention_step::KERNEL,
+            }
+        })
+    }
+
+    /// Floats of per-puzzle scratch the variant's kernel needs.
+    fn scratch_floats(config: &TrmConfig) -> usize {
+        if config.mlp_t {
+            mixer_step::scratch_floats(config)
+        } else {
+            attention_step::scratch_floats(config)
+        }
+    }
+
+    /// Floats of the weights the variant's kernel binds.
+    fn weight_floats(config: &TrmConfig) -> usize {
+        if config.mlp_t {
+            mixer_step::layer_floats(config) * config.l_layers
+        } else {
+            attention_step::weight_floats(config)
+        }
+    }
+
     fn record(
         &self,
         pass: &mut wgpu::ComputePass<'_>,
@@ -150,11 +190,8 @@ impl StepKernel {
         params_offset: u32,
         workgroups: u32,
     ) {
-        match self {
-            StepKernel::Mixer(kernel) => {
-                kernel.record(pass, &chunk.step_group, params_offset, workgroups)
-            }
-        }
+        self.pipeline
+            .record(pass, &chunk.step_group, params_offset, workgroups)
     }
 }
 
@@ -164,8 +201,8 @@ struct Chunk {
     capacity: usize,
     /// `[3][capacity][S][D]`: x, y = z_H, z = z_L.
     xyz: wgpu::Buffer,
-    /// Per-puzzle gated activations.
-    _scratch: wgpu::Buffer,
+    /// Per-puzzle scratch of the step kernel.
+    scratch: wgpu::Buffer,
     /// Token ids `[capacity][seq_len]` then puzzle ids `[capacity]`.
     ids: wgpu::Buffer,
     /// Workgroup -> puzzle.
@@ -218,19 +255,12 @@ const F32: u64 = 4;
 
 impl GpuEngine {
     /// Uploads the model's weights to the context's device and builds the
-    /// kernels. Fails with [`TrmError::BackendUnavailable`] for attention
-    /// models (`mlp_t = false`), which the GPU engine does not run yet, and
-    /// with [`TrmError::AdapterUnsuitable`] when the weights exceed the
-    /// device's buffer limits.
+    /// kernels, for either variant (MLP-mixer or attention). Fails with
+    /// [`TrmError::AdapterUnsuitable`] when the weights exceed the device's
+    /// buffer limits.
     pub fn new(ctx: &GpuContext, model: Arc<TrmModel>) -> Result<Self> {
-        let config = model.config();
-        if !config.mlp_t {
-            return Err(TrmError::BackendUnavailable(
-                "gpu for attention models (mlp_t = false): the GPU engine runs the MLP-mixer TRM only so far; use the CPU engine".into(),
-            ));
-        }
         check_weights_fit(ctx, &model)?;
-        let step = StepKernel::Mixer(MixerStep::new(ctx, &model)?);
+        let step = StepKernel::new(ctx, &model)?;
         let embed = Embed::new(ctx, &model)?;
         let heads = Heads::new(ctx, &model)?;
         let align = ctx.limits().min_uniform_buffer_offset_alignment.max(1);
@@ -300,7 +330,7 @@ impl GpuEngine {
             ("state", 3 * sd * F32, binding),
             (
                 "scratch",
-                mixer_step::scratch_floats(config) as u64 * F32,
+                StepKernel::scratch_floats(config) as u64 * F32,
                 binding,
             ),
             ("outputs", (seq * vocab + 2) * F32, binding),
@@ -351,7 +381,7 @@ impl GpuEngine {
         let scratch = layout::buffer(
             ctx,
             "scratch",
-            cap * mixer_step::scratch_floats(config) as u64 * F32,
+            cap * StepKernel::scratch_floats(config) as u64 * F32,
             U::STORAGE | U::COPY_DST,
         )?;
         let ids = layout::buffer(
@@ -402,17 +432,20 @@ impl GpuEngine {
             ctx.queue()
                 .write_buffer(&params, stride, bytemuck::bytes_of(&y_update));
         })?;
-        let step_group = match &self.step {
-            StepKernel::Mixer(kernel) => {
-                kernel.bind_group(ctx, &xyz, &scratch, &active, &params)?
-            }
-        };
+        let step_group = self.step.pipeline.bind_group(
+            ctx,
+            self.step.kernel,
+            &xyz,
+            &scratch,
+            &active,
+            &params,
+        )?;
         let embed_group = self.embed.bind_group(ctx, &ids, &xyz, &params)?;
         let heads_group = self.heads.bind_group(ctx, &xyz, &out, &active, &params)?;
         self.chunk = Some(Chunk {
             capacity,
             xyz,
-            _scratch: scratch,
+            scratch,
             ids,
             active,
             out,
@@ -588,6 +621,8 @@ impl GpuEngine {
         if self.schedule.poison {
             self.upload(&chunk.xyz, 0, &vec![f32::NAN; (3 * region) as usize])?;
             self.upload(&chunk.out, 0, &vec![f32::NAN; (q_base + 2 * cap) as usize])?;
+            let scratch = cap as usize * StepKernel::scratch_floats(config);
+            self.upload(&chunk.scratch, 0, &vec![f32::NAN; scratch])?;
         }
         self.upload(&chunk.ids, 0, batch.tokens())?;
         self.upload(&chunk.ids, cap * seq, batch.puzzle_ids())?;
@@ -720,7 +755,7 @@ fn check_weights_fit(ctx: &GpuContext, model: &TrmModel) -> Result<()> {
     let tables = w.embed_tokens.len()
         + w.puzzle_emb.as_ref().map_or(0, Vec::len)
         + w.embed_pos.as_ref().map_or(0, Vec::len);
-    let layers = mixer_step::layer_floats(config) * config.l_layers;
+    let layers = StepKernel::weight_floats(config);
     for (what, floats) in [
         ("layer weights", layers),
         ("embedding tables", tables),

@@ -4,6 +4,7 @@
 
 pub mod f64_reference;
 pub mod gpu;
+pub mod gpu_checks;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
