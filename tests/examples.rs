@@ -176,7 +176,9 @@ fn sudoku_reads_stdin_and_rejects_bad_lines() {
     assert!(String::from_utf8_lossy(&bad.stderr).starts_with("error: "));
 }
 
-fn check_maze_on(backend: &str) {
+/// Runs the maze example on `backend`, checks the drawing, returns what it
+/// printed but the engine line.
+fn check_maze_on(backend: &str) -> String {
     let out = run("maze", &["--backend", backend]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -190,11 +192,27 @@ fn check_maze_on(backend: &str) {
         .filter(|l| l.len() == 8 && l.starts_with('#'))
         .count();
     assert_eq!(rows, 16, "{stdout}");
+    stdout
+        .lines()
+        .filter(|l| !l.starts_with("engine:"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[test]
 fn maze_draws_a_prediction_on_the_cpu() {
     check_maze_on("cpu");
+}
+
+#[test]
+fn maze_draws_a_prediction_on_vulkan_and_gl() {
+    if common::gpu::context().is_none() {
+        return;
+    }
+    let cpu = check_maze_on("cpu");
+    // the same prediction and q_halt as the CPU engine
+    assert_eq!(check_maze_on("vulkan"), cpu);
+    assert_eq!(check_maze_on("gl"), cpu);
 }
 
 #[test]
