@@ -5,15 +5,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{
-    RawTensor, assert_close, assert_close_floor, f64_reference, gpu, read_output_f32,
-    safetensors_bytes, temp_dir,
-};
-use trm_wgpu::rng::SplitMix64;
-use trm_wgpu::{PosEncodings, PuzzleBatch, TrmConfig, TrmModel};
+use common::{assert_close, assert_close_floor, f64_reference, gpu, read_output_f32, temp_dir};
+use trm_wgpu::{PosEncodings, TrmConfig, TrmModel};
 
 const PUZZLES: usize = 3;
 const ACT_STEPS: usize = 2;
@@ -35,46 +31,6 @@ fn config() -> TrmConfig {
             "pos_encodings": "none", "puzzle_emb_ndim": 40, "puzzle_emb_len": 0}"#,
     )
     .unwrap()
-}
-
-fn fresh_seed() -> u64 {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(5);
-    eprintln!("seed {seed}");
-    seed
-}
-
-/// Writes `model` and an input of random puzzles (int32 `inputs` and
-/// `puzzle_identifiers`) under `dir`.
-fn write_case(dir: &Path, model: &TrmModel, seed: u64) -> (PathBuf, PathBuf, PuzzleBatch) {
-    let c = model.config();
-    let mut rng = SplitMix64::new(seed);
-    let tokens: Vec<i32> = (0..PUZZLES * c.seq_len)
-        .map(|_| rng.below(c.vocab_size as u64) as i32)
-        .collect();
-    let ids: Vec<i32> = (0..PUZZLES)
-        .map(|_| rng.below(c.num_puzzle_identifiers as u64) as i32)
-        .collect();
-    let model_path = dir.join("model.safetensors");
-    model.save(&model_path).unwrap();
-    let input_path = dir.join("input.safetensors");
-    let bytes = safetensors_bytes(
-        &[
-            RawTensor::i32("inputs", vec![PUZZLES, c.seq_len], &tokens),
-            RawTensor::i32("puzzle_identifiers", vec![PUZZLES], &ids),
-        ],
-        None,
-    );
-    std::fs::write(&input_path, bytes).unwrap();
-    let batch = PuzzleBatch::new(
-        c,
-        &tokens.iter().map(|&t| t as i64).collect::<Vec<_>>(),
-        Some(&ids.iter().map(|&t| t as i64).collect::<Vec<_>>()),
-    )
-    .unwrap();
-    (model_path, input_path, batch)
 }
 
 /// `trm run --stats` with `backend`; returns the output file's bytes and
@@ -128,7 +84,8 @@ fn stat(stats: &serde_json::Value, name: &str) -> u64 {
 /// nothing read back beyond the outputs.
 fn run_gpu_against_float64(model: &TrmModel, seed: u64, tag: &str, backends: &[&str]) {
     let dir = temp_dir(tag);
-    let (model_path, input_path, batch) = write_case(&dir, model, seed ^ 0x5eed);
+    let (model_path, input_path, batch) =
+        common::write_run_case(&dir, model, PUZZLES, seed ^ 0x5eed);
     let reference = f64_reference::solve(model, &batch, ACT_STEPS, false);
     for backend in backends {
         eprintln!("--backend {backend}");
@@ -193,7 +150,7 @@ fn run_gpu_matches_float64_with_one_dispatch_per_recursion_step() {
     if gpu::context().is_none() {
         return;
     }
-    let seed = fresh_seed();
+    let seed = common::test_seed();
     let model = TrmModel::random(config(), seed, 0.5).unwrap();
     run_gpu_against_float64(&model, seed, "gpu-cli", &["gpu"]);
 }
@@ -224,7 +181,7 @@ fn run_gpu_attention_matches_float64_with_one_dispatch_per_recursion_step() {
         PosEncodings::Learned,
         PosEncodings::None,
     ] {
-        let seed = fresh_seed();
+        let seed = common::test_seed();
         eprintln!("attention, pos_encodings {}", pos.as_str());
         let model = TrmModel::random(attention_config(pos), seed, 0.5).unwrap();
         let backends: &[&str] = if pos == PosEncodings::Rope {
@@ -244,10 +201,10 @@ fn run_auto_and_gl_backends() {
     if gpu::context().is_none() {
         return;
     }
-    let seed = fresh_seed();
+    let seed = common::test_seed();
     let model = TrmModel::random(config(), seed, 0.5).unwrap();
     let dir = temp_dir("gpu-cli-backends");
-    let (model_path, input_path, _) = write_case(&dir, &model, seed);
+    let (model_path, input_path, _) = common::write_run_case(&dir, &model, PUZZLES, seed);
     let (vulkan, _) = run(&dir, &model_path, &input_path, "auto", &[]);
     let (gl, stats) = run(&dir, &model_path, &input_path, "gl", &[]);
     assert_eq!(stats["engine"], "gpu");
