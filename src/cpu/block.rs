@@ -3,8 +3,10 @@
 //! RMSNorm) while it is still in cache. A task owns a disjoint part of the
 //! state, so the tasks of a phase run in parallel without locks:
 //!
-//! - channel SwiGLU: any block of rows (of any puzzles), since it mixes
-//!   along D only;
+//! - channel SwiGLU: two phases, since it mixes along D only: the gate_up
+//!   product with its gating on tiles of rows (of any puzzles) x groups of
+//!   intermediate columns, then the down product with residual and norm on
+//!   blocks of rows;
 //! - token-mixing MLP: a block of columns of one puzzle, since it mixes
 //!   along S only and its RMSNorm runs over S;
 //! - attention: qkv projection by rows, then one (puzzle, head) per task,
@@ -15,8 +17,11 @@
 use faer::reborrow::{Reborrow, ReborrowMut};
 use faer::{MatMut, Par};
 
-use super::ops::{add_rms_norm_rows, mat, mat_mut, mat_strided, matmul_into, silu_gate};
-use super::packed::PackedLayer;
+use super::ops::{
+    add_rms_norm_rows, mat, mat_mut, mat_strided, matmul_into, row_slice, silu_gate,
+    silu_gate_interleaved,
+};
+use super::packed::{GATE_GROUP, PackedLayer};
 
 /// Scratch memory of one worker thread, sized for the largest task.
 pub(super) struct TaskScratch {
@@ -37,35 +42,42 @@ impl TaskScratch {
     }
 }
 
-/// Channel SwiGLU on `rows` (`[r, D]`): `h = rms_norm(h + down(silu(g) * u))`
-/// with `[g | u] = h @ gate_up^T`.
-pub(super) fn channel_mlp_rows(
+/// Channel SwiGLU, first phase, on a tile: rows `rows` (`[r, D]`) and the
+/// gated columns `first..first + c` of `gated` (`[r, c]`):
+/// `[g | u] = h @ gate_up^T` for those columns, then `silu(g) * u`.
+pub(super) fn channel_gate_tile(
+    layer: &PackedLayer,
+    rows: &[f32],
+    gated: MatMut<'_, f32>,
+    first: usize,
+    d: usize,
+    ci: usize,
+    s: &mut TaskScratch,
+) {
+    let (r, c) = (gated.nrows(), gated.ncols());
+    let wide = &mut s.wide[..r * 2 * c];
+    // columns 2 first .. 2 (first + c) of the interleaved gate_up^T
+    let weights = mat_strided(&layer.gate_up_t[2 * first..], d, 2 * c, 2 * ci);
+    matmul_into(mat_mut(wide, r, 2 * c), mat(rows, r, d), weights, Par::Seq);
+    silu_gate_interleaved(wide, gated, GATE_GROUP);
+}
+
+/// Channel SwiGLU, second phase, on `rows` (`[r, D]`) with their gated
+/// activations `gated` (`[r, I]`): `h = rms_norm(h + gated @ down^T)`.
+pub(super) fn channel_down_rows(
     layer: &PackedLayer,
     rows: &mut [f32],
+    gated: &[f32],
     d: usize,
     ci: usize,
     eps: f32,
     s: &mut TaskScratch,
 ) {
     let r = rows.len() / d;
-    let wide = &mut s.wide[..r * 2 * ci];
-    matmul_into(
-        mat_mut(wide, r, 2 * ci),
-        mat(rows, r, d),
-        mat(&layer.gate_up_t, d, 2 * ci),
-        Par::Seq,
-    );
-    for (g_row, w_row) in s.gated[..r * ci]
-        .chunks_exact_mut(ci)
-        .zip(wide.chunks_exact(2 * ci))
-    {
-        let (g, u) = w_row.split_at(ci);
-        silu_gate(g, u, g_row);
-    }
     let update = &mut s.update[..r * d];
     matmul_into(
         mat_mut(update, r, d),
-        mat(&s.gated, r, ci),
+        mat(gated, r, ci),
         mat(&layer.down_t, ci, d),
         Par::Seq,
     );
@@ -121,16 +133,6 @@ pub(super) fn token_mlp_columns(
         for (v, scale) in row.iter_mut().zip(sums.iter()) {
             *v *= scale;
         }
-    }
-}
-
-/// Row `i` of a matrix whose rows are contiguous, as a slice.
-fn row_slice<'a>(m: MatMut<'a, f32>, i: usize) -> &'a mut [f32] {
-    match m.try_as_row_major_mut() {
-        Some(m) => m.row_mut(i).as_slice_mut(),
-        // Every matrix handed to the tasks is a column block of a row-major
-        // buffer, so rows are always contiguous.
-        None => unreachable!("row-major blocks only"),
     }
 }
 

@@ -38,12 +38,15 @@ pub use ops::rope_tables;
 /// which rounds to the same f32 as 1/sqrt(2).
 const LEARNED_POS_SCALE: f32 = std::f32::consts::FRAC_1_SQRT_2;
 
-/// Rows per channel task at most: a `[rows, 2 inter(D)]` tile of the
-/// Sudoku-Extreme model (96 x 3072 floats) stays within a core's L2 cache.
-const MAX_ROWS_PER_TASK: usize = 96;
+/// Rows per task at most: a `[rows, 2 inter(D)]` gate_up tile of the
+/// Sudoku-Extreme model (128 x 3072 floats, 1.5 MiB) stays within a core's
+/// L2 cache. Fewer rows make the GEMM slower (its weight panels are reused
+/// over fewer rows: at 49 rows, half the speed of 97), so a small batch is
+/// split by columns instead where it can be.
+const MAX_ROWS_PER_TASK: usize = 128;
 
 /// Columns per token-mixing task at most (`[2 inter(S), cols]` tile).
-const MAX_COLS_PER_TASK: usize = 128;
+const MAX_COLS_PER_TASK: usize = 256;
 
 /// Runs TRM on the CPU.
 pub struct CpuEngine {
@@ -59,33 +62,70 @@ pub struct CpuEngine {
     scratch: Vec<Mutex<TaskScratch>>,
 }
 
-/// How a network call is cut into tasks for the current group of puzzles.
-#[derive(Clone, Copy, Debug)]
+/// How a network call is cut into tasks for the current group of puzzles,
+/// so that every thread has work and every GEMM as many rows as the cache
+/// allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Plan {
-    /// Rows of a channel (and qkv / o_proj) task.
+    /// Rows of a channel gate_up tile.
+    gate_rows: usize,
+    /// Intermediate columns of a channel gate_up tile (whole gate groups).
+    gate_cols: usize,
+    /// Rows of a row task: channel down, qkv, o_proj, element-wise work.
     rows_per_task: usize,
     /// Columns of a token-mixing task.
     cols_per_task: usize,
 }
 
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
 impl Plan {
     fn new(config: &TrmConfig, puzzles: usize, threads: usize) -> Plan {
-        let rows = puzzles * config.state_len();
-        // enough tasks for every thread, none larger than the cache allows
-        let tasks = threads
-            .max(rows.div_ceil(MAX_ROWS_PER_TASK))
-            .min(rows)
-            .max(1);
-        let rows_per_task = rows.div_ceil(tasks);
+        let rows = (puzzles * config.state_len()).max(1);
+        let threads = threads.max(1);
+        let row_blocks = rows.div_ceil(MAX_ROWS_PER_TASK);
+        // gate_up: split columns as little as makes the tile count a
+        // multiple of the threads (one puzzle on two threads: 1 x 2 tiles)
+        let groups = config.channel_inter() / packed::GATE_GROUP;
+        let col_split = (threads / gcd(row_blocks, threads)).clamp(1, groups.max(1));
+        let gate_cols = groups.div_ceil(col_split) * packed::GATE_GROUP;
+        // row tasks: a multiple of the threads, within the cache bound
+        let row_tasks = row_blocks.div_ceil(threads) * threads;
         let d = config.hidden_size;
         let col_tasks = threads
-            .div_ceil(puzzles)
+            .div_ceil(puzzles.max(1))
             .max(d.div_ceil(MAX_COLS_PER_TASK))
             .min(d)
             .max(1);
         Plan {
-            rows_per_task,
+            gate_rows: rows.div_ceil(row_blocks),
+            gate_cols,
+            rows_per_task: rows.div_ceil(row_tasks.min(rows)),
             cols_per_task: d.div_ceil(col_tasks),
+        }
+    }
+}
+
+/// Per-batch intermediate buffers of a network call, allocated once per
+/// solve: `[A S, inter(D)]` gated channel activations, and for attention
+/// `[A S, 3D]` qkv and `[A S, D]` head outputs.
+struct Buffers {
+    gated: Vec<f32>,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+}
+
+impl Buffers {
+    fn new(config: &TrmConfig, puzzles: usize) -> Self {
+        let rows = puzzles * config.state_len();
+        let d = config.hidden_size;
+        let attention = if config.mlp_t { 0 } else { rows * d };
+        Buffers {
+            gated: vec![0.0; rows * config.channel_inter()],
+            qkv: vec![0.0; 3 * attention],
+            attn: vec![0.0; attention],
         }
     }
 }
@@ -96,9 +136,7 @@ struct Work {
     y: Vec<f32>,
     z: Vec<f32>,
     injection: Vec<f32>,
-    /// Attention only: `[A S, 3D]` and `[A S, D]`.
-    qkv: Vec<f32>,
-    attn: Vec<f32>,
+    buffers: Buffers,
     /// Index in the batch of each running puzzle.
     puzzles: Vec<usize>,
 }
@@ -126,11 +164,11 @@ impl CpuEngine {
         // Plan keeps every task within these bounds.
         let (r, c) = (MAX_ROWS_PER_TASK, MAX_COLS_PER_TASK.min(d));
         let mut wide = r * 2 * ci;
-        let mut gated = r * ci;
+        let mut gated = 0;
         let mut update = r * d;
         if config.mlp_t {
             wide = wide.max(2 * ti * c);
-            gated = gated.max(ti * c);
+            gated = ti * c;
             update = update.max(s * c);
         } else {
             wide = wide.max(s * s); // attention scores of one head
@@ -207,10 +245,9 @@ impl CpuEngine {
         }
         let puzzles = state.len() / sd;
         let plan = Plan::new(config, puzzles, self.threads);
-        let attention = if config.mlp_t { 0 } else { state.len() };
-        let (mut qkv, mut attn) = (vec![0.0; 3 * attention], vec![0.0; attention]);
+        let mut buffers = Buffers::new(config, puzzles);
         self.pool
-            .install(|| self.net(state, injection, &mut qkv, &mut attn, plan));
+            .install(|| self.net(state, injection, &mut buffers, plan));
         Ok(())
     }
 
@@ -249,14 +286,7 @@ impl CpuEngine {
 
     /// One network call on every running puzzle:
     /// `state = net(state, injection)`, both `[A, S, D]`.
-    fn net(
-        &self,
-        state: &mut [f32],
-        injection: &[f32],
-        work_qkv: &mut [f32],
-        work_attn: &mut [f32],
-        plan: Plan,
-    ) {
+    fn net(&self, state: &mut [f32], injection: &[f32], buffers: &mut Buffers, plan: Plan) {
         let config = self.model.config();
         let (s, d) = (config.state_len(), config.hidden_size);
         let (ci, ti) = (config.channel_inter(), config.token_inter());
@@ -290,14 +320,14 @@ impl CpuEngine {
                         .as_ref()
                         .map(|(c, sn)| (c.as_slice(), sn.as_slice()));
                     let rows = plan.rows_per_task;
-                    let qkv = &mut work_qkv[..state.len() * 3];
+                    let qkv = &mut buffers.qkv[..state.len() * 3];
                     qkv.par_chunks_mut(rows * 3 * d)
                         .zip(state.par_chunks(rows * d))
                         .enumerate()
                         .for_each(|(i, (qkv, h))| {
                             block::qkv_rows(qkv_t, h, qkv, d, config.head_dim(), rope, i * rows, s)
                         });
-                    let attn = &mut work_attn[..state.len()];
+                    let attn = &mut buffers.attn[..state.len()];
                     let qkv = &*qkv;
                     attn.par_chunks_mut(s * d)
                         .zip(qkv.par_chunks(s * 3 * d))
@@ -334,11 +364,34 @@ impl CpuEngine {
                     unreachable!("PackedWeights mirrors the model's mixers")
                 }
             }
-            state.par_chunks_mut(row_chunk).for_each(|rows| {
-                self.with_scratch(|scratch| {
-                    block::channel_mlp_rows(packed, rows, d, ci, eps, scratch)
-                })
-            });
+            // channel SwiGLU: gate_up tiles, then down rows
+            let gated = &mut buffers.gated[..(state.len() / d) * ci];
+            gated
+                .par_chunks_mut(plan.gate_rows * ci)
+                .zip(state.par_chunks(plan.gate_rows * d))
+                .for_each(|(gated_rows, rows)| {
+                    let r = rows.len() / d;
+                    let tile = |block: MatMut<'_, f32>, first: usize| {
+                        self.with_scratch(|scratch| {
+                            block::channel_gate_tile(packed, rows, block, first, d, ci, scratch)
+                        })
+                    };
+                    self.par_column_blocks(
+                        ops::mat_mut(gated_rows, r, ci),
+                        0,
+                        plan.gate_cols,
+                        &tile,
+                    );
+                });
+            let gated = &*gated;
+            state
+                .par_chunks_mut(row_chunk)
+                .zip(gated.par_chunks(plan.rows_per_task * ci))
+                .for_each(|(rows, gated)| {
+                    self.with_scratch(|scratch| {
+                        block::channel_down_rows(packed, rows, gated, d, ci, eps, scratch)
+                    })
+                });
         }
     }
 
@@ -352,8 +405,7 @@ impl CpuEngine {
             y,
             z,
             injection,
-            qkv,
-            attn,
+            buffers,
             ..
         } = work;
         let (x, y, z, injection) = (&x[..n], &mut y[..n], &mut z[..n], &mut injection[..n]);
@@ -368,9 +420,9 @@ impl CpuEngine {
                     }
                 });
             for _ in 0..config.l_cycles {
-                self.net(z, injection, qkv, attn, plan);
+                self.net(z, injection, buffers, plan);
             }
-            self.net(y, z, qkv, attn, plan);
+            self.net(y, z, buffers, plan);
         }
     }
 
@@ -432,14 +484,12 @@ impl Engine for CpuEngine {
                 Carry::initial(&w.h_init, &w.l_init, b, config.state_len())
             }
         };
-        let attention_buffers = if config.mlp_t { 0 } else { b * sd };
         let mut work = Work {
             x: self.embed(batch),
             y: carry.z_h,
             z: carry.z_l,
             injection: vec![0.0; b * sd],
-            qkv: vec![0.0; 3 * attention_buffers],
-            attn: vec![0.0; attention_buffers],
+            buffers: Buffers::new(&config, b),
             puzzles: (0..b).collect(),
         };
         let mut out = SolveOutput::poisoned(&config, b);
@@ -487,5 +537,45 @@ impl Engine for CpuEngine {
             }
         });
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_keep_threads_busy_and_tiles_in_cache() {
+        let sudoku = TrmConfig::sudoku_extreme();
+        let groups_width = packed::GATE_GROUP;
+        for threads in 1..=8 {
+            for puzzles in [1, 2, 3, 7, 8, 64] {
+                let plan = Plan::new(&sudoku, puzzles, threads);
+                let rows = puzzles * 97;
+                let gate_tiles = rows.div_ceil(plan.gate_rows) * 1536usize.div_ceil(plan.gate_cols);
+                assert!(
+                    plan.gate_rows <= MAX_ROWS_PER_TASK && plan.rows_per_task <= MAX_ROWS_PER_TASK,
+                    "{plan:?}"
+                );
+                assert_eq!(plan.gate_cols % groups_width, 0, "{plan:?}");
+                assert!(
+                    gate_tiles >= threads.min(rows),
+                    "{threads} threads, {puzzles} puzzles: {plan:?}"
+                );
+                assert!(
+                    rows.div_ceil(plan.rows_per_task) >= threads.min(rows),
+                    "{plan:?}"
+                );
+                assert!(plan.cols_per_task <= MAX_COLS_PER_TASK, "{plan:?}");
+            }
+        }
+        // one puzzle on two threads: all 97 rows in each gate_up tile, the
+        // columns halved; the down product in two row blocks
+        let plan = Plan::new(&sudoku, 1, 2);
+        assert_eq!(
+            (plan.gate_rows, plan.gate_cols, plan.rows_per_task),
+            (97, 768, 49)
+        );
+        assert_eq!(plan.cols_per_task, 256);
     }
 }

@@ -2,6 +2,7 @@
 //! gating, RMSNorm over rows or columns, RoPE tables.
 
 use faer::linalg::matmul::matmul;
+use faer::reborrow::ReborrowMut;
 use faer::{Accum, MatMut, MatRef, Par};
 
 /// A row-major `rows x cols` view of `data`.
@@ -82,6 +83,37 @@ pub(crate) fn silu_gate(gate: &[f32], up: &[f32], out: &mut [f32]) {
             }
         },
     );
+}
+
+/// The SwiGLU gate on a tile whose columns interleave `g` and `u` in groups
+/// of `group`: row `i` of `wide` (`2 c` values) gates into row `i` of `out`
+/// (`[r, c]`, rows contiguous).
+pub(crate) fn silu_gate_interleaved(wide: &[f32], mut out: MatMut<'_, f32>, group: usize) {
+    let cols = out.ncols();
+    pulp::Arch::new().dispatch(
+        #[inline(always)]
+        || {
+            for (i, row) in wide.chunks_exact(2 * cols).enumerate() {
+                let o = row_slice(out.rb_mut(), i);
+                for (pair, o) in row.chunks_exact(2 * group).zip(o.chunks_exact_mut(group)) {
+                    let (g, u) = pair.split_at(group);
+                    for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                        *o = silu(g) * u;
+                    }
+                }
+            }
+        },
+    );
+}
+
+/// Row `i` of a matrix whose rows are contiguous, as a slice.
+pub(crate) fn row_slice<'a>(m: MatMut<'a, f32>, i: usize) -> &'a mut [f32] {
+    match m.try_as_row_major_mut() {
+        Some(m) => m.row_mut(i).as_slice_mut(),
+        // Every matrix handed to the tasks is a column block of a row-major
+        // buffer, so rows are always contiguous.
+        None => unreachable!("row-major blocks only"),
+    }
 }
 
 /// Mean of squares of `row`, accumulated in eight lanes (vectorises, and is
