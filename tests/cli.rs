@@ -42,8 +42,13 @@ fn config(mlp_t: bool, pos: PosEncodings) -> TrmConfig {
 }
 
 fn run_and_compare(mlp_t: bool, pos: PosEncodings) {
+    run_config_and_compare(config(mlp_t, pos));
+}
+
+/// `trm run` on a fresh random model of `config` against float64.
+fn run_config_and_compare(config: TrmConfig) {
     let seed = common::test_seed();
-    let model = TrmModel::random(config(mlp_t, pos), seed, 0.5).unwrap();
+    let model = TrmModel::random(config, seed, 0.5).unwrap();
     let dir = temp_dir("cli-run");
     let (model_path, input_path, batch) = common::write_run_case(&dir, &model, 3, seed ^ 0x5eed);
     let out_path = dir.join("out.safetensors");
@@ -113,6 +118,25 @@ fn run_attention_rope_matches_float64() {
 #[test]
 fn run_attention_learned_matches_float64() {
     run_and_compare(false, PosEncodings::Learned);
+}
+
+#[test]
+fn run_attention_without_positions_or_puzzle_embedding_matches_float64() {
+    let mut c = config(false, PosEncodings::None);
+    c.puzzle_emb_ndim = 0;
+    run_config_and_compare(c);
+}
+
+#[test]
+fn run_mlp_mixer_learned_positions_matches_float64() {
+    run_and_compare(true, PosEncodings::Learned);
+}
+
+#[test]
+fn run_mlp_mixer_without_puzzle_embedding_matches_float64() {
+    let mut c = config(true, PosEncodings::None);
+    c.puzzle_emb_ndim = 0;
+    run_config_and_compare(c);
 }
 
 #[test]

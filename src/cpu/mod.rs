@@ -49,6 +49,24 @@ const MAX_ROWS_PER_TASK: usize = 128;
 const MAX_COLS_PER_TASK: usize = 256;
 
 /// Runs TRM on the CPU.
+///
+/// ```
+/// use std::sync::Arc;
+/// use trm_wgpu::{CpuEngine, Engine, PuzzleBatch, SolveOptions, TrmConfig, TrmModel};
+///
+/// # fn main() -> trm_wgpu::Result<()> {
+/// // a small random model (load a trained one with TrmModel::load)
+/// let config = TrmConfig { hidden_size: 16, puzzle_emb_ndim: 16, ..TrmConfig::sudoku_extreme() };
+/// let model = Arc::new(TrmModel::random(config, 7, 0.5)?);
+/// let blanks = vec![1i64; 81]; // token 1 = a blank Sudoku cell
+/// let batch = PuzzleBatch::new(model.config(), &blanks, None)?;
+/// let mut engine = CpuEngine::with_threads(model, 2)?;
+/// let out = engine.solve(&batch, &SolveOptions::default().act_steps(2))?;
+/// assert_eq!(out.predictions().len(), 81);
+/// assert_eq!(out.steps, vec![2]);
+/// # Ok(())
+/// # }
+/// ```
 pub struct CpuEngine {
     model: Arc<TrmModel>,
     packed: PackedWeights,
