@@ -184,6 +184,30 @@ pub fn swiglu_inter(expansion: f64, width: usize) -> usize {
 }
 
 impl TrmConfig {
+    /// The shape of the paper's Sudoku-Extreme TRM-MLP (D = 512, S = 97,
+    /// n = 6, T = 3, 2 layers, 16 ACT steps, 5.03M parameters): the default
+    /// workload of `trm bench`.
+    pub fn sudoku_extreme() -> Self {
+        TrmConfig {
+            seq_len: 81,
+            vocab_size: 11,
+            num_puzzle_identifiers: 1,
+            hidden_size: 512,
+            expansion: 4.0,
+            num_heads: 8,
+            h_cycles: 3,
+            l_cycles: 6,
+            l_layers: 2,
+            halt_max_steps: 16,
+            mlp_t: true,
+            pos_encodings: PosEncodings::None,
+            puzzle_emb_ndim: 512,
+            puzzle_emb_len: 16,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+        }
+    }
+
     /// Parses a JSON object with the official field names and validates it.
     pub fn from_json(json: &str) -> Result<Self> {
         serde_json::from_str(json).map_err(|e| TrmError::Config(format!("config JSON: {e}")))
@@ -391,6 +415,15 @@ mod tests {
         assert!((per_puzzle - 410.0).abs() < 3.0, "{per_puzzle}");
         assert_eq!(c.rms_norm_eps, 1e-5);
         assert_eq!(c.rope_theta, 10000.0);
+    }
+
+    #[test]
+    fn sudoku_extreme_preset_is_the_official_shape() {
+        assert_eq!(
+            TrmConfig::sudoku_extreme(),
+            TrmConfig::from_json(sudoku_json()).unwrap()
+        );
+        assert_eq!(TrmConfig::sudoku_extreme().parameter_count(), 5_030_402);
     }
 
     #[test]

@@ -21,19 +21,32 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod backend;
 pub mod batch;
 pub mod checkpoint;
 pub mod config;
 pub mod cpu;
 pub mod error;
+pub mod gpu;
 pub mod model;
 pub mod rng;
 pub mod solve;
+pub mod tasks;
 mod tensor_file;
 
+pub use backend::{AnyEngine, Backend, EngineOptions};
 pub use batch::PuzzleBatch;
 pub use config::{PosEncodings, TrmConfig};
 pub use cpu::CpuEngine;
 pub use error::{Result, TrmError};
+pub use gpu::{GpuBackend, GpuContext, GpuEngine, GpuOptions, GpuSchedule, GpuStats};
 pub use model::{LoadOptions, Tensor, TrmModel};
 pub use solve::{Carry, Engine, SolveOptions, SolveOutput};
+/// The wgpu this crate is built on, for applications that bring their own
+/// device ([`GpuContext::from_device`]).
+pub use wgpu;
+
+/// The README's code compiles (a doctest only).
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -158,6 +158,26 @@ impl LoadOptions {
 }
 
 /// A TRM ready to run: configuration plus weights.
+///
+/// From a checkpoint: [`TrmModel::load`]. From weights an application
+/// brings, under the official names (prefixed or not):
+///
+/// ```
+/// use trm_wgpu::{LoadOptions, Tensor, TrmConfig, TrmModel};
+/// use trm_wgpu::model::expected_tensors;
+///
+/// # fn main() -> trm_wgpu::Result<()> {
+/// let config = TrmConfig { hidden_size: 8, puzzle_emb_ndim: 8, ..TrmConfig::sudoku_extreme() };
+/// // every tensor the configuration requires, here filled with 0.01
+/// let tensors = expected_tensors(&config).into_iter().map(|(name, shape)| {
+///     let n = shape.iter().product();
+///     (format!("_orig_mod.model.{name}"), Tensor::new(shape, vec![0.01; n]).unwrap())
+/// });
+/// let model = TrmModel::from_tensors(config, tensors, &LoadOptions::default())?;
+/// assert_eq!(model.parameter_count(), model.config().parameter_count());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct TrmModel {
     config: TrmConfig,

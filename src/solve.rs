@@ -9,6 +9,15 @@ use crate::tensor_file::{self, OwnedTensor};
 
 /// How to run a solve. The default is the official evaluation: every puzzle
 /// runs `halt_max_steps` ACT steps.
+///
+/// ```
+/// use trm_wgpu::{SolveOptions, TrmConfig};
+/// let config = TrmConfig::sudoku_extreme();
+/// assert_eq!(SolveOptions::default().resolved_act_steps(&config).unwrap(), 16);
+/// let quick = SolveOptions::default().act_steps(4).early_halt(true);
+/// assert_eq!(quick.resolved_act_steps(&config).unwrap(), 4);
+/// assert!(SolveOptions::default().act_steps(0).resolved_act_steps(&config).is_err());
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SolveOptions {
@@ -44,6 +53,28 @@ impl SolveOptions {
 
 /// The recurrent state of a batch: y = z_H (answer) and z = z_L (latent),
 /// each row-major `[B, S, D]`.
+///
+/// A solve can continue from the carry another returned, for example one
+/// ACT step at a time to watch the answer change:
+///
+/// ```
+/// use std::sync::Arc;
+/// use trm_wgpu::{CpuEngine, Engine, PuzzleBatch, SolveOptions, TrmConfig, TrmModel};
+///
+/// # fn main() -> trm_wgpu::Result<()> {
+/// let config = TrmConfig { hidden_size: 16, puzzle_emb_ndim: 16, ..TrmConfig::sudoku_extreme() };
+/// let model = Arc::new(TrmModel::random(config, 1, 0.5)?);
+/// let batch = PuzzleBatch::new(model.config(), &vec![1i64; 81], None)?;
+/// let mut engine = CpuEngine::with_threads(model, 1)?;
+/// let one = SolveOptions::default().act_steps(1);
+/// let first = engine.solve(&batch, &one)?;
+/// let second = engine.solve_from(&batch, Some(&first.carry()), &one)?;
+/// // the same as two steps at once
+/// let both = engine.solve(&batch, &SolveOptions::default().act_steps(2))?;
+/// assert_eq!(second.logits, both.logits);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct Carry {
     /// z_H, `[B, S, D]`.

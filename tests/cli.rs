@@ -4,18 +4,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::{
     RawTensor, assert_close, assert_close_floor, f64_reference, read_output_f32, safetensors_bytes,
     temp_dir,
 };
-use trm_wgpu::rng::SplitMix64;
-use trm_wgpu::{PosEncodings, PuzzleBatch, TrmConfig, TrmModel};
+
+use trm_wgpu::{PosEncodings, TrmConfig, TrmModel};
 
 fn trm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trm"))
+    Command::new(common::trm_bin())
         .args(args)
         .output()
         .expect("the trm binary runs")
@@ -42,56 +41,16 @@ fn config(mlp_t: bool, pos: PosEncodings) -> TrmConfig {
     }
 }
 
-/// Writes a model and an input of `batch` random puzzles; returns their
-/// paths and the batch.
-fn write_case(
-    dir: &Path,
-    model: &TrmModel,
-    batch: usize,
-    seed: u64,
-) -> (PathBuf, PathBuf, PuzzleBatch) {
-    let c = model.config();
-    let mut rng = SplitMix64::new(seed);
-    let tokens: Vec<i32> = (0..batch * c.seq_len)
-        .map(|_| rng.below(c.vocab_size as u64) as i32)
-        .collect();
-    let ids: Vec<i32> = (0..batch)
-        .map(|_| rng.below(c.num_puzzle_identifiers as u64) as i32)
-        .collect();
-    let model_path = dir.join("model.safetensors");
-    model.save(&model_path).unwrap();
-    let input_path = dir.join("input.safetensors");
-    let bytes = safetensors_bytes(
-        &[
-            RawTensor::i32("inputs", vec![batch, c.seq_len], &tokens),
-            RawTensor::i32("puzzle_identifiers", vec![batch], &ids),
-        ],
-        None,
-    );
-    std::fs::write(&input_path, bytes).unwrap();
-    let batch = PuzzleBatch::new(
-        c,
-        &tokens.iter().map(|&t| t as i64).collect::<Vec<_>>(),
-        Some(&ids.iter().map(|&t| t as i64).collect::<Vec<_>>()),
-    )
-    .unwrap();
-    (model_path, input_path, batch)
-}
-
-fn fresh_seed() -> u64 {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(3);
-    eprintln!("seed {seed}");
-    seed
-}
-
 fn run_and_compare(mlp_t: bool, pos: PosEncodings) {
-    let seed = fresh_seed();
-    let model = TrmModel::random(config(mlp_t, pos), seed, 0.5).unwrap();
+    run_config_and_compare(config(mlp_t, pos));
+}
+
+/// `trm run` on a fresh random model of `config` against float64.
+fn run_config_and_compare(config: TrmConfig) {
+    let seed = common::test_seed();
+    let model = TrmModel::random(config, seed, 0.5).unwrap();
     let dir = temp_dir("cli-run");
-    let (model_path, input_path, batch) = write_case(&dir, &model, 3, seed ^ 0x5eed);
+    let (model_path, input_path, batch) = common::write_run_case(&dir, &model, 3, seed ^ 0x5eed);
     let out_path = dir.join("out.safetensors");
     let out = trm(&[
         "run",
@@ -162,10 +121,29 @@ fn run_attention_learned_matches_float64() {
 }
 
 #[test]
+fn run_attention_without_positions_or_puzzle_embedding_matches_float64() {
+    let mut c = config(false, PosEncodings::None);
+    c.puzzle_emb_ndim = 0;
+    run_config_and_compare(c);
+}
+
+#[test]
+fn run_mlp_mixer_learned_positions_matches_float64() {
+    run_and_compare(true, PosEncodings::Learned);
+}
+
+#[test]
+fn run_mlp_mixer_without_puzzle_embedding_matches_float64() {
+    let mut c = config(true, PosEncodings::None);
+    c.puzzle_emb_ndim = 0;
+    run_config_and_compare(c);
+}
+
+#[test]
 fn run_with_steps_option() {
     let model = TrmModel::random(config(true, PosEncodings::None), 11, 0.5).unwrap();
     let dir = temp_dir("cli-steps");
-    let (model_path, input_path, batch) = write_case(&dir, &model, 2, 5);
+    let (model_path, input_path, batch) = common::write_run_case(&dir, &model, 2, 5);
     let out_path = dir.join("out.safetensors");
     let out = trm(&[
         "run",
@@ -234,7 +212,7 @@ fn assert_clean_failure(out: &Output, needle: &str) {
 fn bad_inputs_give_one_error_line() {
     let model = TrmModel::random(config(true, PosEncodings::None), 2, 0.5).unwrap();
     let dir = temp_dir("cli-bad");
-    let (model_path, input_path, _) = write_case(&dir, &model, 2, 9);
+    let (model_path, input_path, _) = common::write_run_case(&dir, &model, 2, 9);
     let out_path = dir.join("out.safetensors");
     let m = model_path.to_str().unwrap();
     let i = input_path.to_str().unwrap();

@@ -20,20 +20,6 @@ const MAX_ABS: f64 = 1e-4;
 /// measured relative to unit scale at least.
 const Q_FLOOR: f64 = 1.0;
 
-fn test_seed() -> u64 {
-    let seed = std::env::var("TRM_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    eprintln!("seed {seed} (replay with TRM_TEST_SEED={seed})");
-    seed
-}
-
 /// A small random configuration of the given variant, with odd sizes.
 fn random_config(
     rng: &mut SplitMix64,
@@ -97,7 +83,7 @@ fn random_batch(rng: &mut SplitMix64, config: &TrmConfig, batch: usize) -> Puzzl
 /// Every variant: the CPU engine matches float64 on logits, q logits and the
 /// final carry.
 fn check_variant(mlp_t: bool, pos: PosEncodings, puzzle_emb: bool) {
-    let seed = test_seed();
+    let seed = common::test_seed();
     let mut rng = SplitMix64::new(seed);
     let config = random_config(&mut rng, mlp_t, pos, puzzle_emb);
     eprintln!("{config:?}");
@@ -169,7 +155,7 @@ fn attention_no_positions() {
 /// q_halt trajectories so that puzzles halt at different steps.
 #[test]
 fn early_halting_matches_float64() {
-    let seed = test_seed();
+    let seed = common::test_seed();
     let mut rng = SplitMix64::new(seed);
     let mut config = random_config(&mut rng, true, PosEncodings::None, true);
     config.halt_max_steps = 4;
@@ -234,4 +220,34 @@ fn early_halting_matches_float64() {
         Q_FLOOR,
     );
     assert_close("z_H", &out.z_h, &reference.z_h, REL_L2, MAX_ABS);
+}
+
+/// `CpuEngine::recursion_step`, called in the ACT pattern of TRM.md, gives
+/// exactly what a one-step solve gives.
+#[test]
+fn recursion_steps_compose_into_an_act_step() {
+    let seed = common::test_seed();
+    let mut rng = SplitMix64::new(seed);
+    let mlp_t = rng.below(2) == 0;
+    let config = random_config(&mut rng, mlp_t, PosEncodings::None, true);
+    let model = Arc::new(TrmModel::random(config.clone(), rng.next_u64(), 0.5).unwrap());
+    let batch = random_batch(&mut rng, &config, 3);
+    let mut engine = CpuEngine::new(model.clone()).unwrap();
+    let out = engine
+        .solve(&batch, &SolveOptions::default().act_steps(1))
+        .unwrap();
+    let x = engine.embed(&batch);
+    let w = model.weights();
+    let carry = trm_wgpu::Carry::initial(&w.h_init, &w.l_init, 3, config.state_len());
+    let (mut y, mut z) = (carry.z_h, carry.z_l);
+    for _ in 0..config.h_cycles {
+        let injection: Vec<f32> = y.iter().zip(&x).map(|(a, b)| a + b).collect();
+        for _ in 0..config.l_cycles {
+            engine.recursion_step(&mut z, &injection).unwrap();
+        }
+        engine.recursion_step(&mut y, &z.clone()).unwrap();
+    }
+    assert_eq!(y, out.z_h);
+    assert_eq!(z, out.z_l);
+    assert!(engine.recursion_step(&mut y[..5], &z[..5]).is_err());
 }

@@ -1,5 +1,6 @@
 //! Command-line interface of `trm`.
 
+mod bench;
 mod convert;
 mod info;
 mod run;
@@ -23,6 +24,8 @@ enum Command {
     Run(run::RunArgs),
     /// Print a checkpoint's configuration, parameter count and cost.
     Info(info::InfoArgs),
+    /// Measure recursion throughput of every available backend.
+    Bench(bench::BenchArgs),
     /// Convert an official `torch.save` checkpoint (step_N + all_config.yaml) to the project's format.
     Convert(convert::ConvertArgs),
 }
@@ -57,6 +60,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => run::run(args),
         Command::Info(args) => info::info(args),
+        Command::Bench(args) => bench::bench(args),
         Command::Convert(args) => convert::convert(args),
     }
 }

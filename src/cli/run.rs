@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use trm_wgpu::{CpuEngine, Engine, PuzzleBatch, Result, SolveOptions, TrmError};
+use trm_wgpu::{Backend, Engine, EngineOptions, PuzzleBatch, Result, SolveOptions};
 
 use super::ModelArgs;
 
@@ -11,17 +11,22 @@ use super::ModelArgs;
 pub struct RunArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Input: `inputs` (int32/int64 [B, seq_len]), optional
-    /// `puzzle_identifiers` (int32/int64 [B]).
+    /// Input: `inputs` (int32/int64 `[B, seq_len]`), optional
+    /// `puzzle_identifiers` (int32/int64 `[B]`).
     #[arg(long, short = 'i')]
     input: PathBuf,
     /// Output: logits, q_halt_logits, q_continue_logits, z_H, z_L, steps.
     #[arg(long, short = 'o')]
     output: PathBuf,
-    /// Engine: cpu, gpu, auto (GPU when an adapter exists, else CPU), or a
-    /// GPU backend: vulkan, metal, dx12, gl.
+    /// Engine: cpu, gpu, auto (GPU when an adapter exists and can run the
+    /// model, else CPU), or the GPU on one API: vulkan, metal, dx12, gl.
+    /// `gpu` and `auto` honour WGPU_BACKEND.
     #[arg(long, default_value = "cpu")]
-    backend: String,
+    backend: Backend,
+    /// GPU adapter: the first whose name contains this, case-insensitive
+    /// (default: WGPU_ADAPTER_NAME, else the preferred adapter).
+    #[arg(long)]
+    adapter: Option<String>,
     /// ACT steps to run (default: the model's halt_max_steps).
     #[arg(long)]
     steps: Option<usize>,
@@ -31,6 +36,10 @@ pub struct RunArgs {
     /// CPU worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Print the solve's counters (recursion_steps, dispatches, submits,
+    /// bytes_read_back, ...) as one JSON object, the last line of output.
+    #[arg(long)]
+    stats: bool,
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
@@ -40,13 +49,17 @@ pub fn run(args: RunArgs) -> Result<()> {
     if let Some(steps) = args.steps {
         options = options.act_steps(steps);
     }
-    let mut engine: Box<dyn Engine> = match args.backend.as_str() {
-        "cpu" => Box::new(match args.threads {
-            Some(n) => CpuEngine::with_threads(model, n)?,
-            None => CpuEngine::new(model)?,
-        }),
-        other => return Err(TrmError::BackendUnavailable(other.to_string())),
-    };
+    let mut engine_options = EngineOptions::default();
+    engine_options.adapter = args.adapter.clone();
+    engine_options.threads = args.threads;
+    let mut engine = args.backend.build(model, &engine_options)?;
+    if let Some(reason) = engine.gpu_unavailable() {
+        eprintln!("note: running on the CPU: {reason}");
+    }
     let out = engine.solve(&batch, &options)?;
-    out.save(&args.output)
+    out.save(&args.output)?;
+    if args.stats {
+        println!("{}", engine.stats_json(&out));
+    }
+    Ok(())
 }

@@ -1,178 +1,226 @@
-//! One TRM block on one puzzle, `h: [S, D]` row-major, updated in place:
-//! the token mixer (MLP over the sequence axis, or attention), then the
-//! channel SwiGLU, each followed by its residual add and RMSNorm.
+//! The sublayers of a TRM block as independent tasks, each a GEMM whose
+//! output tile gets its epilogue (SwiGLU gate, second GEMM, residual add,
+//! RMSNorm) while it is still in cache. A task owns a disjoint part of the
+//! state, so the tasks of a phase run in parallel without locks:
+//!
+//! - channel SwiGLU: two phases, since it mixes along D only: the gate_up
+//!   product with its gating on tiles of rows (of any puzzles) x groups of
+//!   intermediate columns, then the down product with residual and norm on
+//!   blocks of rows;
+//! - token-mixing MLP: a block of columns of one puzzle, since it mixes
+//!   along S only and its RMSNorm runs over S;
+//! - attention: qkv projection by rows, then one (puzzle, head) per task,
+//!   then o_proj with residual and norm by rows.
+//!
+//! All matrices are row-major; the formulas are those of `shared/TRM.md`.
 
-use faer::Par;
+use faer::reborrow::{Reborrow, ReborrowMut};
+use faer::{MatMut, Par};
 
 use super::ops::{
-    add_rms_norm_columns, add_rms_norm_rows, mat, mat_mut, mat_strided, matmul_into, silu,
+    add_rms_norm_rows, mat, mat_mut, mat_strided, matmul_into, row_slice, silu_gate,
+    silu_gate_interleaved,
 };
-use super::{CpuEngine, Scratch};
-use crate::model::{LayerWeights, TokenMixer};
+use super::packed::{GATE_GROUP, PackedLayer};
 
-/// `[g | u] -> silu(g) * u`, for `rows` rows of `2 * inter` values in `wide`
-/// laid out with `g` then `u` along a row (channel SwiGLU).
-fn gate_rows(wide: &[f32], gated: &mut [f32], rows: usize, inter: usize) {
-    for (g_row, w_row) in gated[..rows * inter]
-        .chunks_exact_mut(inter)
-        .zip(wide.chunks_exact(2 * inter))
-    {
-        let (g, u) = w_row.split_at(inter);
-        for ((o, &a), &b) in g_row.iter_mut().zip(g).zip(u) {
-            *o = silu(a) * b;
+/// Scratch memory of one worker thread, sized for the largest task.
+pub(super) struct TaskScratch {
+    pub wide: Vec<f32>,
+    pub gated: Vec<f32>,
+    pub update: Vec<f32>,
+    pub col_sums: Vec<f32>,
+}
+
+impl TaskScratch {
+    pub fn new(wide: usize, gated: usize, update: usize, col_sums: usize) -> Self {
+        TaskScratch {
+            wide: vec![0.0; wide],
+            gated: vec![0.0; gated],
+            update: vec![0.0; update],
+            col_sums: vec![0.0; col_sums],
         }
     }
 }
 
-/// Token mixer of block `layer`.
-pub(super) fn token_mixer(
-    engine: &CpuEngine,
-    layer: &LayerWeights,
-    h: &mut [f32],
-    scratch: &mut Scratch,
-    par: Par,
+/// Channel SwiGLU, first phase, on a tile: rows `rows` (`[r, D]`) and the
+/// gated columns `first..first + c` of `gated` (`[r, c]`):
+/// `[g | u] = h @ gate_up^T` for those columns, then `silu(g) * u`.
+pub(super) fn channel_gate_tile(
+    layer: &PackedLayer,
+    rows: &[f32],
+    gated: MatMut<'_, f32>,
+    first: usize,
+    d: usize,
+    ci: usize,
+    s: &mut TaskScratch,
 ) {
-    match &layer.mixer {
-        TokenMixer::Mlp { gate_up, down } => token_mlp(engine, gate_up, down, h, scratch, par),
-        TokenMixer::Attention { qkv, o_proj } => attention(engine, qkv, o_proj, h, scratch, par),
-    }
+    let (r, c) = (gated.nrows(), gated.ncols());
+    let wide = &mut s.wide[..r * 2 * c];
+    // columns 2 first .. 2 (first + c) of the interleaved gate_up^T
+    let weights = mat_strided(&layer.gate_up_t[2 * first..], d, 2 * c, 2 * ci);
+    matmul_into(mat_mut(wide, r, 2 * c), mat(rows, r, d), weights, Par::Seq);
+    silu_gate_interleaved(wide, gated, GATE_GROUP);
 }
 
-/// MLP-mixer: `t = h^T; t = rms_norm(t + swiglu_t(t)); h = t^T`. Computed
-/// without transposing: `swiglu_t(h^T)^T = down_t @ gate(gate_up_t @ h)`,
-/// and the norm runs over the columns of h.
-fn token_mlp(
-    engine: &CpuEngine,
+/// Channel SwiGLU, second phase, on `rows` (`[r, D]`) with their gated
+/// activations `gated` (`[r, I]`): `h = rms_norm(h + gated @ down^T)`.
+pub(super) fn channel_down_rows(
+    layer: &PackedLayer,
+    rows: &mut [f32],
+    gated: &[f32],
+    d: usize,
+    ci: usize,
+    eps: f32,
+    s: &mut TaskScratch,
+) {
+    let r = rows.len() / d;
+    let update = &mut s.update[..r * d];
+    matmul_into(
+        mat_mut(update, r, d),
+        mat(gated, r, ci),
+        mat(&layer.down_t, ci, d),
+        Par::Seq,
+    );
+    add_rms_norm_rows(rows, update, d, eps);
+}
+
+/// Token-mixing MLP on a block of columns `h` (`[S, c]`, rows contiguous) of
+/// one puzzle: `t = h^T; t = rms_norm(t + swiglu_t(t)); h = t^T`, computed
+/// without transposing as `h += down_t @ gate(gate_up_t @ h)`, then the
+/// norm over each column (the sequence axis).
+pub(super) fn token_mlp_columns(
     gate_up: &[f32],
     down: &[f32],
-    h: &mut [f32],
-    scratch: &mut Scratch,
-    par: Par,
+    mut h: MatMut<'_, f32>,
+    ti: usize,
+    eps: f32,
+    s: &mut TaskScratch,
 ) {
-    let config = engine.model.config();
-    let (s, d, ti) = (config.state_len(), config.hidden_size, config.token_inter());
-    // [2 ti, S] @ [S, D] -> [2 ti, D]: rows 0..ti are g, ti..2ti are u
+    let (seq, c) = (h.nrows(), h.ncols());
+    let wide = &mut s.wide[..2 * ti * c];
     matmul_into(
-        mat_mut(&mut scratch.wide, 2 * ti, d),
-        mat(gate_up, 2 * ti, s),
-        mat(h, s, d),
-        par,
+        mat_mut(wide, 2 * ti, c),
+        mat(gate_up, 2 * ti, seq),
+        h.rb(),
+        Par::Seq,
     );
-    let (g, u) = scratch.wide[..2 * ti * d].split_at(ti * d);
-    for ((o, &a), &b) in scratch.gated[..ti * d].iter_mut().zip(g).zip(u) {
-        *o = silu(a) * b;
+    // rows 0..ti of `wide` are g, rows ti..2ti are u
+    let (g, u) = wide.split_at(ti * c);
+    silu_gate(g, u, &mut s.gated[..ti * c]);
+    let update = &mut s.update[..seq * c];
+    matmul_into(
+        mat_mut(update, seq, c),
+        mat(down, seq, ti),
+        mat(&s.gated, ti, c),
+        Par::Seq,
+    );
+
+    // residual, then RMSNorm over the sequence axis of every column
+    let sums = &mut s.col_sums[..c];
+    sums.fill(0.0);
+    for (i, upd) in update.chunks_exact(c).enumerate() {
+        let row = row_slice(h.rb_mut(), i);
+        for ((v, u), acc) in row.iter_mut().zip(upd).zip(sums.iter_mut()) {
+            *v += u;
+            *acc += *v * *v;
+        }
     }
-    // [S, ti] @ [ti, D] -> [S, D]
-    matmul_into(
-        mat_mut(&mut scratch.update, s, d),
-        mat(down, s, ti),
-        mat(&scratch.gated, ti, d),
-        par,
-    );
-    add_rms_norm_columns(
-        h,
-        &scratch.update,
-        d,
-        config.rms_norm_eps as f32,
-        &mut scratch.scores,
-    );
+    for acc in sums.iter_mut() {
+        *acc = 1.0 / (*acc / seq as f32 + eps).sqrt();
+    }
+    for i in 0..seq {
+        let row = row_slice(h.rb_mut(), i);
+        for (v, scale) in row.iter_mut().zip(sums.iter()) {
+            *v *= scale;
+        }
+    }
 }
 
-/// Channel SwiGLU: `h = rms_norm(h + down(silu(g) * u))`, `[g | u] = h @ gate_up^T`.
-pub(super) fn channel_mlp(
-    engine: &CpuEngine,
-    layer: &LayerWeights,
-    h: &mut [f32],
-    scratch: &mut Scratch,
-    par: Par,
+/// Attention, first phase on `rows` (`[r, D]`, positions `pos0..pos0 + r` of
+/// one or more puzzles of `S` positions): `qkv = h @ qkv_proj^T`, then RoPE
+/// on the q and k heads (`q' = q cos + rotate_half(q) sin`) when given.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn qkv_rows(
+    qkv_t: &[f32],
+    rows: &[f32],
+    qkv: &mut [f32],
+    d: usize,
+    head_dim: usize,
+    rope: Option<(&[f32], &[f32])>,
+    first_row: usize,
+    state_len: usize,
 ) {
-    let config = engine.model.config();
-    let (s, d, ci) = (
-        config.state_len(),
-        config.hidden_size,
-        config.channel_inter(),
-    );
+    let r = rows.len() / d;
     matmul_into(
-        mat_mut(&mut scratch.wide, s, 2 * ci),
-        mat(h, s, d),
-        mat(&layer.gate_up, 2 * ci, d).transpose(),
-        par,
+        mat_mut(qkv, r, 3 * d),
+        mat(rows, r, d),
+        mat(qkv_t, d, 3 * d),
+        Par::Seq,
     );
-    gate_rows(&scratch.wide, &mut scratch.gated, s, ci);
-    matmul_into(
-        mat_mut(&mut scratch.update, s, d),
-        mat(&scratch.gated, s, ci),
-        mat(&layer.down, d, ci).transpose(),
-        par,
-    );
-    add_rms_norm_rows(h, &scratch.update, d, config.rms_norm_eps as f32);
+    let Some((cos, sin)) = rope else { return };
+    let half = head_dim / 2;
+    for (i, row) in qkv.chunks_exact_mut(3 * d).enumerate() {
+        let pos = (first_row + i) % state_len;
+        let c = &cos[pos * head_dim..(pos + 1) * head_dim];
+        let sn = &sin[pos * head_dim..(pos + 1) * head_dim];
+        // q heads then k heads; rotate_half([a | b]) = [-b | a]
+        for head in row[..2 * d].chunks_exact_mut(head_dim) {
+            for j in 0..half {
+                let (a, b) = (head[j], head[j + half]);
+                head[j] = a * c[j] - b * sn[j];
+                head[j + half] = b * c[j + half] + a * sn[j + half];
+            }
+        }
+    }
 }
 
-/// Self-attention over all S positions (not causal), heads of width
-/// `hd = D / num_heads`, RoPE on q and k when the model has it, then o_proj,
-/// residual and RMSNorm over D.
-fn attention(
-    engine: &CpuEngine,
+/// Attention, second phase: one head of one puzzle. `qkv` is the puzzle's
+/// `[S, 3D]`; `out` is the head's `[S, head_dim]` column block of the
+/// concatenated head outputs. Scaled dot-product over all positions (not
+/// causal), softmax by rows; `scores` is scratch of `S * S`.
+pub(super) fn attention_head(
     qkv: &[f32],
-    o_proj: &[f32],
-    h: &mut [f32],
-    scratch: &mut Scratch,
-    par: Par,
+    head: usize,
+    mut out: MatMut<'_, f32>,
+    d: usize,
+    scores: &mut [f32],
 ) {
-    let config = engine.model.config();
-    let (s, d) = (config.state_len(), config.hidden_size);
-    let (heads, hd) = (config.num_heads, config.head_dim());
-    // [S, D] @ [D, 3D] -> [S, 3D]: per row q heads, then k heads, then v heads
-    let wide = &mut scratch.wide[..s * 3 * d];
-    matmul_into(
-        mat_mut(wide, s, 3 * d),
-        mat(h, s, d),
-        mat(qkv, 3 * d, d).transpose(),
-        par,
-    );
-    if let Some((cos, sin)) = &engine.rope {
-        // q' = q cos + rotate_half(q) sin, rotate_half([a | b]) = [-b | a]
-        let half = hd / 2;
-        for (pos, row) in wide.chunks_exact_mut(3 * d).enumerate() {
-            let (c, sn) = (
-                &cos[pos * hd..(pos + 1) * hd],
-                &sin[pos * hd..(pos + 1) * hd],
-            );
-            for head in row[..2 * d].chunks_exact_mut(hd) {
-                for j in 0..half {
-                    let (a, b) = (head[j], head[j + half]);
-                    head[j] = a * c[j] - b * sn[j];
-                    head[j + half] = b * c[j + half] + a * sn[j + half];
-                }
-            }
-        }
-    }
+    let (s, hd) = (out.nrows(), out.ncols());
+    let q = mat_strided(&qkv[head * hd..], s, hd, 3 * d);
+    let k = mat_strided(&qkv[d + head * hd..], s, hd, 3 * d);
+    let v = mat_strided(&qkv[2 * d + head * hd..], s, hd, 3 * d);
+    let scores = &mut scores[..s * s];
+    matmul_into(mat_mut(scores, s, s), q, k.transpose(), Par::Seq);
     let scale = 1.0 / (hd as f32).sqrt();
-    let scores = &mut scratch.scores[..s * s];
-    for head in 0..heads {
-        let q = mat_strided(&wide[head * hd..], s, hd, 3 * d);
-        let k = mat_strided(&wide[d + head * hd..], s, hd, 3 * d);
-        let v = mat_strided(&wide[2 * d + head * hd..], s, hd, 3 * d);
-        matmul_into(mat_mut(scores, s, s), q, k.transpose(), par);
-        for row in scores.chunks_exact_mut(s) {
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
-            let mut sum = 0.0;
-            for v in row.iter_mut() {
-                *v = (*v * scale - max).exp();
-                sum += *v;
-            }
-            let inv = 1.0 / sum;
-            row.iter_mut().for_each(|v| *v *= inv);
+    for row in scores.chunks_exact_mut(s) {
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
+        let mut sum = 0.0;
+        for v in row.iter_mut() {
+            *v = (*v * scale - max).exp();
+            sum += *v;
         }
-        // heads concatenated along D
-        let out = mat_mut(&mut scratch.gated[..s * d], s, d).subcols_mut(head * hd, hd);
-        matmul_into(out, mat(scores, s, s), v, par);
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|v| *v *= inv);
     }
+    matmul_into(out.rb_mut(), mat(scores, s, s), v, Par::Seq);
+}
+
+/// Attention, third phase on `rows`: `h = rms_norm(h + attn @ o_proj^T)`.
+pub(super) fn o_proj_rows(
+    o_t: &[f32],
+    attn: &[f32],
+    rows: &mut [f32],
+    d: usize,
+    eps: f32,
+    s: &mut TaskScratch,
+) {
+    let r = rows.len() / d;
+    let update = &mut s.update[..r * d];
     matmul_into(
-        mat_mut(&mut scratch.update, s, d),
-        mat(&scratch.gated, s, d),
-        mat(o_proj, d, d).transpose(),
-        par,
+        mat_mut(update, r, d),
+        mat(attn, r, d),
+        mat(o_t, d, d),
+        Par::Seq,
     );
-    add_rms_norm_rows(h, &scratch.update, d, config.rms_norm_eps as f32);
+    add_rms_norm_rows(rows, update, d, eps);
 }

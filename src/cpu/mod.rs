@@ -1,22 +1,36 @@
 //! The CPU engine: the reference every other engine is diffed against.
 //!
-//! It follows `shared/TRM.md` line by line. The matrix products go to faer;
-//! puzzles of a batch run in parallel on a rayon pool, and a lone puzzle
-//! spreads its matrix products over the pool instead.
+//! It computes `shared/TRM.md` exactly, organised for speed:
+//!
+//! - the active puzzles of a batch advance in lockstep, one network call at
+//!   a time, so the channel SwiGLU of all of them is one stream of row
+//!   blocks that reuse each weight while it is in cache;
+//! - every sublayer is split into independent tasks (`block.rs`) whose GEMM
+//!   output gets its epilogue (gate, second GEMM, residual, RMSNorm) while
+//!   in cache; tasks run on a rayon pool, one task per thread at a time,
+//!   each with its own scratch memory allocated when the engine is made;
+//! - weights are laid out once, when the engine is made (`packed.rs`);
+//! - nothing is allocated inside the recursion loop.
+//!
+//! With early halting, a puzzle that halts leaves the lockstep group at the
+//! end of that ACT step and costs nothing afterwards.
 
 mod block;
 pub(crate) mod ops;
+mod packed;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use faer::Par;
+use faer::MatMut;
 use rayon::prelude::*;
 
 use crate::batch::PuzzleBatch;
 use crate::config::{PosEncodings, TrmConfig};
 use crate::error::{Result, TrmError};
-use crate::model::TrmModel;
+use crate::model::{TokenMixer, TrmModel};
 use crate::solve::{Carry, Engine, SolveOptions, SolveOutput};
+use block::TaskScratch;
+use packed::{PackedMixer, PackedWeights};
 
 pub use ops::rope_tables;
 
@@ -24,62 +38,125 @@ pub use ops::rope_tables;
 /// which rounds to the same f32 as 1/sqrt(2).
 const LEARNED_POS_SCALE: f32 = std::f32::consts::FRAC_1_SQRT_2;
 
+/// Rows per task at most: a `[rows, 2 inter(D)]` gate_up tile of the
+/// Sudoku-Extreme model (128 x 3072 floats, 1.5 MiB) stays within a core's
+/// L2 cache. Fewer rows make the GEMM slower (its weight panels are reused
+/// over fewer rows: at 49 rows, half the speed of 97), so a small batch is
+/// split by columns instead where it can be.
+const MAX_ROWS_PER_TASK: usize = 128;
+
+/// Columns per token-mixing task at most (`[2 inter(S), cols]` tile).
+const MAX_COLS_PER_TASK: usize = 256;
+
 /// Runs TRM on the CPU.
+///
+/// ```
+/// use std::sync::Arc;
+/// use trm_wgpu::{CpuEngine, Engine, PuzzleBatch, SolveOptions, TrmConfig, TrmModel};
+///
+/// # fn main() -> trm_wgpu::Result<()> {
+/// // a small random model (load a trained one with TrmModel::load)
+/// let config = TrmConfig { hidden_size: 16, puzzle_emb_ndim: 16, ..TrmConfig::sudoku_extreme() };
+/// let model = Arc::new(TrmModel::random(config, 7, 0.5)?);
+/// let blanks = vec![1i64; 81]; // token 1 = a blank Sudoku cell
+/// let batch = PuzzleBatch::new(model.config(), &blanks, None)?;
+/// let mut engine = CpuEngine::with_threads(model, 2)?;
+/// let out = engine.solve(&batch, &SolveOptions::default().act_steps(2))?;
+/// assert_eq!(out.predictions().len(), 81);
+/// assert_eq!(out.steps, vec![2]);
+/// # Ok(())
+/// # }
+/// ```
 pub struct CpuEngine {
     model: Arc<TrmModel>,
-    /// `(cos, sin)`, each `[S, head_dim]`, for RoPE models.
+    packed: PackedWeights,
+    /// `(cos, sin)`, each `[S, head_dim]`, for RoPE attention models.
     rope: Option<(Vec<f32>, Vec<f32>)>,
     pool: rayon::ThreadPool,
     threads: usize,
+    /// One scratch per pool thread, indexed by rayon's thread index. A task
+    /// holds its thread's scratch only while it runs no nested parallel
+    /// work, so a lock is never contended.
+    scratch: Vec<Mutex<TaskScratch>>,
 }
 
-/// Per-task scratch memory, allocated once per solve and reused by every
-/// recursion step.
-struct Scratch {
-    /// `y + x`, the injection of the latent updates, `[S, D]`.
-    injection: Vec<f32>,
-    /// Output of gate_up / qkv: `max(2 inter(S) D, S 2 inter(D), S 3D)`.
-    wide: Vec<f32>,
-    /// Gated activations or attention output: `max(inter(S) D, S inter(D), S D)`.
-    gated: Vec<f32>,
-    /// Output of the down projection / o_proj, `[S, D]`.
-    update: Vec<f32>,
-    /// Attention scores of one head `[S, S]`, or column sums `[D]`.
-    scores: Vec<f32>,
+/// How a network call is cut into tasks for the current group of puzzles,
+/// so that every thread has work and every GEMM as many rows as the cache
+/// allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Plan {
+    /// Rows of a channel gate_up tile.
+    gate_rows: usize,
+    /// Intermediate columns of a channel gate_up tile (whole gate groups).
+    gate_cols: usize,
+    /// Rows of a row task: channel down, qkv, o_proj, element-wise work.
+    rows_per_task: usize,
+    /// Columns of a token-mixing task.
+    cols_per_task: usize,
 }
 
-impl Scratch {
-    fn new(config: &TrmConfig) -> Self {
-        let (s, d) = (config.state_len(), config.hidden_size);
-        let (ci, ti) = (config.channel_inter(), config.token_inter());
-        let (wide, gated, scores) = if config.mlp_t {
-            ((2 * ti * d).max(2 * s * ci), (ti * d).max(s * ci), d)
-        } else {
-            (
-                (3 * s * d).max(2 * s * ci),
-                (s * d).max(s * ci),
-                (s * s).max(d),
-            )
-        };
-        Scratch {
-            injection: vec![0.0; s * d],
-            wide: vec![0.0; wide],
-            gated: vec![0.0; gated],
-            update: vec![0.0; s * d],
-            scores: vec![0.0; scores],
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+impl Plan {
+    fn new(config: &TrmConfig, puzzles: usize, threads: usize) -> Plan {
+        let rows = (puzzles * config.state_len()).max(1);
+        let threads = threads.max(1);
+        let row_blocks = rows.div_ceil(MAX_ROWS_PER_TASK);
+        // gate_up: split columns as little as makes the tile count a
+        // multiple of the threads (one puzzle on two threads: 1 x 2 tiles)
+        let groups = config.channel_inter() / packed::GATE_GROUP;
+        let col_split = (threads / gcd(row_blocks, threads)).clamp(1, groups.max(1));
+        let gate_cols = groups.div_ceil(col_split) * packed::GATE_GROUP;
+        // row tasks: a multiple of the threads, within the cache bound
+        let row_tasks = row_blocks.div_ceil(threads) * threads;
+        let d = config.hidden_size;
+        let col_tasks = threads
+            .div_ceil(puzzles.max(1))
+            .max(d.div_ceil(MAX_COLS_PER_TASK))
+            .min(d)
+            .max(1);
+        Plan {
+            gate_rows: rows.div_ceil(row_blocks),
+            gate_cols,
+            rows_per_task: rows.div_ceil(row_tasks.min(rows)),
+            cols_per_task: d.div_ceil(col_tasks),
         }
     }
 }
 
-/// One puzzle's share of a solve: inputs, state and output slots.
-struct PuzzleSlot<'a> {
-    x: &'a [f32],
-    y: &'a mut [f32],
-    z: &'a mut [f32],
-    logits: &'a mut [f32],
-    q_halt: &'a mut f32,
-    q_continue: &'a mut f32,
-    steps: &'a mut u32,
+/// Per-batch intermediate buffers of a network call, allocated once per
+/// solve: `[A S, inter(D)]` gated channel activations, and for attention
+/// `[A S, 3D]` qkv and `[A S, D]` head outputs.
+struct Buffers {
+    gated: Vec<f32>,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+}
+
+impl Buffers {
+    fn new(config: &TrmConfig, puzzles: usize) -> Self {
+        let rows = puzzles * config.state_len();
+        let d = config.hidden_size;
+        let attention = if config.mlp_t { 0 } else { rows * d };
+        Buffers {
+            gated: vec![0.0; rows * config.channel_inter()],
+            qkv: vec![0.0; 3 * attention],
+            attn: vec![0.0; attention],
+        }
+    }
+}
+
+/// Buffers of one solve, `[A, ...]` for the A puzzles still running.
+struct Work {
+    x: Vec<f32>,
+    y: Vec<f32>,
+    z: Vec<f32>,
+    injection: Vec<f32>,
+    buffers: Buffers,
+    /// Index in the batch of each running puzzle.
+    puzzles: Vec<usize>,
 }
 
 impl CpuEngine {
@@ -100,11 +177,30 @@ impl CpuEngine {
         let config = model.config();
         let rope = (!config.mlp_t && config.pos_encodings == PosEncodings::Rope)
             .then(|| rope_tables(config.state_len(), config.head_dim(), config.rope_theta));
+        let (s, d) = (config.state_len(), config.hidden_size);
+        let (ci, ti) = (config.channel_inter(), config.token_inter());
+        // Plan keeps every task within these bounds.
+        let (r, c) = (MAX_ROWS_PER_TASK, MAX_COLS_PER_TASK.min(d));
+        let mut wide = r * 2 * ci;
+        let mut gated = 0;
+        let mut update = r * d;
+        if config.mlp_t {
+            wide = wide.max(2 * ti * c);
+            gated = ti * c;
+            update = update.max(s * c);
+        } else {
+            wide = wide.max(s * s); // attention scores of one head
+        }
+        let scratch = (0..threads)
+            .map(|_| Mutex::new(TaskScratch::new(wide, gated, update, d)))
+            .collect();
         Ok(CpuEngine {
+            packed: PackedWeights::new(&model),
             model,
             rope,
             pool,
             threads,
+            scratch,
         })
     }
 
@@ -152,32 +248,199 @@ impl CpuEngine {
         x
     }
 
-    /// One network call: `state = net(state, injection)`.
-    fn net(&self, state: &mut [f32], injection: &[f32], scratch: &mut Scratch, par: Par) {
-        for (h, i) in state.iter_mut().zip(injection) {
-            *h += i;
+    /// One network call (one recursion step) on a batch of states:
+    /// `state = net(state, injection)`, both `[B, S, D]`. The unit the
+    /// recursion throughput is counted in; used by the benchmarks.
+    pub fn recursion_step(&self, state: &mut [f32], injection: &[f32]) -> Result<()> {
+        let config = self.model.config();
+        let sd = config.state_len() * config.hidden_size;
+        if state.is_empty() || !state.len().is_multiple_of(sd) || injection.len() != state.len() {
+            return Err(TrmError::Input(format!(
+                "recursion_step needs [B, S, D] states ({sd} values per puzzle), got {} and {}",
+                state.len(),
+                injection.len()
+            )));
         }
-        for layer in &self.model.weights().layers {
-            block::token_mixer(self, layer, state, scratch, par);
-            block::channel_mlp(self, layer, state, scratch, par);
+        let puzzles = state.len() / sd;
+        let plan = Plan::new(config, puzzles, self.threads);
+        let mut buffers = Buffers::new(config, puzzles);
+        self.pool
+            .install(|| self.net(state, injection, &mut buffers, plan));
+        Ok(())
+    }
+
+    /// Runs `f` with the calling pool thread's scratch.
+    fn with_scratch<R>(&self, f: impl FnOnce(&mut TaskScratch) -> R) -> R {
+        let index = rayon::current_thread_index().unwrap_or(0) % self.scratch.len();
+        let mut guard = match self.scratch[index].lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut guard)
+    }
+
+    /// Splits `m` into column blocks of `cols` (the last may be narrower)
+    /// and runs `f(block, first_column)` on them in parallel, without
+    /// allocating.
+    fn par_column_blocks(
+        &self,
+        m: MatMut<'_, f32>,
+        first: usize,
+        cols: usize,
+        f: &(dyn Fn(MatMut<'_, f32>, usize) + Sync),
+    ) {
+        let n = m.ncols();
+        if n <= cols {
+            f(m, first);
+        } else {
+            let split = n.div_ceil(cols).div_ceil(2) * cols;
+            let (a, b) = m.split_at_col_mut(split);
+            rayon::join(
+                || self.par_column_blocks(a, first, cols, f),
+                || self.par_column_blocks(b, first + split, cols, f),
+            );
         }
     }
 
-    /// One ACT step on one puzzle: T answer updates, each after n latent
-    /// updates.
-    fn act_step(&self, x: &[f32], y: &mut [f32], z: &mut [f32], scratch: &mut Scratch, par: Par) {
+    /// One network call on every running puzzle:
+    /// `state = net(state, injection)`, both `[A, S, D]`.
+    fn net(&self, state: &mut [f32], injection: &[f32], buffers: &mut Buffers, plan: Plan) {
         let config = self.model.config();
+        let (s, d) = (config.state_len(), config.hidden_size);
+        let (ci, ti) = (config.channel_inter(), config.token_inter());
+        let eps = config.rms_norm_eps as f32;
+        let row_chunk = plan.rows_per_task * d;
+        state
+            .par_chunks_mut(row_chunk)
+            .zip(injection.par_chunks(row_chunk))
+            .for_each(|(h, inj)| h.iter_mut().zip(inj).for_each(|(h, i)| *h += i));
+
+        for (layer, packed) in self.model.weights().layers.iter().zip(&self.packed.layers) {
+            match (&layer.mixer, &packed.mixer) {
+                (TokenMixer::Mlp { gate_up, down }, _) => {
+                    state.par_chunks_mut(s * d).for_each(|puzzle| {
+                        let task = |block: MatMut<'_, f32>, _first: usize| {
+                            self.with_scratch(|scratch| {
+                                block::token_mlp_columns(gate_up, down, block, ti, eps, scratch)
+                            })
+                        };
+                        self.par_column_blocks(
+                            ops::mat_mut(puzzle, s, d),
+                            0,
+                            plan.cols_per_task,
+                            &task,
+                        );
+                    });
+                }
+                (_, PackedMixer::Attention { qkv_t, o_t }) => {
+                    let rope = self
+                        .rope
+                        .as_ref()
+                        .map(|(c, sn)| (c.as_slice(), sn.as_slice()));
+                    let rows = plan.rows_per_task;
+                    let qkv = &mut buffers.qkv[..state.len() * 3];
+                    qkv.par_chunks_mut(rows * 3 * d)
+                        .zip(state.par_chunks(rows * d))
+                        .enumerate()
+                        .for_each(|(i, (qkv, h))| {
+                            block::qkv_rows(qkv_t, h, qkv, d, config.head_dim(), rope, i * rows, s)
+                        });
+                    let attn = &mut buffers.attn[..state.len()];
+                    let qkv = &*qkv;
+                    attn.par_chunks_mut(s * d)
+                        .zip(qkv.par_chunks(s * 3 * d))
+                        .for_each(|(out, qkv)| {
+                            let task = |head_block: MatMut<'_, f32>, first: usize| {
+                                self.with_scratch(|scratch| {
+                                    block::attention_head(
+                                        qkv,
+                                        first / config.head_dim(),
+                                        head_block,
+                                        d,
+                                        &mut scratch.wide,
+                                    )
+                                })
+                            };
+                            self.par_column_blocks(
+                                ops::mat_mut(out, s, d),
+                                0,
+                                config.head_dim(),
+                                &task,
+                            );
+                        });
+                    let attn = &*attn;
+                    state
+                        .par_chunks_mut(rows * d)
+                        .zip(attn.par_chunks(rows * d))
+                        .for_each(|(h, a)| {
+                            self.with_scratch(|scratch| {
+                                block::o_proj_rows(o_t, a, h, d, eps, scratch)
+                            })
+                        });
+                }
+                (TokenMixer::Attention { .. }, PackedMixer::Mlp) => {
+                    unreachable!("PackedWeights mirrors the model's mixers")
+                }
+            }
+            // channel SwiGLU: gate_up tiles, then down rows
+            let gated = &mut buffers.gated[..(state.len() / d) * ci];
+            gated
+                .par_chunks_mut(plan.gate_rows * ci)
+                .zip(state.par_chunks(plan.gate_rows * d))
+                .for_each(|(gated_rows, rows)| {
+                    let r = rows.len() / d;
+                    let tile = |block: MatMut<'_, f32>, first: usize| {
+                        self.with_scratch(|scratch| {
+                            block::channel_gate_tile(packed, rows, block, first, d, ci, scratch)
+                        })
+                    };
+                    self.par_column_blocks(
+                        ops::mat_mut(gated_rows, r, ci),
+                        0,
+                        plan.gate_cols,
+                        &tile,
+                    );
+                });
+            let gated = &*gated;
+            state
+                .par_chunks_mut(row_chunk)
+                .zip(gated.par_chunks(plan.rows_per_task * ci))
+                .for_each(|(rows, gated)| {
+                    self.with_scratch(|scratch| {
+                        block::channel_down_rows(packed, rows, gated, d, ci, eps, scratch)
+                    })
+                });
+        }
+    }
+
+    /// One ACT step on every running puzzle: T answer updates, each after n
+    /// latent updates, with the injection `y + x` summed first.
+    fn act_step(&self, work: &mut Work, plan: Plan) {
+        let config = self.model.config();
+        let n = work.puzzles.len() * config.state_len() * config.hidden_size;
+        let Work {
+            x,
+            y,
+            z,
+            injection,
+            buffers,
+            ..
+        } = work;
+        let (x, y, z, injection) = (&x[..n], &mut y[..n], &mut z[..n], &mut injection[..n]);
         for _ in 0..config.h_cycles {
-            // The injection of the latent updates is y + x, summed first.
-            let mut injection = std::mem::take(&mut scratch.injection);
-            for ((i, a), b) in injection.iter_mut().zip(y.iter()).zip(x) {
-                *i = a + b;
-            }
+            injection
+                .par_chunks_mut(plan.rows_per_task * config.hidden_size)
+                .zip(y.par_chunks(plan.rows_per_task * config.hidden_size))
+                .zip(x.par_chunks(plan.rows_per_task * config.hidden_size))
+                .for_each(|((i, y), x)| {
+                    for ((i, a), b) in i.iter_mut().zip(y).zip(x) {
+                        *i = a + b;
+                    }
+                });
             for _ in 0..config.l_cycles {
-                self.net(z, &injection, scratch, par);
+                self.net(z, injection, buffers, plan);
             }
-            scratch.injection = injection;
-            self.net(y, z, scratch, par);
+            self.net(y, z, buffers, plan);
         }
     }
 
@@ -193,35 +456,13 @@ impl CpuEngine {
             ops::mat_mut(logits, seq, vocab),
             ops::mat(&y[p * d..], seq, d),
             ops::mat(&w.lm_head, vocab, d).transpose(),
-            Par::Seq,
+            faer::Par::Seq,
         );
         let dot = |row: &[f32]| -> f32 { row.iter().zip(&y[..d]).map(|(a, b)| a * b).sum() };
         (
             dot(&w.q_head_weight[..d]) + w.q_head_bias[0],
             dot(&w.q_head_weight[d..2 * d]) + w.q_head_bias[1],
         )
-    }
-
-    fn solve_puzzle(
-        &self,
-        slot: PuzzleSlot<'_>,
-        act_steps: usize,
-        early_halt: bool,
-        scratch: &mut Scratch,
-        par: Par,
-    ) {
-        for step in 1..=act_steps {
-            self.act_step(slot.x, slot.y, slot.z, scratch, par);
-            if early_halt || step == act_steps {
-                let (q_halt, q_continue) = self.heads(slot.y, slot.logits);
-                *slot.q_halt = q_halt;
-                *slot.q_continue = q_continue;
-                *slot.steps = step as u32;
-                if early_halt && q_halt > 0.0 {
-                    return;
-                }
-            }
-        }
     }
 }
 
@@ -240,7 +481,7 @@ impl Engine for CpuEngine {
         carry: Option<&Carry>,
         options: &SolveOptions,
     ) -> Result<SolveOutput> {
-        let config = self.model.config();
+        let config = self.model.config().clone();
         if batch.seq_len() != config.seq_len {
             return Err(TrmError::Input(format!(
                 "the batch has seq_len {}, the model {}",
@@ -248,61 +489,111 @@ impl Engine for CpuEngine {
                 config.seq_len
             )));
         }
-        let act_steps = options.resolved_act_steps(config)?;
+        let act_steps = options.resolved_act_steps(&config)?;
         let b = batch.len();
-        let (s, d) = (config.state_len(), config.hidden_size);
-        let x = self.embed(batch);
+        let sd = config.state_len() * config.hidden_size;
         let carry = match carry {
             Some(c) => {
-                c.check(config, b)?;
+                c.check(&config, b)?;
                 c.clone()
             }
             None => {
                 let w = self.model.weights();
-                Carry::initial(&w.h_init, &w.l_init, b, s)
+                Carry::initial(&w.h_init, &w.l_init, b, config.state_len())
             }
         };
-        let mut out = SolveOutput::poisoned(config, b);
-        out.z_h = carry.z_h;
-        out.z_l = carry.z_l;
-
-        let slots: Vec<PuzzleSlot<'_>> = x
-            .chunks_exact(s * d)
-            .zip(out.z_h.chunks_exact_mut(s * d))
-            .zip(out.z_l.chunks_exact_mut(s * d))
-            .zip(
-                out.logits
-                    .chunks_exact_mut(config.seq_len * config.vocab_size),
-            )
-            .zip(out.q_halt_logits.iter_mut())
-            .zip(out.q_continue_logits.iter_mut())
-            .zip(out.steps.iter_mut())
-            .map(
-                |((((((x, y), z), logits), q_halt), q_continue), steps)| PuzzleSlot {
-                    x,
-                    y,
-                    z,
-                    logits,
-                    q_halt,
-                    q_continue,
-                    steps,
-                },
-            )
-            .collect();
-        // Enough puzzles to keep every thread busy: one puzzle per task.
-        // Fewer: each puzzle's matrix products use the whole pool.
-        let par = if b >= self.threads {
-            Par::Seq
-        } else {
-            Par::rayon(self.threads)
+        let mut work = Work {
+            x: self.embed(batch),
+            y: carry.z_h,
+            z: carry.z_l,
+            injection: vec![0.0; b * sd],
+            buffers: Buffers::new(&config, b),
+            puzzles: (0..b).collect(),
         };
-        let early_halt = options.early_halt;
+        let mut out = SolveOutput::poisoned(&config, b);
+        let logits_len = config.seq_len * config.vocab_size;
+        let mut plan = Plan::new(&config, b, self.threads);
+
         self.pool.install(|| {
-            slots.into_par_iter().for_each_init(
-                || Scratch::new(config),
-                |scratch, slot| self.solve_puzzle(slot, act_steps, early_halt, scratch, par),
-            )
+            for step in 1..=act_steps {
+                self.act_step(&mut work, plan);
+                let last = step == act_steps;
+                if !(options.early_halt || last) {
+                    continue;
+                }
+                // heads of every running puzzle; with early halting, those
+                // whose q_halt > 0 leave the group with this step's outputs
+                let mut kept = 0;
+                for slot in 0..work.puzzles.len() {
+                    let puzzle = work.puzzles[slot];
+                    let y = &work.y[slot * sd..(slot + 1) * sd];
+                    let logits = &mut out.logits[puzzle * logits_len..(puzzle + 1) * logits_len];
+                    let (q_halt, q_continue) = self.heads(y, logits);
+                    out.q_halt_logits[puzzle] = q_halt;
+                    out.q_continue_logits[puzzle] = q_continue;
+                    out.steps[puzzle] = step as u32;
+                    if last || (options.early_halt && q_halt > 0.0) {
+                        out.z_h[puzzle * sd..(puzzle + 1) * sd].copy_from_slice(y);
+                        out.z_l[puzzle * sd..(puzzle + 1) * sd]
+                            .copy_from_slice(&work.z[slot * sd..(slot + 1) * sd]);
+                    } else {
+                        // still running: compact it to the front of the group
+                        if kept != slot {
+                            for buf in [&mut work.x, &mut work.y, &mut work.z] {
+                                buf.copy_within(slot * sd..(slot + 1) * sd, kept * sd);
+                            }
+                        }
+                        work.puzzles[kept] = puzzle;
+                        kept += 1;
+                    }
+                }
+                work.puzzles.truncate(kept);
+                if kept == 0 {
+                    break;
+                }
+                plan = Plan::new(&config, kept, self.threads);
+            }
         });
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_keep_threads_busy_and_tiles_in_cache() {
+        let sudoku = TrmConfig::sudoku_extreme();
+        let groups_width = packed::GATE_GROUP;
+        for threads in 1..=8 {
+            for puzzles in [1, 2, 3, 7, 8, 64] {
+                let plan = Plan::new(&sudoku, puzzles, threads);
+                let rows = puzzles * 97;
+                let gate_tiles = rows.div_ceil(plan.gate_rows) * 1536usize.div_ceil(plan.gate_cols);
+                assert!(
+                    plan.gate_rows <= MAX_ROWS_PER_TASK && plan.rows_per_task <= MAX_ROWS_PER_TASK,
+                    "{plan:?}"
+                );
+                assert_eq!(plan.gate_cols % groups_width, 0, "{plan:?}");
+                assert!(
+                    gate_tiles >= threads.min(rows),
+                    "{threads} threads, {puzzles} puzzles: {plan:?}"
+                );
+                assert!(
+                    rows.div_ceil(plan.rows_per_task) >= threads.min(rows),
+                    "{plan:?}"
+                );
+                assert!(plan.cols_per_task <= MAX_COLS_PER_TASK, "{plan:?}");
+            }
+        }
+        // one puzzle on two threads: all 97 rows in each gate_up tile, the
+        // columns halved; the down product in two row blocks
+        let plan = Plan::new(&sudoku, 1, 2);
+        assert_eq!(
+            (plan.gate_rows, plan.gate_cols, plan.rows_per_task),
+            (97, 768, 49)
+        );
+        assert_eq!(plan.cols_per_task, 256);
     }
 }

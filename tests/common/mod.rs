@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod f64_reference;
+pub mod gpu;
+pub mod gpu_checks;
 pub mod torch_save;
 
 use std::collections::HashMap;
@@ -12,9 +14,29 @@ use safetensors::SafeTensors;
 use safetensors::tensor::Dtype;
 use trm_wgpu::{PuzzleBatch, TrmModel};
 
+/// The repository root: where this crate was built, or the working
+/// directory when the test binary runs elsewhere (`bench/device.sh` carries
+/// prebuilt test binaries to a machine with a GPU).
+pub fn repo_dir() -> PathBuf {
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if built.join("tests/data").exists() {
+        built
+    } else {
+        std::env::current_dir().unwrap_or(built)
+    }
+}
+
 /// `tests/data` of this repository.
 pub fn data_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data")
+    repo_dir().join("tests/data")
+}
+
+/// The `trm` binary: `TRM_BIN` when set (prebuilt binaries on another
+/// machine), else the one cargo built with the tests.
+pub fn trm_bin() -> PathBuf {
+    std::env::var_os("TRM_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_trm")))
 }
 
 /// The project's `../shared` folder (or `TRM_SHARED_DIR`), for the large
@@ -22,7 +44,7 @@ pub fn data_dir() -> PathBuf {
 pub fn shared_dir() -> PathBuf {
     std::env::var_os("TRM_SHARED_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"))
+        .unwrap_or_else(|| repo_dir().join("../shared"))
 }
 
 /// A golden case: the model, its batch, and every stored tensor as f32.
@@ -261,4 +283,56 @@ pub fn read_output_f32(bytes: &[u8], name: &str) -> (Vec<usize>, Vec<f32>) {
         .tensor(name)
         .unwrap_or_else(|_| panic!("output lacks `{name}`"));
     (view.shape().to_vec(), read_f32(&view))
+}
+
+/// A seed from the clock, printed; `TRM_TEST_SEED` replays one.
+pub fn test_seed() -> u64 {
+    let seed = std::env::var("TRM_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("seed {seed} (replay with TRM_TEST_SEED={seed})");
+    seed
+}
+
+/// Writes `model` and an input file of `batch` random puzzles (int32
+/// `inputs` and `puzzle_identifiers`) under `dir`, for `trm run`; returns
+/// both paths and the batch.
+pub fn write_run_case(
+    dir: &std::path::Path,
+    model: &TrmModel,
+    batch: usize,
+    seed: u64,
+) -> (PathBuf, PathBuf, PuzzleBatch) {
+    let c = model.config();
+    let mut rng = trm_wgpu::rng::SplitMix64::new(seed);
+    let tokens: Vec<i32> = (0..batch * c.seq_len)
+        .map(|_| rng.below(c.vocab_size as u64) as i32)
+        .collect();
+    let ids: Vec<i32> = (0..batch)
+        .map(|_| rng.below(c.num_puzzle_identifiers as u64) as i32)
+        .collect();
+    let model_path = dir.join("model.safetensors");
+    model.save(&model_path).unwrap();
+    let input_path = dir.join("input.safetensors");
+    let bytes = safetensors_bytes(
+        &[
+            RawTensor::i32("inputs", vec![batch, c.seq_len], &tokens),
+            RawTensor::i32("puzzle_identifiers", vec![batch], &ids),
+        ],
+        None,
+    );
+    std::fs::write(&input_path, bytes).unwrap();
+    let batch = PuzzleBatch::new(
+        c,
+        &tokens.iter().map(|&t| t as i64).collect::<Vec<_>>(),
+        Some(&ids.iter().map(|&t| t as i64).collect::<Vec<_>>()),
+    )
+    .unwrap();
+    (model_path, input_path, batch)
 }

@@ -1,0 +1,216 @@
+//! Recursion throughput, counted in network calls (one recursion step of one
+//! puzzle): one recursion step, one ACT step and a whole solve, per backend,
+//! at batch 1, 8 and 64.
+//!
+//! The CPU runs the official Sudoku-Extreme shape (D = 512, S = 97) for the
+//! recursion step and the ACT step; whole solves (16 ACT steps, 410 GFLOP
+//! per puzzle at full size) use the small golden shape (D = 64) so that a
+//! run takes minutes, not hours.
+//!
+//! The GPU runs on the adapter `WGPU_BACKEND` / `WGPU_ADAPTER_NAME` choose:
+//! a hardware adapter gets the full shape for steps and ACT steps and the
+//! small one for solves; a software adapter (lavapipe, llvmpipe: under 2
+//! GFLOP/s) gets a tiny shape (D = 32, S = 25, 2 ACT steps per solve)
+//! throughout, so that the group finishes in minutes. Every GPU measurement
+//! waits for the device inside the timed region, after a warm-up that
+//! compiles the pipelines. Without an adapter the GPU groups are skipped.
+//!
+//! `cargo bench --bench recursion` (add `-- cpu/` or `-- gpu/` to filter).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use trm_wgpu::rng::SplitMix64;
+use trm_wgpu::{
+    CpuEngine, Engine, GpuContext, GpuEngine, GpuOptions, PuzzleBatch, SolveOptions, TrmConfig,
+    TrmModel,
+};
+
+const BATCHES: [usize; 3] = [1, 8, 64];
+
+/// The golden `sudoku_mlp_small` shape: Sudoku sizes with D = 64.
+fn small_config() -> TrmConfig {
+    TrmConfig {
+        hidden_size: 64,
+        puzzle_emb_ndim: 64,
+        ..TrmConfig::sudoku_extreme()
+    }
+}
+
+/// A shape lavapipe runs in milliseconds per step.
+fn tiny_config() -> TrmConfig {
+    TrmConfig {
+        seq_len: 25,
+        vocab_size: 7,
+        hidden_size: 32,
+        puzzle_emb_ndim: 0,
+        puzzle_emb_len: 0,
+        halt_max_steps: 2,
+        ..TrmConfig::sudoku_extreme()
+    }
+}
+
+fn random_batch(config: &TrmConfig, batch: usize) -> PuzzleBatch {
+    let mut rng = SplitMix64::new(batch as u64);
+    let tokens: Vec<i64> = (0..batch * config.seq_len)
+        .map(|_| rng.below(config.vocab_size as u64) as i64)
+        .collect();
+    PuzzleBatch::new(config, &tokens, None).expect("valid batch")
+}
+
+fn random_state(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = SplitMix64::new(seed);
+    (0..len).map(|_| rng.normal() as f32).collect()
+}
+
+fn cpu(c: &mut Criterion) {
+    let full = Arc::new(TrmModel::random(TrmConfig::sudoku_extreme(), 1, 1.0).expect("model"));
+    let small = Arc::new(TrmModel::random(small_config(), 2, 0.5).expect("model"));
+    let engine = CpuEngine::new(full.clone()).expect("engine");
+    let config = full.config().clone();
+    let sd = config.state_len() * config.hidden_size;
+    let steps_per_act = config.recursion_steps_per_act_step() as u64;
+
+    let mut group = c.benchmark_group("cpu/recursion_step");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
+    for batch in BATCHES {
+        let injection = random_state(batch * sd, 3);
+        let mut state = random_state(batch * sd, 4);
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_function(BenchmarkId::from_parameter(batch), |b| {
+            b.iter(|| engine.recursion_step(&mut state, &injection).expect("step"))
+        });
+    }
+    group.finish();
+
+    let mut engine = CpuEngine::new(full).expect("engine");
+    let mut group = c.benchmark_group("cpu/act_step");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    for batch in BATCHES {
+        let puzzles = random_batch(&config, batch);
+        let one = SolveOptions::default().act_steps(1);
+        group.throughput(Throughput::Elements(batch as u64 * steps_per_act));
+        group.bench_function(BenchmarkId::from_parameter(batch), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    engine.solve(&puzzles, &one).expect("solve");
+                }
+                start.elapsed()
+            })
+        });
+    }
+    group.finish();
+
+    let mut engine = CpuEngine::new(small.clone()).expect("engine");
+    let config = small.config().clone();
+    let mut group = c.benchmark_group("cpu/solve_d64");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    for batch in BATCHES {
+        let puzzles = random_batch(&config, batch);
+        let steps = config.halt_max_steps as u64 * steps_per_act;
+        group.throughput(Throughput::Elements(batch as u64 * steps));
+        group.bench_function(BenchmarkId::from_parameter(batch), |b| {
+            b.iter(|| {
+                engine
+                    .solve(&puzzles, &SolveOptions::default())
+                    .expect("solve")
+            })
+        });
+    }
+    group.finish();
+}
+
+fn gpu(c: &mut Criterion) {
+    let context = match GpuOptions::default()
+        .with_env()
+        .and_then(|options| GpuContext::new(&options))
+    {
+        Ok(context) => context,
+        Err(e) => {
+            eprintln!("gpu benches skipped: {e}");
+            return;
+        }
+    };
+    let software = context.adapter_info().device_type == trm_wgpu::wgpu::DeviceType::Cpu;
+    eprintln!("gpu benches on {}", context.describe());
+    let (step_config, solve_config) = if software {
+        (tiny_config(), tiny_config())
+    } else {
+        (TrmConfig::sudoku_extreme(), small_config())
+    };
+    let model = Arc::new(TrmModel::random(step_config.clone(), 1, 1.0).expect("model"));
+    let mut engine = GpuEngine::new(&context, model).expect("engine");
+    let steps_per_act = step_config.recursion_steps_per_act_step() as u64;
+
+    let mut group = c.benchmark_group("gpu/recursion_step");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
+    for batch in BATCHES {
+        let puzzles = random_batch(&step_config, batch);
+        engine.time_recursion_steps(&puzzles, 1).expect("warm-up");
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_function(BenchmarkId::from_parameter(batch), |b| {
+            b.iter_custom(|iters| {
+                engine
+                    .time_recursion_steps(&puzzles, iters as usize)
+                    .expect("steps")
+                    .wall
+            })
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("gpu/act_step");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    for batch in BATCHES {
+        let puzzles = random_batch(&step_config, batch);
+        let one = SolveOptions::default().act_steps(1);
+        engine.solve(&puzzles, &one).expect("warm-up");
+        group.throughput(Throughput::Elements(batch as u64 * steps_per_act));
+        group.bench_function(BenchmarkId::from_parameter(batch), |b| {
+            b.iter(|| engine.solve(&puzzles, &one).expect("solve"))
+        });
+    }
+    group.finish();
+
+    let model = Arc::new(TrmModel::random(solve_config.clone(), 2, 0.5).expect("model"));
+    let mut engine = GpuEngine::new(&context, model).expect("engine");
+    let mut group = c.benchmark_group(if software {
+        "gpu/solve_tiny"
+    } else {
+        "gpu/solve_d64"
+    });
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    for batch in BATCHES {
+        let puzzles = random_batch(&solve_config, batch);
+        let steps = solve_config.halt_max_steps as u64 * steps_per_act;
+        engine
+            .solve(&puzzles, &SolveOptions::default())
+            .expect("warm-up");
+        group.throughput(Throughput::Elements(batch as u64 * steps));
+        group.bench_function(BenchmarkId::from_parameter(batch), |b| {
+            b.iter(|| {
+                engine
+                    .solve(&puzzles, &SolveOptions::default())
+                    .expect("solve")
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, cpu, gpu);
+criterion_main!(benches);

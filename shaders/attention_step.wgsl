@@ -1,0 +1,374 @@
+// attention_step.wgsl: one TRM network call of the attention model
+// (mlp_t = false) for every active puzzle, fused into ONE dispatch (one
+// recursion step), on every adapter the MLP-mixer kernel runs on.
+//
+//   state = net(state, injection)      (shared/TRM.md, Forward pass)
+//   h = state + injection              injection = y + x (z update, summed first)
+//                                      or z (y update)
+//   for each of the L_LAYERS blocks:
+//     [q | k | v] = h @ qkv_proj^T                 HEADS heads of HD each, q heads first
+//     q, k = rope(q), rope(k)                      if ROPE: per position s in 0..S
+//     a[:, head] = softmax(q k^T / sqrt(HD)) v     per head, over all S positions
+//     h = rms_norm_over_D(h + a @ o_proj^T)
+//     h = rms_norm_over_D(h + (silu(g) * u) @ down^T),  [g | u] = h @ gate_up^T
+//   state = h                          (written in place)
+// Learned positions are added by the embedding (embed.wgsl), not here.
+//
+// This file follows the shared prelude shaders/common/step_common.wgsl
+// (bindings, parameter block, the tiled product and its epilogues, the
+// channel SwiGLU and the RMSNorm over D), prepended by the Rust side; see
+// that file's header.
+//
+// Bindings (those of the prelude)
+//   0 weights  array<vec4<f32>>, read   per layer, row-major [out, in] with
+//              every row padded with zeros to a multiple of 4 floats:
+//                qkv [3 D, DP] | o [D, DP] | ch_gu [2 CI, DP] | ch_dn [D, CI]
+//              then, after the L_LAYERS layers, the RoPE tables cos [S, HD] |
+//              sin [S, HD] (RoPE models only), computed on the host exactly
+//              as the CPU engine's (PyTorch's float32 table computation)
+//   1 xyz      array<f32>, read_write   [3][B][S][D]: x, y = z_H, z = z_L
+//   2 scratch  array<f32>, read_write   per puzzle max(4 S D, CI S) floats:
+//              qkv [S, 3D] at 0 and the concatenated head outputs a [S, D]
+//              at 3 S D; after o_proj both are dead and the channel SwiGLU's
+//              gated activations, transposed, [CI, S], take their place
+//   3 running, 4 params                 as the prelude
+//
+// Work split: one workgroup of 256 invocations per active puzzle; it walks
+// the phases below in uniform control flow, a storageBarrier between phases:
+//   1. qkv = h @ qkv_proj^T: the prelude's `product` (qkv^T [3D, S] =
+//      qkv_proj @ h^T, stored transposed into qkv [S, 3D])
+//   2. RoPE on the q and k heads in place, one invocation per (s, head,
+//      j < HD/2) pair: q'[j] = q[j] cos[j] - q[j + HD/2] sin[j],
+//      q'[j + HD/2] = q[j + HD/2] cos[j + HD/2] + q[j] sin[j + HD/2]
+//   3. attention, streamed (flash-attention style; no S x S matrix is ever
+//      written anywhere): for each (head, query tile of 64 rows, block of 64
+//      output columns of the head), the key/value positions are walked in
+//      tiles of 64. Per key tile the 64 x 64 score block q k^T is a tiled
+//      product over HD in steps of TK through the two workgroup tiles into
+//      the 4 x 4 register blocks; the tile's row maxima are exchanged
+//      through workgroup memory (64 rows x 16 partials in a_tile, reduced
+//      by 64 invocations into b_tile), the running max m and the
+//      invocation's partial row sums l are rescaled by exp(m_old - m_new),
+//      p = exp(score / sqrt(HD) - m) is passed through a_tile TK keys at a
+//      time against the matching V rows in b_tile, and the output block
+//      o = o exp(m_old - m_new) + p v stays in registers. The score steps
+//      and the p v steps are one loop, so the tile code is one copy. After
+//      the last key tile the row sums are reduced the same way and o / l is
+//      stored into a[:, head]. Keys beyond S get p = 0; rows and columns
+//      beyond S and HD are computed on zeros and not stored. HD > 64 (not
+//      the published configurations) repeats the score product per 64
+//      output columns.
+//      (Compile time matters on lavapipe, which turns every barrier into a
+//      coroutine suspension point: each inlined copy of a loop with
+//      barriers costs seconds of LLVM time, hence one copy of each.)
+//   4. h += a @ o_proj^T: `product` with the residual-add epilogue, then
+//      the RMSNorm over D (prelude)
+//   5. channel SwiGLU: `channel_gate_up`, `channel_down`, RMSNorm over D
+//      (prelude)
+// All four products share one call site (one copy of the tile code).
+//
+// Why one dispatch holds it everywhere: attention needs no workgroup memory
+// beyond the product's two tiles (16 KiB at TK = 32, 8 KiB at TK = 16), its
+// scratch is per puzzle in the scratch binding, and a workgroup can walk
+// every phase of its own puzzle with storage barriers. So the recursion
+// step is one dispatch on every adapter that passes the context's checks
+// (256 invocations, 8 KiB of workgroup memory, 4 storage buffers).
+//
+// Cost per puzzle per recursion step (one dispatch), L = L_LAYERS,
+// Q = ceil(S/64), HB = ceil(HD/64):
+//   FLOPs  L (2 S D 3D + 2 S D D + 4 S S D + 6 S D CI) for the products (the
+//          attention tiles also compute on the padding of the last query and
+//          key tiles, and of HD up to a multiple of 64), plus O(L S D) for
+//          the injection, RoPE, softmax, SiLU, gating and norms. ARC / Maze
+//          size (S 916, D 512, 8 heads, CI 1536, L 2): 15.9 GFLOP.
+//   bytes  weights 4 L Q (3D DP + D DP + 2 CI DP + D CI) (ARC: 409 MB read,
+//          27 MB distinct, after the first workgroup from cache); q, k and v
+//          each read Q HB times per head: 12 L Q HB S D (ARC: 169 MB, from
+//          cache); plus about 4 L (12 S D + 3 CI S) for the products'
+//          activations.
+//   barriers  L (2 ceil(3D/64) Q ceil(D/TK) + 2 ceil(D/64) Q ceil(D/TK)
+//          + 2 ceil(CI/32) Q ceil(D/TK) + 2 ceil(D/64) Q ceil(CI/TK)
+//          + HEADS HB Q (Q (2 ceil(HD/TK) + 3 + 2 (64/TK)) + 3)) + 8 L + 1
+//          (ARC at TK 32: 140 177, 20 160 per layer the attention's).
+
+// Overrides of the prelude: S, D, DP, CI, L_LAYERS, EPS, TK.
+override HEADS: u32;      // attention heads
+override HD: u32;         // head width, D / HEADS
+override ROPE: bool;      // rotary position embedding on q and k
+override SCALE: f32;      // 1 / sqrt(HD), rounded to f32 as the CPU engine does
+
+// The four products of a block, in order.
+const QKV: u32 = 0u;             // qkv^T [3D, S] = qkv_proj [3D, D] @ h^T [D, S]
+const O_PROJ: u32 = 1u;          // h^T [D, S]   += o_proj [D, D] @ a^T [D, S]
+const CHANNEL_GATE_UP: u32 = 2u; // [CI, S] gated = ch_gu [2CI, D] @ h^T [D, S]
+const CHANNEL_DOWN: u32 = 3u;    // h^T [D, S]   += ch_dn [D, CI] @ gated [CI, S]
+
+// Below any score: the running maximum before the first key tile.
+const LOWEST: f32 = -3.0e38;
+
+// The attention's registers besides the prelude's acc0..acc3 (which hold
+// the score block, then each key tile's p v): p_i the probabilities of row
+// ty + 16 i, o_i the output block (rows ty + 16 i, columns tx + 16 j of the
+// head's column block), m_run[i] the running maximum of row ty + 16 i and
+// l_run[i] the invocation's share of its running sum.
+var<private> p0: vec4<f32>;
+var<private> p1: vec4<f32>;
+var<private> p2: vec4<f32>;
+var<private> p3: vec4<f32>;
+var<private> o0: vec4<f32>;
+var<private> o1: vec4<f32>;
+var<private> o2: vec4<f32>;
+var<private> o3: vec4<f32>;
+
+// A float of the RoPE tables (cos at 0, sin at S HD, from `tables`).
+fn table(tables: u32, i: u32) -> f32 {
+    let at = tables + i;
+    return weights[at / 4u][at % 4u];
+}
+
+// RoPE on the q and k heads of qkv [S, 3D] at `qkv`, in place; `tables`
+// is the first float of cos. rotate_half([a | b]) = [-b | a].
+fn rope(lid: u32, qkv: u32, tables: u32) {
+    let half = HD / 2u;
+    let per_row = 2u * HEADS * half;      // q heads then k heads: 2D / 2 pairs
+    for (var i = lid; i < S * per_row; i += WG) {
+        let s = i / per_row;
+        let r = i % per_row;
+        let j = r % half;
+        let at = qkv + s * 3u * D + (r / half) * HD + j;
+        let t = s * HD + j;
+        let a = scratch[at];
+        let b = scratch[at + half];
+        scratch[at] = a * table(tables, t) - b * table(tables, S * HD + t);
+        scratch[at + half] = b * table(tables, t + half) + a * table(tables, S * HD + t + half);
+    }
+}
+
+// a_tile = Q [q0 .. q0 + 64, c .. c + TK] of `head`, zero beyond S and HD.
+fn load_q(lid: u32, qkv: u32, head: u32, q0: u32, c: u32) {
+    for (var r = 0u; r < TK / 4u; r++) {
+        let idx = lid + r * WG;
+        let kk = idx % TK;
+        let row = idx / TK;
+        var v = 0.0;
+        if (q0 + row < S && c + kk < HD) {
+            v = scratch[qkv + (q0 + row) * 3u * D + head * HD + c + kk];
+        }
+        a_tile[kk * TM + row] = v;
+    }
+}
+
+// b_tile = K^T [c .. c + TK, k0 .. k0 + 64] of `head`, zero beyond S and HD.
+fn load_k(lid: u32, qkv: u32, head: u32, k0: u32, c: u32) {
+    for (var r = 0u; r < TK / 4u; r++) {
+        let idx = lid + r * WG;
+        let kk = idx % TK;
+        let n = idx / TK;
+        var v = 0.0;
+        if (k0 + n < S && c + kk < HD) {
+            v = scratch[qkv + (k0 + n) * 3u * D + D + head * HD + c + kk];
+        }
+        b_tile[kk * TN + n] = v;
+    }
+}
+
+// b_tile = V [k0 .. k0 + TK, hb .. hb + 64] of `head`, zero beyond S and HD.
+fn load_v(lid: u32, qkv: u32, head: u32, k0: u32, hb: u32) {
+    for (var r = 0u; r < TK / 4u; r++) {
+        let idx = lid + r * WG;
+        let kk = idx / TN;
+        let n = idx % TN;
+        var v = 0.0;
+        if (k0 + kk < S && hb + n < HD) {
+            v = scratch[qkv + (k0 + kk) * 3u * D + 2u * D + head * HD + hb + n];
+        }
+        b_tile[kk * TN + n] = v;
+    }
+}
+
+// a_tile = p [64 rows, keys c .. c + TK of the key tile], k-major, from the
+// registers of the invocations that own those columns.
+fn store_p(ty: u32, tx: u32, c: u32) {
+    for (var j = 0u; j < 4u; j++) {
+        let col = tx + 16u * j;
+        if (col >= c && col < c + TK) {
+            let base = (col - c) * TM + ty;
+            a_tile[base] = p0[j];
+            a_tile[base + 16u] = p1[j];
+            a_tile[base + 32u] = p2[j];
+            a_tile[base + 48u] = p3[j];
+        }
+    }
+}
+
+// Sums (or maximises) `v[i]`, row ty + 16 i, over the 16 invocations of
+// each row: partials through a_tile, one invocation per row reduces them
+// into b_tile, every invocation reads its rows back.
+fn row_reduce(lid: u32, ty: u32, tx: u32, v: vec4<f32>, take_max: bool) -> vec4<f32> {
+    workgroupBarrier();
+    a_tile[ty * 16u + tx] = v.x;
+    a_tile[(ty + 16u) * 16u + tx] = v.y;
+    a_tile[(ty + 32u) * 16u + tx] = v.z;
+    a_tile[(ty + 48u) * 16u + tx] = v.w;
+    workgroupBarrier();
+    if (lid < 64u) {
+        var r = a_tile[lid * 16u];
+        for (var u = 1u; u < 16u; u++) {
+            let x = a_tile[lid * 16u + u];
+            if (take_max) {
+                r = max(r, x);
+            } else {
+                r = r + x;
+            }
+        }
+        b_tile[lid] = r;
+    }
+    workgroupBarrier();
+    return vec4<f32>(b_tile[ty], b_tile[ty + 16u], b_tile[ty + 32u], b_tile[ty + 48u]);
+}
+
+fn row_max(a: vec4<f32>, mask: vec4<bool>) -> f32 {
+    let v = select(vec4<f32>(LOWEST), a * SCALE, mask);
+    return max(max(v.x, v.y), max(v.z, v.w));
+}
+
+fn probabilities(a: vec4<f32>, m: f32, mask: vec4<bool>) -> vec4<f32> {
+    return select(vec4<f32>(0.0), exp(a * SCALE - m), mask);
+}
+
+// Phase 3: a [S, D] at `out` from qkv [S, 3D] at `qkv`.
+fn attention(lid: u32, qkv: u32, out: u32) {
+    let ty = lid / 16u;
+    let tx = lid % 16u;
+    let q_tiles = (S + TM - 1u) / TM;
+    let hd_blocks = (HD + TN - 1u) / TN;
+    for (var t = 0u; t < HEADS * q_tiles * hd_blocks; t++) {
+        let head = t / (q_tiles * hd_blocks);
+        let q0 = ((t / hd_blocks) % q_tiles) * TM;
+        let hb = (t % hd_blocks) * TN;
+        var m_run = vec4<f32>(LOWEST);
+        var l_run = vec4<f32>(0.0);
+        o0 = vec4<f32>(0.0);
+        o1 = vec4<f32>(0.0);
+        o2 = vec4<f32>(0.0);
+        o3 = vec4<f32>(0.0);
+        let score_steps = (HD + TK - 1u) / TK;
+        for (var k0 = 0u; k0 < S; k0 += TN) {
+            // the keys of this invocation's columns that exist
+            let keys = vec4<u32>(k0 + tx, k0 + tx + 16u, k0 + tx + 32u, k0 + tx + 48u);
+            let mask = keys < vec4<u32>(S);
+            var alpha = vec4<f32>(0.0);
+            zero_acc();
+            // steps 0 .. score_steps - 1: the scores q k^T over HD, TK at a
+            // time; then p v over the tile's keys, TK at a time. One loop,
+            // so that the tile code is one copy.
+            for (var st = 0u; st < score_steps + TN / TK; st++) {
+                if (st == score_steps) {
+                    let partial = vec4<f32>(row_max(acc0, mask), row_max(acc1, mask),
+                                            row_max(acc2, mask), row_max(acc3, mask));
+                    let m_new = max(m_run, row_reduce(lid, ty, tx, partial, true));
+                    alpha = exp(max(m_run - m_new, vec4<f32>(-87.0)));
+                    m_run = m_new;
+                    p0 = probabilities(acc0, m_new.x, mask);
+                    p1 = probabilities(acc1, m_new.y, mask);
+                    p2 = probabilities(acc2, m_new.z, mask);
+                    p3 = probabilities(acc3, m_new.w, mask);
+                    let ones = vec4<f32>(1.0);
+                    l_run = l_run * alpha
+                        + vec4<f32>(dot(p0, ones), dot(p1, ones), dot(p2, ones), dot(p3, ones));
+                    zero_acc();
+                }
+                workgroupBarrier();
+                if (st < score_steps) {
+                    load_q(lid, qkv, head, q0, st * TK);
+                    load_k(lid, qkv, head, k0, st * TK);
+                } else {
+                    let c = (st - score_steps) * TK;
+                    store_p(ty, tx, c);
+                    load_v(lid, qkv, head, k0 + c, hb);
+                }
+                workgroupBarrier();
+                multiply_tile(ty, tx);
+            }
+            o0 = fma(o0, vec4<f32>(alpha.x), acc0);
+            o1 = fma(o1, vec4<f32>(alpha.y), acc1);
+            o2 = fma(o2, vec4<f32>(alpha.z), acc2);
+            o3 = fma(o3, vec4<f32>(alpha.w), acc3);
+        }
+        let l = row_reduce(lid, ty, tx, l_run, false);
+        for (var i = 0u; i < 4u; i++) {
+            let row = q0 + ty + 16u * i;
+            var o = o0;
+            switch i {
+                case 1u: { o = o1; }
+                case 2u: { o = o2; }
+                case 3u: { o = o3; }
+                default: {}
+            }
+            let inv = 1.0 / l[i];
+            for (var j = 0u; j < 4u; j++) {
+                let col = hb + tx + 16u * j;
+                if (row < S && col < HD) {
+                    scratch[out + row * D + head * HD + col] = o[j] * inv;
+                }
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let puzzle = running[wid.x];
+    let state = params.state_base + puzzle * params.puzzle_stride;
+    let inj_a = params.inj_a_base + puzzle * params.puzzle_stride;
+    let inj_b = params.inj_b_base + puzzle * params.puzzle_stride;
+    let work = puzzle * max(4u * S * D, CI * S);
+    let heads_out = work + 3u * S * D;
+
+    inject(lid, state, inj_a, inj_b);
+    storageBarrier();
+
+    // weight offsets in vec4s
+    let qkv_len = 3u * D * DP / 4u;
+    let o_len = D * DP / 4u;
+    let layer_len = qkv_len + o_len + channel_gate_up_vec4s() + channel_down_vec4s();
+    let tables = 4u * L_LAYERS * layer_len;    // first float of cos
+
+    for (var layer = 0u; layer < L_LAYERS; layer++) {
+        let w = layer * layer_len;
+        let ch = w + qkv_len + o_len;
+        for (var kind = 0u; kind < 4u; kind++) {
+            var op: Product;
+            switch kind {
+                case QKV: {
+                    op = Product(w, 3u * D, S, D, DP, false, true, state, 1u, D,
+                                 OUT_SCRATCH, work, 1u, 3u * D);
+                }
+                case O_PROJ: {
+                    op = Product(w + qkv_len, D, S, D, DP, false, false, heads_out, 1u, D,
+                                 OUT_ADD_STATE, state, 1u, D);
+                }
+                case CHANNEL_GATE_UP: {
+                    op = channel_gate_up(state, work, ch);
+                }
+                default: {
+                    op = channel_down(state, work, ch + channel_gate_up_vec4s());
+                }
+            }
+            product(lid, op);
+            storageBarrier();
+            if (kind == QKV) {
+                if (ROPE) {
+                    rope(lid, work, tables);
+                    storageBarrier();
+                }
+                attention(lid, work, heads_out);
+                storageBarrier();
+            }
+            if (kind == O_PROJ || kind == CHANNEL_DOWN) {
+                rms_norm_rows(lid, state);
+                storageBarrier();
+            }
+        }
+    }
+}

@@ -1,0 +1,69 @@
+// heads.wgsl: the output heads of every active puzzle, after an ACT step.
+//
+//   logits[t, v] = y[P + t] . lm_head[v]              t < seq_len, v < vocab
+//   q[j]         = y[0] . q_head[j] + q_head_bias[j]  j = 0 (halt), 1 (continue)
+//
+// Bindings
+//   0 xyz     array<f32>, read        [3][B][S][D]; y = z_H from params.state_base
+//   1 head    array<f32>, read        lm_head [VOCAB, D] | q_head [2, D] | q_head_bias [2]
+//   2 out     array<f32>, read_write  logits [B, SEQ, VOCAB] | q [B, 2] (from params.q_base)
+//   3 active  array<u32>, read        workgroup -> puzzle
+//   4 params  uniform (dynamic offset), the layout of mixer_step.wgsl
+//
+// Work split: one workgroup of 64 invocations per active puzzle, one
+// invocation per output value (SEQ VOCAB + 2 of them), each a dot product
+// over D read straight from storage (y rows are shared through the cache).
+// Cost per puzzle: 2 D (SEQ VOCAB + 2) FLOPs, 4 D (SEQ + 1) bytes of y and
+// 4 D (VOCAB + 2) of weights read, 4 (SEQ VOCAB + 2) bytes written. Once per
+// ACT step at most (only after the last one without early halting).
+
+override S: u32;
+override D: u32;
+override SEQ: u32;
+override VOCAB: u32;
+override P: u32;          // puzzle-embedding positions, skipped by lm_head
+
+const WG: u32 = 64u;
+
+struct Params {
+    state_base: u32,
+    inj_a_base: u32,
+    inj_b_base: u32,
+    inject_sum: u32,
+    q_base: u32,
+    puzzle_stride: u32,
+    batch: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<storage, read> xyz: array<f32>;
+@group(0) @binding(1) var<storage, read> head: array<f32>;
+@group(0) @binding(2) var<storage, read_write> outputs: array<f32>;
+@group(0) @binding(3) var<storage, read> running: array<u32>;
+@group(0) @binding(4) var<uniform> params: Params;
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let puzzle = running[wid.x];
+    let y = params.state_base + puzzle * params.puzzle_stride;
+    let n_logits = SEQ * VOCAB;
+    for (var o = lid; o < n_logits + 2u; o += WG) {
+        if (o < n_logits) {
+            let row = y + (P + o / VOCAB) * D;
+            let w = (o % VOCAB) * D;
+            var sum = 0.0;
+            for (var d = 0u; d < D; d++) {
+                sum = fma(xyz[row + d], head[w + d], sum);
+            }
+            outputs[puzzle * n_logits + o] = sum;
+        } else {
+            let j = o - n_logits;
+            let w = VOCAB * D + j * D;
+            var sum = 0.0;
+            for (var d = 0u; d < D; d++) {
+                sum = fma(xyz[y + d], head[w + d], sum);
+            }
+            outputs[params.q_base + 2u * puzzle + j] = sum + head[VOCAB * D + 2u * D + j];
+        }
+    }
+}

@@ -1,0 +1,142 @@
+// mixer_step.wgsl: one TRM network call of the MLP-mixer model (mlp_t = true)
+// for every active puzzle, fused into ONE dispatch (one recursion step).
+//
+//   state = net(state, injection)      (shared/TRM.md, Forward pass)
+//   h = state + injection              injection = y + x (z update, summed first)
+//                                      or z (y update)
+//   for each of the L_LAYERS blocks:
+//     h = rms_norm_over_S(h + down_t @ (silu(g) * u)),  [g | u] = gate_up_t @ h
+//     h = rms_norm_over_D(h + (silu(g) * u) @ down^T),  [g | u] = h @ gate_up^T
+//   state = h                          (written in place)
+//
+// This file follows the shared prelude shaders/common/step_common.wgsl
+// (bindings, parameter block, the tiled product and its epilogues, the
+// channel SwiGLU and the RMSNorm over D), prepended by the Rust side; see
+// that file's header.
+//
+// Bindings (4 storage buffers, 1 uniform: fits downlevel limits)
+//   0 weights  array<vec4<f32>>, read   per layer, row-major [out, in] with
+//              every row padded with zeros to a multiple of 4 floats:
+//                tok_gu [2 TI, SP] | tok_dn [S, TI] | ch_gu [2 CI, DP] | ch_dn [D, CI]
+//              (SP, DP: S, D rounded up to 4; TI, CI are multiples of 256)
+//   1 xyz      array<f32>, read_write   [3][B][S][D]: x, y = z_H, z = z_L
+//   2 scratch  array<f32>, read_write   per puzzle max(TI D, CI S) floats:
+//              gated token activations [TI, D] or channel ones, transposed, [CI, S]
+//   3 running  array<u32>, read         workgroup -> puzzle of the chunk (the
+//              puzzles that have not halted, compacted)
+//   4 params   uniform (dynamic offset) which region is the state, which the
+//              injection (z update: state z, injection y + x; y update: y, z)
+//
+// Work split: one workgroup of 256 invocations per active puzzle; it walks
+// the phases below in uniform control flow, a storageBarrier between phases.
+// The four matrix products (the prelude's `product`) are tiled 64 x 64 (32 x 64 gated outputs for the
+// gate/up products, whose A tile holds 32 gate rows and the 32 matching up
+// rows), K in steps of TK = 32 through 16 KiB of workgroup memory (A tile
+// 64 x TK, B tile TK x 64; TK = 16 where the adapter has less than 16 KiB);
+// each invocation keeps a 4 x 4 register block,
+// rows ty + 16 i and columns tx + 16 j. A tiles (weights) are read with vec4
+// loads; B tiles (activations, sizes not multiples of 4) with scalar loads,
+// consecutive invocations reading consecutive addresses. SiLU, the gating,
+// the residual add are applied to the register block before it is stored;
+// the RMSNorms (over S per column, over D per row) run one invocation per
+// column or row, with no workgroup reduction and so no extra barrier.
+// A weight is read once per column tile of its product, per workgroup and
+// step: ceil(D/64) times for the token products, ceil(S/64) for the channel
+// ones (8 and 2 at Sudoku size), after the first workgroup from cache. Once
+// per step would need tiles spanning all of N (S = 97 fits one 128-wide tile
+// at TK = 16); that trade-off belongs to the performance issue.
+//
+// Cost per puzzle per recursion step (one dispatch), L = L_LAYERS:
+//   FLOPs  L (6 S D TI + 6 S D CI) for the products, plus O(L S D) for the
+//          injection, SiLU, gating and norms. Sudoku (S 97, D 512, TI 512,
+//          CI 1536, L 2): 1.22 GFLOP.
+//   bytes  weights 4 L (ceil(D/64) (2 TI SP + S TI) + ceil(S/64) (2 CI DP + D CI))
+//          (Sudoku: 47 MB read, 20 MB of them distinct), plus about
+//          4 L (8 S D + 3 TI D + 3 CI S) of activation traffic through the
+//          per-puzzle state and scratch (L2-resident at small batch).
+//   barriers  L (2 ceil(TI/32) ceil(D/64) ceil(S/TK) + 2 ceil(S/64) ceil(D/64) ceil(TI/TK)
+//          + 2 ceil(CI/32) ceil(S/64) ceil(D/TK) + 2 ceil(D/64) ceil(S/64) ceil(CI/TK)) + 6 L + 1
+//          (Sudoku: 12 301, which is why lavapipe, where a barrier costs
+//          microseconds, wants small CI models).
+//
+// Small-batch schedule (not built here): one workgroup per puzzle leaves
+// most of a large GPU idle when B is small. The extension splits each
+// product's output tiles over G workgroups per puzzle (dispatch G x B) and
+// replaces the in-shader storageBarrier between phases by a dispatch
+// boundary (or a global atomic phase counter), keeping the prelude's tile code;
+// the norms then need a two-pass reduction over tiles.
+
+// Overrides of the prelude: S, D, DP, CI, L_LAYERS, EPS, TK.
+override TI: u32;         // token-mixing SwiGLU width, inter(S)
+override SP: u32;         // S rounded up to a multiple of 4
+
+// The four products of a block, in order; all share one call site (one
+// copy of the tile code).
+const TOKEN_GATE_UP: u32 = 0u;   // [TI, D] gated  = tok_gu [2TI, S] @ h [S, D]
+const TOKEN_DOWN: u32 = 1u;      // h [S, D]      += tok_dn [S, TI] @ gated [TI, D]
+const CHANNEL_GATE_UP: u32 = 2u; // [CI, S] gated  = ch_gu [2CI, D] @ h^T [D, S]
+const CHANNEL_DOWN: u32 = 3u;    // h^T [D, S]    += ch_dn [D, CI] @ gated [CI, S]
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let puzzle = running[wid.x];
+    let state = params.state_base + puzzle * params.puzzle_stride;
+    let inj_a = params.inj_a_base + puzzle * params.puzzle_stride;
+    let inj_b = params.inj_b_base + puzzle * params.puzzle_stride;
+    let work = puzzle * max(TI * D, CI * S);
+
+    inject(lid, state, inj_a, inj_b);
+    storageBarrier();
+
+    // weight offsets in vec4s
+    let tok_gu_len = 2u * TI * SP / 4u;
+    let tok_dn_len = S * TI / 4u;
+    let layer_len = tok_gu_len + tok_dn_len + channel_gate_up_vec4s() + channel_down_vec4s();
+
+    for (var layer = 0u; layer < L_LAYERS; layer++) {
+        let w = layer * layer_len;
+        let ch = w + tok_gu_len + tok_dn_len;
+        // token gate/up, token down, then the norm over S; channel gate/up
+        // (transposed), channel down, then the norm over D.
+        for (var kind = 0u; kind < 4u; kind++) {
+            var op: Product;
+            switch kind {
+                case TOKEN_GATE_UP: {
+                    op = Product(w, TI, D, S, SP, true, true, state, D, 1u, OUT_SCRATCH, work, D, 1u);
+                }
+                case TOKEN_DOWN: {
+                    op = Product(w + tok_gu_len, S, D, TI, TI, false, false, work, D, 1u,
+                                 OUT_ADD_STATE, state, D, 1u);
+                }
+                case CHANNEL_GATE_UP: {
+                    op = channel_gate_up(state, work, ch);
+                }
+                default: {
+                    op = channel_down(state, work, ch + channel_gate_up_vec4s());
+                }
+            }
+            product(lid, op);
+            storageBarrier();
+            if (kind == TOKEN_DOWN) {
+                // rms_norm over S, one invocation per column d
+                for (var d = lid; d < D; d += WG) {
+                    var ss = 0.0;
+                    for (var s = 0u; s < S; s++) {
+                        let v = xyz[state + s * D + d];
+                        ss = fma(v, v, ss);
+                    }
+                    let scale = inverseSqrt(ss / f32(S) + EPS);
+                    for (var s = 0u; s < S; s++) {
+                        let at = state + s * D + d;
+                        xyz[at] = xyz[at] * scale;
+                    }
+                }
+                storageBarrier();
+            }
+            if (kind == CHANNEL_DOWN) {
+                rms_norm_rows(lid, state);
+                storageBarrier();
+            }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The fused recursion step of the attention model: one dispatch per network
+//! call (`shaders/attention_step.wgsl` after the shared prelude
+//! `shaders/common/step_common.wgsl`, whose headers state the contract).
+//!
+//! The CPU functions it must equal are `CpuEngine::net` with
+//! `block::qkv_rows`, `block::attention_head`, `block::o_proj_rows` and
+//! `block::channel_mlp_rows` (`src/cpu/`); the RoPE tables are the CPU
+//! engine's own ([`crate::cpu::rope_tables`]), computed on the host and
+//! uploaded after the layer weights.
+
+use crate::config::{PosEncodings, TrmConfig};
+use crate::cpu::rope_tables;
+use crate::error::{Result, TrmError};
+use crate::model::{TokenMixer, TrmModel};
+
+use super::context::GpuContext;
+use super::step_common::{StepPipeline, channel_floats, pad4, push_rows, step_source};
+
+const SOURCE: &str = step_source!("attention_step.wgsl");
+/// Name of the kernel (pipeline cache, labels, error messages).
+pub(crate) const KERNEL: &str = "attention_step.wgsl";
+
+/// Floats of per-puzzle scratch: `qkv [S, 3D]` and the head outputs
+/// `[S, D]`, or later in the block the channel SwiGLU's gated activations
+/// `[CI, S]`, whichever is larger.
+pub(crate) fn scratch_floats(config: &TrmConfig) -> usize {
+    let (s, d) = (config.state_len(), config.hidden_size);
+    (4 * s * d).max(config.channel_inter() * s)
+}
+
+/// Floats of one layer in the packed layout: `qkv [3D, DP] | o [D, DP] |
+/// ch_gu [2CI, DP] | ch_dn [D, CI]`.
+pub(crate) fn layer_floats(config: &TrmConfig) -> usize {
+    let d = config.hidden_size;
+    4 * d * pad4(d) + channel_floats(config)
+}
+
+/// Floats of the RoPE tables (`cos [S, HD] | sin [S, HD]`; none without RoPE).
+pub(crate) fn table_floats(config: &TrmConfig) -> usize {
+    if config.pos_encodings == PosEncodings::Rope {
+        2 * config.state_len() * config.head_dim()
+    } else {
+        0
+    }
+}
+
+/// Floats of everything the kernel binds as weights.
+pub(crate) fn weight_floats(config: &TrmConfig) -> usize {
+    layer_floats(config) * config.l_layers + table_floats(config)
+}
+
+/// The weights in the kernel's layout: per layer `qkv [3D, DP] | o [D, DP] |
+/// ch_gu [2CI, DP] | ch_dn [D, CI]`, every row zero-padded to a multiple of
+/// 4 floats, then the RoPE tables `cos [S, HD] | sin [S, HD]` (RoPE only).
+/// `None` for an MLP-mixer model.
+pub(crate) fn pack_weights(model: &TrmModel) -> Option<Vec<f32>> {
+    let config = model.config();
+    let (d, ci) = (config.hidden_size, config.channel_inter());
+    let mut packed = Vec::with_capacity(weight_floats(config));
+    for layer in &model.weights().layers {
+        let TokenMixer::Attention { qkv, o_proj } = &layer.mixer else {
+            return None;
+        };
+        push_rows(&mut packed, qkv, d);
+        push_rows(&mut packed, o_proj, d);
+        push_rows(&mut packed, &layer.gate_up, d);
+        push_rows(&mut packed, &layer.down, ci);
+    }
+    if config.pos_encodings == PosEncodings::Rope {
+        let (cos, sin) = rope_tables(config.state_len(), config.head_dim(), config.rope_theta);
+        packed.extend_from_slice(&cos);
+        packed.extend_from_slice(&sin);
+    }
+    Some(packed)
+}
+
+/// Uploads the weights and RoPE tables and builds the pipeline.
+pub(crate) fn new(ctx: &GpuContext, model: &TrmModel) -> Result<StepPipeline> {
+    let config = model.config();
+    let packed = pack_weights(model).ok_or_else(|| {
+        TrmError::Gpu("attention_step: the model's blocks are not attention blocks".into())
+    })?;
+    let head_dim = config.head_dim();
+    let rope = config.pos_encodings == PosEncodings::Rope;
+    let constants = [
+        ("HEADS", config.num_heads as f64),
+        ("HD", head_dim as f64),
+        ("ROPE", if rope { 1.0 } else { 0.0 }),
+        // as block::attention_head rounds it
+        ("SCALE", (1.0 / (head_dim as f32).sqrt()) as f64),
+    ];
+    StepPipeline::new(ctx, config, KERNEL, SOURCE, &packed, &constants)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pos: &str) -> TrmConfig {
+        TrmConfig::from_json(&format!(
+            r#"{{"seq_len": 13, "vocab_size": 5, "hidden_size": 18, "num_heads": 3,
+                "expansion": 2, "H_cycles": 1, "L_cycles": 1, "L_layers": 2,
+                "halt_max_steps": 1, "mlp_t": false, "pos_encodings": "{pos}"}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn packed_layout_pads_rows_and_appends_the_rope_tables() {
+        let config = config("rope");
+        let model = TrmModel::random(config.clone(), 1, 0.5).unwrap();
+        let packed = pack_weights(&model).unwrap();
+        assert_eq!(packed.len(), weight_floats(&config));
+        assert_eq!(layer_floats(&config) % 4, 0);
+        let TokenMixer::Attention { qkv, o_proj } = &model.weights().layers[0].mixer else {
+            unreachable!()
+        };
+        // qkv rows: 18 weights then 2 zeros
+        assert_eq!(&packed[..18], &qkv[..18]);
+        assert_eq!(&packed[18..20], &[0.0; 2]);
+        assert_eq!(&packed[20..38], &qkv[18..36]);
+        let o_at = 3 * 18 * 20;
+        assert_eq!(&packed[o_at..o_at + 18], &o_proj[..18]);
+        let (cos, sin) = rope_tables(13, 6, 10000.0);
+        let tables = 2 * layer_floats(&config);
+        assert_eq!(&packed[tables..tables + cos.len()], &cos[..]);
+        assert_eq!(&packed[tables + cos.len()..], &sin[..]);
+    }
+
+    #[test]
+    fn no_tables_without_rope() {
+        for pos in ["none", "learned"] {
+            let config = config(pos);
+            let model = TrmModel::random(config.clone(), 2, 0.5).unwrap();
+            assert_eq!(table_floats(&config), 0);
+            assert_eq!(
+                pack_weights(&model).unwrap().len(),
+                2 * layer_floats(&config)
+            );
+        }
+    }
+
+    #[test]
+    fn scratch_holds_qkv_and_heads_or_the_gated_activations() {
+        let config = config("none");
+        let (s, d, ci) = (13, 18, config.channel_inter());
+        assert_eq!(scratch_floats(&config), (4 * s * d).max(ci * s));
+    }
+}

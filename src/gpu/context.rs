@@ -1,0 +1,815 @@
+//! The GPU context: adapter choice, a device whose limits come from what the
+//! kernels need, and the capture of GPU faults as [`TrmError`]s.
+//!
+//! A context is cheap to clone (it is shared) and serves any number of
+//! engines; pipelines are compiled once per context and specialisation.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::error::{Result, TrmError};
+
+/// Which graphics API the GPU engine runs on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum GpuBackend {
+    /// Whatever the platform offers (the adapter is chosen among all APIs).
+    #[default]
+    Any,
+    /// Vulkan (Linux, Windows, Android; Mesa's lavapipe without a GPU).
+    Vulkan,
+    /// Metal (macOS, iOS).
+    Metal,
+    /// Direct3D 12 (Windows).
+    Dx12,
+    /// OpenGL / OpenGL ES (EGL on Linux, llvmpipe without a GPU).
+    Gl,
+}
+
+impl GpuBackend {
+    /// The wgpu backends this choice enables.
+    pub fn backends(self) -> wgpu::Backends {
+        match self {
+            GpuBackend::Any => wgpu::Backends::all(),
+            GpuBackend::Vulkan => wgpu::Backends::VULKAN,
+            GpuBackend::Metal => wgpu::Backends::METAL,
+            GpuBackend::Dx12 => wgpu::Backends::DX12,
+            GpuBackend::Gl => wgpu::Backends::GL,
+        }
+    }
+
+    /// The name accepted by [`GpuBackend::from_str`] and `--backend`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GpuBackend::Any => "gpu",
+            GpuBackend::Vulkan => "vulkan",
+            GpuBackend::Metal => "metal",
+            GpuBackend::Dx12 => "dx12",
+            GpuBackend::Gl => "gl",
+        }
+    }
+}
+
+impl fmt::Display for GpuBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for GpuBackend {
+    type Err = TrmError;
+    /// `gpu` or `any`, `vulkan` (`vk`), `metal` (`mtl`), `dx12` (`d3d12`),
+    /// `gl` (`gles`, `opengl`); case-insensitive, as `WGPU_BACKEND` spells them.
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "gpu" | "any" => Ok(GpuBackend::Any),
+            "vulkan" | "vk" => Ok(GpuBackend::Vulkan),
+            "metal" | "mtl" => Ok(GpuBackend::Metal),
+            "dx12" | "d3d12" => Ok(GpuBackend::Dx12),
+            "gl" | "gles" | "opengl" => Ok(GpuBackend::Gl),
+            _ => Err(TrmError::BackendUnavailable(format!(
+                "{s} (GPU backends: vulkan, metal, dx12, gl)"
+            ))),
+        }
+    }
+}
+
+/// How to choose the adapter and create the device.
+///
+/// ```
+/// use trm_wgpu::gpu::{GpuBackend, GpuOptions};
+/// let options = GpuOptions::default()
+///     .backend(GpuBackend::Vulkan)
+///     .adapter_name("llvmpipe");
+/// assert_eq!(options.backend, GpuBackend::Vulkan);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GpuOptions {
+    /// Graphics API.
+    pub backend: GpuBackend,
+    /// Integrated (low power) or discrete (high performance) GPU, when the
+    /// name does not decide.
+    pub power_preference: wgpu::PowerPreference,
+    /// Use the first adapter whose name contains this (case-insensitive).
+    pub adapter_name: Option<String>,
+    /// Request at most this many bytes per buffer and per storage binding
+    /// (default: the adapter's maximum). Larger batches are then split into
+    /// chunks that fit; useful to share a GPU, and to test the splitting.
+    pub max_buffer_bytes: Option<u64>,
+    /// Request at most this many bytes of workgroup memory (default: the
+    /// adapter's maximum). Below 16 KiB the step kernels use their 8 KiB
+    /// tile configuration (as on Apple GPUs, which offer 16352 bytes), so
+    /// this lets any adapter run and test that path.
+    pub max_workgroup_memory: Option<u32>,
+}
+
+impl GpuOptions {
+    /// Sets the graphics API.
+    pub fn backend(mut self, backend: GpuBackend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Sets the power preference.
+    pub fn power_preference(mut self, preference: wgpu::PowerPreference) -> Self {
+        self.power_preference = preference;
+        self
+    }
+
+    /// Chooses the adapter by (part of) its name.
+    pub fn adapter_name(mut self, name: impl Into<String>) -> Self {
+        self.adapter_name = Some(name.into());
+        self
+    }
+
+    /// Caps the size of every buffer and storage binding.
+    pub fn max_buffer_bytes(mut self, bytes: u64) -> Self {
+        self.max_buffer_bytes = Some(bytes);
+        self
+    }
+
+    /// Caps the workgroup memory the kernels may use (see
+    /// [`GpuOptions::max_workgroup_memory`]).
+    pub fn max_workgroup_memory(mut self, bytes: u32) -> Self {
+        self.max_workgroup_memory = Some(bytes);
+        self
+    }
+
+    /// Applies the environment, as wgpu's own tools do: `WGPU_BACKEND`
+    /// (when the backend is still [`GpuBackend::Any`]), `WGPU_ADAPTER_NAME`
+    /// (when no name is set) and `WGPU_POWER_PREF` (`low`, `high`, `none`).
+    /// Fails on a `WGPU_BACKEND` it cannot read.
+    pub fn with_env(mut self) -> Result<Self> {
+        if self.backend == GpuBackend::Any
+            && let Some(value) = env_var("WGPU_BACKEND")
+        {
+            self.backend = value.parse().map_err(|_| {
+                TrmError::BackendUnavailable(format!(
+                    "{value} (from WGPU_BACKEND; one of vulkan, metal, dx12, gl)"
+                ))
+            })?;
+        }
+        if self.adapter_name.is_none() {
+            self.adapter_name = env_var("WGPU_ADAPTER_NAME");
+        }
+        if let Some(preference) = wgpu::PowerPreference::from_env() {
+            self.power_preference = preference;
+        }
+        Ok(self)
+    }
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// What the kernels need from a device, beyond wgpu's downlevel defaults.
+pub(crate) mod needs {
+    /// Invocations of the largest workgroup (mixer_step, embed).
+    pub const WORKGROUP_INVOCATIONS: u32 = 256;
+    /// Workgroup memory of the smallest tile configuration (TK = 16).
+    pub const MIN_WORKGROUP_STORAGE: u32 = 2 * 64 * 16 * 4;
+    /// Storage buffers of the kernel that binds the most (mixer_step, heads).
+    pub const STORAGE_BUFFERS: u32 = 4;
+    /// Uniform buffers per kernel (the parameters, with dynamic offsets).
+    pub const UNIFORM_BUFFERS: u32 = 1;
+}
+
+/// The device limits to request from an adapter offering `adapter`: the
+/// downlevel defaults, raised to what the kernels need, with the buffer
+/// sizes and the workgroup memory as large as the adapter allows (capped by
+/// `max_buffer_bytes` and `max_workgroup_memory`).
+fn required_limits(
+    adapter: &wgpu::Limits,
+    max_buffer_bytes: Option<u64>,
+    max_workgroup_memory: Option<u32>,
+) -> wgpu::Limits {
+    let mut limits = wgpu::Limits::downlevel_defaults().using_alignment(adapter.clone());
+    let cap = max_buffer_bytes.unwrap_or(u64::MAX);
+    limits.max_buffer_size = adapter.max_buffer_size.min(cap);
+    limits.max_storage_buffer_binding_size = adapter.max_storage_buffer_binding_size.min(cap);
+    limits.max_storage_buffers_per_shader_stage = needs::STORAGE_BUFFERS
+        .max(limits.max_storage_buffers_per_shader_stage)
+        .min(adapter.max_storage_buffers_per_shader_stage);
+    limits.max_compute_invocations_per_workgroup = needs::WORKGROUP_INVOCATIONS
+        .max(limits.max_compute_invocations_per_workgroup)
+        .min(adapter.max_compute_invocations_per_workgroup);
+    limits.max_compute_workgroup_size_x = needs::WORKGROUP_INVOCATIONS
+        .max(limits.max_compute_workgroup_size_x)
+        .min(adapter.max_compute_workgroup_size_x);
+    // More workgroup memory means deeper tile steps (fewer barriers).
+    limits.max_compute_workgroup_storage_size = adapter
+        .max_compute_workgroup_storage_size
+        .min(max_workgroup_memory.unwrap_or(u32::MAX));
+    limits.max_compute_workgroups_per_dimension = adapter.max_compute_workgroups_per_dimension;
+    limits
+}
+
+/// Checks that `limits` (of a device, or what an adapter offers) can run
+/// the kernels; the reason when not.
+pub(super) fn unsuitable(limits: &wgpu::Limits) -> Option<String> {
+    let checks = [
+        (
+            "workgroup invocations",
+            limits.max_compute_invocations_per_workgroup,
+            needs::WORKGROUP_INVOCATIONS,
+        ),
+        (
+            "workgroup size x",
+            limits.max_compute_workgroup_size_x,
+            needs::WORKGROUP_INVOCATIONS,
+        ),
+        (
+            "workgroup memory bytes",
+            limits.max_compute_workgroup_storage_size,
+            needs::MIN_WORKGROUP_STORAGE,
+        ),
+        (
+            "storage buffers per shader stage",
+            limits.max_storage_buffers_per_shader_stage,
+            needs::STORAGE_BUFFERS,
+        ),
+        (
+            "uniform buffers per shader stage",
+            limits.max_uniform_buffers_per_shader_stage,
+            needs::UNIFORM_BUFFERS,
+        ),
+        (
+            "dynamic uniform buffers",
+            limits.max_dynamic_uniform_buffers_per_pipeline_layout,
+            needs::UNIFORM_BUFFERS,
+        ),
+        (
+            "workgroups per dimension",
+            limits.max_compute_workgroups_per_dimension,
+            1,
+        ),
+    ];
+    let missing: Vec<String> = checks
+        .iter()
+        .filter(|(_, have, need)| have < need)
+        .map(|(what, have, need)| format!("{what}: {have} < {need}"))
+        .collect();
+    (!missing.is_empty()).then(|| format!("the kernels need more: {}", missing.join(", ")))
+}
+
+/// Key of the pipeline cache: kernel and specialisation constants.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct PipelineKey {
+    kernel: &'static str,
+    /// `(name, f64 bits)` in the order given.
+    constants: Vec<(&'static str, u64)>,
+}
+
+/// Faults reported by wgpu outside of error scopes (or asynchronously).
+#[derive(Default)]
+struct Faults {
+    lost: Option<String>,
+    uncaptured: Vec<String>,
+}
+
+struct Inner {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    faults: Arc<Mutex<Faults>>,
+    /// Whether the fault callbacks are ours (contexts created here).
+    owns_callbacks: bool,
+    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+    /// Bind group layouts by kernel, so that cached pipelines and new bind
+    /// groups always share one layout object.
+    layouts: Mutex<HashMap<&'static str, wgpu::BindGroupLayout>>,
+}
+
+/// A wgpu device and queue ready for the TRM kernels.
+///
+/// Create one with [`GpuContext::new`] (adapter chosen from [`GpuOptions`])
+/// or wrap an application's own device with [`GpuContext::from_device`].
+#[derive(Clone)]
+pub struct GpuContext {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GpuContext")
+            .field("adapter", &self.inner.info.name)
+            .field("backend", &self.inner.info.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl GpuContext {
+    /// Chooses an adapter and creates a device (blocking).
+    pub fn new(options: &GpuOptions) -> Result<Self> {
+        pollster::block_on(Self::new_async(options))
+    }
+
+    /// Chooses an adapter and creates a device.
+    ///
+    /// Fails with [`TrmError::NoAdapter`] when no adapter matches,
+    /// [`TrmError::AdapterUnsuitable`] when it cannot run the kernels and
+    /// [`TrmError::RequestDevice`] when the driver refuses the device.
+    pub async fn new_async(options: &GpuOptions) -> Result<Self> {
+        let backends = options.backend.backends();
+        let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
+        descriptor.backends = backends;
+        let instance = wgpu::Instance::new(descriptor);
+        let adapter = match &options.adapter_name {
+            Some(name) => {
+                let wanted = name.to_lowercase();
+                let adapters = instance.enumerate_adapters(backends).await;
+                let names: Vec<String> = adapters
+                    .iter()
+                    .map(|a| {
+                        let info = a.get_info();
+                        format!("{} ({:?})", info.name, info.backend)
+                    })
+                    .collect();
+                adapters
+                    .into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
+                    .ok_or_else(|| {
+                        TrmError::NoAdapter(format!(
+                            " named like `{name}`{} (adapters: {})",
+                            on_backend(options.backend),
+                            if names.is_empty() {
+                                "none".to_string()
+                            } else {
+                                names.join(", ")
+                            }
+                        ))
+                    })?
+            }
+            None => instance
+                .request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: options.power_preference,
+                    force_fallback_adapter: false,
+                    compatible_surface: None,
+                    apply_limit_buckets: false,
+                })
+                .await
+                .map_err(|e| {
+                    TrmError::NoAdapter(format!("{}: {e}", on_backend(options.backend)))
+                })?,
+        };
+        let info = adapter.get_info();
+        let offered = adapter.limits();
+        if let Some(reason) = unsuitable(&offered) {
+            return Err(TrmError::AdapterUnsuitable {
+                adapter: info.name,
+                reason,
+            });
+        }
+        let required_limits = required_limits(
+            &offered,
+            options.max_buffer_bytes,
+            options.max_workgroup_memory,
+        );
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("trm-wgpu"),
+                // timestamps only, and only where offered: for `trm bench`
+                required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
+                required_limits,
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| TrmError::RequestDevice {
+                adapter: info.name.clone(),
+                reason: e.to_string(),
+            })?;
+        let faults = Arc::new(Mutex::new(Faults::default()));
+        {
+            let faults = Arc::clone(&faults);
+            device.set_device_lost_callback(move |reason, message| {
+                let reason = match (reason, message.trim()) {
+                    (wgpu::DeviceLostReason::Destroyed, "") => "the device was destroyed".into(),
+                    (wgpu::DeviceLostReason::Destroyed, m) => {
+                        format!("the device was destroyed: {m}")
+                    }
+                    (_, "") => "lost for an unknown reason".into(),
+                    (_, m) => m.to_string(),
+                };
+                lock(&faults).lost = Some(reason);
+            });
+        }
+        {
+            let faults = Arc::clone(&faults);
+            // wgpu's default handler panics; record instead, and report the
+            // fault from the engine call that caused it.
+            device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| {
+                lock(&faults).uncaptured.push(error.to_string());
+            }));
+        }
+        Ok(Self::assemble(device, queue, info, faults, true))
+    }
+
+    /// Wraps an application's device and queue, so that an application that
+    /// already uses wgpu can run TRM beside its own work.
+    ///
+    /// The device must offer the kernels' needs (256 invocations per
+    /// workgroup, 8 KiB of workgroup memory, 4 storage buffers per stage);
+    /// batches are split to fit its buffer limits. The application keeps
+    /// its uncaptured-error handler and device-lost callback: the engine
+    /// catches its own faults with error scopes and reports a lost device
+    /// from failed submissions and mappings.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Result<Self> {
+        let info = device.adapter_info();
+        if let Some(reason) = unsuitable(&device.limits()) {
+            return Err(TrmError::AdapterUnsuitable {
+                adapter: info.name,
+                reason,
+            });
+        }
+        let faults = Arc::new(Mutex::new(Faults::default()));
+        Ok(Self::assemble(device, queue, info, faults, false))
+    }
+
+    fn assemble(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: wgpu::AdapterInfo,
+        faults: Arc<Mutex<Faults>>,
+        owns_callbacks: bool,
+    ) -> Self {
+        GpuContext {
+            inner: Arc::new(Inner {
+                device,
+                queue,
+                info,
+                faults,
+                owns_callbacks,
+                pipelines: Mutex::new(HashMap::new()),
+                layouts: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    /// The adapter: name, backend, driver.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.inner.info
+    }
+
+    /// The device's limits.
+    pub fn limits(&self) -> wgpu::Limits {
+        self.inner.device.limits()
+    }
+
+    /// One line: adapter name, API, driver.
+    pub fn describe(&self) -> String {
+        let info = &self.inner.info;
+        let driver = [info.driver.as_str(), info.driver_info.as_str()]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ");
+        format!(
+            "{} ({:?}, {:?}{}{})",
+            info.name,
+            info.backend,
+            info.device_type,
+            if driver.is_empty() { "" } else { ", " },
+            driver
+        )
+    }
+
+    /// Fails with [`TrmError::DeviceLost`] once the device is lost, and
+    /// reports faults that wgpu raised outside of error scopes.
+    pub fn check(&self) -> Result<()> {
+        let mut faults = lock(&self.inner.faults);
+        if let Some(reason) = &faults.lost {
+            return Err(TrmError::DeviceLost(reason.clone()));
+        }
+        if !faults.uncaptured.is_empty() {
+            let all = std::mem::take(&mut faults.uncaptured);
+            return Err(TrmError::Gpu(all.join("; ")));
+        }
+        Ok(())
+    }
+
+    /// Runs `f` inside out-of-memory, validation and internal error scopes
+    /// and turns what they caught into a [`TrmError`] naming `what`.
+    pub(crate) fn scoped<T>(&self, what: &str, f: impl FnOnce() -> T) -> Result<T> {
+        self.check()?;
+        let device = &self.inner.device;
+        let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let value = f();
+        let memory = pollster::block_on(memory.pop());
+        let validation = pollster::block_on(validation.pop());
+        let internal = pollster::block_on(internal.pop());
+        if let Some(error) = memory.or(validation).or(internal) {
+            return Err(self.classify(what, error));
+        }
+        self.check()?;
+        Ok(value)
+    }
+
+    /// Maps a wgpu error to the matching [`TrmError`].
+    fn classify(&self, what: &str, error: wgpu::Error) -> TrmError {
+        // A destroyed or lost device reports through its callback from the
+        // next poll: give it that chance before judging the error.
+        let device = &self.inner.device;
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            device.poll(wgpu::PollType::Poll)
+        }));
+        if let Some(reason) = &lock(&self.inner.faults).lost {
+            return TrmError::DeviceLost(reason.clone());
+        }
+        match error {
+            wgpu::Error::OutOfMemory { .. } => TrmError::OutOfMemory(what.to_string()),
+            wgpu::Error::Validation { description, .. } => {
+                let lost = description.to_lowercase();
+                // Every resource the engine uses was created inside an error
+                // scope and checked; one that turned invalid since went with
+                // its device.
+                if lost.contains("device is lost")
+                    || lost.contains("device is invalid")
+                    || lost.contains("parent device is lost")
+                    || lost.contains("is invalid")
+                {
+                    TrmError::DeviceLost(format!("{what}: {}", first_line(&description)))
+                } else {
+                    TrmError::Gpu(format!("{what}: {}", description.trim_end()))
+                }
+            }
+            wgpu::Error::Internal { description, .. } => {
+                TrmError::Gpu(format!("{what}: {}", description.trim_end()))
+            }
+        }
+    }
+
+    /// Records that the device is lost (a wait or map failed in a way only
+    /// a lost device explains), so that later calls fail fast.
+    pub(crate) fn mark_lost(&self, reason: &str) {
+        let mut faults = lock(&self.inner.faults);
+        if faults.lost.is_none() {
+            faults.lost = Some(reason.to_string());
+        }
+    }
+
+    /// Whether the context installed its own fault callbacks (it created the
+    /// device) rather than wrapping an application's device.
+    pub fn owns_device(&self) -> bool {
+        self.inner.owns_callbacks
+    }
+
+    /// Creates a buffer, turning an allocation failure or a size beyond the
+    /// device's limits into [`TrmError::OutOfMemory`] / [`TrmError::TooLarge`]
+    /// instead of a panic.
+    pub fn create_buffer(&self, descriptor: &wgpu::BufferDescriptor<'_>) -> Result<wgpu::Buffer> {
+        let label = descriptor.label.unwrap_or("buffer");
+        let limit = self.inner.device.limits().max_buffer_size;
+        if descriptor.size > limit {
+            return Err(TrmError::TooLarge(format!(
+                "GPU buffer `{label}` needs {} bytes, beyond the device's limit of {limit}",
+                descriptor.size
+            )));
+        }
+        self.scoped(&format!("creating GPU buffer `{label}`"), || {
+            self.inner.device.create_buffer(descriptor)
+        })
+    }
+
+    /// Compiles WGSL. A compile error becomes [`TrmError::Shader`] naming
+    /// the kernel, the line and column, and quoting the source line.
+    pub fn shader_module(&self, kernel: &str, source: &str) -> Result<wgpu::ShaderModule> {
+        let device = &self.inner.device;
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(kernel),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+        let error = pollster::block_on(scope.pop());
+        let info = pollster::block_on(module.get_compilation_info());
+        let messages: Vec<String> = info
+            .messages
+            .iter()
+            .filter(|m| m.message_type == wgpu::CompilationMessageType::Error)
+            .map(|m| describe_message(source, m))
+            .collect();
+        if !messages.is_empty() {
+            return Err(TrmError::Shader {
+                kernel: kernel.to_string(),
+                reason: messages.join("\n"),
+            });
+        }
+        if let Some(error) = error {
+            return Err(TrmError::Shader {
+                kernel: kernel.to_string(),
+                reason: error.to_string(),
+            });
+        }
+        Ok(module)
+    }
+
+    /// The bind group layout of `kernel`, created by `create` the first time.
+    pub(crate) fn layout(
+        &self,
+        kernel: &'static str,
+        create: impl FnOnce() -> Result<wgpu::BindGroupLayout>,
+    ) -> Result<wgpu::BindGroupLayout> {
+        if let Some(layout) = lock(&self.inner.layouts).get(kernel) {
+            return Ok(layout.clone());
+        }
+        let layout = create()?;
+        lock(&self.inner.layouts).insert(kernel, layout.clone());
+        Ok(layout)
+    }
+
+    /// A compute pipeline for `kernel` specialised by `constants`, compiled
+    /// once per context and key. `TRM_DUMP_KERNELS=1` prints each kernel
+    /// compiled, with its override constants, to stderr.
+    pub(crate) fn pipeline(
+        &self,
+        kernel: &'static str,
+        source: &str,
+        layout: &wgpu::PipelineLayout,
+        constants: &[(&'static str, f64)],
+    ) -> Result<wgpu::ComputePipeline> {
+        let key = PipelineKey {
+            kernel,
+            constants: constants.iter().map(|&(n, v)| (n, v.to_bits())).collect(),
+        };
+        if let Some(pipeline) = lock(&self.inner.pipelines).get(&key) {
+            return Ok(pipeline.clone());
+        }
+        if std::env::var_os("TRM_DUMP_KERNELS").is_some() {
+            // the WGSL as compiled: the source and its override constants
+            eprintln!("// trm: {kernel} with overrides {constants:?}\n{source}");
+        }
+        let module = self.shader_module(kernel, source)?;
+        let device = &self.inner.device;
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(kernel),
+            layout: Some(layout),
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                // every kernel writes its workgroup memory before reading it
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
+        if let Some(error) = pollster::block_on(scope.pop()) {
+            return Err(TrmError::Shader {
+                kernel: kernel.to_string(),
+                reason: format!(
+                    "pipeline with constants {constants:?}: {}",
+                    error.to_string().trim_end()
+                ),
+            });
+        }
+        self.check()?;
+        lock(&self.inner.pipelines).insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    /// Waits for `submission` to finish, turning a lost device or a wedged
+    /// driver into an error instead of a panic or a hang.
+    pub(crate) fn wait(&self, submission: wgpu::SubmissionIndex) -> Result<()> {
+        self.poll_wait(Some(submission))
+    }
+
+    /// Waits until the queue is idle.
+    pub(crate) fn wait_idle(&self) -> Result<()> {
+        self.poll_wait(None)
+    }
+
+    fn poll_wait(&self, submission: Option<wgpu::SubmissionIndex>) -> Result<()> {
+        self.check()?;
+        let device = &self.inner.device;
+        // wgpu panics when the driver reports the device lost during a wait;
+        // catch that and report it as the error it is.
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            device.poll(wgpu::PollType::Wait {
+                submission_index: submission,
+                timeout: None,
+            })
+        }));
+        match polled {
+            Ok(Ok(_)) => self.check(),
+            Ok(Err(wgpu::PollError::WrongSubmissionIndex(..))) => {
+                self.check()?;
+                // The submission passed validation (its error scope was
+                // clean) yet the queue did not take it: only a lost device
+                // drops work silently, as WebGPU specifies.
+                let reason = "the device dropped a submission (lost or destroyed)";
+                self.mark_lost(reason);
+                Err(TrmError::DeviceLost(reason.into()))
+            }
+            Ok(Err(e)) => {
+                self.check()?;
+                Err(TrmError::Gpu(format!("waiting for the GPU: {e}")))
+            }
+            Err(panic) => {
+                let reason = panic_message(&panic);
+                self.mark_lost(&reason);
+                Err(TrmError::DeviceLost(reason))
+            }
+        }
+    }
+}
+
+/// ` on backend X`, or nothing for any backend.
+fn on_backend(backend: GpuBackend) -> String {
+    match backend {
+        GpuBackend::Any => String::new(),
+        other => format!(" on backend {other}"),
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s).trim()
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "the GPU driver failed while waiting".to_string()
+    }
+}
+
+/// `line L, column C: message` followed by the offending source line.
+fn describe_message(source: &str, message: &wgpu::CompilationMessage) -> String {
+    match &message.location {
+        Some(at) => {
+            let line = source
+                .lines()
+                .nth(at.line_number.saturating_sub(1) as usize)
+                .unwrap_or("");
+            format!(
+                "line {}, column {}: {}\n    {}",
+                at.line_number,
+                at.line_position,
+                message.message,
+                line.trim_end()
+            )
+        }
+        None => message.message.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_names() {
+        for (name, backend) in [
+            ("vulkan", GpuBackend::Vulkan),
+            ("VK", GpuBackend::Vulkan),
+            ("metal", GpuBackend::Metal),
+            ("dx12", GpuBackend::Dx12),
+            ("gl", GpuBackend::Gl),
+            ("gles", GpuBackend::Gl),
+            ("gpu", GpuBackend::Any),
+        ] {
+            assert_eq!(name.parse::<GpuBackend>().unwrap(), backend);
+        }
+        assert!(matches!(
+            "cuda".parse::<GpuBackend>(),
+            Err(TrmError::BackendUnavailable(_))
+        ));
+    }
+
+    #[test]
+    fn limits_requested_never_exceed_the_adapter() {
+        let adapter = wgpu::Limits::defaults();
+        let limits = required_limits(&adapter, Some(1 << 20), Some(16352));
+        assert!(limits.check_limits(&adapter));
+        assert_eq!(limits.max_storage_buffer_binding_size, 1 << 20);
+        assert_eq!(limits.max_compute_workgroup_storage_size, 16352);
+        assert!(unsuitable(&limits).is_none());
+        let mut weak = wgpu::Limits::downlevel_webgl2_defaults();
+        weak.max_compute_invocations_per_workgroup = 128;
+        let reason = unsuitable(&weak).unwrap();
+        assert!(reason.contains("workgroup invocations"), "{reason}");
+    }
+}

@@ -1,0 +1,92 @@
+//! The input embedding, once per solve (`shaders/embed.wgsl`).
+//!
+//! The CPU function it must equal is `CpuEngine::embed` (`src/cpu/mod.rs`).
+
+use crate::error::Result;
+use crate::model::TrmModel;
+
+use super::context::GpuContext;
+use super::layout::{self, Entry};
+
+const SOURCE: &str = include_str!("../../shaders/embed.wgsl");
+const KERNEL: &str = "embed.wgsl";
+
+/// Scale of the learned position embedding: the authors write 0.707106781,
+/// the same f32 as 1/sqrt(2) (as `CpuEngine::embed` uses it).
+const LEARNED_POS_SCALE: f32 = std::f32::consts::FRAC_1_SQRT_2;
+
+/// The embedding kernel of one model: its tables on the device.
+pub(crate) struct Embed {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+    tables: wgpu::Buffer,
+}
+
+impl Embed {
+    /// Uploads `embed_tokens | puzzle_emb | embed_pos` and builds the pipeline.
+    pub(crate) fn new(ctx: &GpuContext, model: &TrmModel) -> Result<Self> {
+        let config = model.config();
+        let w = model.weights();
+        let mut tables = w.embed_tokens.clone();
+        let puzzle_offset = tables.len();
+        if let Some(p) = &w.puzzle_emb {
+            tables.extend_from_slice(p);
+        }
+        let pos_offset = tables.len();
+        if let Some(p) = &w.embed_pos {
+            tables.extend_from_slice(p);
+        }
+        let tables = layout::upload_f32(ctx, "embedding tables", &tables)?;
+        let layout = layout::bind_group_layout(
+            ctx,
+            KERNEL,
+            &[
+                Entry::ReadOnly,
+                Entry::ReadOnly,
+                Entry::ReadWrite,
+                Entry::Params,
+            ],
+        )?;
+        let constants = [
+            ("S", config.state_len() as f64),
+            ("D", config.hidden_size as f64),
+            ("P", config.puzzle_emb_positions() as f64),
+            ("SEQ", config.seq_len as f64),
+            ("NDIM", config.puzzle_emb_ndim as f64),
+            ("PUZ_OFF", puzzle_offset as f64),
+            ("POS_OFF", pos_offset as f64),
+            ("HAS_POS", if w.embed_pos.is_some() { 1.0 } else { 0.0 }),
+            ("SCALE", (config.hidden_size as f32).sqrt() as f64),
+            ("POS_SCALE", LEARNED_POS_SCALE as f64),
+        ];
+        let pipeline = layout::pipeline(ctx, KERNEL, SOURCE, &layout, &constants)?;
+        Ok(Embed {
+            pipeline,
+            layout,
+            tables,
+        })
+    }
+
+    /// The bind group of a chunk.
+    pub(crate) fn bind_group(
+        &self,
+        ctx: &GpuContext,
+        ids: &wgpu::Buffer,
+        xyz: &wgpu::Buffer,
+        params: &wgpu::Buffer,
+    ) -> Result<wgpu::BindGroup> {
+        layout::bind_group(ctx, KERNEL, &self.layout, &[ids, &self.tables, xyz, params])
+    }
+
+    /// Records the embedding of `puzzles` puzzles.
+    pub(crate) fn record(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        bind_group: &wgpu::BindGroup,
+        puzzles: u32,
+    ) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, bind_group, &[0]);
+        pass.dispatch_workgroups(puzzles, 1, 1);
+    }
+}

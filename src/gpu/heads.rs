@@ -1,0 +1,87 @@
+//! The output heads after an ACT step (`shaders/heads.wgsl`).
+//!
+//! The CPU function it must equal is `CpuEngine::heads` (`src/cpu/mod.rs`).
+
+use crate::error::Result;
+use crate::model::TrmModel;
+
+use super::context::GpuContext;
+use super::layout::{self, Entry};
+
+const SOURCE: &str = include_str!("../../shaders/heads.wgsl");
+const KERNEL: &str = "heads.wgsl";
+
+/// The heads kernel of one model: `lm_head | q_head | q_head_bias` on the
+/// device.
+pub(crate) struct Heads {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+    weights: wgpu::Buffer,
+}
+
+impl Heads {
+    /// Uploads the head weights and builds the pipeline.
+    pub(crate) fn new(ctx: &GpuContext, model: &TrmModel) -> Result<Self> {
+        let config = model.config();
+        let w = model.weights();
+        let mut packed = w.lm_head.clone();
+        packed.extend_from_slice(&w.q_head_weight);
+        packed.extend_from_slice(&w.q_head_bias);
+        let weights = layout::upload_f32(ctx, "head weights", &packed)?;
+        let layout = layout::bind_group_layout(
+            ctx,
+            KERNEL,
+            &[
+                Entry::ReadOnly,
+                Entry::ReadOnly,
+                Entry::ReadWrite,
+                Entry::ReadOnly,
+                Entry::Params,
+            ],
+        )?;
+        let constants = [
+            ("S", config.state_len() as f64),
+            ("D", config.hidden_size as f64),
+            ("SEQ", config.seq_len as f64),
+            ("VOCAB", config.vocab_size as f64),
+            ("P", config.puzzle_emb_positions() as f64),
+        ];
+        let pipeline = layout::pipeline(ctx, KERNEL, SOURCE, &layout, &constants)?;
+        Ok(Heads {
+            pipeline,
+            layout,
+            weights,
+        })
+    }
+
+    /// The bind group of a chunk.
+    pub(crate) fn bind_group(
+        &self,
+        ctx: &GpuContext,
+        xyz: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        active: &wgpu::Buffer,
+        params: &wgpu::Buffer,
+    ) -> Result<wgpu::BindGroup> {
+        layout::bind_group(
+            ctx,
+            KERNEL,
+            &self.layout,
+            &[xyz, &self.weights, out, active, params],
+        )
+    }
+
+    /// Records the heads of `workgroups` active puzzles, reading y through
+    /// the parameter block at `params_offset`.
+    pub(crate) fn record(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        bind_group: &wgpu::BindGroup,
+        params_offset: u32,
+        workgroups: u32,
+    ) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, bind_group, &[params_offset]);
+        pass.dispatch_workgroups(workgroups, 1, 1);
+    }
+}

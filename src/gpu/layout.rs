@@ -1,0 +1,173 @@
+//! Small helpers shared by the kernels: buffers, bind group layouts, bind
+//! groups and pipelines, each created inside error scopes.
+
+use std::num::NonZeroU64;
+
+use crate::error::Result;
+
+use super::context::GpuContext;
+
+/// Parameters of one dispatch (`struct Params` of the kernels): which region
+/// of the state buffer is updated and which are injected.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct Params {
+    pub state_base: u32,
+    pub inj_a_base: u32,
+    pub inj_b_base: u32,
+    pub inject_sum: u32,
+    pub q_base: u32,
+    pub puzzle_stride: u32,
+    pub batch: u32,
+    pub _pad: u32,
+}
+
+/// Bytes of [`Params`].
+pub(crate) const PARAMS_BYTES: u64 = std::mem::size_of::<Params>() as u64;
+
+/// One binding of a kernel, in binding order.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Entry {
+    /// `var<storage, read>`
+    ReadOnly,
+    /// `var<storage, read_write>`
+    ReadWrite,
+    /// `var<uniform> params: Params`, with a dynamic offset.
+    Params,
+}
+
+/// Rounds a byte size up to 16 (and at least 16): every buffer of the
+/// engine can then be copied and mapped without alignment trouble.
+pub(crate) fn padded_size(bytes: u64) -> u64 {
+    bytes.max(16).div_ceil(16) * 16
+}
+
+/// A storage buffer holding `data` (at least 16 bytes).
+pub(crate) fn upload_f32(ctx: &GpuContext, label: &str, data: &[f32]) -> Result<wgpu::Buffer> {
+    let bytes: &[u8] = bytemuck::cast_slice(data);
+    let buffer = ctx.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: padded_size(bytes.len() as u64),
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })?;
+    ctx.scoped(&format!("uploading `{label}`"), || {
+        ctx.queue().write_buffer(&buffer, 0, bytes)
+    })?;
+    Ok(buffer)
+}
+
+/// A buffer of `bytes` (padded) with `usage`.
+pub(crate) fn buffer(
+    ctx: &GpuContext,
+    label: &str,
+    bytes: u64,
+    usage: wgpu::BufferUsages,
+) -> Result<wgpu::Buffer> {
+    ctx.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: padded_size(bytes),
+        usage,
+        mapped_at_creation: false,
+    })
+}
+
+/// The bind group layout of a kernel with `entries` at bindings 0, 1, ...
+pub(crate) fn bind_group_layout(
+    ctx: &GpuContext,
+    kernel: &'static str,
+    entries: &[Entry],
+) -> Result<wgpu::BindGroupLayout> {
+    ctx.layout(kernel, || create_bind_group_layout(ctx, kernel, entries))
+}
+
+fn create_bind_group_layout(
+    ctx: &GpuContext,
+    kernel: &str,
+    entries: &[Entry],
+) -> Result<wgpu::BindGroupLayout> {
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| wgpu::BindGroupLayoutEntry {
+            binding: i as u32,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: match entry {
+                Entry::ReadOnly | Entry::ReadWrite => wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage {
+                        read_only: matches!(entry, Entry::ReadOnly),
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                Entry::Params => wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: true,
+                    min_binding_size: NonZeroU64::new(PARAMS_BYTES),
+                },
+            },
+            count: None,
+        })
+        .collect();
+    ctx.scoped(&format!("bind group layout of {kernel}"), || {
+        ctx.device()
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(kernel),
+                entries: &entries,
+            })
+    })
+}
+
+/// A bind group of `buffers` at bindings 0, 1, ... (the parameter buffer
+/// bound as one [`Params`] block, chosen by the dynamic offset).
+pub(crate) fn bind_group(
+    ctx: &GpuContext,
+    kernel: &str,
+    layout: &wgpu::BindGroupLayout,
+    buffers: &[&wgpu::Buffer],
+) -> Result<wgpu::BindGroup> {
+    let last = buffers.len().saturating_sub(1);
+    let entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
+        .iter()
+        .enumerate()
+        .map(|(i, buffer)| wgpu::BindGroupEntry {
+            binding: i as u32,
+            resource: if i == last {
+                wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer,
+                    offset: 0,
+                    size: NonZeroU64::new(PARAMS_BYTES),
+                })
+            } else {
+                buffer.as_entire_binding()
+            },
+        })
+        .collect();
+    ctx.scoped(&format!("bind group of {kernel}"), || {
+        ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(kernel),
+            layout,
+            entries: &entries,
+        })
+    })
+}
+
+/// The pipeline of `kernel` with its layout and specialisation constants
+/// (cached in the context by kernel and constants).
+pub(crate) fn pipeline(
+    ctx: &GpuContext,
+    kernel: &'static str,
+    source: &str,
+    layout: &wgpu::BindGroupLayout,
+    constants: &[(&'static str, f64)],
+) -> Result<wgpu::ComputePipeline> {
+    let pipeline_layout = ctx.scoped(&format!("pipeline layout of {kernel}"), || {
+        ctx.device()
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(kernel),
+                bind_group_layouts: &[Some(layout)],
+                immediate_size: 0,
+            })
+    })?;
+    ctx.pipeline(kernel, source, &pipeline_layout, constants)
+}

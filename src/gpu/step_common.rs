@@ -1,0 +1,175 @@
+//! What the two recursion-step kernels share: the WGSL prelude
+//! `shaders/common/step_common.wgsl` (bindings, the tiled matrix product,
+//! the channel SwiGLU, the RMSNorm over D) and, on the Rust side, the
+//! pipeline with its common specialisation constants, the bind group and
+//! the recording of one step.
+//!
+//! WGSL has no includes: [`step_source!`] prepends the prelude to a
+//! kernel's own file at compile time, and nothing else assembles WGSL.
+
+use crate::config::TrmConfig;
+use crate::error::{Result, TrmError};
+
+use super::context::GpuContext;
+use super::layout::{self, Entry};
+
+/// The WGSL of a recursion-step kernel: `shaders/common/step_common.wgsl`
+/// followed by `shaders/$kernel`, concatenated at compile time.
+macro_rules! step_source {
+    ($kernel:literal) => {
+        concat!(
+            include_str!("../../shaders/common/step_common.wgsl"),
+            "\n// ---- end of shaders/common/step_common.wgsl; ",
+            $kernel,
+            " follows ----\n\n",
+            include_str!(concat!("../../shaders/", $kernel))
+        )
+    };
+}
+pub(crate) use step_source;
+
+/// Rounds up to a multiple of 4 (a vec4).
+pub(crate) fn pad4(n: usize) -> usize {
+    n.div_ceil(4) * 4
+}
+
+/// Appends the `[rows, cols]` matrix `data` to `packed`, every row padded
+/// with zeros to a multiple of 4 floats (the kernels read weights as vec4).
+pub(crate) fn push_rows(packed: &mut Vec<f32>, data: &[f32], cols: usize) {
+    let padded = pad4(cols);
+    for row in data.chunks_exact(cols.max(1)) {
+        packed.extend_from_slice(row);
+        packed.extend(std::iter::repeat_n(0.0, padded - cols));
+    }
+}
+
+/// Floats of the channel SwiGLU weights of one layer in the kernels'
+/// layout: `ch_gu [2CI, DP] | ch_dn [D, CI]`.
+pub(crate) fn channel_floats(config: &TrmConfig) -> usize {
+    let (d, ci) = (config.hidden_size, config.channel_inter());
+    2 * ci * pad4(d) + d * pad4(ci)
+}
+
+/// Depth of a tile step for `workgroup_bytes` of workgroup memory: 32
+/// (16 KiB) where the adapter has the WebGPU default, 16 (8 KiB) where it
+/// has less (Apple's 16352 bytes). 64 (32 KiB, half the barriers) measured
+/// no faster on lavapipe and costs occupancy on GPUs, so it is not used.
+pub(crate) fn tile_depth(workgroup_bytes: u32) -> Option<u32> {
+    [32u32, 16]
+        .into_iter()
+        .find(|tk| 2 * 64 * tk * 4 <= workgroup_bytes)
+}
+
+/// A recursion-step kernel of one model: its weights on the device and its
+/// pipeline. Both kernels bind `weights, xyz, scratch, active, params`.
+pub(crate) struct StepPipeline {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+    weights: wgpu::Buffer,
+}
+
+impl StepPipeline {
+    /// Uploads `packed` (the kernel's weight layout) and builds the pipeline
+    /// of `kernel` with the prelude's constants (S, D, DP, CI, L_LAYERS,
+    /// EPS, TK) followed by the kernel's own `constants`.
+    pub(crate) fn new(
+        ctx: &GpuContext,
+        config: &TrmConfig,
+        kernel: &'static str,
+        source: &'static str,
+        packed: &[f32],
+        constants: &[(&'static str, f64)],
+    ) -> Result<Self> {
+        let limits = ctx.limits();
+        let tile_depth =
+            tile_depth(limits.max_compute_workgroup_storage_size).ok_or_else(|| {
+                TrmError::AdapterUnsuitable {
+                    adapter: ctx.adapter_info().name.clone(),
+                    reason: "less than 8 KiB of workgroup memory".into(),
+                }
+            })?;
+        let weights = layout::upload_f32(ctx, &format!("{kernel} weights"), packed)?;
+        let layout = layout::bind_group_layout(
+            ctx,
+            kernel,
+            &[
+                Entry::ReadOnly,
+                Entry::ReadWrite,
+                Entry::ReadWrite,
+                Entry::ReadOnly,
+                Entry::Params,
+            ],
+        )?;
+        let (s, d) = (config.state_len(), config.hidden_size);
+        let mut all = vec![
+            ("S", s as f64),
+            ("D", d as f64),
+            ("DP", pad4(d) as f64),
+            ("CI", config.channel_inter() as f64),
+            ("L_LAYERS", config.l_layers as f64),
+            ("EPS", config.rms_norm_eps as f32 as f64),
+            ("TK", tile_depth as f64),
+        ];
+        all.extend_from_slice(constants);
+        let pipeline = layout::pipeline(ctx, kernel, source, &layout, &all)?;
+        Ok(StepPipeline {
+            pipeline,
+            layout,
+            weights,
+        })
+    }
+
+    /// The bind group of a chunk: its state, scratch, active list and
+    /// parameter blocks.
+    pub(crate) fn bind_group(
+        &self,
+        ctx: &GpuContext,
+        kernel: &str,
+        xyz: &wgpu::Buffer,
+        scratch: &wgpu::Buffer,
+        active: &wgpu::Buffer,
+        params: &wgpu::Buffer,
+    ) -> Result<wgpu::BindGroup> {
+        layout::bind_group(
+            ctx,
+            kernel,
+            &self.layout,
+            &[&self.weights, xyz, scratch, active, params],
+        )
+    }
+
+    /// Records one recursion step for `workgroups` active puzzles; the
+    /// parameter block at `params_offset` says which state is updated.
+    pub(crate) fn record(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        bind_group: &wgpu::BindGroup,
+        params_offset: u32,
+        workgroups: u32,
+    ) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, bind_group, &[params_offset]);
+        pass.dispatch_workgroups(workgroups, 1, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tile_depth_fits_workgroup_memory() {
+        assert_eq!(tile_depth(16384), Some(32));
+        assert_eq!(tile_depth(16352), Some(16));
+        assert_eq!(tile_depth(32768), Some(32));
+        assert_eq!(tile_depth(4096), None);
+    }
+
+    #[test]
+    fn kernels_start_with_the_prelude() {
+        const MIXER: &str = step_source!("mixer_step.wgsl");
+        assert!(MIXER.starts_with("// step_common.wgsl"));
+        assert!(MIXER.contains("\n// mixer_step.wgsl: "));
+        assert_eq!(MIXER.matches("fn product(").count(), 1);
+    }
+}

@@ -1,0 +1,196 @@
+//! Timing a run of recursion steps, for `trm bench` and the criterion
+//! benches: a unit finer than an ACT step, so that a software adapter
+//! (seconds per step at the official size) still gives a figure within a
+//! time box.
+//!
+//! The steps are recorded exactly as a solve records them (one fused
+//! dispatch each, in the ACT pattern: n z updates, then a y update) into one
+//! compute pass. Where the device has timestamp queries, the pass's start
+//! and end are stamped, so the GPU time excludes submission and the wait.
+
+use std::time::{Duration, Instant};
+
+use super::{Chunk, GpuEngine, Op};
+use crate::batch::PuzzleBatch;
+use crate::error::{Result, TrmError};
+use crate::solve::Carry;
+
+/// What [`GpuEngine::time_recursion_steps`] measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RecursionTiming {
+    /// Network calls timed (not multiplied by the batch).
+    pub steps: usize,
+    /// Puzzles that ran each step.
+    pub batch: usize,
+    /// Host time from submission to completion.
+    pub wall: Duration,
+    /// GPU time between the pass's start and end timestamps, where the
+    /// device has timestamp queries.
+    pub gpu: Option<Duration>,
+}
+
+impl RecursionTiming {
+    /// GPU time per recursion step (of the whole batch), where measured.
+    pub fn gpu_per_step(&self) -> Option<Duration> {
+        self.gpu.map(|t| t / self.steps.max(1) as u32)
+    }
+}
+
+/// Query set and buffers of the two timestamps of a pass.
+pub(super) struct Stamps {
+    set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    read: wgpu::Buffer,
+}
+
+impl Stamps {
+    /// The pass descriptor's writes: index 0 at the start, 1 at the end.
+    pub(super) fn pass_writes(&self) -> wgpu::ComputePassTimestampWrites<'_> {
+        wgpu::ComputePassTimestampWrites {
+            query_set: &self.set,
+            beginning_of_pass_write_index: Some(0),
+            end_of_pass_write_index: Some(1),
+        }
+    }
+
+    /// Resolves both stamps and copies them where the host can map them.
+    pub(super) fn resolve(&self, encoder: &mut wgpu::CommandEncoder) {
+        encoder.resolve_query_set(&self.set, 0..2, &self.resolve, 0);
+        encoder.copy_buffer_to_buffer(&self.resolve, 0, &self.read, 0, 16);
+    }
+}
+
+impl GpuEngine {
+    /// Runs `steps` network calls on `batch` (from its embedding and the
+    /// initial carry) and times them. Fails when the batch exceeds one chunk
+    /// of this device (time a smaller batch instead).
+    pub fn time_recursion_steps(
+        &mut self,
+        batch: &PuzzleBatch,
+        steps: usize,
+    ) -> Result<RecursionTiming> {
+        let config = self.model.config().clone();
+        let n = batch.len();
+        let capacity = self.chunk_capacity()?;
+        if n > capacity || n == 0 {
+            return Err(TrmError::Input(format!(
+                "timing runs one chunk: {n} puzzles given, this device holds 1 to {capacity}"
+            )));
+        }
+        self.ensure_chunk(n)?;
+        let Some(chunk) = self.chunk.take() else {
+            return Err(TrmError::Gpu("the chunk buffers are missing".into()));
+        };
+        let result = self.time_chunk(&chunk, batch, steps, &config);
+        self.chunk = Some(chunk);
+        result
+    }
+
+    fn time_chunk(
+        &mut self,
+        chunk: &Chunk,
+        batch: &PuzzleBatch,
+        steps: usize,
+        config: &crate::config::TrmConfig,
+    ) -> Result<RecursionTiming> {
+        let n = batch.len();
+        let cap = chunk.capacity as u64;
+        let sd = (config.state_len() * config.hidden_size) as u64;
+        let seq = config.seq_len as u64;
+        self.upload(&chunk.ids, 0, batch.tokens())?;
+        self.upload(&chunk.ids, cap * seq, batch.puzzle_ids())?;
+        let w = self.model.weights();
+        let init = Carry::initial(&w.h_init, &w.l_init, n, config.state_len());
+        self.upload(&chunk.xyz, cap * sd, &init.z_h)?;
+        self.upload(&chunk.xyz, 2 * cap * sd, &init.z_l)?;
+        let active: Vec<u32> = (0..n as u32).collect();
+        self.upload(&chunk.active, 0, &active)?;
+        // embed first, untimed
+        let mut ops = vec![Op::Embed(n as u32)];
+        let embedded = self.submit(chunk, &mut ops, &[])?;
+        self.ctx.wait(embedded)?;
+
+        let pattern = config.l_cycles + 1;
+        for i in 0..steps {
+            ops.push(Op::Step {
+                y_update: i % pattern == config.l_cycles,
+                workgroups: n as u32,
+            });
+        }
+        let stamps = self.stamps()?;
+        let start = Instant::now();
+        let submission = self.submit_with(chunk, &mut ops, &[], stamps.as_ref())?;
+        self.ctx.wait(submission)?;
+        let wall = start.elapsed();
+        let gpu = match &stamps {
+            Some(stamps) => Some(self.read_stamps(stamps)?),
+            None => None,
+        };
+        Ok(RecursionTiming {
+            steps,
+            batch: n,
+            wall,
+            gpu,
+        })
+    }
+
+    /// Timestamp queries, where the device has them.
+    fn stamps(&self) -> Result<Option<Stamps>> {
+        if !self
+            .ctx
+            .device()
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+        {
+            return Ok(None);
+        }
+        let device = self.ctx.device();
+        let set = self.ctx.scoped("creating timestamp queries", || {
+            device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("trm step timing"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            })
+        })?;
+        use wgpu::BufferUsages as U;
+        let resolve = self.ctx.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamps"),
+            size: 16,
+            usage: U::QUERY_RESOLVE | U::COPY_SRC,
+            mapped_at_creation: false,
+        })?;
+        let read = self.ctx.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamps read"),
+            size: 16,
+            usage: U::MAP_READ | U::COPY_DST,
+            mapped_at_creation: false,
+        })?;
+        Ok(Some(Stamps { set, resolve, read }))
+    }
+
+    fn read_stamps(&self, stamps: &Stamps) -> Result<Duration> {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        self.ctx.scoped("mapping the timestamps", || {
+            stamps.read.map_async(wgpu::MapMode::Read, 0..16, move |r| {
+                let _ = sender.send(r);
+            })
+        })?;
+        self.ctx.wait_idle()?;
+        match receiver.try_recv() {
+            Ok(Ok(())) => {}
+            _ => return Err(TrmError::Gpu("the timestamps could not be read".into())),
+        }
+        let ticks = {
+            let view = stamps
+                .read
+                .get_mapped_range(0..16)
+                .map_err(|e| TrmError::Gpu(format!("reading the timestamps: {e}")))?;
+            let start = u64::from_le_bytes(view[0..8].try_into().unwrap_or([0; 8]));
+            let end = u64::from_le_bytes(view[8..16].try_into().unwrap_or([0; 8]));
+            end.saturating_sub(start)
+        };
+        stamps.read.unmap();
+        let period = self.ctx.queue().get_timestamp_period() as f64;
+        Ok(Duration::from_secs_f64(ticks as f64 * period * 1e-9))
+    }
+}

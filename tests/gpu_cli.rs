@@ -1,0 +1,226 @@
+//! `trm run` on the GPU end to end: fresh random models of both variants
+//! (new weights every run; MLP-mixer, and attention with RoPE, learned and
+//! no positions) against the float64 implementation, with the counters of
+//! `--stats`; `--backend auto` and `gl`.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{assert_close, assert_close_floor, f64_reference, gpu, read_output_f32, temp_dir};
+use trm_wgpu::{PosEncodings, TrmConfig, TrmModel};
+
+const PUZZLES: usize = 3;
+const ACT_STEPS: usize = 2;
+
+fn trm(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(common::trm_bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("the trm binary runs")
+}
+
+/// Odd sizes: S = 17 + 2 = 19, D = 22, two layers, a puzzle embedding.
+fn config() -> TrmConfig {
+    TrmConfig::from_json(
+        r#"{"seq_len": 17, "vocab_size": 9, "num_puzzle_identifiers": 3,
+            "hidden_size": 22, "expansion": 3, "H_cycles": 2, "L_cycles": 2,
+            "L_layers": 2, "halt_max_steps": 2, "mlp_t": true,
+            "pos_encodings": "none", "puzzle_emb_ndim": 40, "puzzle_emb_len": 0}"#,
+    )
+    .unwrap()
+}
+
+/// `trm run --stats` with `backend`; returns the output file's bytes and
+/// the stats line.
+fn run(
+    dir: &Path,
+    model: &Path,
+    input: &Path,
+    backend: &str,
+    env: &[(&str, &str)],
+) -> (Vec<u8>, serde_json::Value) {
+    let output = dir.join(format!("out-{backend}.safetensors"));
+    let out = trm(
+        &[
+            "run",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--backend",
+            backend,
+            "--stats",
+        ],
+        env,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "trm run --backend {backend}: {}{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().unwrap_or("");
+    let stats: serde_json::Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("the last line is not one JSON object ({e}): {last}"));
+    eprintln!("{stats}");
+    (std::fs::read(&output).unwrap(), stats)
+}
+
+fn stat(stats: &serde_json::Value, name: &str) -> u64 {
+    stats[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("--stats lacks `{name}`: {stats}"))
+}
+
+/// Runs `model` (fresh weights) through `trm run --backend B --stats` for
+/// each of `backends` and checks every output against the float64
+/// implementation within 1e-5 relative L2, and the counters: one dispatch
+/// per recursion step plus the embedding and the heads, one submission,
+/// nothing read back beyond the outputs.
+fn run_gpu_against_float64(model: &TrmModel, seed: u64, tag: &str, backends: &[&str]) {
+    let dir = temp_dir(tag);
+    let (model_path, input_path, batch) =
+        common::write_run_case(&dir, model, PUZZLES, seed ^ 0x5eed);
+    let reference = f64_reference::solve(model, &batch, ACT_STEPS, false);
+    for backend in backends {
+        eprintln!("--backend {backend}");
+        let (bytes, stats) = run(&dir, &model_path, &input_path, backend, &[]);
+        check_against_float64(model, &reference, &bytes, &stats);
+    }
+}
+
+fn check_against_float64(
+    model: &TrmModel,
+    reference: &f64_reference::RefOutput,
+    bytes: &[u8],
+    stats: &serde_json::Value,
+) {
+    let c = model.config();
+    let (shape, logits) = read_output_f32(bytes, "logits");
+    assert_eq!(shape, vec![PUZZLES, c.seq_len, c.vocab_size]);
+    assert_close("logits", &logits, &reference.logits, 1e-5, 1e-4);
+    let (shape, z_h) = read_output_f32(bytes, "z_H");
+    assert_eq!(shape, vec![PUZZLES, c.state_len(), c.hidden_size]);
+    assert_close("z_H", &z_h, &reference.z_h, 1e-5, 1e-4);
+    assert_close(
+        "z_L",
+        &read_output_f32(bytes, "z_L").1,
+        &reference.z_l,
+        1e-5,
+        1e-4,
+    );
+    for name in ["q_halt_logits", "q_continue_logits"] {
+        let expected = if name == "q_halt_logits" {
+            &reference.q_halt_logits
+        } else {
+            &reference.q_continue_logits
+        };
+        assert_close_floor(
+            name,
+            &read_output_f32(bytes, name).1,
+            expected,
+            1e-5,
+            1e-4,
+            1.0,
+        );
+    }
+    assert_eq!(
+        read_output_f32(bytes, "steps").1,
+        vec![ACT_STEPS as f32; PUZZLES]
+    );
+
+    // one dispatch per recursion step, plus the embedding and the heads
+    let recursion_steps = (ACT_STEPS * c.h_cycles * (c.l_cycles + 1)) as u64;
+    assert_eq!(stats["engine"], "gpu");
+    assert_eq!(stat(stats, "recursion_steps"), recursion_steps);
+    assert_eq!(stat(stats, "dispatches"), recursion_steps + 2);
+    assert_eq!(stat(stats, "submits"), 1);
+    // nothing read back beyond the outputs
+    let outputs = PUZZLES * (c.seq_len * c.vocab_size + 2 + 2 * c.state_len() * c.hidden_size) * 4;
+    assert_eq!(stat(stats, "bytes_read_back"), outputs as u64);
+}
+
+#[test]
+fn run_gpu_matches_float64_with_one_dispatch_per_recursion_step() {
+    if gpu::context().is_none() {
+        return;
+    }
+    let seed = common::test_seed();
+    let model = TrmModel::random(config(), seed, 0.5).unwrap();
+    run_gpu_against_float64(&model, seed, "gpu-cli", &["gpu"]);
+}
+
+/// The attention variant with `pos`: S = 17 + 2 = 19 (a puzzle embedding of
+/// 40 zero-padded to 2 positions of 24), D = 24, two layers; 2 heads of 12
+/// with RoPE, 3 heads of 8 otherwise.
+fn attention_config(pos: PosEncodings) -> TrmConfig {
+    let mut c = config();
+    c.mlp_t = false;
+    c.hidden_size = 24;
+    c.num_heads = if pos == PosEncodings::Rope { 2 } else { 3 };
+    c.pos_encodings = pos;
+    c.validate().unwrap();
+    c
+}
+
+/// Fresh random attention models that no test has seen (new weights every
+/// run): RoPE, learned positions, none; the RoPE model also on GL
+/// (llvmpipe through EGL without a GPU), the other shader translation.
+#[test]
+fn run_gpu_attention_matches_float64_with_one_dispatch_per_recursion_step() {
+    if gpu::context().is_none() {
+        return;
+    }
+    for pos in [
+        PosEncodings::Rope,
+        PosEncodings::Learned,
+        PosEncodings::None,
+    ] {
+        let seed = common::test_seed();
+        eprintln!("attention, pos_encodings {}", pos.as_str());
+        let model = TrmModel::random(attention_config(pos), seed, 0.5).unwrap();
+        let backends: &[&str] = if pos == PosEncodings::Rope {
+            &["gpu", "gl"]
+        } else {
+            &["gpu"]
+        };
+        let tag = format!("gpu-cli-attention-{}", pos.as_str());
+        run_gpu_against_float64(&model, seed, &tag, backends);
+    }
+}
+
+/// `auto` takes the GPU when there is one; `gl` (llvmpipe through EGL on a
+/// machine without a GPU) gives the Vulkan answers.
+#[test]
+fn run_auto_and_gl_backends() {
+    if gpu::context().is_none() {
+        return;
+    }
+    let seed = common::test_seed();
+    let model = TrmModel::random(config(), seed, 0.5).unwrap();
+    let dir = temp_dir("gpu-cli-backends");
+    let (model_path, input_path, _) = common::write_run_case(&dir, &model, PUZZLES, seed);
+    let (vulkan, _) = run(&dir, &model_path, &input_path, "auto", &[]);
+    let (gl, stats) = run(&dir, &model_path, &input_path, "gl", &[]);
+    assert_eq!(stats["engine"], "gpu");
+    assert_eq!(stats["api"], "gl");
+    let (a, b) = (
+        read_output_f32(&vulkan, "logits").1,
+        read_output_f32(&gl, "logits").1,
+    );
+    assert_close("gl vs auto logits", &b, &a, 1e-5, 1e-4);
+    // WGPU_BACKEND picks the API of `--backend gpu`
+    let (_, stats) = run(
+        &dir,
+        &model_path,
+        &input_path,
+        "gpu",
+        &[("WGPU_BACKEND", "gl")],
+    );
+    assert_eq!(stats["api"], "gl");
+}
