@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod f64_reference;
+pub mod golden;
 pub mod gpu;
 pub mod gpu_checks;
 
