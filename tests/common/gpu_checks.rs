@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use super::{assert_close, assert_close_floor, gpu};
+use super::{assert_close, assert_close_floor, gpu, random_batch_from};
 use trm_wgpu::rng::SplitMix64;
 use trm_wgpu::{
     CpuEngine, Engine, GpuSchedule, LoadOptions, PuzzleBatch, SolveOptions, SolveOutput, Tensor,
@@ -54,14 +54,7 @@ pub fn compare(label: &str, gpu: &SolveOutput, cpu: &SolveOutput) {
 
 /// `puzzles` random puzzles (tokens and puzzle ids) from `seed`.
 pub fn random_batch(config: &TrmConfig, puzzles: usize, seed: u64) -> PuzzleBatch {
-    let mut rng = SplitMix64::new(seed ^ 0x5eed);
-    let tokens: Vec<i64> = (0..puzzles * config.seq_len)
-        .map(|_| rng.below(config.vocab_size as u64) as i64)
-        .collect();
-    let ids: Vec<i64> = (0..puzzles)
-        .map(|_| rng.below(config.num_puzzle_identifiers as u64) as i64)
-        .collect();
-    PuzzleBatch::new(config, &tokens, Some(&ids)).unwrap()
+    random_batch_from(&mut SplitMix64::new(seed ^ 0x5eed), config, puzzles)
 }
 
 /// A model whose q_head bias makes q_halt cross 0 at different ACT steps
