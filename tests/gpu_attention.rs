@@ -16,7 +16,7 @@ mod common;
 
 use common::golden::step_by_step;
 use common::gpu_checks::{
-    self, MAX_ABS, REL_L2, compare, cpu_solve, matches_the_cpu_engine, random_batch,
+    self, MAX_ABS, REL_L2, RandomModel, compare, cpu_solve, matches_the_cpu_engine, random_batch,
 };
 use common::{assert_close, f64_reference, gpu, load_case};
 use trm_wgpu::{Engine, PosEncodings, SolveOptions, SolveOutput, TrmConfig, TrmModel};
@@ -74,70 +74,20 @@ fn arc_att_learned_every_step_and_whole_solve() {
     );
 }
 
-/// A random attention configuration.
-struct Random {
-    seed: u64,
-    seq_len: usize,
-    hidden: usize,
-    heads: usize,
-    layers: usize,
-    batch: usize,
-    expansion: f64,
-    h_cycles: usize,
-    l_cycles: usize,
-    puzzle_emb_ndim: usize,
-    puzzle_ids: usize,
-    pos: PosEncodings,
-    act_steps: usize,
-}
-
-impl Random {
-    fn config(&self) -> TrmConfig {
-        TrmConfig::from_json(
-            &serde_json::json!({
-                "seq_len": self.seq_len,
-                "vocab_size": 7,
-                "num_puzzle_identifiers": self.puzzle_ids,
-                "hidden_size": self.hidden,
-                "num_heads": self.heads,
-                "expansion": self.expansion,
-                "H_cycles": self.h_cycles,
-                "L_cycles": self.l_cycles,
-                "L_layers": self.layers,
-                "halt_max_steps": self.act_steps,
-                "mlp_t": false,
-                "pos_encodings": self.pos.as_str(),
-                "puzzle_emb_ndim": self.puzzle_emb_ndim,
-                "puzzle_emb_len": 0,
-            })
-            .to_string(),
-        )
-        .unwrap()
-    }
-
-    fn model(&self) -> TrmModel {
-        TrmModel::random(self.config(), self.seed, 0.5).unwrap()
-    }
-
-    fn label(&self) -> String {
-        format!("seed {} config {}", self.seed, self.config().to_json())
-    }
-}
-
 /// Odd sizes: S and D not multiples of 4, 8 or 16; head widths odd (no
 /// RoPE), below TK, and above a 64-wide tile; 1, 2 and 4 heads; RoPE,
 /// learned and no positions; P = 0 and padded puzzle embeddings; 1 to 3
 /// layers; batches of 1 to 4. Few configurations: each is a pipeline to
 /// compile, seconds on lavapipe; the other tests reuse their shapes.
-fn random_configs() -> Vec<Random> {
+fn random_configs() -> Vec<RandomModel> {
     vec![
         // one head of 70 (above a 64-wide output block, not a multiple of
         // TK), D = 70 two column tiles, RoPE, P = 0, B = 1
-        Random {
+        RandomModel {
             seed: 41,
             seq_len: 13,
             hidden: 70,
-            heads: 1,
+            heads: Some(1),
             layers: 1,
             batch: 1,
             expansion: 4.0,
@@ -150,11 +100,11 @@ fn random_configs() -> Vec<Random> {
         },
         // 2 heads of 15 (odd), learned positions, P = ceil(50 / 30) = 2
         // (the embedding zero-padded from 50 to 60), S = 22
-        Random {
+        RandomModel {
             seed: 52,
             seq_len: 20,
             hidden: 30,
-            heads: 2,
+            heads: Some(2),
             layers: 2,
             batch: 3,
             expansion: 2.5,
@@ -166,11 +116,11 @@ fn random_configs() -> Vec<Random> {
             act_steps: 1,
         },
         // 4 heads of 5, no positions, three layers, S = 7 < a tile
-        Random {
+        RandomModel {
             seed: 63,
             seq_len: 7,
             hidden: 20,
-            heads: 4,
+            heads: Some(4),
             layers: 3,
             batch: 4,
             expansion: 1.0,
@@ -183,11 +133,11 @@ fn random_configs() -> Vec<Random> {
         },
         // 4 heads of 18, RoPE over 2 puzzle positions (140 padded to 144),
         // S = 69 two query and key tiles, D = 72 two column tiles
-        Random {
+        RandomModel {
             seed: 74,
             seq_len: 67,
             hidden: 72,
-            heads: 4,
+            heads: Some(4),
             layers: 2,
             batch: 2,
             expansion: 4.0,
@@ -208,10 +158,10 @@ fn random_configurations_match_the_cpu_engine() {
     for random in random_configs() {
         let label = random.label();
         eprintln!("{label}");
-        heads.push(random.heads);
+        heads.push(random.heads.unwrap());
         positions.push(random.pos);
         let model = random.model();
-        let batch = random_batch(model.config(), random.batch, random.seed);
+        let batch = random.batch();
         if !matches_the_cpu_engine(&label, &model, &batch) {
             return;
         }
@@ -233,11 +183,11 @@ fn random_configurations_match_the_cpu_engine() {
 /// kept small in D (16, 2 heads of 8) and in cycles so CI stays fast.
 #[test]
 fn long_sequence_walks_many_position_tiles() {
-    let random = Random {
+    let random = RandomModel {
         seed: 96,
         seq_len: 296,
         hidden: 16,
-        heads: 2,
+        heads: Some(2),
         layers: 1,
         batch: 2,
         expansion: 2.0,
@@ -252,7 +202,7 @@ fn long_sequence_walks_many_position_tiles() {
     let model = random.model();
     let config = model.config().clone();
     assert!(config.state_len() >= 256);
-    let batch = random_batch(&config, random.batch, random.seed);
+    let batch = random.batch();
     let options = SolveOptions::default();
     let want = cpu_solve(&model, &batch, &options);
     let Some(mut engine) = gpu::engine(&model) else {
@@ -276,8 +226,7 @@ fn apple_sized_workgroup_memory_takes_the_small_tiles() {
     // 4 heads of 18 (two score steps of 16), S = 69, D = 72
     let random = &random_configs()[3];
     let model = random.model();
-    let config = model.config().clone();
-    let batch = random_batch(&config, random.batch, random.seed);
+    let batch = random.batch();
     let options = SolveOptions::default();
     let want = cpu_solve(&model, &batch, &options);
     let mut engine = gpu::engine_on(&context, &model);

@@ -12,10 +12,10 @@ mod common;
 
 use common::golden::{check_carry, check_step, from_stored_carries, full_size_case, step_by_step};
 use common::gpu_checks::{
-    self, MAX_ABS, ONE_STEP_MAX_ABS, ONE_STEP_REL_L2, REL_L2, matches_the_cpu_engine, random_batch,
+    self, MAX_ABS, ONE_STEP_MAX_ABS, ONE_STEP_REL_L2, REL_L2, RandomModel, matches_the_cpu_engine,
 };
 use common::{assert_close, gpu, load_case};
-use trm_wgpu::{Engine, PuzzleBatch, SolveOptions, TrmConfig, TrmModel};
+use trm_wgpu::{Engine, PosEncodings, SolveOptions, TrmConfig};
 
 /// The Sudoku shapes at D = 64 (S = 97: two row tiles, a tail of 33),
 /// contractive weights. Steps 1 and 2 (two ACT steps in one solve); all 16
@@ -112,66 +112,15 @@ fn mlp_no_puzzle_emb_whole_solve() {
     );
 }
 
-/// A random MLP-mixer configuration.
-struct Random {
-    seed: u64,
-    seq_len: usize,
-    hidden: usize,
-    layers: usize,
-    batch: usize,
-    expansion: f64,
-    h_cycles: usize,
-    l_cycles: usize,
-    puzzle_emb_ndim: usize,
-    puzzle_ids: usize,
-    learned_positions: bool,
-    act_steps: usize,
-}
-
-impl Random {
-    fn config(&self) -> TrmConfig {
-        TrmConfig::from_json(
-            &serde_json::json!({
-                "seq_len": self.seq_len,
-                "vocab_size": 7,
-                "num_puzzle_identifiers": self.puzzle_ids,
-                "hidden_size": self.hidden,
-                "expansion": self.expansion,
-                "H_cycles": self.h_cycles,
-                "L_cycles": self.l_cycles,
-                "L_layers": self.layers,
-                "halt_max_steps": self.act_steps,
-                "mlp_t": true,
-                "pos_encodings": if self.learned_positions { "learned" } else { "none" },
-                "puzzle_emb_ndim": self.puzzle_emb_ndim,
-                "puzzle_emb_len": 0,
-            })
-            .to_string(),
-        )
-        .unwrap()
-    }
-
-    fn model(&self) -> TrmModel {
-        TrmModel::random(self.config(), self.seed, 0.5).unwrap()
-    }
-
-    fn batch(&self, config: &TrmConfig) -> PuzzleBatch {
-        random_batch(config, self.batch, self.seed)
-    }
-
-    fn label(&self) -> String {
-        format!("seed {} config {}", self.seed, self.config().to_json())
-    }
-}
-
 /// Odd sizes: S and D not multiples of 4, 8 or 16, below and above a tile;
 /// 1 to 3 layers; batches of 1 to 5; P = 0 and P > 0; learned positions.
-fn random_configs() -> Vec<Random> {
+fn random_configs() -> Vec<RandomModel> {
     vec![
-        Random {
+        RandomModel {
             seed: 11,
             seq_len: 13,
             hidden: 18,
+            heads: None,
             layers: 1,
             batch: 1,
             expansion: 4.0,
@@ -179,13 +128,14 @@ fn random_configs() -> Vec<Random> {
             l_cycles: 2,
             puzzle_emb_ndim: 0,
             puzzle_ids: 1,
-            learned_positions: false,
+            pos: PosEncodings::None,
             act_steps: 2,
         },
-        Random {
+        RandomModel {
             seed: 23,
             seq_len: 20,
             hidden: 30,
+            heads: None,
             layers: 2,
             batch: 3,
             expansion: 2.5,
@@ -194,13 +144,14 @@ fn random_configs() -> Vec<Random> {
             // P = ceil(50 / 30) = 2, S = 22
             puzzle_emb_ndim: 50,
             puzzle_ids: 4,
-            learned_positions: false,
+            pos: PosEncodings::None,
             act_steps: 1,
         },
-        Random {
+        RandomModel {
             seed: 5,
             seq_len: 7,
             hidden: 5,
+            heads: None,
             layers: 3,
             batch: 5,
             expansion: 1.0,
@@ -208,13 +159,14 @@ fn random_configs() -> Vec<Random> {
             l_cycles: 1,
             puzzle_emb_ndim: 0,
             puzzle_ids: 1,
-            learned_positions: false,
+            pos: PosEncodings::None,
             act_steps: 2,
         },
-        Random {
+        RandomModel {
             seed: 77,
             seq_len: 34,
             hidden: 66,
+            heads: None,
             layers: 2,
             batch: 2,
             expansion: 4.0,
@@ -223,7 +175,7 @@ fn random_configs() -> Vec<Random> {
             // P = 3, S = 37; D = 66 spans two column tiles
             puzzle_emb_ndim: 140,
             puzzle_ids: 3,
-            learned_positions: true,
+            pos: PosEncodings::Learned,
             act_steps: 1,
         },
     ]
@@ -235,7 +187,7 @@ fn random_configurations_match_the_cpu_engine() {
         let label = random.label();
         eprintln!("{label}");
         let model = random.model();
-        let batch = random.batch(model.config());
+        let batch = random.batch();
         if !matches_the_cpu_engine(&label, &model, &batch) {
             return;
         }

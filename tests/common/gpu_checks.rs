@@ -9,8 +9,8 @@ use std::sync::Arc;
 use super::{assert_close, assert_close_floor, gpu, random_batch_from};
 use trm_wgpu::rng::SplitMix64;
 use trm_wgpu::{
-    CpuEngine, Engine, GpuSchedule, LoadOptions, PuzzleBatch, SolveOptions, SolveOutput, Tensor,
-    TrmConfig, TrmModel,
+    CpuEngine, Engine, GpuSchedule, LoadOptions, PosEncodings, PuzzleBatch, SolveOptions,
+    SolveOutput, Tensor, TrmConfig, TrmModel,
 };
 
 /// Contractive weights: float32 implementations agree to about 1e-6.
@@ -55,6 +55,63 @@ pub fn compare(label: &str, gpu: &SolveOutput, cpu: &SolveOutput) {
 /// `puzzles` random puzzles (tokens and puzzle ids) from `seed`.
 pub fn random_batch(config: &TrmConfig, puzzles: usize, seed: u64) -> PuzzleBatch {
     random_batch_from(&mut SplitMix64::new(seed ^ 0x5eed), config, puzzles)
+}
+
+/// A random model of either variant with chosen sizes (the GPU tests pick
+/// odd ones), its batch size and the seed of both.
+pub struct RandomModel {
+    pub seed: u64,
+    pub seq_len: usize,
+    pub hidden: usize,
+    /// `Some(heads)`: the attention model with that many heads; `None`: the
+    /// MLP-mixer model.
+    pub heads: Option<usize>,
+    pub layers: usize,
+    pub batch: usize,
+    pub expansion: f64,
+    pub h_cycles: usize,
+    pub l_cycles: usize,
+    pub puzzle_emb_ndim: usize,
+    pub puzzle_ids: usize,
+    pub pos: PosEncodings,
+    pub act_steps: usize,
+}
+
+impl RandomModel {
+    pub fn config(&self) -> TrmConfig {
+        let mut json = serde_json::json!({
+            "seq_len": self.seq_len,
+            "vocab_size": 7,
+            "num_puzzle_identifiers": self.puzzle_ids,
+            "hidden_size": self.hidden,
+            "expansion": self.expansion,
+            "H_cycles": self.h_cycles,
+            "L_cycles": self.l_cycles,
+            "L_layers": self.layers,
+            "halt_max_steps": self.act_steps,
+            "mlp_t": self.heads.is_none(),
+            "pos_encodings": self.pos.as_str(),
+            "puzzle_emb_ndim": self.puzzle_emb_ndim,
+            "puzzle_emb_len": 0,
+        });
+        if let Some(heads) = self.heads {
+            json["num_heads"] = heads.into();
+        }
+        TrmConfig::from_json(&json.to_string()).unwrap()
+    }
+
+    pub fn model(&self) -> TrmModel {
+        TrmModel::random(self.config(), self.seed, 0.5).unwrap()
+    }
+
+    /// `batch` random puzzles from `seed`.
+    pub fn batch(&self) -> PuzzleBatch {
+        random_batch(&self.config(), self.batch, self.seed)
+    }
+
+    pub fn label(&self) -> String {
+        format!("seed {} config {}", self.seed, self.config().to_json())
+    }
 }
 
 /// A model whose q_head bias makes q_halt cross 0 at different ACT steps
