@@ -8,7 +8,9 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{assert_close, assert_close_floor, f64_reference, random_batch_from};
+use common::{
+    assert_close, assert_close_floor, f64_reference, one_act_step_at_a_time, random_batch_from,
+};
 use trm_wgpu::rng::SplitMix64;
 use trm_wgpu::{CpuEngine, Engine, PosEncodings, SolveOptions, TrmConfig, TrmModel};
 
@@ -153,19 +155,10 @@ fn early_halting_matches_float64() {
     let batch = random_batch_from(&mut rng, &config, 6);
     // q_halt of every puzzle after every step, from the engine step by step
     let mut engine = CpuEngine::new(Arc::new(model.clone())).unwrap();
-    let mut carry = None;
     let mut trajectory = Vec::new();
-    for _ in 0..config.halt_max_steps {
-        let out = engine
-            .solve_from(
-                &batch,
-                carry.as_ref(),
-                &SolveOptions::default().act_steps(1),
-            )
-            .unwrap();
-        trajectory.push(out.q_halt_logits.clone());
-        carry = Some(out.carry());
-    }
+    one_act_step_at_a_time(&mut engine, &batch, config.halt_max_steps, |_, out| {
+        trajectory.push(out.q_halt_logits.clone())
+    });
     // Shift the bias so that the median of step 2 sits at zero, nudged so
     // that no decision lies within rounding distance of zero.
     let mut step2 = trajectory[1].clone();

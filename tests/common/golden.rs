@@ -3,7 +3,7 @@
 //! ways of walking a case (from the engine's own carry, or from the stored
 //! carry of the step before).
 
-use super::{Case, assert_close, load_case_from, shared_dir};
+use super::{Case, assert_close, load_case_from, one_act_step_at_a_time, shared_dir};
 use trm_wgpu::{Carry, Engine, SolveOptions, SolveOutput};
 
 /// The logits and q logits of ACT step `step` against the golden case.
@@ -29,18 +29,9 @@ pub fn check_carry(case: &Case, out: &SolveOutput, rel: f64, abs: f64) {
 /// checking every step and the final carry; returns the last step's output.
 /// For contractive weights, where errors do not grow from step to step.
 pub fn step_by_step(engine: &mut impl Engine, case: &Case, rel: f64, abs: f64) -> SolveOutput {
-    let one = SolveOptions::default().act_steps(1);
-    let mut carry: Option<Carry> = None;
-    let mut last = None;
-    for step in 1..=case.steps {
-        let out = engine
-            .solve_from(&case.batch, carry.as_ref(), &one)
-            .unwrap();
-        check_step(case, &out, step, rel, abs);
-        carry = Some(out.carry());
-        last = Some(out);
-    }
-    let last = last.unwrap();
+    let last = one_act_step_at_a_time(engine, &case.batch, case.steps, |step, out| {
+        check_step(case, out, step, rel, abs)
+    });
     check_carry(case, &last, rel, abs);
     last
 }

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use super::{assert_close, assert_close_floor, gpu, random_batch_from};
+use super::{assert_close, assert_close_floor, gpu, one_act_step_at_a_time, random_batch_from};
 use trm_wgpu::rng::SplitMix64;
 use trm_wgpu::{
     CpuEngine, Engine, GpuSchedule, LoadOptions, PosEncodings, PuzzleBatch, SolveOptions,
@@ -119,20 +119,16 @@ impl RandomModel {
 /// trajectories.
 pub fn halting_model(base: &TrmModel, batch: &PuzzleBatch, steps: usize) -> (TrmModel, Vec<u32>) {
     let mut cpu = CpuEngine::new(Arc::new(base.clone())).unwrap();
-    let one = SolveOptions::default().act_steps(1);
-    let mut carry = None;
     let mut q = vec![]; // q[step][puzzle], without the bias
     let bias = base.weights().q_head_bias[0];
-    for _ in 0..steps {
-        let out = cpu.solve_from(batch, carry.as_ref(), &one).unwrap();
+    one_act_step_at_a_time(&mut cpu, batch, steps, |_, out| {
         q.push(
             out.q_halt_logits
                 .iter()
                 .map(|v| v - bias)
                 .collect::<Vec<f32>>(),
-        );
-        carry = Some(out.carry());
-    }
+        )
+    });
     let halting_steps = |b: f32| -> Vec<u32> {
         (0..batch.len())
             .map(|p| {

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use safetensors::SafeTensors;
 use safetensors::tensor::Dtype;
 use trm_wgpu::rng::SplitMix64;
-use trm_wgpu::{PuzzleBatch, TrmConfig, TrmModel};
+use trm_wgpu::{Carry, Engine, PuzzleBatch, SolveOptions, SolveOutput, TrmConfig, TrmModel};
 
 /// The repository root: where this crate was built, or the working
 /// directory when the test binary runs elsewhere (`bench/device.sh` carries
@@ -299,6 +299,28 @@ pub fn test_seed() -> u64 {
         });
     eprintln!("seed {seed} (replay with TRM_TEST_SEED={seed})");
     seed
+}
+
+/// Runs `steps` ACT steps of `batch` one solve each, every one from the
+/// carry the one before reached (the initial carry first), and calls
+/// `each(step, output)` with the step counted from 1; returns the last
+/// output.
+pub fn one_act_step_at_a_time(
+    engine: &mut impl Engine,
+    batch: &PuzzleBatch,
+    steps: usize,
+    mut each: impl FnMut(usize, &SolveOutput),
+) -> SolveOutput {
+    let one = SolveOptions::default().act_steps(1);
+    let mut carry: Option<Carry> = None;
+    let mut last = None;
+    for step in 1..=steps {
+        let out = engine.solve_from(batch, carry.as_ref(), &one).unwrap();
+        each(step, &out);
+        carry = Some(out.carry());
+        last = Some(out);
+    }
+    last.expect("at least one ACT step")
 }
 
 /// Random tokens `[puzzles, seq_len]`, then random puzzle ids `[puzzles]`,
