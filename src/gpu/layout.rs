@@ -227,3 +227,57 @@ fn pipeline(
     })?;
     ctx.pipeline(kernel, source, &pipeline_layout, constants)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// WGSL has no includes, so `embed.wgsl`, `heads.wgsl` and the step
+    /// prelude each declare `struct Params` themselves: every copy must be
+    /// [`Params`], field for field and in order.
+    #[test]
+    fn every_kernel_declares_the_rust_params() {
+        // naming every field: a field added to Params fails to compile here
+        let Params {
+            state_base: _,
+            inj_a_base: _,
+            inj_b_base: _,
+            inject_sum: _,
+            q_base: _,
+            puzzle_stride: _,
+            batch: _,
+            _pad: _,
+        } = Params::default();
+        let fields = [
+            "state_base",
+            "inj_a_base",
+            "inj_b_base",
+            "inject_sum",
+            "q_base",
+            "puzzle_stride",
+            "batch",
+            "_pad",
+        ];
+        assert_eq!(PARAMS_BYTES, 4 * fields.len() as u64);
+        let expected: Vec<String> = fields.iter().map(|f| format!("{f}: u32,")).collect();
+        for (kernel, source) in [
+            ("embed.wgsl", include_str!("../../shaders/embed.wgsl")),
+            ("heads.wgsl", include_str!("../../shaders/heads.wgsl")),
+            (
+                "common/step_common.wgsl",
+                include_str!("../../shaders/common/step_common.wgsl"),
+            ),
+        ] {
+            let (_, body) = source
+                .split_once("struct Params {")
+                .unwrap_or_else(|| panic!("{kernel} declares no struct Params"));
+            let (body, _) = body.split_once('}').unwrap();
+            let declared: Vec<String> = body
+                .lines()
+                .map(|line| line.split("//").next().unwrap().trim().to_string())
+                .filter(|line| !line.is_empty())
+                .collect();
+            assert_eq!(declared, expected, "struct Params of {kernel}");
+        }
+    }
+}
