@@ -20,7 +20,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{
+    BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
+};
 use trm_wgpu::rng::SplitMix64;
 use trm_wgpu::{
     CpuEngine, Engine, GpuContext, GpuEngine, GpuOptions, PuzzleBatch, SolveOptions, TrmConfig,
@@ -64,6 +67,28 @@ fn random_state(len: usize, seed: u64) -> Vec<f32> {
     (0..len).map(|_| rng.normal() as f32).collect()
 }
 
+/// A group `name` of one benchmark per batch size in [`BATCHES`], each
+/// counted as `calls_per_puzzle` network calls a puzzle, ten samples over
+/// `seconds`. `bench(group, batch)` prepares what the batch size needs (a
+/// batch, a warm-up) and adds its benchmark to the group.
+fn over_batches(
+    c: &mut Criterion,
+    name: &str,
+    seconds: u64,
+    calls_per_puzzle: u64,
+    mut bench: impl FnMut(&mut BenchmarkGroup<'_, WallTime>, usize),
+) {
+    let mut group = c.benchmark_group(name);
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(seconds));
+    for batch in BATCHES {
+        group.throughput(Throughput::Elements(batch as u64 * calls_per_puzzle));
+        bench(&mut group, batch);
+    }
+    group.finish();
+}
+
 fn cpu(c: &mut Criterion) {
     let full = Arc::new(TrmModel::random(TrmConfig::sudoku_extreme(), 1, 1.0).expect("model"));
     let small = Arc::new(TrmModel::random(small_config(), 2, 0.5).expect("model"));
@@ -72,29 +97,18 @@ fn cpu(c: &mut Criterion) {
     let sd = config.state_len() * config.hidden_size;
     let steps_per_act = config.recursion_steps_per_act_step() as u64;
 
-    let mut group = c.benchmark_group("cpu/recursion_step");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(5));
-    for batch in BATCHES {
+    over_batches(c, "cpu/recursion_step", 5, 1, |group, batch| {
         let injection = random_state(batch * sd, 3);
         let mut state = random_state(batch * sd, 4);
-        group.throughput(Throughput::Elements(batch as u64));
         group.bench_function(BenchmarkId::from_parameter(batch), |b| {
             b.iter(|| engine.recursion_step(&mut state, &injection).expect("step"))
         });
-    }
-    group.finish();
+    });
 
     let mut engine = CpuEngine::new(full).expect("engine");
-    let mut group = c.benchmark_group("cpu/act_step");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(10));
-    for batch in BATCHES {
+    over_batches(c, "cpu/act_step", 10, steps_per_act, |group, batch| {
         let puzzles = random_batch(&config, batch);
         let one = SolveOptions::default().act_steps(1);
-        group.throughput(Throughput::Elements(batch as u64 * steps_per_act));
         group.bench_function(BenchmarkId::from_parameter(batch), |b| {
             b.iter_custom(|iters| {
                 let start = Instant::now();
@@ -104,19 +118,13 @@ fn cpu(c: &mut Criterion) {
                 start.elapsed()
             })
         });
-    }
-    group.finish();
+    });
 
     let mut engine = CpuEngine::new(small.clone()).expect("engine");
     let config = small.config().clone();
-    let mut group = c.benchmark_group("cpu/solve_d64");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(10));
-    for batch in BATCHES {
+    let steps = config.halt_max_steps as u64 * steps_per_act;
+    over_batches(c, "cpu/solve_d64", 10, steps, |group, batch| {
         let puzzles = random_batch(&config, batch);
-        let steps = config.halt_max_steps as u64 * steps_per_act;
-        group.throughput(Throughput::Elements(batch as u64 * steps));
         group.bench_function(BenchmarkId::from_parameter(batch), |b| {
             b.iter(|| {
                 engine
@@ -124,8 +132,7 @@ fn cpu(c: &mut Criterion) {
                     .expect("solve")
             })
         });
-    }
-    group.finish();
+    });
 }
 
 fn gpu(c: &mut Criterion) {
@@ -150,14 +157,9 @@ fn gpu(c: &mut Criterion) {
     let mut engine = GpuEngine::new(&context, model).expect("engine");
     let steps_per_act = step_config.recursion_steps_per_act_step() as u64;
 
-    let mut group = c.benchmark_group("gpu/recursion_step");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(5));
-    for batch in BATCHES {
+    over_batches(c, "gpu/recursion_step", 5, 1, |group, batch| {
         let puzzles = random_batch(&step_config, batch);
         engine.time_recursion_steps(&puzzles, 1).expect("warm-up");
-        group.throughput(Throughput::Elements(batch as u64));
         group.bench_function(BenchmarkId::from_parameter(batch), |b| {
             b.iter_custom(|iters| {
                 engine
@@ -166,41 +168,30 @@ fn gpu(c: &mut Criterion) {
                     .wall
             })
         });
-    }
-    group.finish();
+    });
 
-    let mut group = c.benchmark_group("gpu/act_step");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(10));
-    for batch in BATCHES {
+    over_batches(c, "gpu/act_step", 10, steps_per_act, |group, batch| {
         let puzzles = random_batch(&step_config, batch);
         let one = SolveOptions::default().act_steps(1);
         engine.solve(&puzzles, &one).expect("warm-up");
-        group.throughput(Throughput::Elements(batch as u64 * steps_per_act));
         group.bench_function(BenchmarkId::from_parameter(batch), |b| {
             b.iter(|| engine.solve(&puzzles, &one).expect("solve"))
         });
-    }
-    group.finish();
+    });
 
     let model = Arc::new(TrmModel::random(solve_config.clone(), 2, 0.5).expect("model"));
     let mut engine = GpuEngine::new(&context, model).expect("engine");
-    let mut group = c.benchmark_group(if software {
+    let name = if software {
         "gpu/solve_tiny"
     } else {
         "gpu/solve_d64"
-    });
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(10));
-    for batch in BATCHES {
+    };
+    let steps = solve_config.halt_max_steps as u64 * steps_per_act;
+    over_batches(c, name, 10, steps, |group, batch| {
         let puzzles = random_batch(&solve_config, batch);
-        let steps = solve_config.halt_max_steps as u64 * steps_per_act;
         engine
             .solve(&puzzles, &SolveOptions::default())
             .expect("warm-up");
-        group.throughput(Throughput::Elements(batch as u64 * steps));
         group.bench_function(BenchmarkId::from_parameter(batch), |b| {
             b.iter(|| {
                 engine
@@ -208,8 +199,7 @@ fn gpu(c: &mut Criterion) {
                     .expect("solve")
             })
         });
-    }
-    group.finish();
+    });
 }
 
 criterion_group!(benches, cpu, gpu);

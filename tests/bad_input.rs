@@ -35,6 +35,19 @@ fn load(bytes: &[u8]) -> Result<TrmModel, TrmError> {
     TrmModel::from_safetensors_bytes(bytes, "test", &LoadOptions::default(), None)
 }
 
+/// Loads `tensors` saved with the small configuration.
+fn load_tensors(tensors: &[RawTensor]) -> Result<TrmModel, TrmError> {
+    load(&model_bytes(tensors, &small_config().to_json()))
+}
+
+/// The tensors of [`model`], the one named `name` changed by `edit`.
+fn with_tensor(name: &str, edit: impl FnOnce(&mut RawTensor)) -> Vec<RawTensor> {
+    let mut tensors = raw_tensors(&model());
+    let t = tensors.iter_mut().find(|t| t.name == name).unwrap();
+    edit(t);
+    tensors
+}
+
 #[test]
 fn a_valid_file_round_trips() {
     let m = model();
@@ -108,7 +121,7 @@ fn missing_tensor() {
         .into_iter()
         .filter(|t| t.name != "inner.L_level.layers.1.mlp.down_proj.weight")
         .collect();
-    let err = load(&model_bytes(&tensors, &small_config().to_json())).unwrap_err();
+    let err = load_tensors(&tensors).unwrap_err();
     match err {
         TrmError::MissingTensor { name, expected } => {
             assert_eq!(name, "inner.L_level.layers.1.mlp.down_proj.weight");
@@ -120,13 +133,10 @@ fn missing_tensor() {
 
 #[test]
 fn misshapen_tensor() {
-    let mut tensors = raw_tensors(&model());
-    let t = tensors
-        .iter_mut()
-        .find(|t| t.name == "inner.lm_head.weight")
-        .unwrap();
-    t.shape = vec![12, 6]; // transposed
-    let err = load(&model_bytes(&tensors, &small_config().to_json())).unwrap_err();
+    let tensors = with_tensor("inner.lm_head.weight", |t| {
+        t.shape = vec![12, 6]; // transposed
+    });
+    let err = load_tensors(&tensors).unwrap_err();
     assert!(
         matches!(err, TrmError::TensorShape { ref name, .. } if name == "inner.lm_head.weight"),
         "{err}"
@@ -209,7 +219,7 @@ fn prefixed_and_half_precision_tensors_load() {
             }
         })
         .collect();
-    let loaded = load(&model_bytes(&tensors, &small_config().to_json())).unwrap();
+    let loaded = load_tensors(&tensors).unwrap();
     let expected: Vec<f32> = m
         .weights()
         .h_init
@@ -236,27 +246,21 @@ fn duplicate_names_after_prefix_stripping() {
         &vec![0.0; t.bytes.len() / 4],
     );
     tensors.push(dup);
-    let err = load(&model_bytes(&tensors, &small_config().to_json())).unwrap_err();
+    let err = load_tensors(&tensors).unwrap_err();
     assert!(matches!(err, TrmError::DuplicateTensor { .. }), "{err}");
 }
 
 #[test]
 fn integer_or_non_finite_weights() {
-    let mut tensors = raw_tensors(&model());
-    let t = tensors
-        .iter_mut()
-        .find(|t| t.name == "inner.q_head.bias")
-        .unwrap();
-    *t = RawTensor::i32("inner.q_head.bias", vec![2], &[1, 2]);
-    let err = load(&model_bytes(&tensors, &small_config().to_json())).unwrap_err();
+    let tensors = with_tensor("inner.q_head.bias", |t| {
+        *t = RawTensor::i32("inner.q_head.bias", vec![2], &[1, 2]);
+    });
+    let err = load_tensors(&tensors).unwrap_err();
     assert!(matches!(err, TrmError::TensorDtype { .. }), "{err}");
-    let mut tensors = raw_tensors(&model());
-    let t = tensors
-        .iter_mut()
-        .find(|t| t.name == "inner.q_head.bias")
-        .unwrap();
-    *t = RawTensor::f32("inner.q_head.bias", vec![2], &[1.0, f32::NAN]);
-    let err = load(&model_bytes(&tensors, &small_config().to_json())).unwrap_err();
+    let tensors = with_tensor("inner.q_head.bias", |t| {
+        *t = RawTensor::f32("inner.q_head.bias", vec![2], &[1.0, f32::NAN]);
+    });
+    let err = load_tensors(&tensors).unwrap_err();
     assert!(matches!(err, TrmError::NonFinite { index: 1, .. }), "{err}");
 }
 

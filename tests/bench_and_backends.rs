@@ -36,10 +36,8 @@ fn small_model() -> TrmModel {
 }
 
 fn batch(config: &TrmConfig, n: usize) -> PuzzleBatch {
-    let mut rng = SplitMix64::new(9);
-    let tokens: Vec<i64> = (0..n * config.seq_len)
-        .map(|_| rng.below(config.vocab_size as u64) as i64)
-        .collect();
+    // no puzzle ids: every puzzle is puzzle 0
+    let (tokens, _) = common::random_inputs(&mut SplitMix64::new(9), config, n);
     PuzzleBatch::new(config, &tokens, None).unwrap()
 }
 

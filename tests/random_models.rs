@@ -8,9 +8,11 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{assert_close, assert_close_floor, f64_reference};
+use common::{
+    assert_close, assert_close_floor, f64_reference, one_act_step_at_a_time, random_batch_from,
+};
 use trm_wgpu::rng::SplitMix64;
-use trm_wgpu::{CpuEngine, Engine, PosEncodings, PuzzleBatch, SolveOptions, TrmConfig, TrmModel};
+use trm_wgpu::{CpuEngine, Engine, PosEncodings, SolveOptions, TrmConfig, TrmModel};
 
 /// Agreement demanded with the float64 implementation.
 const REL_L2: f64 = 1e-5;
@@ -70,16 +72,6 @@ fn random_config(
     config
 }
 
-fn random_batch(rng: &mut SplitMix64, config: &TrmConfig, batch: usize) -> PuzzleBatch {
-    let tokens: Vec<i64> = (0..batch * config.seq_len)
-        .map(|_| rng.below(config.vocab_size as u64) as i64)
-        .collect();
-    let ids: Vec<i64> = (0..batch)
-        .map(|_| rng.below(config.num_puzzle_identifiers as u64) as i64)
-        .collect();
-    PuzzleBatch::new(config, &tokens, Some(&ids)).unwrap()
-}
-
 /// Every variant: the CPU engine matches float64 on logits, q logits and the
 /// final carry.
 fn check_variant(mlp_t: bool, pos: PosEncodings, puzzle_emb: bool) {
@@ -89,7 +81,7 @@ fn check_variant(mlp_t: bool, pos: PosEncodings, puzzle_emb: bool) {
     eprintln!("{config:?}");
     let model = TrmModel::random(config.clone(), rng.next_u64(), 0.5).unwrap();
     let batch_size = 1 + rng.below(4) as usize;
-    let batch = random_batch(&mut rng, &config, batch_size);
+    let batch = random_batch_from(&mut rng, &config, batch_size);
     let reference = f64_reference::solve(&model, &batch, 2, false);
     let mut engine = CpuEngine::new(Arc::new(model)).unwrap();
     let out = engine.solve(&batch, &SolveOptions::default()).unwrap();
@@ -160,22 +152,13 @@ fn early_halting_matches_float64() {
     let mut config = random_config(&mut rng, true, PosEncodings::None, true);
     config.halt_max_steps = 4;
     let model = TrmModel::random(config.clone(), rng.next_u64(), 0.5).unwrap();
-    let batch = random_batch(&mut rng, &config, 6);
+    let batch = random_batch_from(&mut rng, &config, 6);
     // q_halt of every puzzle after every step, from the engine step by step
     let mut engine = CpuEngine::new(Arc::new(model.clone())).unwrap();
-    let mut carry = None;
     let mut trajectory = Vec::new();
-    for _ in 0..config.halt_max_steps {
-        let out = engine
-            .solve_from(
-                &batch,
-                carry.as_ref(),
-                &SolveOptions::default().act_steps(1),
-            )
-            .unwrap();
-        trajectory.push(out.q_halt_logits.clone());
-        carry = Some(out.carry());
-    }
+    one_act_step_at_a_time(&mut engine, &batch, config.halt_max_steps, |_, out| {
+        trajectory.push(out.q_halt_logits.clone())
+    });
     // Shift the bias so that the median of step 2 sits at zero, nudged so
     // that no decision lies within rounding distance of zero.
     let mut step2 = trajectory[1].clone();
@@ -231,7 +214,7 @@ fn recursion_steps_compose_into_an_act_step() {
     let mlp_t = rng.below(2) == 0;
     let config = random_config(&mut rng, mlp_t, PosEncodings::None, true);
     let model = Arc::new(TrmModel::random(config.clone(), rng.next_u64(), 0.5).unwrap());
-    let batch = random_batch(&mut rng, &config, 3);
+    let batch = random_batch_from(&mut rng, &config, 3);
     let mut engine = CpuEngine::new(model.clone()).unwrap();
     let out = engine
         .solve(&batch, &SolveOptions::default().act_steps(1))

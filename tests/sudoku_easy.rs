@@ -9,10 +9,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use common::assert_close_floor;
+use common::{assert_close_floor, one_act_step_at_a_time};
 use safetensors::SafeTensors;
 use trm_wgpu::tasks::sudoku::Grid;
-use trm_wgpu::{Carry, CpuEngine, Engine, PuzzleBatch, SolveOptions, TrmModel};
+use trm_wgpu::{CpuEngine, PuzzleBatch, TrmModel};
 
 fn data(file: &str) -> PathBuf {
     common::repo_dir().join("data/sudoku-easy").join(file)
@@ -65,15 +65,7 @@ fn cpu_answers_equal_pytorch_at_every_act_step() {
     let rates = readme_valid_rates();
 
     let mut engine = CpuEngine::new(model).unwrap();
-    let mut carry: Option<Carry> = None;
-    for step in 1..=16 {
-        let out = engine
-            .solve_from(
-                &batch,
-                carry.as_ref(),
-                &SolveOptions::default().act_steps(1),
-            )
-            .unwrap();
+    one_act_step_at_a_time(&mut engine, &batch, 16, |step, out| {
         let expected: Vec<u32> = reference[&format!("answer.step{step}")]
             .iter()
             .map(|&t| t as u32)
@@ -105,6 +97,5 @@ fn cpu_answers_equal_pytorch_at_every_act_step() {
             rates[step - 1],
             "step {step}: valid-solution rate differs from the model's README"
         );
-        carry = Some(out.carry());
-    }
+    });
 }

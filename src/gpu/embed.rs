@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::model::TrmModel;
 
 use super::context::GpuContext;
-use super::layout::{self, Entry};
+use super::layout::{self, Entry, Kernel};
 
 const SOURCE: &str = include_str!("../../shaders/embed.wgsl");
 const KERNEL: &str = "embed.wgsl";
@@ -17,8 +17,7 @@ const LEARNED_POS_SCALE: f32 = std::f32::consts::FRAC_1_SQRT_2;
 
 /// The embedding kernel of one model: its tables on the device.
 pub(crate) struct Embed {
-    pipeline: wgpu::ComputePipeline,
-    layout: wgpu::BindGroupLayout,
+    kernel: Kernel,
     tables: wgpu::Buffer,
 }
 
@@ -37,16 +36,13 @@ impl Embed {
             tables.extend_from_slice(p);
         }
         let tables = layout::upload_f32(ctx, "embedding tables", &tables)?;
-        let layout = layout::bind_group_layout(
-            ctx,
-            KERNEL,
-            &[
-                Entry::ReadOnly,
-                Entry::ReadOnly,
-                Entry::ReadWrite,
-                Entry::Params,
-            ],
-        )?;
+        // ids, tables, xyz, params
+        let entries = [
+            Entry::ReadOnly,
+            Entry::ReadOnly,
+            Entry::ReadWrite,
+            Entry::Params,
+        ];
         let constants = [
             ("S", config.state_len() as f64),
             ("D", config.hidden_size as f64),
@@ -59,12 +55,8 @@ impl Embed {
             ("SCALE", (config.hidden_size as f32).sqrt() as f64),
             ("POS_SCALE", LEARNED_POS_SCALE as f64),
         ];
-        let pipeline = layout::pipeline(ctx, KERNEL, SOURCE, &layout, &constants)?;
-        Ok(Embed {
-            pipeline,
-            layout,
-            tables,
-        })
+        let kernel = Kernel::new(ctx, KERNEL, SOURCE, &entries, &constants)?;
+        Ok(Embed { kernel, tables })
     }
 
     /// The bind group of a chunk.
@@ -75,7 +67,8 @@ impl Embed {
         xyz: &wgpu::Buffer,
         params: &wgpu::Buffer,
     ) -> Result<wgpu::BindGroup> {
-        layout::bind_group(ctx, KERNEL, &self.layout, &[ids, &self.tables, xyz, params])
+        self.kernel
+            .bind_group(ctx, &[ids, &self.tables, xyz, params])
     }
 
     /// Records the embedding of `puzzles` puzzles.
@@ -85,8 +78,6 @@ impl Embed {
         bind_group: &wgpu::BindGroup,
         puzzles: u32,
     ) {
-        pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, bind_group, &[0]);
-        pass.dispatch_workgroups(puzzles, 1, 1);
+        self.kernel.record(pass, bind_group, 0, puzzles);
     }
 }

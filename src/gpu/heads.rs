@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::model::TrmModel;
 
 use super::context::GpuContext;
-use super::layout::{self, Entry};
+use super::layout::{self, Entry, Kernel};
 
 const SOURCE: &str = include_str!("../../shaders/heads.wgsl");
 const KERNEL: &str = "heads.wgsl";
@@ -14,8 +14,7 @@ const KERNEL: &str = "heads.wgsl";
 /// The heads kernel of one model: `lm_head | q_head | q_head_bias` on the
 /// device.
 pub(crate) struct Heads {
-    pipeline: wgpu::ComputePipeline,
-    layout: wgpu::BindGroupLayout,
+    kernel: Kernel,
     weights: wgpu::Buffer,
 }
 
@@ -28,17 +27,14 @@ impl Heads {
         packed.extend_from_slice(&w.q_head_weight);
         packed.extend_from_slice(&w.q_head_bias);
         let weights = layout::upload_f32(ctx, "head weights", &packed)?;
-        let layout = layout::bind_group_layout(
-            ctx,
-            KERNEL,
-            &[
-                Entry::ReadOnly,
-                Entry::ReadOnly,
-                Entry::ReadWrite,
-                Entry::ReadOnly,
-                Entry::Params,
-            ],
-        )?;
+        // xyz, weights, out, active, params
+        let entries = [
+            Entry::ReadOnly,
+            Entry::ReadOnly,
+            Entry::ReadWrite,
+            Entry::ReadOnly,
+            Entry::Params,
+        ];
         let constants = [
             ("S", config.state_len() as f64),
             ("D", config.hidden_size as f64),
@@ -46,12 +42,8 @@ impl Heads {
             ("VOCAB", config.vocab_size as f64),
             ("P", config.puzzle_emb_positions() as f64),
         ];
-        let pipeline = layout::pipeline(ctx, KERNEL, SOURCE, &layout, &constants)?;
-        Ok(Heads {
-            pipeline,
-            layout,
-            weights,
-        })
+        let kernel = Kernel::new(ctx, KERNEL, SOURCE, &entries, &constants)?;
+        Ok(Heads { kernel, weights })
     }
 
     /// The bind group of a chunk.
@@ -63,12 +55,8 @@ impl Heads {
         active: &wgpu::Buffer,
         params: &wgpu::Buffer,
     ) -> Result<wgpu::BindGroup> {
-        layout::bind_group(
-            ctx,
-            KERNEL,
-            &self.layout,
-            &[xyz, &self.weights, out, active, params],
-        )
+        self.kernel
+            .bind_group(ctx, &[xyz, &self.weights, out, active, params])
     }
 
     /// Records the heads of `workgroups` active puzzles, reading y through
@@ -80,8 +68,7 @@ impl Heads {
         params_offset: u32,
         workgroups: u32,
     ) {
-        pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, bind_group, &[params_offset]);
-        pass.dispatch_workgroups(workgroups, 1, 1);
+        self.kernel
+            .record(pass, bind_group, params_offset, workgroups);
     }
 }

@@ -1,5 +1,6 @@
-//! Small helpers shared by the kernels: buffers, bind group layouts, bind
-//! groups and pipelines, each created inside error scopes.
+//! Small helpers shared by the kernels: buffers, and a [`Kernel`] (the
+//! pipeline, bind group layout and bind groups every kernel builds the same
+//! way), each created inside error scopes.
 
 use std::num::NonZeroU64;
 
@@ -72,8 +73,63 @@ pub(crate) fn buffer(
     })
 }
 
+/// The compute pipeline of one kernel with its bind group layout: what each
+/// kernel's file builds from its WGSL, its bindings and its specialisation
+/// constants, then binds and records the same way.
+pub(crate) struct Kernel {
+    /// Name of the kernel (pipeline cache, labels, error messages).
+    name: &'static str,
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+}
+
+impl Kernel {
+    /// The pipeline of `name` from `source`, binding `entries` at bindings
+    /// 0, 1, ... (the last one the parameter block), with its specialisation
+    /// `constants` (pipelines and layouts are cached in the context).
+    pub(crate) fn new(
+        ctx: &GpuContext,
+        name: &'static str,
+        source: &str,
+        entries: &[Entry],
+        constants: &[(&'static str, f64)],
+    ) -> Result<Self> {
+        let layout = bind_group_layout(ctx, name, entries)?;
+        let pipeline = pipeline(ctx, name, source, &layout, constants)?;
+        Ok(Kernel {
+            name,
+            pipeline,
+            layout,
+        })
+    }
+
+    /// A bind group of `buffers` at bindings 0, 1, ..., in the order of the
+    /// entries (the parameter buffer last).
+    pub(crate) fn bind_group(
+        &self,
+        ctx: &GpuContext,
+        buffers: &[&wgpu::Buffer],
+    ) -> Result<wgpu::BindGroup> {
+        bind_group(ctx, self.name, &self.layout, buffers)
+    }
+
+    /// Records one dispatch of `workgroups` workgroups, reading the
+    /// parameter block at `params_offset`.
+    pub(crate) fn record(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        bind_group: &wgpu::BindGroup,
+        params_offset: u32,
+        workgroups: u32,
+    ) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, bind_group, &[params_offset]);
+        pass.dispatch_workgroups(workgroups, 1, 1);
+    }
+}
+
 /// The bind group layout of a kernel with `entries` at bindings 0, 1, ...
-pub(crate) fn bind_group_layout(
+fn bind_group_layout(
     ctx: &GpuContext,
     kernel: &'static str,
     entries: &[Entry],
@@ -120,7 +176,7 @@ fn create_bind_group_layout(
 
 /// A bind group of `buffers` at bindings 0, 1, ... (the parameter buffer
 /// bound as one [`Params`] block, chosen by the dynamic offset).
-pub(crate) fn bind_group(
+fn bind_group(
     ctx: &GpuContext,
     kernel: &str,
     layout: &wgpu::BindGroupLayout,
@@ -154,7 +210,7 @@ pub(crate) fn bind_group(
 
 /// The pipeline of `kernel` with its layout and specialisation constants
 /// (cached in the context by kernel and constants).
-pub(crate) fn pipeline(
+fn pipeline(
     ctx: &GpuContext,
     kernel: &'static str,
     source: &str,
@@ -170,4 +226,58 @@ pub(crate) fn pipeline(
             })
     })?;
     ctx.pipeline(kernel, source, &pipeline_layout, constants)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// WGSL has no includes, so `embed.wgsl`, `heads.wgsl` and the step
+    /// prelude each declare `struct Params` themselves: every copy must be
+    /// [`Params`], field for field and in order.
+    #[test]
+    fn every_kernel_declares_the_rust_params() {
+        // naming every field: a field added to Params fails to compile here
+        let Params {
+            state_base: _,
+            inj_a_base: _,
+            inj_b_base: _,
+            inject_sum: _,
+            q_base: _,
+            puzzle_stride: _,
+            batch: _,
+            _pad: _,
+        } = Params::default();
+        let fields = [
+            "state_base",
+            "inj_a_base",
+            "inj_b_base",
+            "inject_sum",
+            "q_base",
+            "puzzle_stride",
+            "batch",
+            "_pad",
+        ];
+        assert_eq!(PARAMS_BYTES, 4 * fields.len() as u64);
+        let expected: Vec<String> = fields.iter().map(|f| format!("{f}: u32,")).collect();
+        for (kernel, source) in [
+            ("embed.wgsl", include_str!("../../shaders/embed.wgsl")),
+            ("heads.wgsl", include_str!("../../shaders/heads.wgsl")),
+            (
+                "common/step_common.wgsl",
+                include_str!("../../shaders/common/step_common.wgsl"),
+            ),
+        ] {
+            let (_, body) = source
+                .split_once("struct Params {")
+                .unwrap_or_else(|| panic!("{kernel} declares no struct Params"));
+            let (body, _) = body.split_once('}').unwrap();
+            let declared: Vec<String> = body
+                .lines()
+                .map(|line| line.split("//").next().unwrap().trim().to_string())
+                .filter(|line| !line.is_empty())
+                .collect();
+            assert_eq!(declared, expected, "struct Params of {kernel}");
+        }
+    }
 }

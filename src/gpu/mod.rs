@@ -145,8 +145,6 @@ impl GpuSchedule {
 /// same buffers and run one dispatch per recursion step.
 struct StepKernel {
     pipeline: StepPipeline,
-    /// Name of the kernel, for labels.
-    kernel: &'static str,
 }
 
 impl StepKernel {
@@ -155,12 +153,10 @@ impl StepKernel {
         Ok(if model.config().mlp_t {
             StepKernel {
                 pipeline: mixer_step::new(ctx, model)?,
-                kernel: mixer_step::KERNEL,
             }
         } else {
             StepKernel {
                 pipeline: attention_step::new(ctx, model)?,
-                kernel: attention_step::KERNEL,
             }
         })
     }
@@ -432,14 +428,10 @@ impl GpuEngine {
             ctx.queue()
                 .write_buffer(&params, stride, bytemuck::bytes_of(&y_update));
         })?;
-        let step_group = self.step.pipeline.bind_group(
-            ctx,
-            self.step.kernel,
-            &xyz,
-            &scratch,
-            &active,
-            &params,
-        )?;
+        let step_group = self
+            .step
+            .pipeline
+            .bind_group(ctx, &xyz, &scratch, &active, &params)?;
         let embed_group = self.embed.bind_group(ctx, &ids, &xyz, &params)?;
         let heads_group = self.heads.bind_group(ctx, &xyz, &out, &active, &params)?;
         self.chunk = Some(Chunk {

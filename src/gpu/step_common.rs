@@ -11,7 +11,7 @@ use crate::config::TrmConfig;
 use crate::error::{Result, TrmError};
 
 use super::context::GpuContext;
-use super::layout::{self, Entry};
+use super::layout::{self, Entry, Kernel};
 
 /// The WGSL of a recursion-step kernel: `shaders/common/step_common.wgsl`
 /// followed by `shaders/$kernel`, concatenated at compile time.
@@ -63,8 +63,7 @@ pub(crate) fn tile_depth(workgroup_bytes: u32) -> Option<u32> {
 /// A recursion-step kernel of one model: its weights on the device and its
 /// pipeline. Both kernels bind `weights, xyz, scratch, active, params`.
 pub(crate) struct StepPipeline {
-    pipeline: wgpu::ComputePipeline,
-    layout: wgpu::BindGroupLayout,
+    kernel: Kernel,
     weights: wgpu::Buffer,
 }
 
@@ -89,17 +88,14 @@ impl StepPipeline {
                 }
             })?;
         let weights = layout::upload_f32(ctx, &format!("{kernel} weights"), packed)?;
-        let layout = layout::bind_group_layout(
-            ctx,
-            kernel,
-            &[
-                Entry::ReadOnly,
-                Entry::ReadWrite,
-                Entry::ReadWrite,
-                Entry::ReadOnly,
-                Entry::Params,
-            ],
-        )?;
+        // weights, xyz, scratch, active, params
+        let entries = [
+            Entry::ReadOnly,
+            Entry::ReadWrite,
+            Entry::ReadWrite,
+            Entry::ReadOnly,
+            Entry::Params,
+        ];
         let (s, d) = (config.state_len(), config.hidden_size);
         let mut all = vec![
             ("S", s as f64),
@@ -111,12 +107,8 @@ impl StepPipeline {
             ("TK", tile_depth as f64),
         ];
         all.extend_from_slice(constants);
-        let pipeline = layout::pipeline(ctx, kernel, source, &layout, &all)?;
-        Ok(StepPipeline {
-            pipeline,
-            layout,
-            weights,
-        })
+        let kernel = Kernel::new(ctx, kernel, source, &entries, &all)?;
+        Ok(StepPipeline { kernel, weights })
     }
 
     /// The bind group of a chunk: its state, scratch, active list and
@@ -124,18 +116,13 @@ impl StepPipeline {
     pub(crate) fn bind_group(
         &self,
         ctx: &GpuContext,
-        kernel: &str,
         xyz: &wgpu::Buffer,
         scratch: &wgpu::Buffer,
         active: &wgpu::Buffer,
         params: &wgpu::Buffer,
     ) -> Result<wgpu::BindGroup> {
-        layout::bind_group(
-            ctx,
-            kernel,
-            &self.layout,
-            &[&self.weights, xyz, scratch, active, params],
-        )
+        self.kernel
+            .bind_group(ctx, &[&self.weights, xyz, scratch, active, params])
     }
 
     /// Records one recursion step for `workgroups` active puzzles; the
@@ -147,9 +134,8 @@ impl StepPipeline {
         params_offset: u32,
         workgroups: u32,
     ) {
-        pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, bind_group, &[params_offset]);
-        pass.dispatch_workgroups(workgroups, 1, 1);
+        self.kernel
+            .record(pass, bind_group, params_offset, workgroups);
     }
 }
 

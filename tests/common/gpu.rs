@@ -39,8 +39,21 @@ pub fn context() -> Option<GpuContext> {
 /// every solve, so that an element no kernel writes fails the comparison.
 /// `None` as [`context`].
 pub fn engine(model: &TrmModel) -> Option<GpuEngine> {
-    let context = context()?;
-    let engine = GpuEngine::new(&context, Arc::new(model.clone()))
+    Some(engine_on(&context()?, model))
+}
+
+/// A GPU engine for `model` on `context` that poisons its device buffers
+/// with NaN before every solve, as [`engine`] on the shared context.
+pub fn engine_on(context: &GpuContext, model: &TrmModel) -> GpuEngine {
+    let engine = GpuEngine::new(context, Arc::new(model.clone()))
         .unwrap_or_else(|e| panic!("GPU engine on {}: {e}", context.describe()));
-    Some(engine.with_schedule(GpuSchedule::default().poison(true)))
+    engine.with_schedule(GpuSchedule::default().poison(true))
+}
+
+/// A new context on the adapter of [`context`] (from the environment), with
+/// `limit` applied to its options: a device smaller than the adapter, as a
+/// test wants it.
+pub fn limited_context(limit: impl FnOnce(GpuOptions) -> GpuOptions) -> GpuContext {
+    let options = limit(GpuOptions::default().with_env().unwrap());
+    GpuContext::new(&options).unwrap()
 }

@@ -1,14 +1,16 @@
-//! Checks shared by the GPU engine tests of both variants: golden steps,
-//! GPU against CPU outputs, random batches, a model that halts early at
-//! chosen steps.
+//! Checks shared by the GPU engine tests of both variants (attention and
+//! MLP-mixer): GPU against CPU outputs, random batches, a model that halts
+//! early at chosen steps, and the checks each variant runs on its own model
+//! (counters and watchdog splitting, batch splitting, early halting). The
+//! golden-case checks, which the CPU tests share, are in `golden.rs`.
 
 use std::sync::Arc;
 
-use super::{Case, assert_close, assert_close_floor};
+use super::{assert_close, assert_close_floor, gpu, one_act_step_at_a_time, random_batch_from};
 use trm_wgpu::rng::SplitMix64;
 use trm_wgpu::{
-    CpuEngine, Engine, LoadOptions, PuzzleBatch, SolveOptions, SolveOutput, Tensor, TrmConfig,
-    TrmModel,
+    CpuEngine, Engine, GpuSchedule, LoadOptions, PosEncodings, PuzzleBatch, SolveOptions,
+    SolveOutput, Tensor, TrmConfig, TrmModel,
 };
 
 /// Contractive weights: float32 implementations agree to about 1e-6.
@@ -18,19 +20,6 @@ pub const MAX_ABS: f64 = 1e-4;
 /// Chaotic weights, one ACT step from a stored state (as the CPU test).
 pub const ONE_STEP_REL_L2: f64 = 1e-4;
 pub const ONE_STEP_MAX_ABS: f64 = 1e-2;
-
-/// The logits and q logits of ACT step `step` against the golden case.
-pub fn check_step(case: &Case, out: &SolveOutput, step: usize, rel: f64, abs: f64) {
-    for name in ["logits", "q_halt_logits", "q_continue_logits"] {
-        let key = format!("{name}.step{step}");
-        let actual = match name {
-            "logits" => &out.logits,
-            "q_halt_logits" => &out.q_halt_logits,
-            _ => &out.q_continue_logits,
-        };
-        assert_close(&key, actual, case.tensor(&key), rel, abs);
-    }
-}
 
 /// Every output of `gpu` against `cpu`, the label naming the configuration.
 pub fn compare(label: &str, gpu: &SolveOutput, cpu: &SolveOutput) {
@@ -65,14 +54,64 @@ pub fn compare(label: &str, gpu: &SolveOutput, cpu: &SolveOutput) {
 
 /// `puzzles` random puzzles (tokens and puzzle ids) from `seed`.
 pub fn random_batch(config: &TrmConfig, puzzles: usize, seed: u64) -> PuzzleBatch {
-    let mut rng = SplitMix64::new(seed ^ 0x5eed);
-    let tokens: Vec<i64> = (0..puzzles * config.seq_len)
-        .map(|_| rng.below(config.vocab_size as u64) as i64)
-        .collect();
-    let ids: Vec<i64> = (0..puzzles)
-        .map(|_| rng.below(config.num_puzzle_identifiers as u64) as i64)
-        .collect();
-    PuzzleBatch::new(config, &tokens, Some(&ids)).unwrap()
+    random_batch_from(&mut SplitMix64::new(seed ^ 0x5eed), config, puzzles)
+}
+
+/// A random model of either variant with chosen sizes (the GPU tests pick
+/// odd ones), its batch size and the seed of both.
+pub struct RandomModel {
+    pub seed: u64,
+    pub seq_len: usize,
+    pub hidden: usize,
+    /// `Some(heads)`: the attention model with that many heads; `None`: the
+    /// MLP-mixer model.
+    pub heads: Option<usize>,
+    pub layers: usize,
+    pub batch: usize,
+    pub expansion: f64,
+    pub h_cycles: usize,
+    pub l_cycles: usize,
+    pub puzzle_emb_ndim: usize,
+    pub puzzle_ids: usize,
+    pub pos: PosEncodings,
+    pub act_steps: usize,
+}
+
+impl RandomModel {
+    pub fn config(&self) -> TrmConfig {
+        let mut json = serde_json::json!({
+            "seq_len": self.seq_len,
+            "vocab_size": 7,
+            "num_puzzle_identifiers": self.puzzle_ids,
+            "hidden_size": self.hidden,
+            "expansion": self.expansion,
+            "H_cycles": self.h_cycles,
+            "L_cycles": self.l_cycles,
+            "L_layers": self.layers,
+            "halt_max_steps": self.act_steps,
+            "mlp_t": self.heads.is_none(),
+            "pos_encodings": self.pos.as_str(),
+            "puzzle_emb_ndim": self.puzzle_emb_ndim,
+            "puzzle_emb_len": 0,
+        });
+        if let Some(heads) = self.heads {
+            json["num_heads"] = heads.into();
+        }
+        TrmConfig::from_json(&json.to_string()).unwrap()
+    }
+
+    pub fn model(&self) -> TrmModel {
+        TrmModel::random(self.config(), self.seed, 0.5).unwrap()
+    }
+
+    /// `batch` random puzzles from `seed`.
+    pub fn batch(&self) -> PuzzleBatch {
+        random_batch(&self.config(), self.batch, self.seed)
+    }
+
+    pub fn label(&self) -> String {
+        format!("seed {} config {}", self.seed, self.config().to_json())
+    }
 }
 
 /// A model whose q_head bias makes q_halt cross 0 at different ACT steps
@@ -80,20 +119,16 @@ pub fn random_batch(config: &TrmConfig, puzzles: usize, seed: u64) -> PuzzleBatc
 /// trajectories.
 pub fn halting_model(base: &TrmModel, batch: &PuzzleBatch, steps: usize) -> (TrmModel, Vec<u32>) {
     let mut cpu = CpuEngine::new(Arc::new(base.clone())).unwrap();
-    let one = SolveOptions::default().act_steps(1);
-    let mut carry = None;
     let mut q = vec![]; // q[step][puzzle], without the bias
     let bias = base.weights().q_head_bias[0];
-    for _ in 0..steps {
-        let out = cpu.solve_from(batch, carry.as_ref(), &one).unwrap();
+    one_act_step_at_a_time(&mut cpu, batch, steps, |_, out| {
         q.push(
             out.q_halt_logits
                 .iter()
                 .map(|v| v - bias)
                 .collect::<Vec<f32>>(),
-        );
-        carry = Some(out.carry());
-    }
+        )
+    });
     let halting_steps = |b: f32| -> Vec<u32> {
         (0..batch.len())
             .map(|p| {
@@ -138,4 +173,164 @@ pub fn halting_model(base: &TrmModel, batch: &PuzzleBatch, steps: usize) -> (Trm
     let model =
         TrmModel::from_tensors(base.config().clone(), tensors, &LoadOptions::default()).unwrap();
     (model, halting_steps(b))
+}
+
+/// The CPU engine's outputs for `batch`: what the GPU engine must give.
+pub fn cpu_solve(model: &TrmModel, batch: &PuzzleBatch, options: &SolveOptions) -> SolveOutput {
+    CpuEngine::new(Arc::new(model.clone()))
+        .unwrap()
+        .solve(batch, options)
+        .unwrap()
+}
+
+/// Bytes a solve of `puzzles` puzzles reads back: the logits, the two q
+/// logits and the final carry (z_H, z_L), as f32.
+pub fn output_bytes(config: &TrmConfig, puzzles: usize) -> u64 {
+    puzzles as u64
+        * (config.seq_len * config.vocab_size + 2 + 2 * config.state_len() * config.hidden_size)
+            as u64
+        * 4
+}
+
+/// The GPU engine against the CPU engine on `batch`: the whole solve, then
+/// one more ACT step from the carry it reached. `false` when there is no
+/// GPU to test (`TRM_SKIP_GPU=1`).
+pub fn matches_the_cpu_engine(label: &str, model: &TrmModel, batch: &PuzzleBatch) -> bool {
+    let options = SolveOptions::default();
+    let mut cpu = CpuEngine::new(Arc::new(model.clone())).unwrap();
+    let want = cpu.solve(batch, &options).unwrap();
+    let Some(mut engine) = gpu::engine(model) else {
+        return false;
+    };
+    let got = engine.solve(batch, &options).unwrap();
+    compare(label, &got, &want);
+    // and from a carry: one more step from the state reached
+    let carry = want.carry();
+    let one = SolveOptions::default().act_steps(1);
+    let want = cpu.solve_from(batch, Some(&carry), &one).unwrap();
+    let got = engine.solve_from(batch, Some(&carry), &one).unwrap();
+    compare(&format!("{label}, from a carry"), &got, &want);
+    true
+}
+
+/// Three ACT steps of three puzzles on `model`: no read-back beyond the
+/// outputs, one dispatch per recursion step plus the embedding and the
+/// heads, one submission. Then a watchdog budget below one dispatch: a
+/// submission after every recursion step, the same outputs, still no
+/// waiting in between.
+pub fn counters_show_one_dispatch_per_recursion_step(model: &TrmModel) {
+    let config = model.config();
+    let Some(mut engine) = gpu::engine(model) else {
+        return;
+    };
+    let puzzles = 3;
+    let batch = random_batch(config, puzzles, 1);
+    let act_steps = 3;
+    let options = SolveOptions::default().act_steps(act_steps);
+    let whole = engine.solve(&batch, &options).unwrap();
+    let stats = engine.last_stats().clone();
+    eprintln!("{}", serde_json::to_string(&stats).unwrap());
+    let per_act = (config.h_cycles * (config.l_cycles + 1)) as u64;
+    let b = puzzles as u64;
+    let outputs = output_bytes(config, puzzles);
+    assert_eq!(stats.recursion_steps, act_steps as u64 * per_act);
+    assert_eq!(stats.act_steps, act_steps as u64);
+    assert_eq!(stats.puzzle_recursion_steps, b * stats.recursion_steps);
+    assert_eq!(stats.dispatches, stats.recursion_steps + 2);
+    assert_eq!(stats.submits, 1);
+    assert_eq!(stats.bytes_read_back, outputs);
+    assert_eq!(stats.chunks, 1);
+
+    engine.set_schedule(GpuSchedule::default().poison(true).max_flops_per_submit(1));
+    let split = engine.solve(&batch, &options).unwrap();
+    assert_eq!(split, whole);
+    let stats = engine.last_stats();
+    assert_eq!(stats.submits, stats.recursion_steps + 1);
+    assert_eq!(stats.dispatches, stats.recursion_steps + 2);
+    assert_eq!(stats.bytes_read_back, outputs);
+}
+
+/// A batch of `puzzles` puzzles of `model` split into chunks gives exactly
+/// the unsplit outputs (one ACT step): split by the schedule into chunks of
+/// `chunk_puzzles`, and by a device that allows `max_buffer_bytes` per
+/// buffer, which must hold the weights but not the scratch of the whole
+/// batch (the caller picks it so).
+pub fn split_batches_equal_the_unsplit_batch(
+    model: &TrmModel,
+    puzzles: usize,
+    chunk_puzzles: usize,
+    max_buffer_bytes: u64,
+) {
+    let batch = random_batch(model.config(), puzzles, 3);
+    let options = SolveOptions::default().act_steps(1);
+    let Some(mut whole) = gpu::engine(model) else {
+        return;
+    };
+    let unsplit = whole.solve(&batch, &options).unwrap();
+    assert_eq!(whole.last_stats().chunks, 1);
+
+    let mut by_schedule = gpu::engine(model).unwrap().with_schedule(
+        GpuSchedule::default()
+            .poison(true)
+            .max_chunk_puzzles(chunk_puzzles),
+    );
+    let split = by_schedule.solve(&batch, &options).unwrap();
+    // e.g. 15 + 15 + 10 for 40 puzzles in chunks of 15
+    let sizes: Vec<String> = (0..puzzles)
+        .step_by(chunk_puzzles)
+        .map(|first| (puzzles - first).min(chunk_puzzles).to_string())
+        .collect();
+    assert_eq!(by_schedule.last_stats().chunks, sizes.len() as u64);
+    assert_eq!(
+        split,
+        unsplit,
+        "split by the schedule ({})",
+        sizes.join(" + ")
+    );
+
+    let small = gpu::limited_context(|o| o.max_buffer_bytes(max_buffer_bytes));
+    let mut limited = gpu::engine_on(&small, model);
+    let capacity = limited.chunk_capacity().unwrap();
+    assert!(capacity < puzzles, "capacity {capacity}");
+    let split = limited.solve(&batch, &options).unwrap();
+    assert!(limited.last_stats().chunks >= 2);
+    assert_eq!(
+        split, unsplit,
+        "split by the device limit ({capacity} a chunk)"
+    );
+}
+
+/// Early halting on a model of `config` (random weights from `seed`, the
+/// q_head bias picked by [`halting_model`] over `config.halt_max_steps`
+/// steps, five puzzles): the same puzzles halt at the same steps as on the
+/// CPU, each keeping the outputs of its halting step; halted puzzles cost
+/// no more dispatch work and only the q logits are read per ACT step.
+pub fn early_halting_matches_the_cpu_engine(config: &TrmConfig, seed: u64) {
+    let steps = config.halt_max_steps;
+    let base = TrmModel::random(config.clone(), seed, 0.9).unwrap();
+    let batch = random_batch(config, 5, 9);
+    let (model, expected_steps) = halting_model(&base, &batch, steps);
+    eprintln!("halting steps {expected_steps:?}");
+    let options = SolveOptions::default().early_halt(true);
+    let want = cpu_solve(&model, &batch, &options);
+    assert_eq!(want.steps, expected_steps);
+    let Some(mut engine) = gpu::engine(&model) else {
+        return;
+    };
+    let got = engine.solve(&batch, &options).unwrap();
+    compare("early halting", &got, &want);
+
+    let stats = engine.last_stats().clone();
+    eprintln!("{}", serde_json::to_string(&stats).unwrap());
+    let per_act = (config.h_cycles * (config.l_cycles + 1)) as u64;
+    let most = *expected_steps.iter().max().unwrap() as u64;
+    let total: u64 = expected_steps.iter().map(|&s| u64::from(s)).sum();
+    assert_eq!(stats.recursion_steps, most * per_act);
+    assert_eq!(stats.puzzle_recursion_steps, total * per_act);
+    // per ACT step: its recursion steps and the heads; plus the embedding
+    assert_eq!(stats.dispatches, most * (per_act + 1) + 1);
+    let b = batch.len() as u64;
+    let outputs = output_bytes(config, batch.len());
+    // the q logits after every ACT step but the last, then the outputs
+    assert_eq!(stats.bytes_read_back, (most - 1) * b * 2 * 4 + outputs);
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod f64_reference;
+pub mod golden;
 pub mod gpu;
 pub mod gpu_checks;
 pub mod torch_save;
@@ -12,7 +13,8 @@ use std::path::PathBuf;
 
 use safetensors::SafeTensors;
 use safetensors::tensor::Dtype;
-use trm_wgpu::{PuzzleBatch, TrmModel};
+use trm_wgpu::rng::SplitMix64;
+use trm_wgpu::{Carry, Engine, PuzzleBatch, SolveOptions, SolveOutput, TrmConfig, TrmModel};
 
 /// The repository root: where this crate was built, or the working
 /// directory when the test binary runs elsewhere (`bench/device.sh` carries
@@ -300,6 +302,51 @@ pub fn test_seed() -> u64 {
     seed
 }
 
+/// Runs `steps` ACT steps of `batch` one solve each, every one from the
+/// carry the one before reached (the initial carry first), and calls
+/// `each(step, output)` with the step counted from 1; returns the last
+/// output.
+pub fn one_act_step_at_a_time(
+    engine: &mut impl Engine,
+    batch: &PuzzleBatch,
+    steps: usize,
+    mut each: impl FnMut(usize, &SolveOutput),
+) -> SolveOutput {
+    let one = SolveOptions::default().act_steps(1);
+    let mut carry: Option<Carry> = None;
+    let mut last = None;
+    for step in 1..=steps {
+        let out = engine.solve_from(batch, carry.as_ref(), &one).unwrap();
+        each(step, &out);
+        carry = Some(out.carry());
+        last = Some(out);
+    }
+    last.expect("at least one ACT step")
+}
+
+/// Random tokens `[puzzles, seq_len]`, then random puzzle ids `[puzzles]`,
+/// drawn from `rng`.
+pub fn random_inputs(
+    rng: &mut SplitMix64,
+    config: &TrmConfig,
+    puzzles: usize,
+) -> (Vec<i64>, Vec<i64>) {
+    let tokens: Vec<i64> = (0..puzzles * config.seq_len)
+        .map(|_| rng.below(config.vocab_size as u64) as i64)
+        .collect();
+    let ids: Vec<i64> = (0..puzzles)
+        .map(|_| rng.below(config.num_puzzle_identifiers as u64) as i64)
+        .collect();
+    (tokens, ids)
+}
+
+/// A batch of `puzzles` random puzzles (tokens and puzzle ids) drawn from
+/// `rng`.
+pub fn random_batch_from(rng: &mut SplitMix64, config: &TrmConfig, puzzles: usize) -> PuzzleBatch {
+    let (tokens, ids) = random_inputs(rng, config, puzzles);
+    PuzzleBatch::new(config, &tokens, Some(&ids)).unwrap()
+}
+
 /// Writes `model` and an input file of `batch` random puzzles (int32
 /// `inputs` and `puzzle_identifiers`) under `dir`, for `trm run`; returns
 /// both paths and the batch.
@@ -310,29 +357,19 @@ pub fn write_run_case(
     seed: u64,
 ) -> (PathBuf, PathBuf, PuzzleBatch) {
     let c = model.config();
-    let mut rng = trm_wgpu::rng::SplitMix64::new(seed);
-    let tokens: Vec<i32> = (0..batch * c.seq_len)
-        .map(|_| rng.below(c.vocab_size as u64) as i32)
-        .collect();
-    let ids: Vec<i32> = (0..batch)
-        .map(|_| rng.below(c.num_puzzle_identifiers as u64) as i32)
-        .collect();
+    let (tokens, ids) = random_inputs(&mut SplitMix64::new(seed), c, batch);
+    let int32 = |v: &[i64]| v.iter().map(|&t| t as i32).collect::<Vec<i32>>();
     let model_path = dir.join("model.safetensors");
     model.save(&model_path).unwrap();
     let input_path = dir.join("input.safetensors");
     let bytes = safetensors_bytes(
         &[
-            RawTensor::i32("inputs", vec![batch, c.seq_len], &tokens),
-            RawTensor::i32("puzzle_identifiers", vec![batch], &ids),
+            RawTensor::i32("inputs", vec![batch, c.seq_len], &int32(&tokens)),
+            RawTensor::i32("puzzle_identifiers", vec![batch], &int32(&ids)),
         ],
         None,
     );
     std::fs::write(&input_path, bytes).unwrap();
-    let batch = PuzzleBatch::new(
-        c,
-        &tokens.iter().map(|&t| t as i64).collect::<Vec<_>>(),
-        Some(&ids.iter().map(|&t| t as i64).collect::<Vec<_>>()),
-    )
-    .unwrap();
+    let batch = PuzzleBatch::new(c, &tokens, Some(&ids)).unwrap();
     (model_path, input_path, batch)
 }
