@@ -1,11 +1,13 @@
-//! The `trm` binary end to end: fresh random models through `trm run`
-//! against the float64 implementation, and one clear error line (never a
-//! panic) for every bad input.
+//! The `trm` binary end to end: fresh random models of every variant through
+//! `trm run` and through `trm convert` + `trm run` against the float64
+//! implementation, and one clear error line (never a panic) for every bad
+//! input.
 
 mod common;
 
 use std::process::{Command, Output};
 
+use common::torch_save::{all_config_yaml, dataset_json, model_step_file};
 use common::{
     RawTensor, assert_close, assert_close_floor, f64_reference, read_output_f32, safetensors_bytes,
     temp_dir,
@@ -45,13 +47,58 @@ fn run_and_compare(mlp_t: bool, pos: PosEncodings) {
     run_config_and_compare(config(mlp_t, pos));
 }
 
-/// `trm run` on a fresh random model of `config` against float64.
+/// A fresh random model of `config` against float64, twice: its model file
+/// straight through `trm run`, and its official form (`step_N`,
+/// `all_config.yaml`, `dataset.json`) through `trm convert` + `trm run`.
 fn run_config_and_compare(config: TrmConfig) {
     let seed = common::test_seed();
     let model = TrmModel::random(config, seed, 0.5).unwrap();
     let dir = temp_dir("cli-run");
     let (model_path, input_path, batch) = common::write_run_case(&dir, &model, 3, seed ^ 0x5eed);
-    let out_path = dir.join("out.safetensors");
+    let reference = f64_reference::solve(&model, &batch, 3, false);
+    run_and_check(&model, &model_path, &input_path, &reference, "trm run");
+
+    let step = dir.join("step_1");
+    let yaml = dir.join("all_config.yaml");
+    let dataset = dir.join("dataset.json");
+    std::fs::write(&step, model_step_file(&model, false)).unwrap();
+    std::fs::write(&yaml, all_config_yaml(&model)).unwrap();
+    std::fs::write(&dataset, dataset_json(&model)).unwrap();
+    let converted_path = dir.join("converted.safetensors");
+    let out = trm(&[
+        "convert",
+        step.to_str().unwrap(),
+        "--config",
+        yaml.to_str().unwrap(),
+        "--dataset",
+        dataset.to_str().unwrap(),
+        "-o",
+        converted_path.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    run_and_check(
+        &model,
+        &converted_path,
+        &input_path,
+        &reference,
+        "trm convert + trm run",
+    );
+}
+
+/// `trm run` of `model_path` on the CPU, three ACT steps, every output
+/// against the float64 `reference`.
+fn run_and_check(
+    model: &TrmModel,
+    model_path: &std::path::Path,
+    input_path: &std::path::Path,
+    reference: &f64_reference::RefOutput,
+    route: &str,
+) {
+    let out_path = model_path.with_extension("out.safetensors");
     let out = trm(&[
         "run",
         "--model",
@@ -65,27 +112,32 @@ fn run_config_and_compare(config: TrmConfig) {
     ]);
     assert!(
         out.status.success(),
-        "{}",
+        "{route}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let reference = f64_reference::solve(&model, &batch, 3, false);
     let bytes = std::fs::read(&out_path).unwrap();
     let c = model.config();
     let (shape, logits) = read_output_f32(&bytes, "logits");
     assert_eq!(shape, vec![3, c.seq_len, c.vocab_size]);
-    assert_close("logits", &logits, &reference.logits, 1e-5, 1e-4);
+    assert_close(
+        &format!("{route}: logits"),
+        &logits,
+        &reference.logits,
+        1e-5,
+        1e-4,
+    );
     let (shape, z_h) = read_output_f32(&bytes, "z_H");
     assert_eq!(shape, vec![3, c.state_len(), c.hidden_size]);
-    assert_close("z_H", &z_h, &reference.z_h, 1e-5, 1e-4);
+    assert_close(&format!("{route}: z_H"), &z_h, &reference.z_h, 1e-5, 1e-4);
     assert_close(
-        "z_L",
+        &format!("{route}: z_L"),
         &read_output_f32(&bytes, "z_L").1,
         &reference.z_l,
         1e-5,
         1e-4,
     );
     assert_close_floor(
-        "q_halt_logits",
+        &format!("{route}: q_halt_logits"),
         &read_output_f32(&bytes, "q_halt_logits").1,
         &reference.q_halt_logits,
         1e-5,
@@ -93,7 +145,7 @@ fn run_config_and_compare(config: TrmConfig) {
         1.0,
     );
     assert_close_floor(
-        "q_continue_logits",
+        &format!("{route}: q_continue_logits"),
         &read_output_f32(&bytes, "q_continue_logits").1,
         &reference.q_continue_logits,
         1e-5,
