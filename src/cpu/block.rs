@@ -3,10 +3,9 @@
 //! RMSNorm) while it is still in cache. A task owns a disjoint part of the
 //! state, so the tasks of a phase run in parallel without locks:
 //!
-//! - channel SwiGLU: two phases, since it mixes along D only: the gate_up
-//!   product with its gating on tiles of rows (of any puzzles) x groups of
-//!   intermediate columns, then the down product with residual and norm on
-//!   blocks of rows;
+//! - channel SwiGLU: a block of rows (tokens of any puzzles), since it
+//!   mixes along D only: both products, the gate, residual and norm in one
+//!   task, the block held feature-major while it is in cache;
 //! - token-mixing MLP: a block of columns of one puzzle, since it mixes
 //!   along S only and its RMSNorm runs over S;
 //! - attention: qkv projection by rows, then one (puzzle, head) per task,
@@ -18,69 +17,63 @@ use faer::reborrow::{Reborrow, ReborrowMut};
 use faer::{MatMut, Par};
 
 use super::ops::{
-    add_rms_norm_rows, mat, mat_mut, mat_strided, matmul_into, row_slice, silu_gate,
-    silu_gate_interleaved,
+    add_rms_norm_rows, mat, mat_mut, mat_strided, matmul_into, row_slice, silu_gate, transpose_into,
 };
-use super::packed::{GATE_GROUP, PackedLayer};
 
-/// Scratch memory of one worker thread, sized for the largest task.
+/// Scratch memory of one worker thread, sized for the largest task: `wide`
+/// for the first product of a SwiGLU (or attention scores), `gated` for its
+/// gated activations, `update` for the second product, `transposed` for a
+/// block of rows turned feature-major, `col_sums` for norms over columns.
 pub(super) struct TaskScratch {
     pub wide: Vec<f32>,
     pub gated: Vec<f32>,
     pub update: Vec<f32>,
+    pub transposed: Vec<f32>,
     pub col_sums: Vec<f32>,
 }
 
-impl TaskScratch {
-    pub fn new(wide: usize, gated: usize, update: usize, col_sums: usize) -> Self {
-        TaskScratch {
-            wide: vec![0.0; wide],
-            gated: vec![0.0; gated],
-            update: vec![0.0; update],
-            col_sums: vec![0.0; col_sums],
-        }
-    }
-}
-
-/// Channel SwiGLU, first phase, on a tile: rows `rows` (`[r, D]`) and the
-/// gated columns `first..first + c` of `gated` (`[r, c]`):
-/// `[g | u] = h @ gate_up^T` for those columns, then `silu(g) * u`.
-pub(super) fn channel_gate_tile(
-    layer: &PackedLayer,
-    rows: &[f32],
-    gated: MatMut<'_, f32>,
-    first: usize,
-    d: usize,
-    ci: usize,
-    s: &mut TaskScratch,
-) {
-    let (r, c) = (gated.nrows(), gated.ncols());
-    let wide = &mut s.wide[..r * 2 * c];
-    // columns 2 first .. 2 (first + c) of the interleaved gate_up^T
-    let weights = mat_strided(&layer.gate_up_t[2 * first..], d, 2 * c, 2 * ci);
-    matmul_into(mat_mut(wide, r, 2 * c), mat(rows, r, d), weights, Par::Seq);
-    silu_gate_interleaved(wide, gated, GATE_GROUP);
-}
-
-/// Channel SwiGLU, second phase, on `rows` (`[r, D]`) with their gated
-/// activations `gated` (`[r, I]`): `h = rms_norm(h + gated @ down^T)`.
-pub(super) fn channel_down_rows(
-    layer: &PackedLayer,
+/// Channel SwiGLU on a block of rows `rows` (`[r, D]`, tokens of any
+/// puzzles): `h = rms_norm(h + down(silu(g) * u))` with
+/// `[g | u] = h @ gate_up^T`.
+///
+/// Computed feature-major: with the block as `h^T` (`[D, r]`), the products
+/// are `[g; u] = gate_up @ h^T` and `down @ gated`, which read both weights
+/// in their official `[out, in]` layouts in place and put the tokens along
+/// the GEMM microkernel's vector axis; on AVX-512 that runs about 30% faster
+/// than the token-major `h @ gate_up^T`. The transposes cost two passes over
+/// the block, which is in cache.
+pub(super) fn channel_swiglu_rows(
+    gate_up: &[f32],
+    down: &[f32],
     rows: &mut [f32],
-    gated: &[f32],
     d: usize,
     ci: usize,
     eps: f32,
     s: &mut TaskScratch,
 ) {
     let r = rows.len() / d;
-    let update = &mut s.update[..r * d];
+    let rows_t = &mut s.transposed[..d * r];
+    transpose_into(rows, r, d, rows_t);
+    let wide = &mut s.wide[..2 * ci * r];
     matmul_into(
-        mat_mut(update, r, d),
-        mat(gated, r, ci),
-        mat(&layer.down_t, ci, d),
+        mat_mut(wide, 2 * ci, r),
+        mat(gate_up, 2 * ci, d),
+        mat(rows_t, d, r),
         Par::Seq,
     );
+    // rows 0..ci of `wide` are g, rows ci..2ci are u
+    let (g, u) = wide.split_at(ci * r);
+    let gated = &mut s.gated[..ci * r];
+    silu_gate(g, u, gated);
+    let update_t = &mut s.update[..d * r];
+    matmul_into(
+        mat_mut(update_t, d, r),
+        mat(down, d, ci),
+        mat(gated, ci, r),
+        Par::Seq,
+    );
+    let update = &mut s.transposed[..r * d];
+    transpose_into(update_t, d, r, update);
     add_rms_norm_rows(rows, update, d, eps);
 }
 

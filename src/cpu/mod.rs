@@ -4,7 +4,8 @@
 //!
 //! - the active puzzles of a batch advance in lockstep, one network call at
 //!   a time, so the channel SwiGLU of all of them is one stream of row
-//!   blocks that reuse each weight while it is in cache;
+//!   blocks (tokens of any puzzles), computed feature-major so the GEMM
+//!   reads the weights in place with the tokens along its vectors;
 //! - every sublayer is split into independent tasks (`block.rs`) whose GEMM
 //!   output gets its epilogue (gate, second GEMM, residual, RMSNorm) while
 //!   in cache; tasks run on a rayon pool, one task per thread at a time,
@@ -30,7 +31,7 @@ use crate::error::{Result, TrmError};
 use crate::model::{TokenMixer, TrmModel};
 use crate::solve::{Carry, Engine, SolveOptions, SolveOutput};
 use block::TaskScratch;
-use packed::{PackedMixer, PackedWeights};
+use packed::PackedMixer;
 
 pub use ops::rope_tables;
 
@@ -38,11 +39,9 @@ pub use ops::rope_tables;
 /// which rounds to the same f32 as 1/sqrt(2).
 const LEARNED_POS_SCALE: f32 = std::f32::consts::FRAC_1_SQRT_2;
 
-/// Rows per task at most: a `[rows, 2 inter(D)]` gate_up tile of the
-/// Sudoku-Extreme model (128 x 3072 floats, 1.5 MiB) stays within a core's
-/// L2 cache. Fewer rows make the GEMM slower (its weight panels are reused
-/// over fewer rows: at 49 rows, half the speed of 97), so a small batch is
-/// split by columns instead where it can be.
+/// Rows (tokens) per task at most: the `[2 inter(D), rows]` gate_up product
+/// of a channel SwiGLU task of the Sudoku-Extreme model (3072 x 128 floats,
+/// 1.5 MiB) stays within a core's L2 cache.
 const MAX_ROWS_PER_TASK: usize = 128;
 
 /// Columns per token-mixing task at most (`[2 inter(S), cols]` tile).
@@ -69,7 +68,8 @@ const MAX_COLS_PER_TASK: usize = 256;
 /// ```
 pub struct CpuEngine {
     model: Arc<TrmModel>,
-    packed: PackedWeights,
+    /// Token mixers of the blocks, in the engine's layout.
+    mixers: Vec<PackedMixer>,
     /// `(cos, sin)`, each `[S, head_dim]`, for RoPE attention models.
     rope: Option<(Vec<f32>, Vec<f32>)>,
     pool: rayon::ThreadPool,
@@ -81,36 +81,22 @@ pub struct CpuEngine {
 }
 
 /// How a network call is cut into tasks for the current group of puzzles,
-/// so that every thread has work and every GEMM as many rows as the cache
-/// allows.
+/// so that every thread has the same work and every GEMM as many rows as
+/// the cache allows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Plan {
-    /// Rows of a channel gate_up tile.
-    gate_rows: usize,
-    /// Intermediate columns of a channel gate_up tile (whole gate groups).
-    gate_cols: usize,
-    /// Rows of a row task: channel down, qkv, o_proj, element-wise work.
+    /// Rows of a row task: channel SwiGLU, qkv, o_proj, element-wise work.
     rows_per_task: usize,
     /// Columns of a token-mixing task.
     cols_per_task: usize,
-}
-
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 impl Plan {
     fn new(config: &TrmConfig, puzzles: usize, threads: usize) -> Plan {
         let rows = (puzzles * config.state_len()).max(1);
         let threads = threads.max(1);
-        let row_blocks = rows.div_ceil(MAX_ROWS_PER_TASK);
-        // gate_up: split columns as little as makes the tile count a
-        // multiple of the threads (one puzzle on two threads: 1 x 2 tiles)
-        let groups = config.channel_inter() / packed::GATE_GROUP;
-        let col_split = (threads / gcd(row_blocks, threads)).clamp(1, groups.max(1));
-        let gate_cols = groups.div_ceil(col_split) * packed::GATE_GROUP;
         // row tasks: a multiple of the threads, within the cache bound
-        let row_tasks = row_blocks.div_ceil(threads) * threads;
+        let row_tasks = rows.div_ceil(MAX_ROWS_PER_TASK).div_ceil(threads) * threads;
         let d = config.hidden_size;
         let col_tasks = threads
             .div_ceil(puzzles.max(1))
@@ -118,8 +104,6 @@ impl Plan {
             .min(d)
             .max(1);
         Plan {
-            gate_rows: rows.div_ceil(row_blocks),
-            gate_cols,
             rows_per_task: rows.div_ceil(row_tasks.min(rows)),
             cols_per_task: d.div_ceil(col_tasks),
         }
@@ -127,10 +111,8 @@ impl Plan {
 }
 
 /// Per-batch intermediate buffers of a network call, allocated once per
-/// solve: `[A S, inter(D)]` gated channel activations, and for attention
-/// `[A S, 3D]` qkv and `[A S, D]` head outputs.
+/// solve: for attention, `[A S, 3D]` qkv and `[A S, D]` head outputs.
 struct Buffers {
-    gated: Vec<f32>,
     qkv: Vec<f32>,
     attn: Vec<f32>,
 }
@@ -141,7 +123,6 @@ impl Buffers {
         let d = config.hidden_size;
         let attention = if config.mlp_t { 0 } else { rows * d };
         Buffers {
-            gated: vec![0.0; rows * config.channel_inter()],
             qkv: vec![0.0; 3 * attention],
             attn: vec![0.0; attention],
         }
@@ -182,20 +163,28 @@ impl CpuEngine {
         // Plan keeps every task within these bounds.
         let (r, c) = (MAX_ROWS_PER_TASK, MAX_COLS_PER_TASK.min(d));
         let mut wide = r * 2 * ci;
-        let mut gated = 0;
+        let mut gated = r * ci;
         let mut update = r * d;
         if config.mlp_t {
             wide = wide.max(2 * ti * c);
-            gated = ti * c;
+            gated = gated.max(ti * c);
             update = update.max(s * c);
         } else {
             wide = wide.max(s * s); // attention scores of one head
         }
         let scratch = (0..threads)
-            .map(|_| Mutex::new(TaskScratch::new(wide, gated, update, d)))
+            .map(|_| {
+                Mutex::new(TaskScratch {
+                    wide: vec![0.0; wide],
+                    gated: vec![0.0; gated],
+                    update: vec![0.0; update],
+                    transposed: vec![0.0; r * d],
+                    col_sums: vec![0.0; d],
+                })
+            })
             .collect();
         Ok(CpuEngine {
-            packed: PackedWeights::new(&model),
+            mixers: PackedMixer::for_model(&model),
             model,
             rope,
             pool,
@@ -315,8 +304,8 @@ impl CpuEngine {
             .zip(injection.par_chunks(row_chunk))
             .for_each(|(h, inj)| h.iter_mut().zip(inj).for_each(|(h, i)| *h += i));
 
-        for (layer, packed) in self.model.weights().layers.iter().zip(&self.packed.layers) {
-            match (&layer.mixer, &packed.mixer) {
+        for (layer, mixer) in self.model.weights().layers.iter().zip(&self.mixers) {
+            match (&layer.mixer, mixer) {
                 (TokenMixer::Mlp { gate_up, down }, _) => {
                     state.par_chunks_mut(s * d).for_each(|puzzle| {
                         let task = |block: MatMut<'_, f32>, _first: usize| {
@@ -382,34 +371,20 @@ impl CpuEngine {
                     unreachable!("PackedWeights mirrors the model's mixers")
                 }
             }
-            // channel SwiGLU: gate_up tiles, then down rows
-            let gated = &mut buffers.gated[..(state.len() / d) * ci];
-            gated
-                .par_chunks_mut(plan.gate_rows * ci)
-                .zip(state.par_chunks(plan.gate_rows * d))
-                .for_each(|(gated_rows, rows)| {
-                    let r = rows.len() / d;
-                    let tile = |block: MatMut<'_, f32>, first: usize| {
-                        self.with_scratch(|scratch| {
-                            block::channel_gate_tile(packed, rows, block, first, d, ci, scratch)
-                        })
-                    };
-                    self.par_column_blocks(
-                        ops::mat_mut(gated_rows, r, ci),
-                        0,
-                        plan.gate_cols,
-                        &tile,
-                    );
-                });
-            let gated = &*gated;
-            state
-                .par_chunks_mut(row_chunk)
-                .zip(gated.par_chunks(plan.rows_per_task * ci))
-                .for_each(|(rows, gated)| {
-                    self.with_scratch(|scratch| {
-                        block::channel_down_rows(packed, rows, gated, d, ci, eps, scratch)
-                    })
-                });
+            // channel SwiGLU: blocks of rows, each in one task
+            state.par_chunks_mut(row_chunk).for_each(|rows| {
+                self.with_scratch(|scratch| {
+                    block::channel_swiglu_rows(
+                        &layer.gate_up,
+                        &layer.down,
+                        rows,
+                        d,
+                        ci,
+                        eps,
+                        scratch,
+                    )
+                })
+            });
         }
     }
 
@@ -565,35 +540,26 @@ mod tests {
     #[test]
     fn plans_keep_threads_busy_and_tiles_in_cache() {
         let sudoku = TrmConfig::sudoku_extreme();
-        let groups_width = packed::GATE_GROUP;
         for threads in 1..=8 {
             for puzzles in [1, 2, 3, 7, 8, 64] {
                 let plan = Plan::new(&sudoku, puzzles, threads);
                 let rows = puzzles * 97;
-                let gate_tiles = rows.div_ceil(plan.gate_rows) * 1536usize.div_ceil(plan.gate_cols);
+                let row_tasks = rows.div_ceil(plan.rows_per_task);
+                assert!(plan.rows_per_task <= MAX_ROWS_PER_TASK, "{plan:?}");
+                assert!(row_tasks >= threads.min(rows), "{plan:?}");
+                // balanced: no thread gets a whole task more than another
+                // except through the last, shorter task
                 assert!(
-                    plan.gate_rows <= MAX_ROWS_PER_TASK && plan.rows_per_task <= MAX_ROWS_PER_TASK,
-                    "{plan:?}"
-                );
-                assert_eq!(plan.gate_cols % groups_width, 0, "{plan:?}");
-                assert!(
-                    gate_tiles >= threads.min(rows),
+                    row_tasks.div_ceil(threads) * plan.rows_per_task
+                        <= rows.div_ceil(threads) + plan.rows_per_task,
                     "{threads} threads, {puzzles} puzzles: {plan:?}"
-                );
-                assert!(
-                    rows.div_ceil(plan.rows_per_task) >= threads.min(rows),
-                    "{plan:?}"
                 );
                 assert!(plan.cols_per_task <= MAX_COLS_PER_TASK, "{plan:?}");
             }
         }
-        // one puzzle on two threads: all 97 rows in each gate_up tile, the
-        // columns halved; the down product in two row blocks
+        // one puzzle on two threads: 49 + 48 rows; eight: 8 x 97
         let plan = Plan::new(&sudoku, 1, 2);
-        assert_eq!(
-            (plan.gate_rows, plan.gate_cols, plan.rows_per_task),
-            (97, 768, 49)
-        );
-        assert_eq!(plan.cols_per_task, 256);
+        assert_eq!((plan.rows_per_task, plan.cols_per_task), (49, 256));
+        assert_eq!(Plan::new(&sudoku, 8, 2).rows_per_task, 97);
     }
 }

@@ -2,7 +2,6 @@
 //! gating, RMSNorm over rows or columns, RoPE tables.
 
 use faer::linalg::matmul::matmul;
-use faer::reborrow::ReborrowMut;
 use faer::{Accum, MatMut, MatRef, Par};
 
 /// A row-major `rows x cols` view of `data`.
@@ -50,8 +49,14 @@ pub(crate) fn matmul_into(
 pub(crate) fn exp_clamped(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4; // 0.693359375: exact with few bits
     const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding 1.5 * 2^23 rounds to the nearest integer (ties to even) in
+    // plain arithmetic, leaving `r + 2^22` in the low mantissa bits;
+    // `round_ties_even` becomes a call to libm's `rintf` wherever SSE4.1 is
+    // not enabled, and `r as i32` (saturating) a scalar conversion.
+    const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let r = (x * std::f32::consts::LOG2_E).round_ties_even();
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
+    let r = shifted - ROUND;
     let f = (x - r * LN2_HI) - r * LN2_LO;
     let mut p = 1.0 / 5040.0;
     p = p * f + 1.0 / 720.0;
@@ -61,7 +66,9 @@ pub(crate) fn exp_clamped(x: f32) -> f32 {
     p = p * f + 0.5;
     p = p * f + 1.0;
     p = p * f + 1.0;
-    let scale = f32::from_bits(((r as i32 + 127) as u32) << 23);
+    // 2^r: the exponent field r + 127, from the low bits of `shifted` (the
+    // bits above them, 2^22 and the float's own exponent, shift out).
+    let scale = f32::from_bits(shifted.to_bits().wrapping_add(127) << 23);
     p * scale
 }
 
@@ -72,38 +79,59 @@ pub(crate) fn silu(a: f32) -> f32 {
     a / (1.0 + exp_clamped(-a))
 }
 
-/// The SwiGLU gate, `out = silu(gate) * up`, element-wise, vectorised for
-/// the best instruction set found at run time.
+/// `out[i] = silu(gate[i]) * up[i]`.
+#[inline(always)]
+fn silu_gate_slices(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = silu(g) * u;
+    }
+}
+
+/// Runs `f` inside a function compiled for the best instruction set found at
+/// run time (AVX2 + FMA on x86-64), so that the loops inlined into it are
+/// vectorised for that set. A named type rather than a closure: pulp's
+/// closure form left the loop body outside the target-feature function.
+struct WithBestSimd<F>(F);
+
+impl<F: FnOnce()> pulp::WithSimd for WithBestSimd<F> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
+        simd.vectorize(
+            #[inline(always)]
+            || (self.0)(),
+        )
+    }
+}
+
+#[inline(always)]
+fn with_best_simd(f: impl FnOnce()) {
+    pulp::Arch::new().dispatch(WithBestSimd(f));
+}
+
+/// The SwiGLU gate, `out = silu(gate) * up`, element-wise.
 pub(crate) fn silu_gate(gate: &[f32], up: &[f32], out: &mut [f32]) {
-    pulp::Arch::new().dispatch(
+    with_best_simd(
         #[inline(always)]
-        || {
-            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-                *o = silu(g) * u;
-            }
-        },
+        || silu_gate_slices(gate, up, out),
     );
 }
 
-/// The SwiGLU gate on a tile whose columns interleave `g` and `u` in groups
-/// of `group`: row `i` of `wide` (`2 c` values) gates into row `i` of `out`
-/// (`[r, c]`, rows contiguous).
-pub(crate) fn silu_gate_interleaved(wide: &[f32], mut out: MatMut<'_, f32>, group: usize) {
-    let cols = out.ncols();
-    pulp::Arch::new().dispatch(
-        #[inline(always)]
-        || {
-            for (i, row) in wide.chunks_exact(2 * cols).enumerate() {
-                let o = row_slice(out.rb_mut(), i);
-                for (pair, o) in row.chunks_exact(2 * group).zip(o.chunks_exact_mut(group)) {
-                    let (g, u) = pair.split_at(group);
-                    for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                        *o = silu(g) * u;
-                    }
+/// `dst = src^T`: `src` is row-major `[rows, cols]`, `dst` row-major
+/// `[cols, rows]`. In tiles of 16 x 16, so that both sides are read and
+/// written a cache line at a time.
+pub(crate) fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    const TILE: usize = 16;
+    let (src, dst) = (&src[..rows * cols], &mut dst[..rows * cols]);
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    dst[c * rows + r] = src[r * cols + c];
                 }
             }
-        },
-    );
+        }
+    }
 }
 
 /// Row `i` of a matrix whose rows are contiguous, as a slice.
@@ -205,6 +233,20 @@ mod tests {
                 (out[i] as f64 - exact).abs() <= 1e-6 * (1.0 + exact.abs()),
                 "{i}"
             );
+        }
+    }
+
+    #[test]
+    fn transpose_into_transposes() {
+        for (rows, cols) in [(1, 1), (3, 17), (49, 512), (33, 16)] {
+            let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let mut dst = vec![f32::NAN; rows * cols];
+            transpose_into(&src, rows, cols, &mut dst);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(dst[c * rows + r], src[r * cols + c], "{rows}x{cols}");
+                }
+            }
         }
     }
 
