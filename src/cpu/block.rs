@@ -3,9 +3,9 @@
 //! RMSNorm) while it is still in cache. A task owns a disjoint part of the
 //! state, so the tasks of a phase run in parallel without locks:
 //!
-//! - channel SwiGLU: a block of rows (tokens of any puzzles), since it
-//!   mixes along D only: both products, the gate, residual and norm in one
-//!   task, the block held feature-major while it is in cache;
+//! - channel SwiGLU: blocks of rows (tokens of any puzzles), since it mixes
+//!   along D only, held feature-major; each product split by output
+//!   features among the threads, then residual and norm per block;
 //! - token-mixing MLP: a block of columns of one puzzle, since it mixes
 //!   along S only and its RMSNorm runs over S;
 //! - attention: qkv projection by rows, then one (puzzle, head) per task,
@@ -32,46 +32,80 @@ pub(super) struct TaskScratch {
     pub col_sums: Vec<f32>,
 }
 
-/// Channel SwiGLU on a block of rows `rows` (`[r, D]`, tokens of any
-/// puzzles): `h = rms_norm(h + down(silu(g) * u))` with
-/// `[g | u] = h @ gate_up^T`.
-///
-/// Computed feature-major: with the block as `h^T` (`[D, r]`), the products
-/// are `[g; u] = gate_up @ h^T` and `down @ gated`, which read both weights
-/// in their official `[out, in]` layouts in place and put the tokens along
-/// the GEMM microkernel's vector axis; on AVX-512 that runs about 30% faster
-/// than the token-major `h @ gate_up^T`. The transposes cost two passes over
-/// the block, which is in cache.
-pub(super) fn channel_swiglu_rows(
+// Channel SwiGLU, `h = rms_norm(h + down(silu(g) * u))` with
+// `[g | u] = h @ gate_up^T`, on a block of rows (tokens of any puzzles).
+//
+// Computed feature-major: with the block as `h^T` (`[D, r]`), the products
+// are `[g; u] = gate_up @ h^T` and `down @ gated`, which read both weights in
+// their official `[out, in]` layouts in place and put the tokens along the
+// GEMM microkernel's vectors; on AVX-512 that runs about 30% faster than
+// the token-major `h @ gate_up^T`. Each product is split by output features
+// into parts, one per thread, so that every thread streams only its part of
+// the weights and a single block (one puzzle) still keeps every thread
+// busy; hence three phases: gate (per part), down (per part), residual and
+// norm (per block).
+
+/// Channel SwiGLU, first phase, on one part: the intermediate features
+/// `first..first + n` of the block `rows` (`[r, D]`), gated:
+/// `gated_part` (`[n, r]`) `= silu(g) * u` for those features.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn channel_gate_part(
     gate_up: &[f32],
-    down: &[f32],
-    rows: &mut [f32],
+    rows: &[f32],
+    gated_part: &mut [f32],
+    first: usize,
     d: usize,
     ci: usize,
+    s: &mut TaskScratch,
+) {
+    let r = rows.len() / d;
+    let n = gated_part.len() / r;
+    let rows_t = &mut s.transposed[..d * r];
+    transpose_into(rows, r, d, rows_t);
+    let (g, u) = s.wide[..2 * n * r].split_at_mut(n * r);
+    // g is row `first + i` of gate_up, u row `ci + first + i`
+    for (out, weight_row) in [(g, first), (u, ci + first)] {
+        matmul_into(
+            mat_mut(out, n, r),
+            mat(&gate_up[weight_row * d..], n, d),
+            mat(rows_t, d, r),
+            Par::Seq,
+        );
+    }
+    let (g, u) = s.wide[..2 * n * r].split_at(n * r);
+    silu_gate(g, u, gated_part);
+}
+
+/// Channel SwiGLU, second phase, on one part: output features
+/// `first..first + n` of the block: `update_part` (`[n, r]`) `=`
+/// `down[first..first + n] @ gated` (`gated`: the block's `[inter(D), r]`).
+pub(super) fn channel_down_part(
+    down: &[f32],
+    gated: &[f32],
+    update_part: &mut [f32],
+    first: usize,
+    ci: usize,
+) {
+    let r = gated.len() / ci;
+    let n = update_part.len() / r;
+    matmul_into(
+        mat_mut(update_part, n, r),
+        mat(&down[first * ci..], n, ci),
+        mat(gated, ci, r),
+        Par::Seq,
+    );
+}
+
+/// Channel SwiGLU, third phase, on the block `rows` (`[r, D]`) with its
+/// feature-major update `update_t` (`[D, r]`): `h = rms_norm(h + update)`.
+pub(super) fn channel_residual_norm(
+    rows: &mut [f32],
+    update_t: &[f32],
+    d: usize,
     eps: f32,
     s: &mut TaskScratch,
 ) {
     let r = rows.len() / d;
-    let rows_t = &mut s.transposed[..d * r];
-    transpose_into(rows, r, d, rows_t);
-    let wide = &mut s.wide[..2 * ci * r];
-    matmul_into(
-        mat_mut(wide, 2 * ci, r),
-        mat(gate_up, 2 * ci, d),
-        mat(rows_t, d, r),
-        Par::Seq,
-    );
-    // rows 0..ci of `wide` are g, rows ci..2ci are u
-    let (g, u) = wide.split_at(ci * r);
-    let gated = &mut s.gated[..ci * r];
-    silu_gate(g, u, gated);
-    let update_t = &mut s.update[..d * r];
-    matmul_into(
-        mat_mut(update_t, d, r),
-        mat(down, d, ci),
-        mat(gated, ci, r),
-        Par::Seq,
-    );
     let update = &mut s.transposed[..r * d];
     transpose_into(update_t, d, r, update);
     add_rms_norm_rows(rows, update, d, eps);

@@ -85,8 +85,13 @@ pub struct CpuEngine {
 /// the cache allows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Plan {
-    /// Rows of a row task: channel SwiGLU, qkv, o_proj, element-wise work.
+    /// Rows of a row task: qkv, o_proj, element-wise work.
     rows_per_task: usize,
+    /// Rows (tokens) of a channel SwiGLU block: a multiple of 16 (the
+    /// AVX-512 vector the GEMM puts them along) except for the last block.
+    channel_rows: usize,
+    /// Parts each channel product is split into, by output features.
+    channel_parts: usize,
     /// Columns of a token-mixing task.
     cols_per_task: usize,
 }
@@ -103,16 +108,27 @@ impl Plan {
             .max(d.div_ceil(MAX_COLS_PER_TASK))
             .min(d)
             .max(1);
+        // channel blocks: as few as the cache bound allows, of whole
+        // vectors of 16 tokens; every thread takes a part of each block
+        const VECTOR: usize = 16;
+        let vectors = rows.div_ceil(VECTOR);
+        let channel_blocks = rows.div_ceil(MAX_ROWS_PER_TASK);
         Plan {
             rows_per_task: rows.div_ceil(row_tasks.min(rows)),
+            channel_rows: (vectors.div_ceil(channel_blocks) * VECTOR).min(rows),
+            channel_parts: threads,
             cols_per_task: d.div_ceil(col_tasks),
         }
     }
 }
 
 /// Per-batch intermediate buffers of a network call, allocated once per
-/// solve: for attention, `[A S, 3D]` qkv and `[A S, D]` head outputs.
+/// solve: the channel SwiGLU's gated activations (`[inter(D), r]`) and
+/// update (`[D, r]`) of each block of r rows, one block after the other;
+/// for attention, `[A S, 3D]` qkv and `[A S, D]` head outputs.
 struct Buffers {
+    gated: Vec<f32>,
+    update: Vec<f32>,
     qkv: Vec<f32>,
     attn: Vec<f32>,
 }
@@ -123,6 +139,8 @@ impl Buffers {
         let d = config.hidden_size;
         let attention = if config.mlp_t { 0 } else { rows * d };
         Buffers {
+            gated: vec![0.0; rows * config.channel_inter()],
+            update: vec![0.0; rows * d],
             qkv: vec![0.0; 3 * attention],
             attn: vec![0.0; attention],
         }
@@ -371,20 +389,64 @@ impl CpuEngine {
                     unreachable!("PackedWeights mirrors the model's mixers")
                 }
             }
-            // channel SwiGLU: blocks of rows, each in one task
-            state.par_chunks_mut(row_chunk).for_each(|rows| {
-                self.with_scratch(|scratch| {
-                    block::channel_swiglu_rows(
-                        &layer.gate_up,
-                        &layer.down,
-                        rows,
-                        d,
-                        ci,
-                        eps,
-                        scratch,
-                    )
-                })
-            });
+            // channel SwiGLU: feature-major blocks of rows, each product
+            // split among the threads by output features (`block.rs`)
+            let rows = plan.channel_rows;
+            let (ci_part, d_part) = (
+                ci.div_ceil(plan.channel_parts),
+                d.div_ceil(plan.channel_parts),
+            );
+            let gated = &mut buffers.gated[..(state.len() / d) * ci];
+            gated
+                .par_chunks_mut(rows * ci)
+                .zip(state.par_chunks(rows * d))
+                .for_each(|(gated, block)| {
+                    let r = block.len() / d;
+                    gated
+                        .par_chunks_mut(ci_part * r)
+                        .enumerate()
+                        .for_each(|(part, gated_part)| {
+                            self.with_scratch(|scratch| {
+                                block::channel_gate_part(
+                                    &layer.gate_up,
+                                    block,
+                                    gated_part,
+                                    part * ci_part,
+                                    d,
+                                    ci,
+                                    scratch,
+                                )
+                            })
+                        });
+                });
+            let gated = &*gated;
+            let update = &mut buffers.update[..state.len()];
+            update
+                .par_chunks_mut(rows * d)
+                .zip(gated.par_chunks(rows * ci))
+                .for_each(|(update, gated)| {
+                    let r = update.len() / d;
+                    update.par_chunks_mut(d_part * r).enumerate().for_each(
+                        |(part, update_part)| {
+                            block::channel_down_part(
+                                &layer.down,
+                                gated,
+                                update_part,
+                                part * d_part,
+                                ci,
+                            )
+                        },
+                    );
+                });
+            let update = &*update;
+            state
+                .par_chunks_mut(rows * d)
+                .zip(update.par_chunks(rows * d))
+                .for_each(|(block, update_t)| {
+                    self.with_scratch(|scratch| {
+                        block::channel_residual_norm(block, update_t, d, eps, scratch)
+                    })
+                });
         }
     }
 
@@ -546,6 +608,11 @@ mod tests {
                 let rows = puzzles * 97;
                 let row_tasks = rows.div_ceil(plan.rows_per_task);
                 assert!(plan.rows_per_task <= MAX_ROWS_PER_TASK, "{plan:?}");
+                assert!(plan.channel_rows <= MAX_ROWS_PER_TASK, "{plan:?}");
+                assert!(
+                    plan.channel_rows.is_multiple_of(16) || plan.channel_rows == rows,
+                    "{plan:?}"
+                );
                 assert!(row_tasks >= threads.min(rows), "{plan:?}");
                 // balanced: no thread gets a whole task more than another
                 // except through the last, shorter task
@@ -557,9 +624,11 @@ mod tests {
                 assert!(plan.cols_per_task <= MAX_COLS_PER_TASK, "{plan:?}");
             }
         }
-        // one puzzle on two threads: 49 + 48 rows; eight: 8 x 97
+        // one puzzle on two threads: one channel block of 97 rows in two
+        // parts; eight puzzles: seven blocks of 112 rows (the last 104)
         let plan = Plan::new(&sudoku, 1, 2);
         assert_eq!((plan.rows_per_task, plan.cols_per_task), (49, 256));
-        assert_eq!(Plan::new(&sudoku, 8, 2).rows_per_task, 97);
+        assert_eq!((plan.channel_rows, plan.channel_parts), (97, 2));
+        assert_eq!(Plan::new(&sudoku, 8, 2).channel_rows, 112);
     }
 }
