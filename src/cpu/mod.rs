@@ -78,6 +78,9 @@ pub struct CpuEngine {
     /// holds its thread's scratch only while it runs no nested parallel
     /// work, so a lock is never contended.
     scratch: Vec<Mutex<TaskScratch>>,
+    /// Buffers of the last `recursion_step` call and its puzzle count,
+    /// reused while the batch size stays the same.
+    step_buffers: Mutex<Option<(usize, Buffers)>>,
 }
 
 /// How a network call is cut into tasks for the current group of puzzles,
@@ -208,6 +211,7 @@ impl CpuEngine {
             pool,
             threads,
             scratch,
+            step_buffers: Mutex::new(None),
         })
     }
 
@@ -270,9 +274,17 @@ impl CpuEngine {
         }
         let puzzles = state.len() / sd;
         let plan = Plan::new(config, puzzles, self.threads);
-        let mut buffers = Buffers::new(config, puzzles);
-        self.pool
-            .install(|| self.net(state, injection, &mut buffers, plan));
+        let mut cached = match self.step_buffers.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if !matches!(&*cached, Some((n, _)) if *n == puzzles) {
+            *cached = Some((puzzles, Buffers::new(config, puzzles)));
+        }
+        if let Some((_, buffers)) = cached.as_mut() {
+            self.pool
+                .install(|| self.net(state, injection, buffers, plan));
+        }
         Ok(())
     }
 
