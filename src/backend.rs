@@ -99,7 +99,7 @@ pub enum AnyEngine {
     /// fell back to it.
     Cpu {
         /// The engine.
-        engine: CpuEngine,
+        engine: Box<CpuEngine>,
         /// Why `auto` did not use a GPU.
         gpu_unavailable: Option<TrmError>,
     },
@@ -152,14 +152,14 @@ impl AnyEngine {
 
     fn inner(&self) -> &dyn Engine {
         match self {
-            AnyEngine::Cpu { engine, .. } => engine,
+            AnyEngine::Cpu { engine, .. } => engine.as_ref(),
             AnyEngine::Gpu(e) => e.as_ref(),
         }
     }
 
     fn inner_mut(&mut self) -> &mut dyn Engine {
         match self {
-            AnyEngine::Cpu { engine, .. } => engine,
+            AnyEngine::Cpu { engine, .. } => engine.as_mut(),
             AnyEngine::Gpu(e) => e.as_mut(),
         }
     }
@@ -196,7 +196,7 @@ impl Backend {
                 None => CpuEngine::new(model)?,
             };
             Ok(AnyEngine::Cpu {
-                engine,
+                engine: Box::new(engine),
                 gpu_unavailable,
             })
         };

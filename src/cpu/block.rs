@@ -61,7 +61,7 @@ pub(super) fn channel_gate_part(
     let r = rows.len() / d;
     let n = gated_part.len() / r;
     let rows_t = &mut s.transposed[..d * r];
-    transpose_into(rows, r, d, rows_t);
+    transpose_into(rows, r, d, d, rows_t);
     let (g, u) = s.wide[..2 * n * r].split_at_mut(n * r);
     // g is row `first + i` of gate_up, u row `ci + first + i`
     for (out, weight_row) in [(g, first), (u, ci + first)] {
@@ -96,18 +96,21 @@ pub(super) fn channel_down_part(
     );
 }
 
-/// Channel SwiGLU, third phase, on the block `rows` (`[r, D]`) with its
-/// feature-major update `update_t` (`[D, r]`): `h = rms_norm(h + update)`.
+/// Channel SwiGLU, third phase, on `rows` (`[r, D]`), the rows
+/// `first..first + r` of a block of `block_rows` whose feature-major update
+/// is `update_t` (`[D, block_rows]`): `h = rms_norm(h + update)`.
 pub(super) fn channel_residual_norm(
     rows: &mut [f32],
     update_t: &[f32],
+    first: usize,
+    block_rows: usize,
     d: usize,
     eps: f32,
     s: &mut TaskScratch,
 ) {
     let r = rows.len() / d;
     let update = &mut s.transposed[..r * d];
-    transpose_into(update_t, d, r, update);
+    transpose_into(&update_t[first..], d, r, block_rows, update);
     add_rms_norm_rows(rows, update, d, eps);
 }
 

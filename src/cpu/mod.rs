@@ -455,9 +455,23 @@ impl CpuEngine {
                 .par_chunks_mut(rows * d)
                 .zip(update.par_chunks(rows * d))
                 .for_each(|(block, update_t)| {
-                    self.with_scratch(|scratch| {
-                        block::channel_residual_norm(block, update_t, d, eps, scratch)
-                    })
+                    let r = block.len() / d;
+                    let part_rows = r.div_ceil(plan.channel_parts);
+                    block.par_chunks_mut(part_rows * d).enumerate().for_each(
+                        |(part, part_block)| {
+                            self.with_scratch(|scratch| {
+                                block::channel_residual_norm(
+                                    part_block,
+                                    update_t,
+                                    part * part_rows,
+                                    r,
+                                    d,
+                                    eps,
+                                    scratch,
+                                )
+                            })
+                        },
+                    );
                 });
         }
     }
