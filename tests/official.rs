@@ -11,8 +11,7 @@ use std::sync::Arc;
 
 use common::torch_save::{all_config_yaml, dataset_json, model_step_file};
 use common::{
-    RawTensor, assert_close, data_dir, load_case, read_output_f32, safetensors_bytes, shared_dir,
-    temp_dir,
+    RawTensor, assert_close, data_dir, load_case, read_output_f32, safetensors_bytes, temp_dir,
 };
 use safetensors::SafeTensors;
 use trm_wgpu::checkpoint::official::{self, ConvertOptions};
@@ -24,14 +23,9 @@ fn golden_official() -> PathBuf {
     data_dir().join("golden/official")
 }
 
+/// The trained sample model, both forms, as the project carries it.
 fn sudoku_easy() -> PathBuf {
-    let dir = shared_dir().join("models/sudoku-easy");
-    assert!(
-        dir.exists(),
-        "{} is missing: set TRM_SHARED_DIR to the project's shared folder",
-        dir.display()
-    );
-    dir
+    common::repo_dir().join("data/sudoku-easy")
 }
 
 fn convert_step_1000(with_dataset: bool) -> TrmModel {
