@@ -234,3 +234,44 @@ fn recursion_steps_compose_into_an_act_step() {
     assert_eq!(z, out.z_l);
     assert!(engine.recursion_step(&mut y[..5], &z[..5]).is_err());
 }
+
+/// The engine's split of the work depends on the thread count (parts of
+/// every channel product, row and column tasks) and on the batch (blocks of
+/// up to 128 tokens): every split gives the float64 answer.
+#[test]
+fn every_thread_count_and_block_split_matches_float64() {
+    let seed = common::test_seed();
+    let mut rng = SplitMix64::new(seed);
+    for (mlp_t, pos) in [(true, PosEncodings::None), (false, PosEncodings::Rope)] {
+        // ~41 positions x 5 puzzles: two channel blocks, the second partial
+        let config = TrmConfig {
+            seq_len: 37,
+            ..random_config(&mut rng, mlp_t, pos, true)
+        };
+        let model = Arc::new(TrmModel::random(config.clone(), rng.next_u64(), 0.5).unwrap());
+        let batch = random_batch_from(&mut rng, &config, 5);
+        let reference = f64_reference::solve(&model, &batch, 2, false);
+        for threads in [1, 3, 7] {
+            let mut engine = CpuEngine::with_threads(model.clone(), threads).unwrap();
+            let out = engine.solve(&batch, &SolveOptions::default()).unwrap();
+            let what = |name: &str| format!("{name} ({threads} threads, mlp_t {mlp_t})");
+            assert_close(
+                &what("logits"),
+                &out.logits,
+                &reference.logits,
+                REL_L2,
+                MAX_ABS,
+            );
+            assert_close(&what("z_H"), &out.z_h, &reference.z_h, REL_L2, MAX_ABS);
+            assert_close(&what("z_L"), &out.z_l, &reference.z_l, REL_L2, MAX_ABS);
+            assert_close_floor(
+                &what("q_halt_logits"),
+                &out.q_halt_logits,
+                &reference.q_halt_logits,
+                REL_L2,
+                MAX_ABS,
+                Q_FLOOR,
+            );
+        }
+    }
+}

@@ -42,8 +42,8 @@ pub(super) struct TaskScratch {
 // the token-major `h @ gate_up^T`. Each product is split by output features
 // into parts, one per thread, so that every thread streams only its part of
 // the weights and a single block (one puzzle) still keeps every thread
-// busy; hence three phases: gate (per part), down (per part), residual and
-// norm (per block).
+// busy; hence three phases: gate, down, residual and norm, each on parts of
+// every block.
 
 /// Channel SwiGLU, first phase, on one part: the intermediate features
 /// `first..first + n` of the block `rows` (`[r, D]`), gated:

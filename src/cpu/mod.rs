@@ -183,12 +183,14 @@ impl CpuEngine {
         let (ci, ti) = (config.channel_inter(), config.token_inter());
         // Plan keeps every task within these bounds.
         let (r, c) = (MAX_ROWS_PER_TASK, MAX_COLS_PER_TASK.min(d));
+        // channel: [g; u] of a block (its gated activations and update live
+        // in the solve's Buffers); attention: o_proj rows
         let mut wide = r * 2 * ci;
-        let mut gated = r * ci;
+        let mut gated = 0;
         let mut update = r * d;
         if config.mlp_t {
             wide = wide.max(2 * ti * c);
-            gated = gated.max(ti * c);
+            gated = ti * c;
             update = update.max(s * c);
         } else {
             wide = wide.max(s * s); // attention scores of one head
