@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use crate::error::{Result, TrmError};
 
@@ -697,6 +699,27 @@ impl GpuContext {
     /// Waits until the queue is idle.
     pub(crate) fn wait_idle(&self) -> Result<()> {
         self.poll_wait(None)
+    }
+
+    /// The value a `map_async` callback sends on `receiver`, once the work
+    /// it depends on was waited for. wgpu runs the callback from whichever
+    /// thread polls the device: when threads share the device, another
+    /// thread's poll may still be running it after this thread's wait has
+    /// returned, so wait for it (polling again meanwhile) rather than assume
+    /// it has run. `what` names the data in the error, after 5 s.
+    pub(crate) fn mapped<T>(&self, receiver: &Receiver<T>, what: &str) -> Result<T> {
+        const TRIES: usize = 200;
+        const EACH: Duration = Duration::from_millis(25);
+        for _ in 0..TRIES {
+            match receiver.recv_timeout(EACH) {
+                Ok(value) => return Ok(value),
+                Err(RecvTimeoutError::Timeout) => self.wait_idle()?,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        Err(TrmError::Gpu(format!(
+            "{what} were never mapped for reading"
+        )))
     }
 
     fn poll_wait(&self, submission: Option<wgpu::SubmissionIndex>) -> Result<()> {

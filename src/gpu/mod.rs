@@ -562,17 +562,7 @@ impl GpuEngine {
                 })
         })?;
         ctx.wait(submission)?;
-        let mapped = match receiver.try_recv() {
-            Ok(result) => result,
-            Err(_) => {
-                // the callback fires from a poll; give it one more
-                ctx.wait_idle()?;
-                receiver.try_recv().map_err(|_| {
-                    TrmError::Gpu("the results were never mapped for reading".into())
-                })?
-            }
-        };
-        if let Err(e) = mapped {
+        if let Err(e) = ctx.mapped(&receiver, "the results")? {
             ctx.check()?;
             let reason = format!("reading the results back failed: {e}");
             ctx.mark_lost(&reason);

@@ -176,9 +176,10 @@ impl GpuEngine {
             })
         })?;
         self.ctx.wait_idle()?;
-        match receiver.try_recv() {
-            Ok(Ok(())) => {}
-            _ => return Err(TrmError::Gpu("the timestamps could not be read".into())),
+        if let Err(e) = self.ctx.mapped(&receiver, "the timestamps")? {
+            return Err(TrmError::Gpu(format!(
+                "the timestamps could not be read: {e}"
+            )));
         }
         let ticks = {
             let view = stamps
