@@ -5,22 +5,13 @@
 
 mod common;
 
-use std::process::{Command, Output};
-
 use common::torch_save::{all_config_yaml, dataset_json, model_step_file};
 use common::{
-    RawTensor, assert_close, assert_close_floor, f64_reference, read_output_f32, safetensors_bytes,
-    temp_dir,
+    RawTensor, assert_close, assert_close_floor, assert_one_error_line, f64_reference,
+    read_output_f32, safetensors_bytes, temp_dir, trm,
 };
 
 use trm_wgpu::{PosEncodings, TrmConfig, TrmModel};
-
-fn trm(args: &[&str]) -> Output {
-    Command::new(common::trm_bin())
-        .args(args)
-        .output()
-        .expect("the trm binary runs")
-}
 
 fn config(mlp_t: bool, pos: PosEncodings) -> TrmConfig {
     TrmConfig {
@@ -250,16 +241,6 @@ fn info_prints_configuration_and_cost() {
 
 /// Asserts a failed run: non-zero exit, exactly one line on stderr starting
 /// with `error:` and containing `needle`, no panic.
-fn assert_clean_failure(out: &Output, needle: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "should fail: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "one line expected: {stderr}");
-    assert!(lines[0].starts_with("error: "), "{stderr}");
-    assert!(lines[0].contains(needle), "`{needle}` not in: {stderr}");
-}
-
 #[test]
 fn bad_inputs_give_one_error_line() {
     let model = TrmModel::random(config(true, PosEncodings::None), 2, 0.5).unwrap();
@@ -272,19 +253,19 @@ fn bad_inputs_give_one_error_line() {
     let run = |model: &str, input: &str| trm(&["run", "-m", model, "-i", input, "-o", o]);
 
     // unreadable model
-    assert_clean_failure(&run("/nonexistent.safetensors", i), "No such file");
+    assert_one_error_line(&run("/nonexistent.safetensors", i), "No such file");
     // truncated model
     let bytes = std::fs::read(&model_path).unwrap();
     let truncated = dir.join("truncated.safetensors");
     std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
-    assert_clean_failure(
+    assert_one_error_line(
         &run(truncated.to_str().unwrap(), i),
         "not a valid safetensors file",
     );
     // bad header
     let garbage = dir.join("garbage.safetensors");
     std::fs::write(&garbage, b"\xff\xff\xff\xff\xff\xff\xff\x7f{}").unwrap();
-    assert_clean_failure(
+    assert_one_error_line(
         &run(garbage.to_str().unwrap(), i),
         "not a valid safetensors file",
     );
@@ -297,7 +278,7 @@ fn bad_inputs_give_one_error_line() {
         safetensors_bytes(&[RawTensor::i32("inputs", vec![2, 11], &tokens)], None),
     )
     .unwrap();
-    assert_clean_failure(
+    assert_one_error_line(
         &run(m, bad_tokens.to_str().unwrap()),
         "token id 99 of puzzle 1 at position 9",
     );
@@ -314,7 +295,7 @@ fn bad_inputs_give_one_error_line() {
         ),
     )
     .unwrap();
-    assert_clean_failure(&run(m, bad_ids.to_str().unwrap()), "puzzle identifier 3");
+    assert_one_error_line(&run(m, bad_ids.to_str().unwrap()), "puzzle identifier 3");
     // wrong rank
     let bad_rank = dir.join("bad_rank.safetensors");
     std::fs::write(
@@ -322,7 +303,7 @@ fn bad_inputs_give_one_error_line() {
         safetensors_bytes(&[RawTensor::i32("inputs", vec![22], &[1; 22])], None),
     )
     .unwrap();
-    assert_clean_failure(&run(m, bad_rank.to_str().unwrap()), "shape [B, 11]");
+    assert_one_error_line(&run(m, bad_rank.to_str().unwrap()), "shape [B, 11]");
     // wrong dtype
     let bad_dtype = dir.join("bad_dtype.safetensors");
     std::fs::write(
@@ -330,7 +311,7 @@ fn bad_inputs_give_one_error_line() {
         safetensors_bytes(&[RawTensor::f32("inputs", vec![2, 11], &[1.0; 22])], None),
     )
     .unwrap();
-    assert_clean_failure(&run(m, bad_dtype.to_str().unwrap()), "dtype F32");
+    assert_one_error_line(&run(m, bad_dtype.to_str().unwrap()), "dtype F32");
     // missing tensor in the model
     let missing = dir.join("missing.safetensors");
     let tensors: Vec<RawTensor> = common::raw_tensors(&model)
@@ -342,7 +323,7 @@ fn bad_inputs_give_one_error_line() {
         common::model_bytes(&tensors, &model.config().to_json()),
     )
     .unwrap();
-    assert_clean_failure(&run(missing.to_str().unwrap(), i), "inner.q_head.weight");
+    assert_one_error_line(&run(missing.to_str().unwrap(), i), "inner.q_head.weight");
     // config contradicting the tensors
     let contradicting = dir.join("contradicting.safetensors");
     let mut c = model.config().clone();
@@ -352,17 +333,17 @@ fn bad_inputs_give_one_error_line() {
         common::model_bytes(&common::raw_tensors(&model), &c.to_json()),
     )
     .unwrap();
-    assert_clean_failure(
+    assert_one_error_line(
         &run(contradicting.to_str().unwrap(), i),
         "configuration implies",
     );
     // zero ACT steps
-    assert_clean_failure(
+    assert_one_error_line(
         &trm(&["run", "-m", m, "-i", i, "-o", o, "--steps", "0"]),
         "at least one ACT step",
     );
     // unwritable output
-    assert_clean_failure(
+    assert_one_error_line(
         &trm(&[
             "run",
             "-m",

@@ -6,21 +6,14 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-use common::{assert_close, assert_close_floor, f64_reference, gpu, read_output_f32, temp_dir};
+use common::{
+    assert_close, assert_close_floor, f64_reference, gpu, read_output_f32, temp_dir, trm_env,
+};
 use trm_wgpu::{PosEncodings, TrmConfig, TrmModel};
 
 const PUZZLES: usize = 3;
 const ACT_STEPS: usize = 2;
-
-fn trm(args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(common::trm_bin())
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .expect("the trm binary runs")
-}
 
 /// Odd sizes: S = 17 + 2 = 19, D = 22, two layers, a puzzle embedding.
 fn config() -> TrmConfig {
@@ -43,7 +36,7 @@ fn run(
     env: &[(&str, &str)],
 ) -> (Vec<u8>, serde_json::Value) {
     let output = dir.join(format!("out-{backend}.safetensors"));
-    let out = trm(
+    let out = trm_env(
         &[
             "run",
             "--model",

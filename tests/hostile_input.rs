@@ -5,13 +5,15 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Command, Output};
 
 use common::torch_save::{
     OFFICIAL_PREFIX, PickleTensor, Pickler, all_config_yaml, dataset_json, model_state_dict,
     model_step_file, state_dict_pickle, torch_zip,
 };
-use common::{RawTensor, model_bytes, raw_tensors, safetensors_bytes, temp_dir};
+use common::{
+    RawTensor, assert_one_error_line, model_bytes, raw_tensors, safetensors_bytes, temp_dir,
+    trm_env,
+};
 use trm_wgpu::checkpoint::official::{self, ConvertOptions, OfficialCheckpoint};
 use trm_wgpu::checkpoint::pickle;
 use trm_wgpu::{LoadOptions, PosEncodings, PuzzleBatch, TrmConfig, TrmError, TrmModel};
@@ -783,24 +785,6 @@ fn input_header_lying_about_the_batch() {
 
 // ---------------------------------------------------------------- the binary
 
-fn trm(args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trm"))
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .expect("the trm binary runs")
-}
-
-fn assert_one_error_line(out: &Output, needle: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "should fail: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "one line expected: {stderr}");
-    assert!(lines[0].starts_with("error: "), "{stderr}");
-    assert!(lines[0].contains(needle), "`{needle}` not in: {stderr}");
-}
-
 #[test]
 fn cli_reports_hostile_files_on_one_line() {
     let dir = temp_dir("hostile-cli");
@@ -819,17 +803,17 @@ fn cli_reports_hostile_files_on_one_line() {
     // A malicious pickle in a torch.save archive.
     let evil = path("evil", &torch_zip("evil", &os_system_pickle(), &[]));
     assert_one_error_line(
-        &trm(&["convert", &evil, "-c", y, "-o", o], &[]),
+        &trm_env(&["convert", &evil, "-c", y, "-o", o], &[]),
         "`os.system`",
     );
     assert!(!out_path.exists());
     // Truncated archive, missing YAML, a storage offset outside its data.
     let step = step_file();
     let cut = path("cut", &step[..step.len() / 2]);
-    assert_one_error_line(&trm(&["convert", &cut, "-c", y, "-o", o], &[]), "cut");
+    assert_one_error_line(&trm_env(&["convert", &cut, "-c", y, "-o", o], &[]), "cut");
     let good = path("good", &step);
     assert_one_error_line(
-        &trm(&["convert", &good, "-c", "/nonexistent.yaml", "-o", o], &[]),
+        &trm_env(&["convert", &good, "-c", "/nonexistent.yaml", "-o", o], &[]),
         "No such file",
     );
     let (mut t, storages) = model_state_dict(&m, OFFICIAL_PREFIX, false);
@@ -839,7 +823,7 @@ fn cli_reports_hostile_files_on_one_line() {
         &torch_zip("o", &state_dict_pickle(&t), &storages),
     );
     assert_one_error_line(
-        &trm(&["convert", &outside, "-c", y, "-o", o], &[]),
+        &trm_env(&["convert", &outside, "-c", y, "-o", o], &[]),
         "lies outside its storage",
     );
 
@@ -851,7 +835,7 @@ fn cli_reports_hostile_files_on_one_line() {
     )
     .unwrap();
     assert_one_error_line(
-        &trm(
+        &trm_env(
             &["convert", &good, "-c", sneaky.to_str().unwrap(), "-o", o],
             &[],
         ),
@@ -863,7 +847,7 @@ fn cli_reports_hostile_files_on_one_line() {
         r#"{"a": {"dtype": "F32", "shape": [4294967296, 4294967296], "data_offsets": [0, 0]}}"#;
     let overflow = path("overflow.safetensors", &raw_safetensors(header, &[]));
     assert_one_error_line(
-        &trm(&["info", "-m", &overflow], &[]),
+        &trm_env(&["info", "-m", &overflow], &[]),
         "not a valid safetensors file",
     );
 
@@ -883,7 +867,7 @@ fn cli_reports_hostile_files_on_one_line() {
         ),
     );
     let mp = model_path.to_str().unwrap();
-    let run = |env: &[(&str, &str)]| trm(&["run", "-m", mp, "-i", &input, "-o", o], env);
+    let run = |env: &[(&str, &str)]| trm_env(&["run", "-m", mp, "-i", &input, "-o", o], env);
     assert_one_error_line(&run(&[("TRM_MAX_BATCH_BYTES", "1000")]), "split the input");
     assert_one_error_line(
         &run(&[("TRM_MAX_BATCH_BYTES", "lots")]),

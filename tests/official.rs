@@ -6,12 +6,11 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
 use std::sync::Arc;
 
 use common::torch_save::{all_config_yaml, dataset_json, model_step_file};
 use common::{
-    RawTensor, assert_close, data_dir, load_case, read_output_f32, safetensors_bytes, temp_dir,
+    RawTensor, assert_close, data_dir, load_case, read_output_f32, safetensors_bytes, temp_dir, trm,
 };
 use safetensors::SafeTensors;
 use trm_wgpu::checkpoint::official::{self, ConvertOptions};
@@ -292,13 +291,6 @@ fn load_official_state_dict_reads_every_tensor() {
     );
     let (_, h_init) = tensors.iter().find(|(n, _)| n.ends_with("H_init")).unwrap();
     assert_eq!(h_init.shape, vec![64]);
-}
-
-fn trm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trm"))
-        .args(args)
-        .output()
-        .expect("the trm binary runs")
 }
 
 /// `trm convert`, then `trm info` and `trm run` on the result reproduce the

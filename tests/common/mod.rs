@@ -41,6 +41,32 @@ pub fn trm_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_trm")))
 }
 
+/// Runs the `trm` binary ([`trm_bin`]) with `args`.
+pub fn trm(args: &[&str]) -> std::process::Output {
+    trm_env(args, &[])
+}
+
+/// Runs the `trm` binary with `args` and extra environment variables.
+pub fn trm_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(trm_bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("the trm binary runs")
+}
+
+/// A failed `trm` run that said why on exactly one `error: ` line of stderr
+/// containing `needle`, and did not panic.
+pub fn assert_one_error_line(out: &std::process::Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should fail: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(lines[0].contains(needle), "`{needle}` not in: {stderr}");
+}
+
 /// The project's `../shared` folder (or `TRM_SHARED_DIR`), for the large
 /// files kept out of git.
 pub fn shared_dir() -> PathBuf {
