@@ -3,9 +3,8 @@
 //! RMSNorm) while it is still in cache. A task owns a disjoint part of the
 //! state, so the tasks of a phase run in parallel without locks:
 //!
-//! - channel SwiGLU: blocks of rows (tokens of any puzzles), since it mixes
-//!   along D only, held feature-major; each product split by output
-//!   features among the threads, then residual and norm per block;
+//! - channel SwiGLU: a block of rows (tokens of any puzzles), since it
+//!   mixes along D only;
 //! - token-mixing MLP: a block of columns of one puzzle, since it mixes
 //!   along S only and its RMSNorm runs over S;
 //! - attention: qkv projection by rows, then one (puzzle, head) per task,
@@ -16,101 +15,41 @@
 use faer::reborrow::{Reborrow, ReborrowMut};
 use faer::{MatMut, Par};
 
-use super::ops::{
-    add_rms_norm_rows, mat, mat_mut, mat_strided, matmul_into, row_slice, silu_gate, transpose_into,
-};
+use super::ops::{add_rms_norm_rows, mat, mat_mut, mat_strided, matmul_into, row_slice, silu_gate};
+use super::panels::PanelWeights;
 
 /// Scratch memory of one worker thread, sized for the largest task: `wide`
-/// for the first product of a SwiGLU (or attention scores), `gated` for its
-/// gated activations, `update` for the second product, `transposed` for a
-/// block of rows turned feature-major, `col_sums` for norms over columns.
+/// for the first product of a token-mixing SwiGLU (or attention scores),
+/// `gated` for a SwiGLU's gated activations, `update` for its second
+/// product, `packed_rows` for rows re-laid for the panel kernel,
+/// `col_sums` for norms over columns.
 pub(super) struct TaskScratch {
     pub wide: Vec<f32>,
     pub gated: Vec<f32>,
     pub update: Vec<f32>,
-    pub transposed: Vec<f32>,
+    pub packed_rows: Vec<f32>,
     pub col_sums: Vec<f32>,
 }
 
-// Channel SwiGLU, `h = rms_norm(h + down(silu(g) * u))` with
-// `[g | u] = h @ gate_up^T`, on a block of rows (tokens of any puzzles).
-//
-// Computed feature-major: with the block as `h^T` (`[D, r]`), the products
-// are `[g; u] = gate_up @ h^T` and `down @ gated`, which read both weights in
-// their official `[out, in]` layouts in place and put the tokens along the
-// GEMM microkernel's vectors; on AVX-512 that runs about 30% faster than
-// the token-major `h @ gate_up^T`. Each product is split by output features
-// into parts, one per thread, so that every thread streams only its part of
-// the weights and a single block (one puzzle) still keeps every thread
-// busy; hence three phases: gate, down, residual and norm, each on parts of
-// every block.
-
-/// Channel SwiGLU, first phase, on one part: the intermediate features
-/// `first..first + n` of the block `rows` (`[r, D]`), gated:
-/// `gated_part` (`[n, r]`) `= silu(g) * u` for those features.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn channel_gate_part(
-    gate_up: &[f32],
-    rows: &[f32],
-    gated_part: &mut [f32],
-    first: usize,
-    d: usize,
-    ci: usize,
-    s: &mut TaskScratch,
-) {
-    let r = rows.len() / d;
-    let n = gated_part.len() / r;
-    let rows_t = &mut s.transposed[..d * r];
-    transpose_into(rows, r, d, d, rows_t);
-    let (g, u) = s.wide[..2 * n * r].split_at_mut(n * r);
-    // g is row `first + i` of gate_up, u row `ci + first + i`
-    for (out, weight_row) in [(g, first), (u, ci + first)] {
-        matmul_into(
-            mat_mut(out, n, r),
-            mat(&gate_up[weight_row * d..], n, d),
-            mat(rows_t, d, r),
-            Par::Seq,
-        );
-    }
-    let (g, u) = s.wide[..2 * n * r].split_at(n * r);
-    silu_gate(g, u, gated_part);
-}
-
-/// Channel SwiGLU, second phase, on one part: output features
-/// `first..first + n` of the block: `update_part` (`[n, r]`) `=`
-/// `down[first..first + n] @ gated` (`gated`: the block's `[inter(D), r]`).
-pub(super) fn channel_down_part(
-    down: &[f32],
-    gated: &[f32],
-    update_part: &mut [f32],
-    first: usize,
-    ci: usize,
-) {
-    let r = gated.len() / ci;
-    let n = update_part.len() / r;
-    matmul_into(
-        mat_mut(update_part, n, r),
-        mat(&down[first * ci..], n, ci),
-        mat(gated, ci, r),
-        Par::Seq,
-    );
-}
-
-/// Channel SwiGLU, third phase, on `rows` (`[r, D]`), the rows
-/// `first..first + r` of a block of `block_rows` whose feature-major update
-/// is `update_t` (`[D, block_rows]`): `h = rms_norm(h + update)`.
-pub(super) fn channel_residual_norm(
+/// Channel SwiGLU on a block of rows (tokens of any puzzles), `[r, D]`:
+/// `h = rms_norm(h + down(silu(g) * u))` with `[g | u] = h @ gate_up^T`.
+/// Both products run on weights packed at load (`panels.rs`), the gate in
+/// the first product's epilogue; the block's gated activations
+/// (`[r, inter(D)]`, 768 KiB at 128 rows) and update stay in L2 for the
+/// second product and the norm.
+pub(super) fn channel_swiglu_rows(
+    gate_up: &PanelWeights,
+    down: &PanelWeights,
     rows: &mut [f32],
-    update_t: &[f32],
-    first: usize,
-    block_rows: usize,
-    d: usize,
     eps: f32,
     s: &mut TaskScratch,
 ) {
+    let (d, ci) = (gate_up.inputs(), gate_up.outputs());
     let r = rows.len() / d;
-    let update = &mut s.transposed[..r * d];
-    transpose_into(&update_t[first..], d, r, block_rows, update);
+    let gated = &mut s.gated[..r * ci];
+    gate_up.apply(rows, gated, &mut s.packed_rows);
+    let update = &mut s.update[..r * d];
+    down.apply(gated, update, &mut s.packed_rows);
     add_rms_norm_rows(rows, update, d, eps);
 }
 

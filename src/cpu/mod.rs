@@ -4,8 +4,8 @@
 //!
 //! - the active puzzles of a batch advance in lockstep, one network call at
 //!   a time, so the channel SwiGLU of all of them is one stream of row
-//!   blocks (tokens of any puzzles), computed feature-major so the GEMM
-//!   reads the weights in place with the tokens along its vectors;
+//!   blocks (tokens of any puzzles), each a task of its own whose products
+//!   run on weights packed into panels for a microkernel (`panels.rs`);
 //! - every sublayer is split into independent tasks (`block.rs`) whose GEMM
 //!   output gets its epilogue (gate, second GEMM, residual, RMSNorm) while
 //!   in cache; tasks run on a rayon pool, one task per thread at a time,
@@ -19,6 +19,7 @@
 mod block;
 pub(crate) mod ops;
 mod packed;
+mod panels;
 
 use std::sync::{Arc, Mutex};
 
@@ -31,7 +32,7 @@ use crate::error::{Result, TrmError};
 use crate::model::{TokenMixer, TrmModel};
 use crate::solve::{Carry, Engine, SolveOptions, SolveOutput};
 use block::TaskScratch;
-use packed::PackedMixer;
+use packed::{PackedLayer, PackedMixer};
 
 pub use ops::rope_tables;
 
@@ -39,9 +40,9 @@ pub use ops::rope_tables;
 /// which rounds to the same f32 as 1/sqrt(2).
 const LEARNED_POS_SCALE: f32 = std::f32::consts::FRAC_1_SQRT_2;
 
-/// Rows (tokens) per task at most: the `[2 inter(D), rows]` gate_up product
-/// of a channel SwiGLU task of the Sudoku-Extreme model (3072 x 128 floats,
-/// 1.5 MiB) stays within a core's L2 cache.
+/// Rows (tokens) per task at most: the gated activations of a channel
+/// SwiGLU task of the Sudoku-Extreme model (`[128, 1536]` floats, 768 KiB)
+/// stay within a core's L2 cache with its rows and a weight panel.
 const MAX_ROWS_PER_TASK: usize = 128;
 
 /// Columns per token-mixing task at most (`[2 inter(S), cols]` tile).
@@ -68,8 +69,8 @@ const MAX_COLS_PER_TASK: usize = 256;
 /// ```
 pub struct CpuEngine {
     model: Arc<TrmModel>,
-    /// Token mixers of the blocks, in the engine's layout.
-    mixers: Vec<PackedMixer>,
+    /// The blocks' weights in the engine's layout.
+    layers: Vec<PackedLayer>,
     /// `(cos, sin)`, each `[S, head_dim]`, for RoPE attention models.
     rope: Option<(Vec<f32>, Vec<f32>)>,
     pool: rayon::ThreadPool,
@@ -88,13 +89,8 @@ pub struct CpuEngine {
 /// the cache allows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Plan {
-    /// Rows of a row task: qkv, o_proj, element-wise work.
+    /// Rows of a row task: channel SwiGLU, qkv, o_proj, element-wise work.
     rows_per_task: usize,
-    /// Rows (tokens) of a channel SwiGLU block: a multiple of 16 (the
-    /// AVX-512 vector the GEMM puts them along) except for the last block.
-    channel_rows: usize,
-    /// Parts each channel product is split into, by output features.
-    channel_parts: usize,
     /// Columns of a token-mixing task.
     cols_per_task: usize,
 }
@@ -111,27 +107,16 @@ impl Plan {
             .max(d.div_ceil(MAX_COLS_PER_TASK))
             .min(d)
             .max(1);
-        // channel blocks: as few as the cache bound allows, of whole
-        // vectors of 16 tokens; every thread takes a part of each block
-        const VECTOR: usize = 16;
-        let vectors = rows.div_ceil(VECTOR);
-        let channel_blocks = rows.div_ceil(MAX_ROWS_PER_TASK);
         Plan {
             rows_per_task: rows.div_ceil(row_tasks.min(rows)),
-            channel_rows: (vectors.div_ceil(channel_blocks) * VECTOR).min(rows),
-            channel_parts: threads,
             cols_per_task: d.div_ceil(col_tasks),
         }
     }
 }
 
 /// Per-batch intermediate buffers of a network call, allocated once per
-/// solve: the channel SwiGLU's gated activations (`[inter(D), r]`) and
-/// update (`[D, r]`) of each block of r rows, one block after the other;
-/// for attention, `[A S, 3D]` qkv and `[A S, D]` head outputs.
+/// solve: for attention, `[A S, 3D]` qkv and `[A S, D]` head outputs.
 struct Buffers {
-    gated: Vec<f32>,
-    update: Vec<f32>,
     qkv: Vec<f32>,
     attn: Vec<f32>,
 }
@@ -139,11 +124,12 @@ struct Buffers {
 impl Buffers {
     fn new(config: &TrmConfig, puzzles: usize) -> Self {
         let rows = puzzles * config.state_len();
-        let d = config.hidden_size;
-        let attention = if config.mlp_t { 0 } else { rows * d };
+        let attention = if config.mlp_t {
+            0
+        } else {
+            rows * config.hidden_size
+        };
         Buffers {
-            gated: vec![0.0; rows * config.channel_inter()],
-            update: vec![0.0; rows * d],
             qkv: vec![0.0; 3 * attention],
             attn: vec![0.0; attention],
         }
@@ -183,31 +169,29 @@ impl CpuEngine {
         let (ci, ti) = (config.channel_inter(), config.token_inter());
         // Plan keeps every task within these bounds.
         let (r, c) = (MAX_ROWS_PER_TASK, MAX_COLS_PER_TASK.min(d));
-        // channel: [g; u] of a block (its gated activations and update live
-        // in the solve's Buffers); attention: o_proj rows
-        let mut wide = r * 2 * ci;
-        let mut gated = 0;
+        // channel SwiGLU and o_proj: row tasks; token MLP: column tasks
+        let mut gated = r * ci;
         let mut update = r * d;
-        if config.mlp_t {
-            wide = wide.max(2 * ti * c);
-            gated = ti * c;
+        let wide = if config.mlp_t {
+            gated = gated.max(ti * c);
             update = update.max(s * c);
+            2 * ti * c
         } else {
-            wide = wide.max(s * s); // attention scores of one head
-        }
+            s * s // attention scores of one head
+        };
         let scratch = (0..threads)
             .map(|_| {
                 Mutex::new(TaskScratch {
                     wide: vec![0.0; wide],
                     gated: vec![0.0; gated],
                     update: vec![0.0; update],
-                    transposed: vec![0.0; r * d],
+                    packed_rows: vec![0.0; r * d.max(ci)],
                     col_sums: vec![0.0; d],
                 })
             })
             .collect();
         Ok(CpuEngine {
-            mixers: PackedMixer::for_model(&model),
+            layers: PackedLayer::for_model(&model),
             model,
             rope,
             pool,
@@ -328,7 +312,7 @@ impl CpuEngine {
     fn net(&self, state: &mut [f32], injection: &[f32], buffers: &mut Buffers, plan: Plan) {
         let config = self.model.config();
         let (s, d) = (config.state_len(), config.hidden_size);
-        let (ci, ti) = (config.channel_inter(), config.token_inter());
+        let ti = config.token_inter();
         let eps = config.rms_norm_eps as f32;
         let row_chunk = plan.rows_per_task * d;
         state
@@ -336,8 +320,8 @@ impl CpuEngine {
             .zip(injection.par_chunks(row_chunk))
             .for_each(|(h, inj)| h.iter_mut().zip(inj).for_each(|(h, i)| *h += i));
 
-        for (layer, mixer) in self.model.weights().layers.iter().zip(&self.mixers) {
-            match (&layer.mixer, mixer) {
+        for (layer, packed) in self.model.weights().layers.iter().zip(&self.layers) {
+            match (&layer.mixer, &packed.mixer) {
                 (TokenMixer::Mlp { gate_up, down }, _) => {
                     state.par_chunks_mut(s * d).for_each(|puzzle| {
                         let task = |block: MatMut<'_, f32>, _first: usize| {
@@ -403,77 +387,19 @@ impl CpuEngine {
                     unreachable!("PackedWeights mirrors the model's mixers")
                 }
             }
-            // channel SwiGLU: feature-major blocks of rows, each product
-            // split among the threads by output features (`block.rs`)
-            let rows = plan.channel_rows;
-            let (ci_part, d_part) = (
-                ci.div_ceil(plan.channel_parts),
-                d.div_ceil(plan.channel_parts),
-            );
-            let gated = &mut buffers.gated[..(state.len() / d) * ci];
-            gated
-                .par_chunks_mut(rows * ci)
-                .zip(state.par_chunks(rows * d))
-                .for_each(|(gated, block)| {
-                    let r = block.len() / d;
-                    gated
-                        .par_chunks_mut(ci_part * r)
-                        .enumerate()
-                        .for_each(|(part, gated_part)| {
-                            self.with_scratch(|scratch| {
-                                block::channel_gate_part(
-                                    &layer.gate_up,
-                                    block,
-                                    gated_part,
-                                    part * ci_part,
-                                    d,
-                                    ci,
-                                    scratch,
-                                )
-                            })
-                        });
-                });
-            let gated = &*gated;
-            let update = &mut buffers.update[..state.len()];
-            update
-                .par_chunks_mut(rows * d)
-                .zip(gated.par_chunks(rows * ci))
-                .for_each(|(update, gated)| {
-                    let r = update.len() / d;
-                    update.par_chunks_mut(d_part * r).enumerate().for_each(
-                        |(part, update_part)| {
-                            block::channel_down_part(
-                                &layer.down,
-                                gated,
-                                update_part,
-                                part * d_part,
-                                ci,
-                            )
-                        },
-                    );
-                });
-            let update = &*update;
+            // channel SwiGLU: row blocks of tokens of any puzzles
             state
-                .par_chunks_mut(rows * d)
-                .zip(update.par_chunks(rows * d))
-                .for_each(|(block, update_t)| {
-                    let r = block.len() / d;
-                    let part_rows = r.div_ceil(plan.channel_parts);
-                    block.par_chunks_mut(part_rows * d).enumerate().for_each(
-                        |(part, part_block)| {
-                            self.with_scratch(|scratch| {
-                                block::channel_residual_norm(
-                                    part_block,
-                                    update_t,
-                                    part * part_rows,
-                                    r,
-                                    d,
-                                    eps,
-                                    scratch,
-                                )
-                            })
-                        },
-                    );
+                .par_chunks_mut(plan.rows_per_task * d)
+                .for_each(|rows| {
+                    self.with_scratch(|scratch| {
+                        block::channel_swiglu_rows(
+                            &packed.gate_up,
+                            &packed.down,
+                            rows,
+                            eps,
+                            scratch,
+                        )
+                    })
                 });
         }
     }
@@ -636,11 +562,6 @@ mod tests {
                 let rows = puzzles * 97;
                 let row_tasks = rows.div_ceil(plan.rows_per_task);
                 assert!(plan.rows_per_task <= MAX_ROWS_PER_TASK, "{plan:?}");
-                assert!(plan.channel_rows <= MAX_ROWS_PER_TASK, "{plan:?}");
-                assert!(
-                    plan.channel_rows.is_multiple_of(16) || plan.channel_rows == rows,
-                    "{plan:?}"
-                );
                 assert!(row_tasks >= threads.min(rows), "{plan:?}");
                 // balanced: no thread gets a whole task more than another
                 // except through the last, shorter task
@@ -652,11 +573,10 @@ mod tests {
                 assert!(plan.cols_per_task <= MAX_COLS_PER_TASK, "{plan:?}");
             }
         }
-        // one puzzle on two threads: one channel block of 97 rows in two
-        // parts; eight puzzles: seven blocks of 112 rows (the last 104)
+        // one puzzle on two threads: two row tasks, 49 and 48 rows; eight
+        // puzzles: eight tasks of 97
         let plan = Plan::new(&sudoku, 1, 2);
         assert_eq!((plan.rows_per_task, plan.cols_per_task), (49, 256));
-        assert_eq!((plan.channel_rows, plan.channel_parts), (97, 2));
-        assert_eq!(Plan::new(&sudoku, 8, 2).channel_rows, 112);
+        assert_eq!(Plan::new(&sudoku, 8, 2).rows_per_task, 97);
     }
 }

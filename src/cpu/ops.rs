@@ -117,30 +117,6 @@ pub(crate) fn silu_gate(gate: &[f32], up: &[f32], out: &mut [f32]) {
     );
 }
 
-/// `dst = src^T`: `src` is a row-major `[rows, cols]` matrix whose rows are
-/// `stride` apart, `dst` row-major `[cols, rows]`. In tiles of 16 x 16, so
-/// that both sides are read and written a cache line at a time.
-pub(crate) fn transpose_into(
-    src: &[f32],
-    rows: usize,
-    cols: usize,
-    stride: usize,
-    dst: &mut [f32],
-) {
-    const TILE: usize = 16;
-    let dst = &mut dst[..rows * cols];
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                let src_row = &src[r * stride..r * stride + cols];
-                for c in c0..(c0 + TILE).min(cols) {
-                    dst[c * rows + r] = src_row[c];
-                }
-            }
-        }
-    }
-}
-
 /// Row `i` of a matrix whose rows are contiguous, as a slice.
 pub(crate) fn row_slice<'a>(m: MatMut<'a, f32>, i: usize) -> &'a mut [f32] {
     match m.try_as_row_major_mut() {
@@ -240,20 +216,6 @@ mod tests {
                 (out[i] as f64 - exact).abs() <= 1e-6 * (1.0 + exact.abs()),
                 "{i}"
             );
-        }
-    }
-
-    #[test]
-    fn transpose_into_transposes() {
-        for (rows, cols, stride) in [(1, 1, 1), (3, 17, 17), (49, 512, 512), (33, 16, 40)] {
-            let src: Vec<f32> = (0..rows * stride).map(|i| i as f32).collect();
-            let mut dst = vec![f32::NAN; rows * cols];
-            transpose_into(&src, rows, cols, stride, &mut dst);
-            for r in 0..rows {
-                for c in 0..cols {
-                    assert_eq!(dst[c * rows + r], src[r * stride + c], "{rows}x{cols}");
-                }
-            }
         }
     }
 

@@ -1,16 +1,16 @@
 //! Weights laid out once, at engine creation, for the matrix products of
 //! the CPU engine.
 //!
-//! The MLP weights (token mixing and channel SwiGLU) are used in their
-//! official layouts, borrowed from the model: the channel SwiGLU runs
-//! feature-major (see `block::channel_swiglu_rows`), where `W @ h^T` reads
-//! the `[out, in]` weight in place, and the token-mixing weights multiply
-//! from the left (`W @ h`) already. Attention multiplies token-major rows
+//! The channel SwiGLU's weights are packed into panels for its own
+//! microkernel (`panels.rs`). The token-mixing weights are used in their
+//! official layouts, borrowed from the model: they multiply from the left
+//! (`W @ h`) already. Attention multiplies token-major rows
 //! from the right (`h @ W^T`); faer hands such a product to its GEMM as its
 //! transpose, in which the weight becomes the left operand, and in the
 //! official layout that operand would be packed again on every call. Stored
 //! as `W^T` (`[in, out]`, row-major) it is read in place.
 
+use super::panels::PanelWeights;
 use crate::model::{TokenMixer, TrmModel};
 
 /// Transpose of a row-major `[rows, cols]` matrix, as row-major `[cols, rows]`.
@@ -33,20 +33,34 @@ pub(super) enum PackedMixer {
     Attention { qkv_t: Vec<f32>, o_t: Vec<f32> },
 }
 
-impl PackedMixer {
-    /// The token mixers of every block of `model`.
-    pub fn for_model(model: &TrmModel) -> Vec<PackedMixer> {
+/// The weights of one block in the engine's layout.
+pub(super) struct PackedLayer {
+    pub mixer: PackedMixer,
+    /// Channel SwiGLU `gate_up` (`[2 inter(D), D]`), as gate/up pairs.
+    pub gate_up: PanelWeights,
+    /// Channel SwiGLU `down` (`[D, inter(D)]`).
+    pub down: PanelWeights,
+}
+
+impl PackedLayer {
+    /// The blocks of `model`.
+    pub fn for_model(model: &TrmModel) -> Vec<PackedLayer> {
         let d = model.config().hidden_size;
+        let ci = model.config().channel_inter();
         model
             .weights()
             .layers
             .iter()
-            .map(|layer| match &layer.mixer {
-                TokenMixer::Mlp { .. } => PackedMixer::Mlp,
-                TokenMixer::Attention { qkv, o_proj } => PackedMixer::Attention {
-                    qkv_t: transpose(qkv, 3 * d, d),
-                    o_t: transpose(o_proj, d, d),
+            .map(|layer| PackedLayer {
+                mixer: match &layer.mixer {
+                    TokenMixer::Mlp { .. } => PackedMixer::Mlp,
+                    TokenMixer::Attention { qkv, o_proj } => PackedMixer::Attention {
+                        qkv_t: transpose(qkv, 3 * d, d),
+                        o_t: transpose(o_proj, d, d),
+                    },
                 },
+                gate_up: PanelWeights::swiglu(&layer.gate_up, ci, d),
+                down: PanelWeights::plain(&layer.down, d, ci),
             })
             .collect()
     }
