@@ -35,7 +35,7 @@ pub(super) struct TaskScratch {
 /// `h = rms_norm(h + down(silu(g) * u))` with `[g | u] = h @ gate_up^T`.
 /// Both products run on weights packed at load (`panels.rs`), the gate in
 /// the first product's epilogue; the block's gated activations
-/// (`[r, inter(D)]`, 768 KiB at 128 rows) and update stay in L2 for the
+/// (`[r, inter(D)]`, 1.5 MiB at 256 rows) and update stay in L2 for the
 /// second product and the norm.
 pub(super) fn channel_swiglu_rows(
     gate_up: &PanelWeights,

@@ -158,7 +158,7 @@ impl PanelWeights {
 
     /// `out` (`[r, outputs]`, row-major) from `a` (`[r, inputs]`,
     /// row-major): `a @ w^T`, or the gated SwiGLU of it. `scratch` holds
-    /// the rows re-laid for the kernel: at least `min(r, 128) * inputs`.
+    /// the rows re-laid for the kernel: at least `min(r, 256) * inputs`.
     pub fn apply(&self, a: &[f32], out: &mut [f32], scratch: &mut [f32]) {
         let rows = a.len() / self.inputs.max(1);
         assert!(
@@ -248,12 +248,13 @@ struct Product<'a> {
 
 /// Rows of `a` per row block at most: the partial sums of a block over one
 /// panel live on the stack between input blocks.
-const MAX_BLOCK_ROWS: usize = 128;
+const MAX_BLOCK_ROWS: usize = 256;
 
-/// Bytes of a panel's input block: small enough to stay in L1 (with the
-/// rows' inputs of one tile) while every tile of the row block runs over
-/// it, so that the panel is read from L2 once per row block, not per tile.
-const PANEL_BLOCK_BYTES: usize = 16 * 1024;
+/// Bytes of a panel's input block: it stays in L2 while every tile of the
+/// row block streams it (as a GEMM streams its packed A panel), the tile's
+/// inputs of the block in L1. Blocks sized for L1 instead (16 KiB) lost
+/// the block to the partial sums of large row blocks.
+const PANEL_BLOCK_BYTES: usize = 128 * 1024;
 
 impl WithSimd for Product<'_> {
     type Output = ();
@@ -468,9 +469,9 @@ mod tests {
 
     #[test]
     fn plain_and_swiglu_products_match_float64_for_every_tile_height() {
-        // rows 1..=30 cover every tile height, 140 two row blocks; outputs
-        // not a multiple of the panel width cover the zero padding, 300
-        // inputs three input blocks (the last partial)
+        // rows 1..=30 cover every tile height, 300 two row blocks; outputs
+        // not a multiple of the panel width cover the zero padding, 1200
+        // inputs (past 512 or 1024 per block) several input blocks
         // both register tiles, whichever the machine would pick
         let detected = Geometry::detect();
         let geometries = [
@@ -482,12 +483,12 @@ mod tests {
         ];
         for (geometry, (outputs, inputs)) in geometries
             .into_iter()
-            .flat_map(|g| [(37, 19), (64, 40), (5, 3), (40, 300)].map(|shape| (g, shape)))
+            .flat_map(|g| [(37, 19), (64, 40), (5, 3), (40, 1200)].map(|shape| (g, shape)))
         {
             let w = values(2 * outputs * inputs, 7);
             let plain = PanelWeights::pack(&w, inputs, outputs, Pairing::Plain, geometry);
             let swiglu = PanelWeights::pack(&w, inputs, outputs, Pairing::SwiGlu, geometry);
-            for rows in (1..=30).chain([140]) {
+            for rows in (1..=30).chain([300]) {
                 let a = values(rows * inputs, rows as u32);
                 let dot = |r: usize, o: usize| -> f64 {
                     (0..inputs)
