@@ -15,7 +15,7 @@
 //!
 //! Panel layout: a panel is `vecs` vectors of output features wide; for each
 //! input, its features are contiguous, so the kernel reads a panel as one
-//! forward stream, a block of inputs at a time (the block stays in L1 while
+//! forward stream, a block of inputs at a time (the block stays in L2 while
 //! every tile of rows passes over it). For a SwiGLU the first half of a
 //! panel holds gate features, the second half the same up features.
 //! Features past the last are zero and never written out.
@@ -192,16 +192,21 @@ fn cols_per_panel(pairing: Pairing, width: usize) -> usize {
 const HUGE_PAGE: usize = 2 << 20;
 
 /// Zeroed memory for `lines` cache lines, `(memory, start)` with the lines
-/// at `memory[start..]` beginning on a huge-page boundary, backed by huge
-/// pages where the OS agrees (Linux, asked with `madvise`). The panels are
-/// streamed whole on every network call, several MiB per layer; with 4 KiB
-/// pages most of their loads also missed the TLB (a third slower).
+/// at `memory[start..]`. From one huge page up, they begin on a huge-page
+/// boundary and are backed by huge pages where the OS agrees (Linux, asked
+/// with `madvise`): the panels are streamed whole on every network call,
+/// several MiB per layer, and with 4 KiB pages their loads also missed the
+/// TLB (a fifth slower, measured on the channel products alone).
 fn huge_page_aligned(lines: usize) -> (Vec<CacheLine>, usize) {
     const LINE: usize = std::mem::size_of::<CacheLine>();
-    let mut memory = Vec::with_capacity(lines + HUGE_PAGE / LINE);
+    if lines * LINE < HUGE_PAGE {
+        return (vec![CacheLine([0.0; 16]); lines], 0);
+    }
+    let whole_pages = (lines * LINE).next_multiple_of(HUGE_PAGE) / LINE;
+    let mut memory = Vec::with_capacity(whole_pages + HUGE_PAGE / LINE);
     let address = memory.as_ptr() as usize;
     let start = (address.next_multiple_of(HUGE_PAGE) - address) / LINE;
-    advise_huge_pages(&mut memory.spare_capacity_mut()[start..]);
+    advise_huge_pages(&mut memory.spare_capacity_mut()[start..start + whole_pages]);
     memory.resize(start + lines, CacheLine([0.0; 16]));
     (memory, start)
 }
