@@ -59,7 +59,11 @@ impl Geometry {
     /// The tile for the best vector unit found at run time; the same
     /// detection picks the kernel in [`PanelWeights::apply`]. With 32
     /// registers (AVX-512): 4 vectors by 6 rows (24 accumulators, 4 weight
-    /// vectors, a broadcast); with 16 (AVX2, NEON): 2 by 6.
+    /// vectors, a broadcast); with 16 (AVX2, NEON): 2 by 6. That leaves the
+    /// compiler three spare registers: a change around the kernel can make
+    /// it spill accumulators to the stack inside the loop (it did once, at
+    /// half the speed); `perf annotate` shows it as stores to `(%rsp)`
+    /// between the FMAs, and 4 by 5 then has room.
     fn detect() -> Geometry {
         struct Detect;
         impl WithSimd for Detect {
