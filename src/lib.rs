@@ -18,8 +18,9 @@
 //! # Ok(())
 //! # }
 //! ```
-// No unsafe code but one `madvise` call (huge pages for the CPU engine's
-// packed weights, `cpu/panels.rs`), allowed where it stands.
+// No unsafe code but a `madvise` call (huge pages for the CPU engine's
+// packed weights) and a prefetch hint in its kernel (`cpu/panels.rs`), each
+// allowed where it stands.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -444,6 +444,7 @@ fn accumulate<S: Simd, const VECS: usize, const ROWS: usize>(
     let (inputs, _) = a.as_chunks::<ROWS>();
     let mut acc = [[simd.splat_f32s(0.0); VECS]; ROWS];
     for (x, w) in inputs.iter().zip(panel.chunks_exact(VECS * lanes)) {
+        prefetch(w.as_ptr().wrapping_add(PREFETCH_AHEAD), VECS * lanes);
         let w: [S::f32s; VECS] = core::array::from_fn(|v| {
             bytemuck::pod_read_unaligned(bytemuck::cast_slice(&w[v * lanes..(v + 1) * lanes]))
         });
@@ -455,6 +456,32 @@ fn accumulate<S: Simd, const VECS: usize, const ROWS: usize>(
         }
     }
     acc
+}
+
+/// How far ahead in its panel stream the kernel asks for weights, in f32
+/// (4 KiB: 16 inputs of an AVX-512 panel). The hardware prefetchers alone
+/// left the kernel waiting on the panel's loads; 2, 4 and 8 KiB ahead
+/// measured the same, about 8% faster than none.
+const PREFETCH_AHEAD: usize = 1024;
+
+/// Asks the CPU to bring the cache lines of `floats` f32 from `at` into L1.
+/// `at` may lie past the end of the panels: nothing is read through it.
+#[inline(always)]
+fn prefetch(at: *const f32, floats: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for line in (0..floats).step_by(16) {
+        use core::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let line = at.wrapping_add(line) as *const i8;
+        // SAFETY: a prefetch is a hint: it never faults and reads nothing
+        // into the program, whatever the address (SSE, always present on
+        // x86-64).
+        #[allow(unsafe_code)]
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(line)
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (at, floats);
 }
 
 #[cfg(test)]
