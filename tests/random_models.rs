@@ -235,21 +235,24 @@ fn recursion_steps_compose_into_an_act_step() {
     assert!(engine.recursion_step(&mut y[..5], &z[..5]).is_err());
 }
 
-/// The engine's split of the work depends on the thread count (parts of
-/// every channel product, row and column tasks) and on the batch (blocks of
-/// up to 128 tokens): every split gives the float64 answer.
+/// The engine's split of the work depends on the thread count (row and
+/// column tasks, and with them the kernel's tile heights) and on the batch
+/// (row tasks of at most 256 tokens): every split gives the float64 answer.
 #[test]
 fn every_thread_count_and_block_split_matches_float64() {
     let seed = common::test_seed();
     let mut rng = SplitMix64::new(seed);
     for (mlp_t, pos) in [(true, PosEncodings::None), (false, PosEncodings::Rope)] {
-        // ~41 positions x 5 puzzles: two channel blocks, the second partial
+        // ~41 positions x 7 puzzles: more rows than one task takes, so even
+        // one thread runs two row tasks
         let config = TrmConfig {
             seq_len: 37,
             ..random_config(&mut rng, mlp_t, pos, true)
         };
+        let puzzles = 7;
+        assert!(puzzles * config.state_len() > 256, "{config:?}");
         let model = Arc::new(TrmModel::random(config.clone(), rng.next_u64(), 0.5).unwrap());
-        let batch = random_batch_from(&mut rng, &config, 5);
+        let batch = random_batch_from(&mut rng, &config, puzzles);
         let reference = f64_reference::solve(&model, &batch, 2, false);
         for threads in [1, 3, 7] {
             let mut engine = CpuEngine::with_threads(model.clone(), threads).unwrap();
