@@ -21,13 +21,11 @@ use super::panels::PanelWeights;
 /// Scratch memory of one worker thread, sized for the largest task: `wide`
 /// for the first product of a token-mixing SwiGLU (or attention scores),
 /// `gated` for a SwiGLU's gated activations, `update` for its second
-/// product, `packed_rows` for rows re-laid for the panel kernel,
-/// `col_sums` for norms over columns.
+/// product, `col_sums` for norms over columns.
 pub(super) struct TaskScratch {
     pub wide: Vec<f32>,
     pub gated: Vec<f32>,
     pub update: Vec<f32>,
-    pub packed_rows: Vec<f32>,
     pub col_sums: Vec<f32>,
 }
 
@@ -47,9 +45,9 @@ pub(super) fn channel_swiglu_rows(
     let (d, ci) = (gate_up.inputs(), gate_up.outputs());
     let r = rows.len() / d;
     let gated = &mut s.gated[..r * ci];
-    gate_up.apply(rows, gated, &mut s.packed_rows);
+    gate_up.apply(rows, gated);
     let update = &mut s.update[..r * d];
-    down.apply(gated, update, &mut s.packed_rows);
+    down.apply(gated, update);
     add_rms_norm_rows(rows, update, d, eps);
 }
 

@@ -186,7 +186,6 @@ impl CpuEngine {
                     wide: vec![0.0; wide],
                     gated: vec![0.0; gated],
                     update: vec![0.0; update],
-                    packed_rows: vec![0.0; r * d.max(ci)],
                     col_sums: vec![0.0; d],
                 })
             })

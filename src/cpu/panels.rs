@@ -10,7 +10,10 @@
 //! of the work at batch 1). Here the weight is packed once, output features
 //! lie along the vectors and each token's value is broadcast, so a tile of
 //! tokens can have any height up to what the registers hold: a row block is
-//! cut into balanced tiles and no lane is wasted. The SwiGLU gate is applied
+//! cut into balanced tiles and no lane is wasted. The tokens are broadcast
+//! straight from their rows (a tile's rows are a few forward streams that
+//! L1 holds), not re-laid first: re-laying the rows of the second product
+//! (1536 inputs) cost more than a tenth of it. The SwiGLU gate is applied
 //! to the accumulators as they leave the registers.
 //!
 //! Panel layout: a panel is `vecs` vectors of output features wide; for each
@@ -161,24 +164,19 @@ impl PanelWeights {
     }
 
     /// `out` (`[r, outputs]`, row-major) from `a` (`[r, inputs]`,
-    /// row-major): `a @ w^T`, or the gated SwiGLU of it. `scratch` holds
-    /// the rows re-laid for the kernel: at least `min(r, 256) * inputs`.
-    pub fn apply(&self, a: &[f32], out: &mut [f32], scratch: &mut [f32]) {
+    /// row-major): `a @ w^T`, or the gated SwiGLU of it.
+    pub fn apply(&self, a: &[f32], out: &mut [f32]) {
         let rows = a.len() / self.inputs.max(1);
         assert!(
-            a.len() == rows * self.inputs
-                && out.len() == rows * self.outputs
-                && scratch.len() >= rows.min(MAX_BLOCK_ROWS) * self.inputs,
-            "panel product of [{rows}, {}] into {} outputs with {} scratch",
+            a.len() == rows * self.inputs && out.len() == rows * self.outputs,
+            "panel product of [{rows}, {}] into {} outputs",
             self.inputs,
             out.len(),
-            scratch.len()
         );
         pulp::Arch::new().dispatch(Product {
             weights: self,
             a,
             out,
-            scratch,
             rows,
         });
     }
@@ -251,7 +249,6 @@ struct Product<'a> {
     weights: &'a PanelWeights,
     a: &'a [f32],
     out: &'a mut [f32],
-    scratch: &'a mut [f32],
     rows: usize,
 }
 
@@ -261,7 +258,7 @@ const MAX_BLOCK_ROWS: usize = 256;
 
 /// Bytes of a panel's input block: it stays in L2 while every tile of the
 /// row block streams it (as a GEMM streams its packed A panel), the tile's
-/// inputs of the block in L1. Blocks sized for L1 instead (16 KiB) lost
+/// rows' inputs of the block in L1. Blocks sized for L1 instead (16 KiB) lost
 /// the block to the partial sums of large row blocks.
 const PANEL_BLOCK_BYTES: usize = 128 * 1024;
 
@@ -274,7 +271,6 @@ impl WithSimd for Product<'_> {
             weights: w,
             a,
             out,
-            scratch,
             rows,
         } = self;
         let g = w.geometry;
@@ -292,17 +288,6 @@ impl WithSimd for Product<'_> {
         let mut partial = [[zero; MAX_VECS]; MAX_BLOCK_ROWS];
         for block_start in (0..rows).step_by(MAX_BLOCK_ROWS) {
             let block_rows = MAX_BLOCK_ROWS.min(rows - block_start);
-            // each tile's rows input-major (`[k, height]`), so that the
-            // kernel broadcasts them from one forward stream
-            for (first, height) in tiles(block_rows, g.max_rows) {
-                let tile_rows = &a[(block_start + first) * k..][..height * k];
-                let dst = &mut scratch[first * k..][..height * k];
-                for (t, row) in tile_rows.chunks_exact(k).enumerate() {
-                    for (i, &v) in row.iter().enumerate() {
-                        dst[i * height + t] = v;
-                    }
-                }
-            }
             for (panel_index, panel) in packed
                 .chunks_exact(k * width)
                 .take(n.div_ceil(per_panel))
@@ -315,7 +300,8 @@ impl WithSimd for Product<'_> {
                     for (first, height) in tiles(block_rows, g.max_rows) {
                         let row0 = block_start + first;
                         let job = TileJob {
-                            a: &scratch[first * k + k0 * height..first * k + k1 * height],
+                            a: &a[row0 * k + k0..(row0 + height - 1) * k + k1],
+                            a_stride: k,
                             panel: &panel[k0 * width..k1 * width],
                             first_block: k0 == 0,
                             last_block: k1 == k,
@@ -334,13 +320,14 @@ impl WithSimd for Product<'_> {
     }
 }
 
-/// One tile's share of a product: its rows' inputs of one input block,
-/// input-major (`a`: `[span, height]`), times that block of a panel
+/// One tile's share of a product: its rows' inputs of one input block
+/// (row `t` at `a[t * a_stride..][..span]`), times that block of a panel
 /// (`panel`: `[span, width]`), continuing the sums in `partial` unless it
 /// is the first block; after the last, the results go to columns
 /// `first_col..first_col + cols` of the rows of `out`, `stride` apart.
 struct TileJob<'a, V> {
     a: &'a [f32],
+    a_stride: usize,
     panel: &'a [f32],
     first_block: bool,
     last_block: bool,
@@ -387,6 +374,7 @@ fn tile<S: Simd, const GATED: bool, const VECS: usize, const ROWS: usize>(
 ) {
     let TileJob {
         a,
+        a_stride,
         panel,
         first_block,
         last_block,
@@ -397,7 +385,8 @@ fn tile<S: Simd, const GATED: bool, const VECS: usize, const ROWS: usize>(
         cols,
     } = job;
     let lanes = S::F32_LANES;
-    let mut acc = accumulate::<S, VECS, ROWS>(simd, a, panel);
+    let rows: [&[f32]; ROWS] = core::array::from_fn(|t| &a[t * a_stride..]);
+    let mut acc = accumulate::<S, VECS, ROWS>(simd, rows, panel);
     if !first_block {
         for t in 0..ROWS {
             for v in 0..VECS {
@@ -429,27 +418,30 @@ fn tile<S: Simd, const GATED: bool, const VECS: usize, const ROWS: usize>(
     }
 }
 
-/// The inner loop: for each input `i`, `sums[t] += a[i][t] * panel[i]`,
+/// The inner loop: for each input `i`, `sums[t] += rows[t][i] * panel[i]`,
 /// the `VECS` vectors of each of the `ROWS` sums held in registers. Every
 /// index is in bounds by construction: a panic edge in the loop (or
 /// anything taking the sums' address) makes the compiler store them back
-/// on every step.
+/// on every step (indexing the rows by a counter of the panel's chunks did
+/// that, at less than half the speed).
 #[inline(always)]
 fn accumulate<S: Simd, const VECS: usize, const ROWS: usize>(
     simd: S,
-    a: &[f32],
+    rows: [&[f32]; ROWS],
     panel: &[f32],
 ) -> [[S::f32s; VECS]; ROWS] {
     let lanes = S::F32_LANES;
-    let (inputs, _) = a.as_chunks::<ROWS>();
     let mut acc = [[simd.splat_f32s(0.0); VECS]; ROWS];
-    for (x, w) in inputs.iter().zip(panel.chunks_exact(VECS * lanes)) {
+    let span = panel.len() / (VECS * lanes);
+    let rows: [&[f32]; ROWS] = core::array::from_fn(|t| &rows[t][..span]);
+    // `i` counts to `span`, the rows' length: no bounds check in the loop
+    for (i, w) in (0..span).zip(panel.chunks_exact(VECS * lanes)) {
         prefetch(w.as_ptr().wrapping_add(PREFETCH_AHEAD), VECS * lanes);
         let w: [S::f32s; VECS] = core::array::from_fn(|v| {
             bytemuck::pod_read_unaligned(bytemuck::cast_slice(&w[v * lanes..(v + 1) * lanes]))
         });
         for t in 0..ROWS {
-            let b = simd.splat_f32s(x[t]);
+            let b = simd.splat_f32s(rows[t][i]);
             for v in 0..VECS {
                 acc[t][v] = simd.mul_add_e_f32s(w[v], b, acc[t][v]);
             }
@@ -531,9 +523,8 @@ mod tests {
                         .map(|k| a[r * inputs + k] as f64 * w[o * inputs + k] as f64)
                         .sum()
                 };
-                let mut scratch = vec![f32::NAN; rows * inputs];
                 let mut out = vec![f32::NAN; rows * outputs];
-                plain.apply(&a, &mut out, &mut scratch);
+                plain.apply(&a, &mut out);
                 let want: Vec<f64> = (0..rows * outputs)
                     .map(|i| dot(i / outputs, i % outputs))
                     .collect();
@@ -544,7 +535,7 @@ mod tests {
                 );
 
                 let mut out = vec![f32::NAN; rows * outputs];
-                swiglu.apply(&a, &mut out, &mut scratch);
+                swiglu.apply(&a, &mut out);
                 let want: Vec<f64> = (0..rows * outputs)
                     .map(|i| {
                         let (r, o) = (i / outputs, i % outputs);
