@@ -24,6 +24,7 @@ mod panels;
 use std::sync::{Arc, Mutex};
 
 use faer::MatMut;
+use faer::reborrow::ReborrowMut;
 use rayon::prelude::*;
 
 use crate::batch::PuzzleBatch;
@@ -314,28 +315,44 @@ impl CpuEngine {
         let (s, d) = (config.state_len(), config.hidden_size);
         let ti = config.token_inter();
         let eps = config.rms_norm_eps as f32;
-        let row_chunk = plan.rows_per_task * d;
-        state
-            .par_chunks_mut(row_chunk)
-            .zip(injection.par_chunks(row_chunk))
-            .for_each(|(h, inj)| h.iter_mut().zip(inj).for_each(|(h, i)| *h += i));
-
-        for (layer, packed) in self.model.weights().layers.iter().zip(&self.layers) {
+        for (index, (layer, packed)) in self
+            .model
+            .weights()
+            .layers
+            .iter()
+            .zip(&self.layers)
+            .enumerate()
+        {
+            // `state + injection` is the first layer's input: each of its
+            // first tasks adds the part it reads, rather than a phase of
+            // its own (and a wait for every thread) doing it beforehand
+            let injection = (index == 0).then_some(injection);
             match (&layer.mixer, &packed.mixer) {
                 (TokenMixer::Mlp { gate_up, down }, _) => {
-                    state.par_chunks_mut(s * d).for_each(|puzzle| {
-                        let task = |block: MatMut<'_, f32>, _first: usize| {
-                            self.with_scratch(|scratch| {
-                                block::token_mlp_columns(gate_up, down, block, ti, eps, scratch)
-                            })
-                        };
-                        self.par_column_blocks(
-                            ops::mat_mut(puzzle, s, d),
-                            0,
-                            plan.cols_per_task,
-                            &task,
-                        );
-                    });
+                    state
+                        .par_chunks_mut(s * d)
+                        .enumerate()
+                        .for_each(|(p, puzzle)| {
+                            let injection = injection.map(|all| &all[p * s * d..][..s * d]);
+                            let task = |mut block: MatMut<'_, f32>, first: usize| {
+                                if let Some(injection) = injection {
+                                    for i in 0..s {
+                                        let row = ops::row_slice(block.rb_mut(), i);
+                                        let add = &injection[i * d + first..][..row.len()];
+                                        row.iter_mut().zip(add).for_each(|(h, a)| *h += a);
+                                    }
+                                }
+                                self.with_scratch(|scratch| {
+                                    block::token_mlp_columns(gate_up, down, block, ti, eps, scratch)
+                                })
+                            };
+                            self.par_column_blocks(
+                                ops::mat_mut(puzzle, s, d),
+                                0,
+                                plan.cols_per_task,
+                                &task,
+                            );
+                        });
                 }
                 (_, PackedMixer::Attention { qkv_t, o_t }) => {
                     let rope = self
@@ -345,9 +362,13 @@ impl CpuEngine {
                     let rows = plan.rows_per_task;
                     let qkv = &mut buffers.qkv[..state.len() * 3];
                     qkv.par_chunks_mut(rows * 3 * d)
-                        .zip(state.par_chunks(rows * d))
+                        .zip(state.par_chunks_mut(rows * d))
                         .enumerate()
                         .for_each(|(i, (qkv, h))| {
+                            if let Some(injection) = injection {
+                                let add = &injection[i * rows * d..][..h.len()];
+                                h.iter_mut().zip(add).for_each(|(h, a)| *h += a);
+                            }
                             block::qkv_rows(qkv_t, h, qkv, d, config.head_dim(), rope, i * rows, s)
                         });
                     let attn = &mut buffers.attn[..state.len()];
