@@ -47,8 +47,13 @@ const LEARNED_POS_SCALE: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// more rows a task has, the fewer times each weight is streamed from L3.
 const MAX_ROWS_PER_TASK: usize = 256;
 
-/// Columns per token-mixing task at most (`[2 inter(S), cols]` tile).
-const MAX_COLS_PER_TASK: usize = 256;
+/// Columns per token-mixing task at most. A task's products and
+/// activations (`[2 inter(S), cols]`, `[inter(S), cols]`, `[S, cols]`: 6.4
+/// KiB a column for Sudoku-Extreme) and the mixer's weights (580 KiB) must
+/// stay in a core's L2: 256 columns did not (1.6 MiB with 2 MiB of L2), and
+/// every network call ran about a fifth slower, at batch 1 and 8 alike;
+/// 32 to 128 measured the same.
+const MAX_COLS_PER_TASK: usize = 64;
 
 /// Runs TRM on the CPU.
 ///
@@ -594,10 +599,10 @@ mod tests {
                 assert!(plan.cols_per_task <= MAX_COLS_PER_TASK, "{plan:?}");
             }
         }
-        // one puzzle on two threads: two row tasks, 49 and 48 rows; eight
-        // puzzles: four tasks of 194
+        // one puzzle on two threads: two row tasks, 49 and 48 rows, and
+        // eight column tasks; eight puzzles: four row tasks of 194
         let plan = Plan::new(&sudoku, 1, 2);
-        assert_eq!((plan.rows_per_task, plan.cols_per_task), (49, 256));
+        assert_eq!((plan.rows_per_task, plan.cols_per_task), (49, 64));
         assert_eq!(Plan::new(&sudoku, 8, 2).rows_per_task, 194);
     }
 }
