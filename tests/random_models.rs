@@ -205,8 +205,8 @@ fn early_halting_matches_float64() {
     assert_close("z_H", &out.z_h, &reference.z_h, REL_L2, MAX_ABS);
 }
 
-/// `CpuEngine::recursion_step`, called in the ACT pattern of TRM.md, gives
-/// exactly what a one-step solve gives.
+/// `CpuEngine::recursion_step` and `recursion_steps`, called in the ACT
+/// pattern of TRM.md, give exactly what a one-step solve gives.
 #[test]
 fn recursion_steps_compose_into_an_act_step() {
     let seed = common::test_seed();
@@ -225,14 +225,23 @@ fn recursion_steps_compose_into_an_act_step() {
     let (mut y, mut z) = (carry.z_h, carry.z_l);
     for _ in 0..config.h_cycles {
         let injection: Vec<f32> = y.iter().zip(&x).map(|(a, b)| a + b).collect();
-        for _ in 0..config.l_cycles {
-            engine.recursion_step(&mut z, &injection).unwrap();
-        }
+        engine
+            .recursion_steps(&mut z, &injection, config.l_cycles)
+            .unwrap();
         engine.recursion_step(&mut y, &z.clone()).unwrap();
     }
     assert_eq!(y, out.z_h);
     assert_eq!(z, out.z_l);
+    // three steps in one call are three calls of one step
+    let (mut one_at_a_time, mut three) = (z.clone(), z.clone());
+    for _ in 0..3 {
+        engine.recursion_step(&mut one_at_a_time, &y).unwrap();
+    }
+    engine.recursion_steps(&mut three, &y, 3).unwrap();
+    assert_ne!(three, z);
+    assert_eq!(three, one_at_a_time);
     assert!(engine.recursion_step(&mut y[..5], &z[..5]).is_err());
+    assert!(engine.recursion_steps(&mut y[..5], &z[..5], 2).is_err());
 }
 
 /// The engine's split of the work depends on the thread count (row and

@@ -3,7 +3,7 @@
 //! shape or any checkpoint, time-boxed, as a table or JSON rows.
 //!
 //! Both engines are timed on the same unit, runs of recursion steps (network
-//! calls) on a resident batch: the CPU through `CpuEngine::recursion_step`,
+//! calls) on a resident batch: the CPU through `CpuEngine::recursion_steps`,
 //! the GPU through `GpuEngine::time_recursion_steps` (the fused dispatches of
 //! a solve, one submission, plus the GPU time between timestamps where the
 //! adapter has them). A run of one step is the smallest unit, so even a
@@ -215,9 +215,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                     let mut state = x.clone();
                     let timed = time_box(budget, |steps| {
                         let start = Instant::now();
-                        for _ in 0..steps {
-                            engine.recursion_step(&mut state, &x)?;
-                        }
+                        engine.recursion_steps(&mut state, &x, steps)?;
                         Ok((start.elapsed(), None))
                     })?;
                     let name = format!("{} ({} threads)", cpu_name(), engine.threads());

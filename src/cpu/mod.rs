@@ -255,6 +255,19 @@ impl CpuEngine {
     /// `state = net(state, injection)`, both `[B, S, D]`. The unit the
     /// recursion throughput is counted in; used by the benchmarks.
     pub fn recursion_step(&self, state: &mut [f32], injection: &[f32]) -> Result<()> {
+        self.recursion_steps(state, injection, 1)
+    }
+
+    /// `steps` network calls in a row, `state = net(state, injection)` each
+    /// time, on the worker threads as a solve runs them: entering the pool
+    /// once (handing work from the caller's thread to the pool and back
+    /// costs two thread wake-ups). What `trm bench` times.
+    pub fn recursion_steps(
+        &self,
+        state: &mut [f32],
+        injection: &[f32],
+        steps: usize,
+    ) -> Result<()> {
         let config = self.model.config();
         let sd = config.state_len() * config.hidden_size;
         if state.is_empty() || !state.len().is_multiple_of(sd) || injection.len() != state.len() {
@@ -274,8 +287,11 @@ impl CpuEngine {
             *cached = Some((puzzles, Buffers::new(config, puzzles)));
         }
         if let Some((_, buffers)) = cached.as_mut() {
-            self.pool
-                .install(|| self.net(state, injection, buffers, plan));
+            self.pool.install(|| {
+                for _ in 0..steps {
+                    self.net(state, injection, buffers, plan);
+                }
+            });
         }
         Ok(())
     }
