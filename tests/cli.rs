@@ -239,8 +239,8 @@ fn info_prints_configuration_and_cost() {
     );
 }
 
-/// Asserts a failed run: non-zero exit, exactly one line on stderr starting
-/// with `error:` and containing `needle`, no panic.
+/// Every bad input to `trm run` fails with one `error: ` line saying what
+/// was wrong, and no panic.
 #[test]
 fn bad_inputs_give_one_error_line() {
     let model = TrmModel::random(config(true, PosEncodings::None), 2, 0.5).unwrap();

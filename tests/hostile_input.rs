@@ -11,7 +11,7 @@ use common::torch_save::{
     model_step_file, state_dict_pickle, torch_zip,
 };
 use common::{
-    RawTensor, assert_one_error_line, model_bytes, raw_tensors, safetensors_bytes, temp_dir,
+    RawTensor, assert_one_error_line, model_bytes, raw_tensors, safetensors_bytes, temp_dir, trm,
     trm_env,
 };
 use trm_wgpu::checkpoint::official::{self, ConvertOptions, OfficialCheckpoint};
@@ -802,18 +802,15 @@ fn cli_reports_hostile_files_on_one_line() {
 
     // A malicious pickle in a torch.save archive.
     let evil = path("evil", &torch_zip("evil", &os_system_pickle(), &[]));
-    assert_one_error_line(
-        &trm_env(&["convert", &evil, "-c", y, "-o", o], &[]),
-        "`os.system`",
-    );
+    assert_one_error_line(&trm(&["convert", &evil, "-c", y, "-o", o]), "`os.system`");
     assert!(!out_path.exists());
     // Truncated archive, missing YAML, a storage offset outside its data.
     let step = step_file();
     let cut = path("cut", &step[..step.len() / 2]);
-    assert_one_error_line(&trm_env(&["convert", &cut, "-c", y, "-o", o], &[]), "cut");
+    assert_one_error_line(&trm(&["convert", &cut, "-c", y, "-o", o]), "cut");
     let good = path("good", &step);
     assert_one_error_line(
-        &trm_env(&["convert", &good, "-c", "/nonexistent.yaml", "-o", o], &[]),
+        &trm(&["convert", &good, "-c", "/nonexistent.yaml", "-o", o]),
         "No such file",
     );
     let (mut t, storages) = model_state_dict(&m, OFFICIAL_PREFIX, false);
@@ -823,7 +820,7 @@ fn cli_reports_hostile_files_on_one_line() {
         &torch_zip("o", &state_dict_pickle(&t), &storages),
     );
     assert_one_error_line(
-        &trm_env(&["convert", &outside, "-c", y, "-o", o], &[]),
+        &trm(&["convert", &outside, "-c", y, "-o", o]),
         "lies outside its storage",
     );
 
@@ -835,10 +832,7 @@ fn cli_reports_hostile_files_on_one_line() {
     )
     .unwrap();
     assert_one_error_line(
-        &trm_env(
-            &["convert", &good, "-c", sneaky.to_str().unwrap(), "-o", o],
-            &[],
-        ),
+        &trm(&["convert", &good, "-c", sneaky.to_str().unwrap(), "-o", o]),
         "pos_encodings",
     );
 
@@ -847,7 +841,7 @@ fn cli_reports_hostile_files_on_one_line() {
         r#"{"a": {"dtype": "F32", "shape": [4294967296, 4294967296], "data_offsets": [0, 0]}}"#;
     let overflow = path("overflow.safetensors", &raw_safetensors(header, &[]));
     assert_one_error_line(
-        &trm_env(&["info", "-m", &overflow], &[]),
+        &trm(&["info", "-m", &overflow]),
         "not a valid safetensors file",
     );
 
