@@ -6,27 +6,28 @@
 //! - channel SwiGLU: a block of rows (tokens of any puzzles), since it
 //!   mixes along D only;
 //! - token-mixing MLP: a block of columns of one puzzle, since it mixes
-//!   along S only and its RMSNorm runs over S;
+//!   along S only and its RMSNorm runs over S (`token_panels.rs`);
 //! - attention: qkv projection by rows, then one (puzzle, head) per task,
 //!   then o_proj with residual and norm by rows.
 //!
 //! All matrices are row-major; the formulas are those of `shared/TRM.md`.
 
-use faer::reborrow::{Reborrow, ReborrowMut};
+use faer::reborrow::ReborrowMut;
 use faer::{MatMut, Par};
 
-use super::ops::{add_rms_norm_rows, mat, mat_mut, mat_strided, matmul_into, row_slice, silu_gate};
+use super::ops::{add_rms_norm_rows, mat, mat_mut, mat_strided, matmul_into};
 use super::panels::PanelWeights;
+use super::token_panels::TokenScratch;
 
 /// Scratch memory of one worker thread, sized for the largest task: `wide`
-/// for the first product of a token-mixing SwiGLU (or attention scores),
-/// `gated` for a SwiGLU's gated activations, `update` for its second
-/// product, `col_sums` for norms over columns.
+/// for attention scores, `gated` for the channel SwiGLU's gated
+/// activations, `update` for its second product (or o_proj's), `token` for
+/// the token-mixing MLP.
 pub(super) struct TaskScratch {
     pub wide: Vec<f32>,
     pub gated: Vec<f32>,
     pub update: Vec<f32>,
-    pub col_sums: Vec<f32>,
+    pub token: TokenScratch,
 }
 
 /// Channel SwiGLU on a block of rows (tokens of any puzzles), `[r, D]`:
@@ -49,58 +50,6 @@ pub(super) fn channel_swiglu_rows(
     let update = &mut s.update[..r * d];
     down.apply(gated, update);
     add_rms_norm_rows(rows, update, d, eps);
-}
-
-/// Token-mixing MLP on a block of columns `h` (`[S, c]`, rows contiguous) of
-/// one puzzle: `t = h^T; t = rms_norm(t + swiglu_t(t)); h = t^T`, computed
-/// without transposing as `h += down_t @ gate(gate_up_t @ h)`, then the
-/// norm over each column (the sequence axis).
-pub(super) fn token_mlp_columns(
-    gate_up: &[f32],
-    down: &[f32],
-    mut h: MatMut<'_, f32>,
-    ti: usize,
-    eps: f32,
-    s: &mut TaskScratch,
-) {
-    let (seq, c) = (h.nrows(), h.ncols());
-    let wide = &mut s.wide[..2 * ti * c];
-    matmul_into(
-        mat_mut(wide, 2 * ti, c),
-        mat(gate_up, 2 * ti, seq),
-        h.rb(),
-        Par::Seq,
-    );
-    // rows 0..ti of `wide` are g, rows ti..2ti are u
-    let (g, u) = wide.split_at(ti * c);
-    silu_gate(g, u, &mut s.gated[..ti * c]);
-    let update = &mut s.update[..seq * c];
-    matmul_into(
-        mat_mut(update, seq, c),
-        mat(down, seq, ti),
-        mat(&s.gated, ti, c),
-        Par::Seq,
-    );
-
-    // residual, then RMSNorm over the sequence axis of every column
-    let sums = &mut s.col_sums[..c];
-    sums.fill(0.0);
-    for (i, upd) in update.chunks_exact(c).enumerate() {
-        let row = row_slice(h.rb_mut(), i);
-        for ((v, u), acc) in row.iter_mut().zip(upd).zip(sums.iter_mut()) {
-            *v += u;
-            *acc += *v * *v;
-        }
-    }
-    for acc in sums.iter_mut() {
-        *acc = 1.0 / (*acc / seq as f32 + eps).sqrt();
-    }
-    for i in 0..seq {
-        let row = row_slice(h.rb_mut(), i);
-        for (v, scale) in row.iter_mut().zip(sums.iter()) {
-            *v *= scale;
-        }
-    }
 }
 
 /// Attention, first phase on `rows` (`[r, D]`, positions `pos0..pos0 + r` of

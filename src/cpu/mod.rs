@@ -6,6 +6,9 @@
 //!   a time, so the channel SwiGLU of all of them is one stream of row
 //!   blocks (tokens of any puzzles), each a task of its own whose products
 //!   run on weights packed into panels for a microkernel (`panels.rs`);
+//! - the token-mixing MLP runs on column blocks of one puzzle, on a
+//!   microkernel of its own with the state's columns along the vectors
+//!   (`token_panels.rs`);
 //! - every sublayer is split into independent tasks (`block.rs`) whose GEMM
 //!   output gets its epilogue (gate, second GEMM, residual, RMSNorm) while
 //!   in cache; tasks run on a rayon pool, one task per thread at a time,
@@ -20,20 +23,21 @@ mod block;
 pub(crate) mod ops;
 mod packed;
 mod panels;
+mod token_panels;
 
 use std::sync::{Arc, Mutex};
 
 use faer::MatMut;
-use faer::reborrow::ReborrowMut;
 use rayon::prelude::*;
 
 use crate::batch::PuzzleBatch;
 use crate::config::{PosEncodings, TrmConfig};
 use crate::error::{Result, TrmError};
-use crate::model::{TokenMixer, TrmModel};
+use crate::model::TrmModel;
 use crate::solve::{Carry, Engine, SolveOptions, SolveOutput};
 use block::TaskScratch;
 use packed::{PackedLayer, PackedMixer};
+use token_panels::TokenScratch;
 
 pub use ops::rope_tables;
 
@@ -47,12 +51,11 @@ const LEARNED_POS_SCALE: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// more rows a task has, the fewer times each weight is streamed from L3.
 const MAX_ROWS_PER_TASK: usize = 256;
 
-/// Columns per token-mixing task at most. A task's products and
-/// activations (`[2 inter(S), cols]`, `[inter(S), cols]`, `[S, cols]`: 6.4
-/// KiB a column for Sudoku-Extreme) and the mixer's weights (580 KiB) must
-/// stay in a core's L2: 256 columns did not (1.6 MiB with 2 MiB of L2), and
-/// every network call ran about a fifth slower, at batch 1 and 8 alike;
-/// 32 to 128 measured the same.
+/// Columns per token-mixing task at most: one block of the token kernel
+/// with AVX-512 (`token_panels.rs`). A task's activations and the mixer's
+/// weights (580 KiB) must stay in a core's L2: with faer's GEMMs, 256
+/// columns did not (1.6 MiB with 2 MiB of L2), and every network call ran
+/// about a fifth slower; 32 to 128 measured the same.
 const MAX_COLS_PER_TASK: usize = 64;
 
 /// Runs TRM on the CPU.
@@ -173,31 +176,27 @@ impl CpuEngine {
         let rope = (!config.mlp_t && config.pos_encodings == PosEncodings::Rope)
             .then(|| rope_tables(config.state_len(), config.head_dim(), config.rope_theta));
         let (s, d) = (config.state_len(), config.hidden_size);
-        let (ci, ti) = (config.channel_inter(), config.token_inter());
-        // Plan keeps every task within these bounds.
-        let (r, c) = (MAX_ROWS_PER_TASK, MAX_COLS_PER_TASK.min(d));
-        // channel SwiGLU and o_proj: row tasks; token MLP: column tasks
-        let mut gated = r * ci;
-        let mut update = r * d;
-        let wide = if config.mlp_t {
-            gated = gated.max(ti * c);
-            update = update.max(s * c);
-            2 * ti * c
-        } else {
-            s * s // attention scores of one head
-        };
+        let layers = PackedLayer::for_model(&model);
+        // channel SwiGLU and o_proj: row tasks of at most
+        // MAX_ROWS_PER_TASK (Plan keeps them within it)
+        let r = MAX_ROWS_PER_TASK;
+        // attention scores of one head
+        let scores = if config.mlp_t { 0 } else { s * s };
         let scratch = (0..threads)
             .map(|_| {
                 Mutex::new(TaskScratch {
-                    wide: vec![0.0; wide],
-                    gated: vec![0.0; gated],
-                    update: vec![0.0; update],
-                    col_sums: vec![0.0; d],
+                    wide: vec![0.0; scores],
+                    gated: vec![0.0; r * config.channel_inter()],
+                    update: vec![0.0; r * d],
+                    token: match layers.first().map(|l| &l.mixer) {
+                        Some(PackedMixer::Mlp(mlp)) => mlp.scratch(),
+                        _ => TokenScratch::default(),
+                    },
                 })
             })
             .collect();
         Ok(CpuEngine {
-            layers: PackedLayer::for_model(&model),
+            layers,
             model,
             rope,
             pool,
@@ -334,37 +333,23 @@ impl CpuEngine {
     fn net(&self, state: &mut [f32], injection: &[f32], buffers: &mut Buffers, plan: Plan) {
         let config = self.model.config();
         let (s, d) = (config.state_len(), config.hidden_size);
-        let ti = config.token_inter();
         let eps = config.rms_norm_eps as f32;
-        for (index, (layer, packed)) in self
-            .model
-            .weights()
-            .layers
-            .iter()
-            .zip(&self.layers)
-            .enumerate()
-        {
+        for (index, packed) in self.layers.iter().enumerate() {
             // `state + injection` is the first layer's input: each of its
             // first tasks adds the part it reads, rather than a phase of
             // its own (and a wait for every thread) doing it beforehand
             let injection = (index == 0).then_some(injection);
-            match (&layer.mixer, &packed.mixer) {
-                (TokenMixer::Mlp { gate_up, down }, _) => {
+            match &packed.mixer {
+                PackedMixer::Mlp(mlp) => {
                     state
                         .par_chunks_mut(s * d)
                         .enumerate()
                         .for_each(|(p, puzzle)| {
                             let injection = injection.map(|all| &all[p * s * d..][..s * d]);
-                            let task = |mut block: MatMut<'_, f32>, first: usize| {
-                                if let Some(injection) = injection {
-                                    for i in 0..s {
-                                        let row = ops::row_slice(block.rb_mut(), i);
-                                        let add = &injection[i * d + first..][..row.len()];
-                                        row.iter_mut().zip(add).for_each(|(h, a)| *h += a);
-                                    }
-                                }
+                            let task = |block: MatMut<'_, f32>, first: usize| {
+                                let injection = injection.map(|inj| (&inj[first..], d));
                                 self.with_scratch(|scratch| {
-                                    block::token_mlp_columns(gate_up, down, block, ti, eps, scratch)
+                                    mlp.apply(block, injection, eps, &mut scratch.token)
                                 })
                             };
                             self.par_column_blocks(
@@ -375,7 +360,7 @@ impl CpuEngine {
                             );
                         });
                 }
-                (_, PackedMixer::Attention { qkv_t, o_t }) => {
+                PackedMixer::Attention { qkv_t, o_t } => {
                     let rope = self
                         .rope
                         .as_ref()
@@ -424,9 +409,6 @@ impl CpuEngine {
                                 block::o_proj_rows(o_t, a, h, d, eps, scratch)
                             })
                         });
-                }
-                (TokenMixer::Attention { .. }, PackedMixer::Mlp) => {
-                    unreachable!("PackedWeights mirrors the model's mixers")
                 }
             }
             // channel SwiGLU: row blocks of tokens of any puzzles

@@ -2,15 +2,15 @@
 //! the CPU engine.
 //!
 //! The channel SwiGLU's weights are packed into panels for its own
-//! microkernel (`panels.rs`). The token-mixing weights are used in their
-//! official layouts, borrowed from the model: they multiply from the left
-//! (`W @ h`) already. Attention multiplies token-major rows
+//! microkernel (`panels.rs`), the token-mixing MLP's into the register
+//! tiles of its kernel (`token_panels.rs`). Attention multiplies token-major rows
 //! from the right (`h @ W^T`); faer hands such a product to its GEMM as its
 //! transpose, in which the weight becomes the left operand, and in the
 //! official layout that operand would be packed again on every call. Stored
 //! as `W^T` (`[in, out]`, row-major) it is read in place.
 
 use super::panels::PanelWeights;
+use super::token_panels::TokenMlp;
 use crate::model::{TokenMixer, TrmModel};
 
 /// Transpose of a row-major `[rows, cols]` matrix, as row-major `[cols, rows]`.
@@ -26,9 +26,8 @@ fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 
 /// Token-mixer weights in the engine's layout, one per block.
 pub(super) enum PackedMixer {
-    /// MLP over the sequence axis: the official layouts (borrowed from the
-    /// model by layer index).
-    Mlp,
+    /// MLP over the sequence axis, packed for its kernel.
+    Mlp(TokenMlp),
     /// Attention: `qkv_t = qkv^T` `[D, 3D]`, `o_t = o_proj^T` `[D, D]`.
     Attention { qkv_t: Vec<f32>, o_t: Vec<f32> },
 }
@@ -53,7 +52,12 @@ impl PackedLayer {
             .iter()
             .map(|layer| PackedLayer {
                 mixer: match &layer.mixer {
-                    TokenMixer::Mlp { .. } => PackedMixer::Mlp,
+                    TokenMixer::Mlp { gate_up, down } => PackedMixer::Mlp(TokenMlp::new(
+                        gate_up,
+                        down,
+                        model.config().state_len(),
+                        model.config().token_inter(),
+                    )),
                     TokenMixer::Attention { qkv, o_proj } => PackedMixer::Attention {
                         qkv_t: transpose(qkv, 3 * d, d),
                         o_t: transpose(o_proj, d, d),

@@ -235,7 +235,7 @@ fn advise_huge_pages<T>(memory: &mut [T]) {
 
 /// The tiles of `rows` rows, `(first row, height)`: balanced heights, never
 /// more than `max_rows`.
-fn tiles(rows: usize, max_rows: usize) -> impl Iterator<Item = (usize, usize)> {
+pub(super) fn tiles(rows: usize, max_rows: usize) -> impl Iterator<Item = (usize, usize)> {
     let count = rows.div_ceil(max_rows);
     (0..count).scan(0, move |first, tile| {
         let height = (rows - *first).div_ceil(count - tile);

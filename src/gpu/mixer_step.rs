@@ -3,7 +3,8 @@
 //! `shaders/common/step_common.wgsl`, whose headers state the contract).
 //!
 //! The CPU function it must equal is `CpuEngine::net` with
-//! `block::token_mlp_columns` and `block::channel_mlp_rows` (`src/cpu/`).
+//! `token_panels::TokenMlp::apply` and `block::channel_swiglu_rows`
+//! (`src/cpu/`).
 
 use crate::config::TrmConfig;
 use crate::error::{Result, TrmError};
