@@ -13,6 +13,9 @@
 //!   output gets its epilogue (gate, second GEMM, residual, RMSNorm) while
 //!   in cache; tasks run on a rayon pool, one task per thread at a time,
 //!   each with its own scratch memory allocated when the engine is made;
+//! - while a solve runs, the pool's threads neither sleep between its
+//!   phases nor at the end of one: a wake-up cost more than a tenth of a
+//!   short phase (`join.rs`);
 //! - weights are laid out once, when the engine is made (`packed.rs`);
 //! - nothing is allocated inside the recursion loop.
 //!
@@ -20,6 +23,7 @@
 //! end of that ACT step and costs nothing afterwards.
 
 mod block;
+mod join;
 pub(crate) mod ops;
 mod packed;
 mod panels;
@@ -287,9 +291,11 @@ impl CpuEngine {
         }
         if let Some((_, buffers)) = cached.as_mut() {
             self.pool.install(|| {
-                for _ in 0..steps {
-                    self.net(state, injection, buffers, plan);
-                }
+                join::team_awake(self.threads, || {
+                    for _ in 0..steps {
+                        self.net(state, injection, buffers, plan);
+                    }
+                })
             });
         }
         Ok(())
@@ -321,7 +327,7 @@ impl CpuEngine {
         } else {
             let split = n.div_ceil(cols).div_ceil(2) * cols;
             let (a, b) = m.split_at_col_mut(split);
-            rayon::join(
+            join::join_spinning(
                 || self.par_column_blocks(a, first, cols, f),
                 || self.par_column_blocks(b, first + split, cols, f),
             );
@@ -341,24 +347,21 @@ impl CpuEngine {
             let injection = (index == 0).then_some(injection);
             match &packed.mixer {
                 PackedMixer::Mlp(mlp) => {
-                    state
-                        .par_chunks_mut(s * d)
-                        .enumerate()
-                        .for_each(|(p, puzzle)| {
-                            let injection = injection.map(|all| &all[p * s * d..][..s * d]);
-                            let task = |block: MatMut<'_, f32>, first: usize| {
-                                let injection = injection.map(|inj| (&inj[first..], d));
-                                self.with_scratch(|scratch| {
-                                    mlp.apply(block, injection, eps, &mut scratch.token)
-                                })
-                            };
-                            self.par_column_blocks(
-                                ops::mat_mut(puzzle, s, d),
-                                0,
-                                plan.cols_per_task,
-                                &task,
-                            );
-                        });
+                    join::par_chunks(state, s * d, &|p, puzzle| {
+                        let injection = injection.map(|all| &all[p * s * d..][..s * d]);
+                        let task = |block: MatMut<'_, f32>, first: usize| {
+                            let injection = injection.map(|inj| (&inj[first..], d));
+                            self.with_scratch(|scratch| {
+                                mlp.apply(block, injection, eps, &mut scratch.token)
+                            })
+                        };
+                        self.par_column_blocks(
+                            ops::mat_mut(puzzle, s, d),
+                            0,
+                            plan.cols_per_task,
+                            &task,
+                        );
+                    });
                 }
                 PackedMixer::Attention { qkv_t, o_t } => {
                     let rope = self
@@ -412,19 +415,11 @@ impl CpuEngine {
                 }
             }
             // channel SwiGLU: row blocks of tokens of any puzzles
-            state
-                .par_chunks_mut(plan.rows_per_task * d)
-                .for_each(|rows| {
-                    self.with_scratch(|scratch| {
-                        block::channel_swiglu_rows(
-                            &packed.gate_up,
-                            &packed.down,
-                            rows,
-                            eps,
-                            scratch,
-                        )
-                    })
-                });
+            join::par_chunks(state, plan.rows_per_task * d, &|_, rows| {
+                self.with_scratch(|scratch| {
+                    block::channel_swiglu_rows(&packed.gate_up, &packed.down, rows, eps, scratch)
+                })
+            });
         }
     }
 
@@ -530,44 +525,47 @@ impl Engine for CpuEngine {
         let mut plan = Plan::new(&config, b, self.threads);
 
         self.pool.install(|| {
-            for step in 1..=act_steps {
-                self.act_step(&mut work, plan);
-                let last = step == act_steps;
-                if !(options.early_halt || last) {
-                    continue;
-                }
-                // heads of every running puzzle; with early halting, those
-                // whose q_halt > 0 leave the group with this step's outputs
-                let mut kept = 0;
-                for slot in 0..work.puzzles.len() {
-                    let puzzle = work.puzzles[slot];
-                    let y = &work.y[slot * sd..(slot + 1) * sd];
-                    let logits = &mut out.logits[puzzle * logits_len..(puzzle + 1) * logits_len];
-                    let (q_halt, q_continue) = self.heads(y, logits);
-                    out.q_halt_logits[puzzle] = q_halt;
-                    out.q_continue_logits[puzzle] = q_continue;
-                    out.steps[puzzle] = step as u32;
-                    if last || (options.early_halt && q_halt > 0.0) {
-                        out.z_h[puzzle * sd..(puzzle + 1) * sd].copy_from_slice(y);
-                        out.z_l[puzzle * sd..(puzzle + 1) * sd]
-                            .copy_from_slice(&work.z[slot * sd..(slot + 1) * sd]);
-                    } else {
-                        // still running: compact it to the front of the group
-                        if kept != slot {
-                            for buf in [&mut work.x, &mut work.y, &mut work.z] {
-                                buf.copy_within(slot * sd..(slot + 1) * sd, kept * sd);
-                            }
-                        }
-                        work.puzzles[kept] = puzzle;
-                        kept += 1;
+            join::team_awake(self.threads, || {
+                for step in 1..=act_steps {
+                    self.act_step(&mut work, plan);
+                    let last = step == act_steps;
+                    if !(options.early_halt || last) {
+                        continue;
                     }
+                    // heads of every running puzzle; with early halting, those
+                    // whose q_halt > 0 leave the group with this step's outputs
+                    let mut kept = 0;
+                    for slot in 0..work.puzzles.len() {
+                        let puzzle = work.puzzles[slot];
+                        let y = &work.y[slot * sd..(slot + 1) * sd];
+                        let logits =
+                            &mut out.logits[puzzle * logits_len..(puzzle + 1) * logits_len];
+                        let (q_halt, q_continue) = self.heads(y, logits);
+                        out.q_halt_logits[puzzle] = q_halt;
+                        out.q_continue_logits[puzzle] = q_continue;
+                        out.steps[puzzle] = step as u32;
+                        if last || (options.early_halt && q_halt > 0.0) {
+                            out.z_h[puzzle * sd..(puzzle + 1) * sd].copy_from_slice(y);
+                            out.z_l[puzzle * sd..(puzzle + 1) * sd]
+                                .copy_from_slice(&work.z[slot * sd..(slot + 1) * sd]);
+                        } else {
+                            // still running: compact it to the front of the group
+                            if kept != slot {
+                                for buf in [&mut work.x, &mut work.y, &mut work.z] {
+                                    buf.copy_within(slot * sd..(slot + 1) * sd, kept * sd);
+                                }
+                            }
+                            work.puzzles[kept] = puzzle;
+                            kept += 1;
+                        }
+                    }
+                    work.puzzles.truncate(kept);
+                    if kept == 0 {
+                        break;
+                    }
+                    plan = Plan::new(&config, kept, self.threads);
                 }
-                work.puzzles.truncate(kept);
-                if kept == 0 {
-                    break;
-                }
-                plan = Plan::new(&config, kept, self.threads);
-            }
+            })
         });
         Ok(out)
     }
