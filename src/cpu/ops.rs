@@ -1,5 +1,5 @@
-//! The few primitives of the CPU engine: matrix products (faer), SiLU
-//! gating, RMSNorm over rows or columns, RoPE tables.
+//! The few primitives of the CPU engine: matrix products (faer, for
+//! attention and the output heads), SiLU, RMSNorm over rows, RoPE tables.
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
