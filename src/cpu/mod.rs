@@ -571,6 +571,17 @@ impl Engine for CpuEngine {
     }
 }
 
+/// Deterministic inputs in [-0.5, 0.5) for the kernels' tests.
+#[cfg(test)]
+mod test_values {
+    pub(super) fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32)
+            .map(|v| v / (1u32 << 24) as f32 - 0.5)
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

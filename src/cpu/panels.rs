@@ -479,13 +479,7 @@ fn prefetch(at: *const f32, floats: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32)
-            .map(|v| v / (1u32 << 24) as f32 - 0.5)
-            .collect()
-    }
+    use crate::cpu::test_values::values;
 
     fn worst_error(got: &[f32], want: &[f64]) -> (f64, usize) {
         got.iter()

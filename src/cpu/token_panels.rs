@@ -354,13 +354,7 @@ fn accumulate<S: Simd, const VECS: usize, const ROWS: usize>(
 mod tests {
     use super::*;
     use crate::cpu::ops::mat_mut;
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32)
-            .map(|v| v / (1u32 << 24) as f32 - 0.5)
-            .collect()
-    }
+    use crate::cpu::test_values::values;
 
     /// `rms_norm_S(t + down_t @ gate(gate_up_t @ t))`, `t = h + injection`,
     /// in float64, `[S, D]`.
