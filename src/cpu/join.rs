@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 const SPIN_LIMIT: Duration = Duration::from_millis(2);
 
 /// `rayon::join(a, b)`, except that once `a` is done, if another thread
-/// took `b` and is still running it, the caller spins until it is done
-/// (at most [`SPIN_LIMIT`]) rather than sleeping inside rayon.
+/// took `b` and is still running it, the caller runs pending tasks or spins
+/// until it is done (spinning [`SPIN_LIMIT`] at most) rather than sleeping
+/// inside rayon.
 pub(super) fn join_spinning<A, B, RA, RB>(a: A, b: B) -> (RA, RB)
 where
     A: FnOnce() -> RA + Send,
@@ -37,8 +38,14 @@ where
             // `b` not started: rayon runs it on this thread, or it was
             // just taken and the join waits for it as usual
             if started.load(Ordering::Acquire) {
-                let deadline = Instant::now() + SPIN_LIMIT;
+                let mut deadline = Instant::now() + SPIN_LIMIT;
                 'wait: while !done.load(Ordering::Acquire) {
+                    // help with pending tasks (the other half's, say) as
+                    // rayon's own wait would, without its sleep
+                    if rayon::yield_now() == Some(rayon::Yield::Executed) {
+                        deadline = Instant::now() + SPIN_LIMIT;
+                        continue;
+                    }
                     for _ in 0..64 {
                         std::hint::spin_loop();
                         if done.load(Ordering::Acquire) {
