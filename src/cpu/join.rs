@@ -7,7 +7,8 @@
 //! waking it when the other half is done took 50-100 microseconds on this
 //! VM (a halted vCPU is woken by the hypervisor), for every phase: about a
 //! tenth of the token-mixing phases. Here the caller's half, once done,
-//! waits for a stolen other half by spinning, so the join finds it done;
+//! waits for a stolen other half by running pending tasks or spinning, so
+//! the join finds it done;
 //! and while a solve runs, the pool's other threads look for work in a loop
 //! ([`team_awake`]) instead of going to sleep between phases.
 
