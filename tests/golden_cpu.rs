@@ -76,7 +76,7 @@ fn sudoku_mlp_chaotic_one_step_at_a_time() {
 }
 
 /// The official Sudoku-Extreme size (D = 512, 5.03M parameters), read from
-/// the shared folder (20 MB, kept out of git).
+/// `tests/data/golden/full` (20 MB, left out of the published crate).
 #[test]
 fn sudoku_mlp_full_size() {
     let case = full_size_case();

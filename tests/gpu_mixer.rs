@@ -51,7 +51,7 @@ fn sudoku_mlp_small_all_16_steps() {
 }
 
 /// The official Sudoku-Extreme size (D = 512, TI = 512, CI = 1536: many
-/// tiles in every direction), one ACT step, from the shared folder.
+/// tiles in every direction), one ACT step, from `tests/data/golden/full`.
 #[test]
 #[ignore = "51 GFLOP: about a minute on lavapipe"]
 fn sudoku_mlp_full_size() {

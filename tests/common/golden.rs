@@ -3,7 +3,7 @@
 //! ways of walking a case (from the engine's own carry, or from the stored
 //! carry of the step before).
 
-use super::{Case, assert_close, load_case_from, one_act_step_at_a_time, shared_dir};
+use super::{Case, assert_close, data_dir, load_case_from, one_act_step_at_a_time};
 use trm_wgpu::{Carry, Engine, SolveOptions, SolveOutput};
 
 /// The logits and q logits of ACT step `step` against the golden case.
@@ -69,15 +69,10 @@ pub fn from_stored_carries(
     }
 }
 
-/// The official Sudoku-Extreme size (D = 512), from the shared folder
-/// (20 MB, kept out of git); fails clearly when the folder is missing.
+/// The official Sudoku-Extreme size (D = 512), from `tests/data/golden/full`
+/// (20 MB: in git, but left out of the published crate).
 pub fn full_size_case() -> Case {
-    let dir = shared_dir().join("golden/full");
-    assert!(
-        dir.exists(),
-        "{} is missing: set TRM_SHARED_DIR to the project's shared folder",
-        dir.display()
-    );
+    let dir = data_dir().join("golden/full");
     let case = load_case_from(&dir, "sudoku_mlp_full");
     assert_eq!(case.model.config().hidden_size, 512);
     case

@@ -1,5 +1,5 @@
 //! Shared test helpers: golden cases, tolerances with the worst element
-//! named, the shared data folder.
+//! named, the test data folder.
 #![allow(dead_code)]
 
 pub mod f64_reference;
@@ -65,14 +65,6 @@ pub fn assert_one_error_line(out: &std::process::Output, needle: &str) {
     assert_eq!(lines.len(), 1, "one line expected: {stderr}");
     assert!(lines[0].starts_with("error: "), "{stderr}");
     assert!(lines[0].contains(needle), "`{needle}` not in: {stderr}");
-}
-
-/// The project's `../shared` folder (or `TRM_SHARED_DIR`), for the large
-/// files kept out of git.
-pub fn shared_dir() -> PathBuf {
-    std::env::var_os("TRM_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_dir().join("../shared"))
 }
 
 /// A golden case: the model, its batch, and every stored tensor as f32.
