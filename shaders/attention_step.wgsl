@@ -126,21 +126,27 @@ fn table(tables: u32, i: u32) -> f32 {
     return weights[at / 4u][at % 4u];
 }
 
-// RoPE on the q and k heads of qkv [S, 3D] at `qkv`, in place; `tables`
-// is the first float of cos. rotate_half([a | b]) = [-b | a].
-fn rope(lid: u32, qkv: u32, tables: u32) {
+// RoPE on one (position, head, j < HD/2) pair of the q and k heads of
+// qkv [S, 3D] at `qkv`, in place: element i of the S x 2 HEADS HD/2 pairs;
+// `tables` is the first float of cos. rotate_half([a | b]) = [-b | a].
+fn rope_pair(qkv: u32, tables: u32, i: u32) {
     let half = HD / 2u;
     let per_row = 2u * HEADS * half;      // q heads then k heads: 2D / 2 pairs
-    for (var i = lid; i < S * per_row; i += WG) {
-        let s = i / per_row;
-        let r = i % per_row;
-        let j = r % half;
-        let at = qkv + s * 3u * D + (r / half) * HD + j;
-        let t = s * HD + j;
-        let a = scratch[at];
-        let b = scratch[at + half];
-        scratch[at] = a * table(tables, t) - b * table(tables, S * HD + t);
-        scratch[at + half] = b * table(tables, t + half) + a * table(tables, S * HD + t + half);
+    let s = i / per_row;
+    let r = i % per_row;
+    let j = r % half;
+    let at = qkv + s * 3u * D + (r / half) * HD + j;
+    let t = s * HD + j;
+    let a = scratch[at];
+    let b = scratch[at + half];
+    scratch[at] = a * table(tables, t) - b * table(tables, S * HD + t);
+    scratch[at + half] = b * table(tables, t + half) + a * table(tables, S * HD + t + half);
+}
+
+// RoPE on every pair of one puzzle's qkv, strided over the workgroup.
+fn rope(lid: u32, qkv: u32, tables: u32) {
+    for (var i = lid; i < S * 2u * HEADS * (HD / 2u); i += WG) {
+        rope_pair(qkv, tables, i);
     }
 }
 
@@ -236,13 +242,26 @@ fn probabilities(a: vec4<f32>, m: f32, mask: vec4<bool>) -> vec4<f32> {
     return select(vec4<f32>(0.0), exp(a * SCALE - m), mask);
 }
 
-// Phase 3: a [S, D] at `out` from qkv [S, 3D] at `qkv`.
+// Output tiles of the attention of one puzzle: (head, query tile of 64
+// rows, block of 64 columns of the head).
+fn attention_tiles() -> u32 {
+    return HEADS * ((S + TM - 1u) / TM) * ((HD + TN - 1u) / TN);
+}
+
+// Phase 3: a [S, D] at `out` from qkv [S, 3D] at `qkv`, tile after tile.
 fn attention(lid: u32, qkv: u32, out: u32) {
+    for (var t = 0u; t < attention_tiles(); t++) {
+        attention_tile(lid, qkv, out, t);
+    }
+}
+
+// Output tile t of the attention (see attention_tiles).
+fn attention_tile(lid: u32, qkv: u32, out: u32, t: u32) {
     let ty = lid / 16u;
     let tx = lid % 16u;
     let q_tiles = (S + TM - 1u) / TM;
     let hd_blocks = (HD + TN - 1u) / TN;
-    for (var t = 0u; t < HEADS * q_tiles * hd_blocks; t++) {
+    {
         let head = t / (q_tiles * hd_blocks);
         let q0 = ((t / hd_blocks) % q_tiles) * TM;
         let hb = (t % hd_blocks) * TN;
@@ -316,6 +335,13 @@ fn attention(lid: u32, qkv: u32, out: u32) {
     }
 }
 
+// First float of the RoPE tables: after the L_LAYERS layers of
+// qkv [3D, DP] | o [D, DP] | ch_gu | ch_dn.
+fn rope_tables() -> u32 {
+    let layer_len = 4u * D * DP / 4u + channel_gate_up_vec4s() + channel_down_vec4s();
+    return 4u * L_LAYERS * layer_len;
+}
+
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let puzzle = running[wid.x];
@@ -332,7 +358,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let qkv_len = 3u * D * DP / 4u;
     let o_len = D * DP / 4u;
     let layer_len = qkv_len + o_len + channel_gate_up_vec4s() + channel_down_vec4s();
-    let tables = 4u * L_LAYERS * layer_len;    // first float of cos
+    let tables = rope_tables();
 
     for (var layer = 0u; layer < L_LAYERS; layer++) {
         let w = layer * layer_len;
@@ -371,4 +397,35 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
         }
     }
+}
+
+// ---- The spread schedule's attention phases (src/gpu/spread.rs plans
+// them): the fused kernel's own tile code, one workgroup per tile instead
+// of one per puzzle. n_total = active puzzles x S; qkv [S, 3D] of active
+// puzzle p at b_base + p S 3D in the scratch, its head outputs [S, D] at
+// o_base + p S D.
+
+// RoPE, one invocation per pair of every active puzzle.
+@compute @workgroup_size(256)
+fn spread_rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let e = group_of(wid, nwg) * WG + lid;
+    let per_puzzle = S * 2u * HEADS * (HD / 2u);
+    if (e >= (params.n_total / S) * per_puzzle) {
+        return;
+    }
+    rope_pair(params.b_base + (e / per_puzzle) * S * 3u * D, rope_tables(), e % per_puzzle);
+}
+
+// The attention, one workgroup per (active puzzle, output tile).
+@compute @workgroup_size(256)
+fn spread_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let g = group_of(wid, nwg);
+    if (g >= params.groups) {
+        return;
+    }
+    let p = g / attention_tiles();
+    attention_tile(lid, params.b_base + p * S * 3u * D, params.o_base + p * S * D,
+                   g % attention_tiles());
 }

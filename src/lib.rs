@@ -42,7 +42,9 @@ pub use batch::PuzzleBatch;
 pub use config::{PosEncodings, TrmConfig};
 pub use cpu::CpuEngine;
 pub use error::{Result, TrmError};
-pub use gpu::{GpuBackend, GpuContext, GpuEngine, GpuOptions, GpuSchedule, GpuStats};
+pub use gpu::{
+    GpuBackend, GpuContext, GpuEngine, GpuOptions, GpuRunOptions, GpuSchedule, GpuStats,
+};
 pub use model::{LoadOptions, Tensor, TrmModel};
 pub use solve::{Carry, Engine, SolveOptions, SolveOutput};
 /// The wgpu this crate is built on, for applications that bring their own

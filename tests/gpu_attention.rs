@@ -8,7 +8,7 @@
 //! outputs.
 //!
 //! Every GPU engine here fills its device buffers (state, scratch, outputs)
-//! with NaN before each solve (`GpuSchedule::poison`), so an element no
+//! with NaN before each solve (`GpuRunOptions::poison`), so an element no
 //! kernel writes, or one read before it is written, fails. The GPU tests
 //! fail when no adapter exists, unless `TRM_SKIP_GPU=1`.
 

@@ -5,7 +5,7 @@
 //! outputs.
 //!
 //! Every GPU engine here fills its device buffers with NaN before each solve
-//! (`GpuSchedule::poison`), so an element no kernel writes fails. The GPU
+//! (`GpuRunOptions::poison`), so an element no kernel writes fails. The GPU
 //! tests fail when no adapter exists, unless `TRM_SKIP_GPU=1`.
 
 mod common;

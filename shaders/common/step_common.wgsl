@@ -66,6 +66,32 @@ struct Params {
     puzzle_stride: u32,   // S * D
     batch: u32,           // puzzles in the chunk
     _pad: u32,
+    // The spread schedule's phase (spread_step.wgsl states their meaning;
+    // 0 in the fused kernels' blocks).
+    n_inner: u32,
+    n_total: u32,
+    w_off: u32,
+    m: u32,
+    k: u32,
+    kp: u32,
+    paired: u32,
+    b_state: u32,
+    b_base: u32,
+    b_ks: u32,
+    b_ns: u32,
+    o_base: u32,
+    o_ms: u32,
+    o_ns: u32,
+    o_split: u32,
+    tiles_m: u32,
+    tiles_n: u32,
+    k_chunk: u32,
+    splits: u32,
+    part_base: u32,
+    part_split: u32,
+    groups: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> weights: array<vec4<f32>>;
@@ -295,4 +321,18 @@ fn rms_norm_rows(lid: u32, state: u32) {
             xyz[row + d] = xyz[row + d] * scale;
         }
     }
+}
+
+// The spread schedule's helpers (spread_step.wgsl and the spread entry
+// points of attention_step.wgsl).
+
+// Linear workgroup id over a 2-D grid (a phase's workgroups are laid out
+// 2-D so that no dimension exceeds 65535).
+fn group_of(wid: vec3<u32>, groups: vec3<u32>) -> u32 {
+    return wid.y * groups.x + wid.x;
+}
+
+// First element of the updated state of active puzzle p.
+fn puzzle_base(p: u32) -> u32 {
+    return params.state_base + running[p] * params.puzzle_stride;
 }

@@ -17,8 +17,8 @@ use serde::Serialize;
 use trm_wgpu::gpu::{AdapterReport, list_adapters};
 use trm_wgpu::rng::SplitMix64;
 use trm_wgpu::{
-    CpuEngine, GpuBackend, GpuContext, GpuEngine, GpuOptions, PuzzleBatch, Result, TrmConfig,
-    TrmError, TrmModel,
+    CpuEngine, GpuBackend, GpuContext, GpuEngine, GpuOptions, GpuRunOptions, GpuSchedule,
+    PuzzleBatch, Result, TrmConfig, TrmError, TrmModel,
 };
 
 #[derive(clap::Args, Debug)]
@@ -45,6 +45,10 @@ pub struct BenchArgs {
     /// CPU worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// GPU schedules, comma-separated: fused, spread, auto (default auto:
+    /// the engine picks by batch size; each row names what ran).
+    #[arg(long, value_delimiter = ',')]
+    schedule: Vec<GpuSchedule>,
     /// One JSON object per row instead of a table.
     #[arg(long)]
     json: bool,
@@ -67,6 +71,13 @@ struct Row {
     gpu_ms_per_step: Option<f64>,
     net_calls: u64,
     seconds: f64,
+    /// The GPU schedule that ran (`fused` or `spread`), `-` for the CPU.
+    schedule: String,
+    /// Dispatches per network call, and their workgroups (GPU rows).
+    dispatches_per_net_call: Option<u64>,
+    workgroups_per_dispatch: Option<trm_wgpu::gpu::WorkgroupSpread>,
+    submits: Option<u64>,
+    host_waits: Option<u64>,
 }
 
 /// What a row runs on.
@@ -168,7 +179,17 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             (given, _) => given.to_vec(),
         }
     };
-    let rows: usize = targets.iter().map(|t| batches_for(t).len()).sum();
+    let schedules_for = |target: &Target| -> Vec<Option<GpuSchedule>> {
+        match target {
+            Target::Cpu => vec![None],
+            Target::Gpu(_) if args.schedule.is_empty() => vec![Some(GpuSchedule::Auto)],
+            Target::Gpu(_) => args.schedule.iter().copied().map(Some).collect(),
+        }
+    };
+    let rows: usize = targets
+        .iter()
+        .map(|t| batches_for(t).len() * schedules_for(t).len())
+        .sum();
     let budget = Duration::from_secs_f64(
         args.seconds
             .unwrap_or((40.0 / rows.max(1) as f64).min(6.0))
@@ -191,20 +212,26 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             act_steps
         );
         println!(
-            "{:<7} {:<40} {:<8} {:>5} {:>12} {:>10} {:>9} {:>12}",
+            "{:<7} {:<40} {:<8} {:<8} {:>5} {:>12} {:>10} {:>9} {:>12} {:>14}",
             "backend",
             "adapter",
             "api",
+            "schedule",
             "batch",
             "net calls/s",
             "puzzles/s",
             "GFLOP/s",
-            "GPU ms/step"
+            "GPU ms/step",
+            "workgroups"
         );
     }
     for target in &targets {
-        for batch_size in batches_for(target) {
+        for (batch_size, schedule) in batches_for(target)
+            .into_iter()
+            .flat_map(|b| schedules_for(target).into_iter().map(move |s| (b, s)))
+        {
             let batch = random_batch(&config, batch_size)?;
+            let mut stats = None;
             let (backend, adapter, driver, api, (calls, wall, gpu)) = match target {
                 Target::Cpu => {
                     let engine = match args.threads {
@@ -227,11 +254,16 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                         .backend(api)
                         .adapter_name(report.name.clone());
                     let context = GpuContext::new(&options)?;
-                    let mut engine = GpuEngine::new(&context, model.clone())?;
+                    let run_options = GpuRunOptions::default()
+                        .schedule(schedule.unwrap_or_default())
+                        .with_env();
+                    let mut engine =
+                        GpuEngine::new(&context, model.clone())?.with_run_options(run_options);
                     let timed = time_box(budget, |steps| {
                         let t = engine.time_recursion_steps(&batch, steps)?;
                         Ok((t.wall, t.gpu))
                     })?;
+                    stats = Some(engine.last_stats().clone());
                     let name = report.name.clone();
                     (
                         "gpu",
@@ -256,21 +288,35 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 gpu_ms_per_step: gpu.map(|g| g.as_secs_f64() * 1e3 / calls.max(1) as f64),
                 net_calls: calls * batch_size as u64,
                 seconds: wall.as_secs_f64(),
+                schedule: stats
+                    .as_ref()
+                    .map_or("-".to_string(), |s| s.schedule.clone()),
+                dispatches_per_net_call: stats.as_ref().map(|s| s.dispatches_per_net_call),
+                workgroups_per_dispatch: stats.as_ref().map(|s| s.workgroups_per_dispatch.clone()),
+                submits: stats.as_ref().map(|s| s.submits),
+                host_waits: stats.as_ref().map(|s| s.host_waits),
             };
             if args.json {
                 println!("{}", serde_json::to_string(&row).unwrap_or_default());
             } else {
                 println!(
-                    "{:<7} {:<40} {:<8} {:>5} {:>12.2} {:>10.4} {:>9.1} {:>12}",
+                    "{:<7} {:<40} {:<8} {:<8} {:>5} {:>12.2} {:>10.4} {:>9.1} {:>12} {:>14}",
                     row.backend,
                     row.adapter.chars().take(40).collect::<String>(),
                     row.api,
+                    row.schedule,
                     row.batch,
                     row.net_calls_per_s,
                     row.puzzles_per_s,
                     row.gflops,
                     row.gpu_ms_per_step
-                        .map_or("-".to_string(), |ms| format!("{ms:.2}"))
+                        .map_or("-".to_string(), |ms| format!("{ms:.2}")),
+                    row.workgroups_per_dispatch
+                        .as_ref()
+                        .map_or("-".to_string(), |w| format!(
+                            "{}/{}/{}",
+                            w.min, w.median, w.max
+                        ))
                 );
             }
         }

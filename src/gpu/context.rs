@@ -646,6 +646,7 @@ impl GpuContext {
     pub(crate) fn pipeline(
         &self,
         kernel: &'static str,
+        entry: &'static str,
         source: &str,
         layout: &wgpu::PipelineLayout,
         constants: &[(&'static str, f64)],
@@ -668,7 +669,7 @@ impl GpuContext {
             label: Some(kernel),
             layout: Some(layout),
             module: &module,
-            entry_point: Some("main"),
+            entry_point: Some(entry),
             compilation_options: wgpu::PipelineCompilationOptions {
                 constants,
                 // every kernel writes its workgroup memory before reading it

@@ -21,6 +21,32 @@ pub(crate) struct Params {
     pub puzzle_stride: u32,
     pub batch: u32,
     pub _pad: u32,
+    // The spread schedule's phase (`shaders/spread_step.wgsl` states the
+    // meaning of each; 0 in the fused kernels' blocks).
+    pub n_inner: u32,
+    pub n_total: u32,
+    pub w_off: u32,
+    pub m: u32,
+    pub k: u32,
+    pub kp: u32,
+    pub paired: u32,
+    pub b_state: u32,
+    pub b_base: u32,
+    pub b_ks: u32,
+    pub b_ns: u32,
+    pub o_base: u32,
+    pub o_ms: u32,
+    pub o_ns: u32,
+    pub o_split: u32,
+    pub tiles_m: u32,
+    pub tiles_n: u32,
+    pub k_chunk: u32,
+    pub splits: u32,
+    pub part_base: u32,
+    pub part_split: u32,
+    pub groups: u32,
+    pub _pad1: u32,
+    pub _pad2: u32,
 }
 
 /// Bytes of [`Params`].
@@ -94,8 +120,23 @@ impl Kernel {
         entries: &[Entry],
         constants: &[(&'static str, f64)],
     ) -> Result<Self> {
-        let layout = bind_group_layout(ctx, name, entries)?;
-        let pipeline = pipeline(ctx, name, source, &layout, constants)?;
+        Self::entry_point(ctx, name, "main", name, source, entries, constants)
+    }
+
+    /// The pipeline of entry point `entry` of `source`, cached as `name`,
+    /// on the bind group layout cached as `layout_key`: kernels that share
+    /// a layout key (and so `entries`) take the same bind groups.
+    pub(crate) fn entry_point(
+        ctx: &GpuContext,
+        name: &'static str,
+        entry: &'static str,
+        layout_key: &'static str,
+        source: &str,
+        entries: &[Entry],
+        constants: &[(&'static str, f64)],
+    ) -> Result<Self> {
+        let layout = bind_group_layout(ctx, layout_key, entries)?;
+        let pipeline = pipeline(ctx, name, entry, source, &layout, constants)?;
         Ok(Kernel {
             name,
             pipeline,
@@ -122,9 +163,20 @@ impl Kernel {
         params_offset: u32,
         workgroups: u32,
     ) {
+        self.record_grid(pass, bind_group, params_offset, [workgroups, 1]);
+    }
+
+    /// Records one dispatch of a 2-D grid of workgroups.
+    pub(crate) fn record_grid(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        bind_group: &wgpu::BindGroup,
+        params_offset: u32,
+        [x, y]: [u32; 2],
+    ) {
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, bind_group, &[params_offset]);
-        pass.dispatch_workgroups(workgroups, 1, 1);
+        pass.dispatch_workgroups(x, y, 1);
     }
 }
 
@@ -213,6 +265,7 @@ fn bind_group(
 fn pipeline(
     ctx: &GpuContext,
     kernel: &'static str,
+    entry: &'static str,
     source: &str,
     layout: &wgpu::BindGroupLayout,
     constants: &[(&'static str, f64)],
@@ -225,7 +278,7 @@ fn pipeline(
                 immediate_size: 0,
             })
     })?;
-    ctx.pipeline(kernel, source, &pipeline_layout, constants)
+    ctx.pipeline(kernel, entry, source, &pipeline_layout, constants)
 }
 
 #[cfg(test)]
@@ -247,6 +300,30 @@ mod tests {
             puzzle_stride: _,
             batch: _,
             _pad: _,
+            n_inner: _,
+            n_total: _,
+            w_off: _,
+            m: _,
+            k: _,
+            kp: _,
+            paired: _,
+            b_state: _,
+            b_base: _,
+            b_ks: _,
+            b_ns: _,
+            o_base: _,
+            o_ms: _,
+            o_ns: _,
+            o_split: _,
+            tiles_m: _,
+            tiles_n: _,
+            k_chunk: _,
+            splits: _,
+            part_base: _,
+            part_split: _,
+            groups: _,
+            _pad1: _,
+            _pad2: _,
         } = Params::default();
         let fields = [
             "state_base",
@@ -257,6 +334,30 @@ mod tests {
             "puzzle_stride",
             "batch",
             "_pad",
+            "n_inner",
+            "n_total",
+            "w_off",
+            "m",
+            "k",
+            "kp",
+            "paired",
+            "b_state",
+            "b_base",
+            "b_ks",
+            "b_ns",
+            "o_base",
+            "o_ms",
+            "o_ns",
+            "o_split",
+            "tiles_m",
+            "tiles_n",
+            "k_chunk",
+            "splits",
+            "part_base",
+            "part_split",
+            "groups",
+            "_pad1",
+            "_pad2",
         ];
         assert_eq!(PARAMS_BYTES, 4 * fields.len() as u64);
         let expected: Vec<String> = fields.iter().map(|f| format!("{f}: u32,")).collect();

@@ -36,6 +36,7 @@ mod embed;
 mod heads;
 mod layout;
 mod mixer_step;
+mod spread;
 mod step_common;
 mod timing;
 
@@ -57,6 +58,7 @@ pub use timing::RecursionTiming;
 use embed::Embed;
 use heads::Heads;
 use layout::{PARAMS_BYTES, Params};
+use spread::{SpreadKernels, SpreadPlan};
 use step_common::StepPipeline;
 
 /// What the engine did in its last solve, counted by the engine itself.
@@ -81,12 +83,99 @@ pub struct GpuStats {
     pub bytes_uploaded: u64,
     /// Chunks the batch was split into to fit the device's limits.
     pub chunks: u64,
+    /// The schedule the solve ran: `fused` or `spread` (`auto` resolved).
+    pub schedule: String,
+    /// Dispatches one network call records (1 fused; 1 + 6 L or 1 + 8 L
+    /// spread).
+    pub dispatches_per_net_call: u64,
+    /// Workgroups of the network calls' dispatches: min, median, max.
+    pub workgroups_per_dispatch: WorkgroupSpread,
+    /// Times the host waited for the device (read-backs and early-halting
+    /// decisions).
+    pub host_waits: u64,
 }
 
-/// How a solve is cut into submissions and chunks.
+/// Workgroups per dispatch of a solve's network calls.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct WorkgroupSpread {
+    /// The fewest workgroups of a dispatch.
+    pub min: u32,
+    /// The median dispatch's.
+    pub median: u32,
+    /// The most.
+    pub max: u32,
+}
+
+impl WorkgroupSpread {
+    /// Of the workgroup counts `groups` (each dispatch once).
+    fn of(mut groups: Vec<u32>) -> Self {
+        groups.sort_unstable();
+        WorkgroupSpread {
+            min: groups.first().copied().unwrap_or(0),
+            median: groups.get(groups.len() / 2).copied().unwrap_or(0),
+            max: groups.last().copied().unwrap_or(0),
+        }
+    }
+}
+
+/// How a network call is laid out on the device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum GpuSchedule {
+    /// `spread` below the adapter's crossover batch size, `fused` from it
+    /// ([`GpuRunOptions::spread_below`], else [`GpuEngine::crossover`]).
+    #[default]
+    Auto,
+    /// One workgroup per puzzle walks the whole call: one dispatch per call
+    /// (`shaders/mixer_step.wgsl`, `shaders/attention_step.wgsl`). Best
+    /// when the batch alone fills the device.
+    Fused,
+    /// Each call cut into phases, each spread over its output tiles for the
+    /// whole batch (`shaders/spread_step.wgsl`): a GPU is filled at batch 1.
+    Spread,
+}
+
+impl GpuSchedule {
+    /// The spelling [`GpuSchedule::from_str`] accepts.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GpuSchedule::Auto => "auto",
+            GpuSchedule::Fused => "fused",
+            GpuSchedule::Spread => "spread",
+        }
+    }
+}
+
+impl std::fmt::Display for GpuSchedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for GpuSchedule {
+    type Err = TrmError;
+    /// `auto`, `fused` or `spread`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(GpuSchedule::Auto),
+            "fused" => Ok(GpuSchedule::Fused),
+            "spread" => Ok(GpuSchedule::Spread),
+            _ => Err(TrmError::Input(format!(
+                "unknown GPU schedule `{s}` (one of fused, spread, auto)"
+            ))),
+        }
+    }
+}
+
+/// How a solve runs on the device: the schedule of a network call, and
+/// how the solve is cut into submissions and chunks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct GpuSchedule {
+pub struct GpuRunOptions {
+    /// The schedule (default `auto`).
+    pub schedule: GpuSchedule,
+    /// With `auto`: batches smaller than this run `spread`, others `fused`
+    /// (default: [`GpuEngine::crossover`]; `trm bench --tune` measures it).
+    pub spread_below: Option<usize>,
     /// Submit the recorded work once it holds this many FLOPs (estimated), so
     /// that no command buffer runs long enough to trip an OS GPU watchdog
     /// (Windows resets a GPU busy for 2 s). The host does not wait between
@@ -103,9 +192,11 @@ pub struct GpuSchedule {
     pub poison: bool,
 }
 
-impl Default for GpuSchedule {
+impl Default for GpuRunOptions {
     fn default() -> Self {
-        GpuSchedule {
+        GpuRunOptions {
+            schedule: GpuSchedule::Auto,
+            spread_below: None,
             max_flops_per_submit: 200_000_000_000,
             max_chunk_puzzles: None,
             max_chunk_bytes: 1 << 30,
@@ -114,26 +205,45 @@ impl Default for GpuSchedule {
     }
 }
 
-impl GpuSchedule {
-    /// Sets [`GpuSchedule::max_flops_per_submit`].
+impl GpuRunOptions {
+    /// Sets [`GpuRunOptions::schedule`].
+    pub fn schedule(mut self, schedule: GpuSchedule) -> Self {
+        self.schedule = schedule;
+        self
+    }
+
+    /// Sets [`GpuRunOptions::spread_below`].
+    pub fn spread_below(mut self, batch: usize) -> Self {
+        self.spread_below = Some(batch);
+        self
+    }
+
+    /// Fills the buffers with NaN when `TRM_POISON_GPU=1` is set (the CLI
+    /// and the examples call this, so tests can poison their solves too).
+    pub fn with_env(self) -> Self {
+        let on = std::env::var("TRM_POISON_GPU").is_ok_and(|v| v == "1");
+        if on { self.poison(true) } else { self }
+    }
+
+    /// Sets [`GpuRunOptions::max_flops_per_submit`].
     pub fn max_flops_per_submit(mut self, flops: u64) -> Self {
         self.max_flops_per_submit = flops.max(1);
         self
     }
 
-    /// Sets [`GpuSchedule::max_chunk_puzzles`].
+    /// Sets [`GpuRunOptions::max_chunk_puzzles`].
     pub fn max_chunk_puzzles(mut self, puzzles: usize) -> Self {
         self.max_chunk_puzzles = Some(puzzles.max(1));
         self
     }
 
-    /// Sets [`GpuSchedule::max_chunk_bytes`].
+    /// Sets [`GpuRunOptions::max_chunk_bytes`].
     pub fn max_chunk_bytes(mut self, bytes: u64) -> Self {
         self.max_chunk_bytes = bytes;
         self
     }
 
-    /// Sets [`GpuSchedule::poison`].
+    /// Sets [`GpuRunOptions::poison`].
     pub fn poison(mut self, on: bool) -> Self {
         self.poison = on;
         self
@@ -205,8 +315,14 @@ struct Chunk {
     active: wgpu::Buffer,
     /// Logits `[capacity][seq_len][vocab]` then q `[capacity][2]`.
     out: wgpu::Buffer,
-    /// Two parameter blocks: z update (0), y update and heads (1).
-    _params: wgpu::Buffer,
+    /// Parameter blocks: the fused z update (0), the fused y update and
+    /// the heads (1), then the spread plan's (z update, then y update).
+    params: wgpu::Buffer,
+    /// The fused blocks, which the spread plan's start from.
+    bases: [Params; 2],
+    /// First float of the spread schedule's split partials in the scratch
+    /// (after the work region of `capacity` puzzles).
+    part_base: u32,
     /// Host-readable copy of what is read back.
     staging: wgpu::Buffer,
     step_group: wgpu::BindGroup,
@@ -238,16 +354,29 @@ pub struct GpuEngine {
     ctx: GpuContext,
     model: Arc<TrmModel>,
     step: StepKernel,
+    /// The spread schedule's pipelines, built on its first use.
+    spread: Option<SpreadKernels>,
+    /// The spread plan of the batch size whose blocks are in the chunk's
+    /// parameter buffer.
+    plan: Option<SpreadPlan>,
     embed: Embed,
     heads: Heads,
-    schedule: GpuSchedule,
+    options: GpuRunOptions,
+    /// The schedule of the solve being recorded (`auto` resolved).
+    running: GpuSchedule,
     chunk: Option<Chunk>,
     stats: GpuStats,
+    /// Workgroups of every network-call dispatch recorded in this solve.
+    step_groups: Vec<u32>,
     /// Bytes between the parameter blocks (the uniform offset alignment).
     params_stride: u32,
 }
 
 const F32: u64 = 4;
+
+/// Parameter blocks before the spread schedule's: the fused z update (0),
+/// the fused y update and the heads (1).
+const FUSED_BLOCKS: u64 = 2;
 
 impl GpuEngine {
     /// Uploads the model's weights to the context's device and builds the
@@ -265,23 +394,45 @@ impl GpuEngine {
             ctx: ctx.clone(),
             model,
             step,
+            spread: None,
+            plan: None,
             embed,
             heads,
-            schedule: GpuSchedule::default(),
+            options: GpuRunOptions::default(),
+            running: GpuSchedule::Fused,
             chunk: None,
             stats: GpuStats::default(),
+            step_groups: Vec::new(),
             params_stride,
         })
     }
 
-    /// Replaces the schedule (submission sizes, chunking, poisoning).
-    pub fn set_schedule(&mut self, schedule: GpuSchedule) {
-        if schedule.max_chunk_puzzles != self.schedule.max_chunk_puzzles
-            || schedule.max_chunk_bytes != self.schedule.max_chunk_bytes
+    /// Replaces the run options (schedule, submission sizes, chunking,
+    /// poisoning).
+    pub fn set_run_options(&mut self, options: GpuRunOptions) {
+        if options.max_chunk_puzzles != self.options.max_chunk_puzzles
+            || options.max_chunk_bytes != self.options.max_chunk_bytes
         {
             self.chunk = None;
+            self.plan = None;
         }
-        self.schedule = schedule;
+        self.options = options;
+    }
+
+    /// The builder form of [`GpuEngine::set_run_options`].
+    pub fn with_run_options(mut self, options: GpuRunOptions) -> Self {
+        self.set_run_options(options);
+        self
+    }
+
+    /// The run options.
+    pub fn run_options(&self) -> &GpuRunOptions {
+        &self.options
+    }
+
+    /// Sets the schedule of [`GpuEngine::run_options`].
+    pub fn set_schedule(&mut self, schedule: GpuSchedule) {
+        self.options.schedule = schedule;
     }
 
     /// The builder form of [`GpuEngine::set_schedule`].
@@ -290,9 +441,46 @@ impl GpuEngine {
         self
     }
 
-    /// The schedule.
-    pub fn schedule(&self) -> &GpuSchedule {
-        &self.schedule
+    /// The schedule asked for (`auto` unless set).
+    pub fn schedule(&self) -> GpuSchedule {
+        self.options.schedule
+    }
+
+    /// The batch size from which `auto` runs `fused` on this adapter, unless
+    /// [`GpuRunOptions::spread_below`] says otherwise. A guess from the
+    /// device type, since wgpu does not report compute units: on a CPU
+    /// adapter (lavapipe, SwiftShader) the fused kernel fills the threads
+    /// once the batch has one puzzle per thread; a discrete GPU holds a
+    /// hundred or more workgroups at once, an integrated one a few dozen.
+    /// `trm bench --tune` measures it.
+    pub fn crossover(&self) -> usize {
+        match self.ctx.adapter_info().device_type {
+            wgpu::DeviceType::Cpu => std::env::var("LP_NUM_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+                .max(2),
+            wgpu::DeviceType::DiscreteGpu => 256,
+            _ => 32,
+        }
+    }
+
+    /// The schedule a chunk of `batch` puzzles runs: `fused` or `spread`.
+    pub fn resolve_schedule(&self, batch: usize) -> GpuSchedule {
+        match self.options.schedule {
+            GpuSchedule::Auto => {
+                let below = self
+                    .options
+                    .spread_below
+                    .unwrap_or_else(|| self.crossover());
+                if batch < below {
+                    GpuSchedule::Spread
+                } else {
+                    GpuSchedule::Fused
+                }
+            }
+            chosen => chosen,
+        }
     }
 
     /// Counters of the last solve.
@@ -324,9 +512,10 @@ impl GpuEngine {
         let buffer = limits.max_buffer_size.saturating_sub(16);
         let per_puzzle = [
             ("state", 3 * sd * F32, binding),
+            // the kernels' work region, and the spread schedule's partials
             (
                 "scratch",
-                StepKernel::scratch_floats(config) as u64 * F32,
+                (StepKernel::scratch_floats(config) as u64 + sd) * F32,
                 binding,
             ),
             ("outputs", (seq * vocab + 2) * F32, binding),
@@ -334,8 +523,10 @@ impl GpuEngine {
             ("staging", (seq * vocab + 2 + 2 * sd) * F32, buffer),
         ];
         let mut capacity = u64::from(limits.max_compute_workgroups_per_dimension);
-        // element indices of the state buffer stay within u32
+        // element indices of the state and scratch buffers stay within u32
         capacity = capacity.min(u64::from(u32::MAX) / (3 * sd).max(1));
+        let scratch = StepKernel::scratch_floats(config) as u64 + sd;
+        capacity = capacity.min(u64::from(u32::MAX) / 2 / scratch.max(1));
         for (what, bytes, limit) in per_puzzle {
             if bytes > limit {
                 return Err(TrmError::AdapterUnsuitable {
@@ -348,11 +539,37 @@ impl GpuEngine {
             capacity = capacity.min(limit / bytes.max(1));
         }
         let total: u64 = per_puzzle.iter().map(|(_, b, _)| b).sum::<u64>() + 4;
-        capacity = capacity.min((self.schedule.max_chunk_bytes / total).max(1));
-        if let Some(max) = self.schedule.max_chunk_puzzles {
+        capacity = capacity.min((self.options.max_chunk_bytes / total).max(1));
+        if let Some(max) = self.options.max_chunk_puzzles {
             capacity = capacity.min(max as u64);
         }
-        Ok(capacity.max(1) as usize)
+        // The spread schedule's partials at small batches exceed one
+        // puzzle's share: the largest capacity whose exact scratch fits.
+        let fits = |cap: u64| self.scratch_floats(cap) * F32 <= binding.saturating_add(16);
+        let (mut lo, mut hi) = (1u64, capacity.max(1));
+        if !fits(lo) {
+            return Err(TrmError::AdapterUnsuitable {
+                adapter: self.ctx.adapter_info().name.clone(),
+                reason: format!(
+                    "one puzzle needs {} bytes of scratch in one buffer; the device allows {binding}",
+                    self.scratch_floats(1) * F32
+                ),
+            });
+        }
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if fits(mid) { lo = mid } else { hi = mid - 1 }
+        }
+        Ok(lo as usize)
+    }
+
+    /// Floats of scratch a chunk of `capacity` puzzles holds: the kernels'
+    /// work region, then the spread schedule's split partials.
+    fn scratch_floats(&self, capacity: u64) -> u64 {
+        let config = self.model.config();
+        let sk = spread::spread_depth(self.ctx.limits().max_compute_workgroup_storage_size);
+        capacity * StepKernel::scratch_floats(config) as u64
+            + SpreadPlan::partial_floats_up_to(config, capacity as u32, sk)
     }
 
     /// Allocates the buffers of a chunk of `capacity` puzzles unless the
@@ -362,6 +579,7 @@ impl GpuEngine {
             return Ok(());
         }
         self.chunk = None; // free the old buffers first
+        self.plan = None;
         let config = self.model.config();
         let ctx = &self.ctx;
         let cap = capacity as u64;
@@ -374,12 +592,22 @@ impl GpuEngine {
             3 * cap * sd * F32,
             U::STORAGE | U::COPY_DST | U::COPY_SRC,
         )?;
-        let scratch = layout::buffer(
-            ctx,
-            "scratch",
-            cap * StepKernel::scratch_floats(config) as u64 * F32,
-            U::STORAGE | U::COPY_DST,
-        )?;
+        let work = cap * StepKernel::scratch_floats(config) as u64;
+        let scratch_floats = self.scratch_floats(cap);
+        let scratch_bytes = scratch_floats * F32;
+        let limits = ctx.limits();
+        let binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        if scratch_bytes > binding || scratch_floats > u64::from(u32::MAX) {
+            return Err(TrmError::AdapterUnsuitable {
+                adapter: ctx.adapter_info().name.clone(),
+                reason: format!(
+                    "{capacity} puzzles need {scratch_bytes} bytes of scratch in one buffer; the device allows {binding}"
+                ),
+            });
+        }
+        let scratch = layout::buffer(ctx, "scratch", scratch_bytes, U::STORAGE | U::COPY_DST)?;
         let ids = layout::buffer(
             ctx,
             "token ids",
@@ -394,7 +622,13 @@ impl GpuEngine {
             U::STORAGE | U::COPY_DST | U::COPY_SRC,
         )?;
         let stride = u64::from(self.params_stride);
-        let params = layout::buffer(ctx, "parameters", 2 * stride, U::UNIFORM | U::COPY_DST)?;
+        let spread_blocks = 2 * (1 + 8 * config.l_layers as u64);
+        let params = layout::buffer(
+            ctx,
+            "parameters",
+            (FUSED_BLOCKS + spread_blocks) * stride,
+            U::UNIFORM | U::COPY_DST,
+        )?;
         let staging = layout::buffer(
             ctx,
             "staging",
@@ -441,7 +675,9 @@ impl GpuEngine {
             ids,
             active,
             out,
-            _params: params,
+            params,
+            bases: [z_update, y_update],
+            part_base: work as u32,
             staging,
             step_group,
             embed_group,
@@ -490,7 +726,35 @@ impl GpuEngine {
     ) -> Result<wgpu::SubmissionIndex> {
         let ctx = self.ctx.clone();
         let stride = self.params_stride;
-        let dispatches = ops.len() as u64;
+        let spread = match (self.running, &self.spread, &self.plan) {
+            (GpuSchedule::Spread, Some(kernels), Some(plan)) => Some((kernels, plan)),
+            _ => None,
+        };
+        let mut dispatches = 0u64;
+        for op in ops.iter() {
+            match (*op, spread) {
+                (Op::Step { workgroups, .. }, Some((_, plan))) => {
+                    if plan.batch != workgroups {
+                        return Err(TrmError::Gpu(format!(
+                            "the spread plan is for {} puzzles, the step for {workgroups}",
+                            plan.batch
+                        )));
+                    }
+                    dispatches += plan.dispatches.len() as u64;
+                    self.step_groups.extend(plan.groups());
+                }
+                (Op::Step { workgroups, .. }, None) => {
+                    dispatches += 1;
+                    self.step_groups.push(workgroups);
+                }
+                _ => dispatches += 1,
+            }
+        }
+        let spread_blocks = spread.map_or(0, |(_, plan)| plan.dispatches.len());
+        let spread_offset = |y_update: bool, i: usize| -> u32 {
+            let block = FUSED_BLOCKS as usize + if y_update { spread_blocks } else { 0 } + i;
+            block as u32 * stride
+        };
         let index = ctx.scoped("recording and submitting the solve", || {
             let device = ctx.device();
             let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -507,12 +771,19 @@ impl GpuEngine {
                         Op::Step {
                             y_update,
                             workgroups,
-                        } => self.step.record(
-                            &mut pass,
-                            chunk,
-                            if y_update { stride } else { 0 },
-                            workgroups,
-                        ),
+                        } => match spread {
+                            Some((kernels, plan)) => {
+                                kernels.record(&mut pass, &chunk.step_group, plan, |i| {
+                                    spread_offset(y_update, i)
+                                })
+                            }
+                            None => self.step.record(
+                                &mut pass,
+                                chunk,
+                                if y_update { stride } else { 0 },
+                                workgroups,
+                            ),
+                        },
                         Op::Heads(n) => self.heads.record(&mut pass, &chunk.heads_group, stride, n),
                     }
                 }
@@ -539,6 +810,51 @@ impl GpuEngine {
         Ok(index)
     }
 
+    /// Resolves the schedule of a chunk of `batch` puzzles and gets it
+    /// ready: the spread pipelines and the plan of the batch size.
+    fn prepare_schedule(&mut self, chunk: &Chunk, batch: usize) -> Result<()> {
+        self.running = self.resolve_schedule(batch);
+        if self.running == GpuSchedule::Spread {
+            if self.spread.is_none() {
+                let kernels =
+                    SpreadKernels::new(&self.ctx, self.model.config(), &self.step.pipeline)?;
+                self.spread = Some(kernels);
+            }
+            self.ensure_plan(chunk, batch as u32)?;
+        }
+        self.stats.schedule = self.running.as_str().to_string();
+        Ok(())
+    }
+
+    /// Writes the spread plan of `batch` active puzzles into the chunk's
+    /// parameter buffer, unless it is there. Only between submissions whose
+    /// steps run that batch size: a queue write lands before the next
+    /// submission's commands.
+    fn ensure_plan(&mut self, chunk: &Chunk, batch: u32) -> Result<()> {
+        if self.running != GpuSchedule::Spread
+            || self.plan.as_ref().is_some_and(|p| p.batch == batch)
+        {
+            return Ok(());
+        }
+        let config = self.model.config();
+        let sk = spread::spread_depth(self.ctx.limits().max_compute_workgroup_storage_size);
+        let [z, y] = &chunk.bases;
+        let plan = SpreadPlan::new(config, batch, [z, y], chunk.part_base, sk);
+        let stride = self.params_stride as usize;
+        let mut bytes = vec![0u8; plan.blocks.len() * stride];
+        for (block, at) in plan.blocks.iter().zip(bytes.chunks_exact_mut(stride)) {
+            at[..PARAMS_BYTES as usize].copy_from_slice(bytemuck::bytes_of(block));
+        }
+        self.ctx.scoped("writing the spread plan", || {
+            self.ctx
+                .queue()
+                .write_buffer(&chunk.params, FUSED_BLOCKS * stride as u64, &bytes)
+        })?;
+        self.stats.bytes_uploaded += bytes.len() as u64;
+        self.plan = Some(plan);
+        Ok(())
+    }
+
     /// Waits for `submission` and reads the first `floats` floats of the
     /// staging buffer.
     fn read_back(
@@ -548,6 +864,7 @@ impl GpuEngine {
         floats: u64,
     ) -> Result<Vec<f32>> {
         let bytes = floats * F32;
+        self.stats.host_waits += 1;
         if bytes == 0 {
             self.ctx.wait(submission)?;
             return Ok(Vec::new());
@@ -600,7 +917,7 @@ impl GpuEngine {
         let region = cap * sd;
         let q_base = cap * seq * vocab;
 
-        if self.schedule.poison {
+        if self.options.poison {
             self.upload(&chunk.xyz, 0, &vec![f32::NAN; (3 * region) as usize])?;
             self.upload(&chunk.out, 0, &vec![f32::NAN; (q_base + 2 * cap) as usize])?;
             let scratch = cap as usize * StepKernel::scratch_floats(config);
@@ -622,6 +939,7 @@ impl GpuEngine {
         }
         let mut active: Vec<u32> = (0..n as u32).collect();
         self.upload(&chunk.active, 0, &active)?;
+        self.prepare_schedule(chunk, n)?;
 
         let mut steps = vec![0u32; n];
         let mut ops = vec![Op::Embed(n as u32)];
@@ -636,7 +954,7 @@ impl GpuEngine {
                         workgroups,
                     });
                     pending_flops += call_flops * u64::from(workgroups);
-                    if pending_flops >= self.schedule.max_flops_per_submit {
+                    if pending_flops >= self.options.max_flops_per_submit {
                         self.submit(chunk, &mut ops, &[])?;
                         pending_flops = 0;
                     }
@@ -678,6 +996,7 @@ impl GpuEngine {
                 if running.len() != active.len() {
                     active = running;
                     self.upload(&chunk.active, 0, &active)?;
+                    self.ensure_plan(chunk, active.len() as u32)?;
                 }
             }
         }
@@ -786,6 +1105,7 @@ impl Engine for GpuEngine {
             c.check(config, b)?;
         }
         self.stats = GpuStats::default();
+        self.step_groups.clear();
         let capacity = self.chunk_capacity()?.min(b.max(1));
         self.ensure_chunk(capacity)?;
         let Some(chunk) = self.chunk.take() else {
@@ -797,11 +1117,24 @@ impl Engine for GpuEngine {
         let most = out.steps.iter().copied().max().unwrap_or(0) as u64;
         self.stats.act_steps = most;
         self.stats.recursion_steps = most * config.recursion_steps_per_act_step() as u64;
+        self.finish_stats();
         Ok(out)
     }
 }
 
 impl GpuEngine {
+    /// The per-call counters from the dispatches recorded.
+    fn finish_stats(&mut self) {
+        let calls = self.step_groups.len() as u64;
+        let per_call = match (self.running, &self.plan) {
+            (GpuSchedule::Spread, Some(plan)) => plan.dispatches.len() as u64,
+            _ => 1,
+        };
+        self.stats.dispatches_per_net_call = if calls == 0 { 0 } else { per_call };
+        self.stats.workgroups_per_dispatch =
+            WorkgroupSpread::of(std::mem::take(&mut self.step_groups));
+    }
+
     fn solve_chunks(
         &mut self,
         chunk: &Chunk,

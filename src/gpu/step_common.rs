@@ -60,11 +60,28 @@ pub(crate) fn tile_depth(workgroup_bytes: u32) -> Option<u32> {
         .find(|tk| 2 * 64 * tk * 4 <= workgroup_bytes)
 }
 
+/// The bindings of every recursion-step kernel: weights, xyz, scratch,
+/// active, params.
+const STEP_ENTRIES: [Entry; 5] = [
+    Entry::ReadOnly,
+    Entry::ReadWrite,
+    Entry::ReadWrite,
+    Entry::ReadOnly,
+    Entry::Params,
+];
+
 /// A recursion-step kernel of one model: its weights on the device and its
 /// pipeline. Both kernels bind `weights, xyz, scratch, active, params`.
 pub(crate) struct StepPipeline {
     kernel: Kernel,
     weights: wgpu::Buffer,
+    /// Name of the kernel: the key of its bind group layout, which the
+    /// spread schedule's kernels share.
+    name: &'static str,
+    /// The prelude's specialisation constants.
+    prelude: Vec<(&'static str, f64)>,
+    /// The kernel's own.
+    own: Vec<(&'static str, f64)>,
 }
 
 impl StepPipeline {
@@ -88,14 +105,7 @@ impl StepPipeline {
                 }
             })?;
         let weights = layout::upload_f32(ctx, &format!("{kernel} weights"), packed)?;
-        // weights, xyz, scratch, active, params
-        let entries = [
-            Entry::ReadOnly,
-            Entry::ReadWrite,
-            Entry::ReadWrite,
-            Entry::ReadOnly,
-            Entry::Params,
-        ];
+        let entries = STEP_ENTRIES;
         let (s, d) = (config.state_len(), config.hidden_size);
         let mut all = vec![
             ("S", s as f64),
@@ -106,9 +116,47 @@ impl StepPipeline {
             ("EPS", config.rms_norm_eps as f32 as f64),
             ("TK", tile_depth as f64),
         ];
+        let prelude = all.clone();
         all.extend_from_slice(constants);
-        let kernel = Kernel::new(ctx, kernel, source, &entries, &all)?;
-        Ok(StepPipeline { kernel, weights })
+        let name = kernel;
+        let kernel = Kernel::new(ctx, name, source, &entries, &all)?;
+        Ok(StepPipeline {
+            kernel,
+            weights,
+            name,
+            prelude,
+            own: constants.to_vec(),
+        })
+    }
+
+    /// Another kernel on this one's bind group layout: entry point `entry`
+    /// of `source` (which starts with the prelude), cached as `name`, with
+    /// the prelude's constants, this kernel's own where `with_own` (the
+    /// source is this kernel's), and `extra`. The spread schedule's kernels
+    /// are built so and bind the same groups.
+    pub(crate) fn sibling(
+        &self,
+        ctx: &GpuContext,
+        name: &'static str,
+        entry: &'static str,
+        source: &str,
+        with_own: bool,
+        extra: &[(&'static str, f64)],
+    ) -> Result<Kernel> {
+        let mut constants = self.prelude.clone();
+        if with_own {
+            constants.extend_from_slice(&self.own);
+        }
+        constants.extend_from_slice(extra);
+        Kernel::entry_point(
+            ctx,
+            name,
+            entry,
+            self.name,
+            source,
+            &STEP_ENTRIES,
+            &constants,
+        )
     }
 
     /// The bind group of a chunk: its state, scratch, active list and

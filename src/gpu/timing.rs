@@ -3,9 +3,10 @@
 //! (seconds per step at the official size) still gives a figure within a
 //! time box.
 //!
-//! The steps are recorded exactly as a solve records them (one fused
-//! dispatch each, in the ACT pattern: n z updates, then a y update) into one
-//! compute pass. Where the device has timestamp queries, the pass's start
+//! The steps are recorded exactly as a solve records them (in the ACT
+//! pattern: n z updates, then a y update; each one fused dispatch or the
+//! spread schedule's phases, as the engine's schedule resolves for the
+//! batch) into one compute pass. Where the device has timestamp queries, the pass's start
 //! and end are stamped, so the GPU time excludes submission and the wait.
 
 use std::time::{Duration, Instant};
@@ -81,8 +82,11 @@ impl GpuEngine {
         let Some(chunk) = self.chunk.take() else {
             return Err(TrmError::Gpu("the chunk buffers are missing".into()));
         };
+        self.stats = super::GpuStats::default();
+        self.step_groups.clear();
         let result = self.time_chunk(&chunk, batch, steps, &config);
         self.chunk = Some(chunk);
+        self.finish_stats();
         result
     }
 
@@ -105,10 +109,13 @@ impl GpuEngine {
         self.upload(&chunk.xyz, 2 * cap * sd, &init.z_l)?;
         let active: Vec<u32> = (0..n as u32).collect();
         self.upload(&chunk.active, 0, &active)?;
+        self.prepare_schedule(chunk, n)?;
         // embed first, untimed
         let mut ops = vec![Op::Embed(n as u32)];
         let embedded = self.submit(chunk, &mut ops, &[])?;
         self.ctx.wait(embedded)?;
+        self.stats.host_waits += 1;
+        self.step_groups.clear();
 
         let pattern = config.l_cycles + 1;
         for i in 0..steps {
@@ -121,6 +128,7 @@ impl GpuEngine {
         let start = Instant::now();
         let submission = self.submit_with(chunk, &mut ops, &[], stamps.as_ref())?;
         self.ctx.wait(submission)?;
+        self.stats.host_waits += 1;
         let wall = start.elapsed();
         let gpu = match &stamps {
             Some(stamps) => Some(self.read_stamps(stamps)?),

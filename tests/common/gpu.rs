@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use trm_wgpu::{GpuContext, GpuEngine, GpuOptions, GpuSchedule, TrmModel};
+use trm_wgpu::{GpuContext, GpuEngine, GpuOptions, GpuRunOptions, TrmModel};
 
 /// Whether `TRM_SKIP_GPU=1` asks to skip GPU tests on a machine without an
 /// adapter.
@@ -47,7 +47,7 @@ pub fn engine(model: &TrmModel) -> Option<GpuEngine> {
 pub fn engine_on(context: &GpuContext, model: &TrmModel) -> GpuEngine {
     let engine = GpuEngine::new(context, Arc::new(model.clone()))
         .unwrap_or_else(|e| panic!("GPU engine on {}: {e}", context.describe()));
-    engine.with_schedule(GpuSchedule::default().poison(true))
+    engine.with_run_options(GpuRunOptions::default().poison(true))
 }
 
 /// A new context on the adapter of [`context`] (from the environment), with

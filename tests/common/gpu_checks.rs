@@ -9,8 +9,8 @@ use std::sync::Arc;
 use super::{assert_close, assert_close_floor, gpu, one_act_step_at_a_time, random_batch_from};
 use trm_wgpu::rng::SplitMix64;
 use trm_wgpu::{
-    CpuEngine, Engine, GpuSchedule, LoadOptions, PosEncodings, PuzzleBatch, SolveOptions,
-    SolveOutput, Tensor, TrmConfig, TrmModel,
+    CpuEngine, Engine, GpuRunOptions, GpuSchedule, LoadOptions, PosEncodings, PuzzleBatch,
+    SolveOptions, SolveOutput, Tensor, TrmConfig, TrmModel,
 };
 
 /// Contractive weights: float32 implementations agree to about 1e-6.
@@ -199,19 +199,27 @@ pub fn matches_the_cpu_engine(label: &str, model: &TrmModel, batch: &PuzzleBatch
     let options = SolveOptions::default();
     let mut cpu = CpuEngine::new(Arc::new(model.clone())).unwrap();
     let want = cpu.solve(batch, &options).unwrap();
-    let Some(mut engine) = gpu::engine(model) else {
-        return false;
-    };
-    let got = engine.solve(batch, &options).unwrap();
-    compare(label, &got, &want);
-    // and from a carry: one more step from the state reached
     let carry = want.carry();
     let one = SolveOptions::default().act_steps(1);
-    let want = cpu.solve_from(batch, Some(&carry), &one).unwrap();
-    let got = engine.solve_from(batch, Some(&carry), &one).unwrap();
-    compare(&format!("{label}, from a carry"), &got, &want);
+    let want_one = cpu.solve_from(batch, Some(&carry), &one).unwrap();
+    for schedule in SCHEDULES {
+        let Some(engine) = gpu::engine(model) else {
+            return false;
+        };
+        let mut engine = engine.with_schedule(schedule);
+        let label = format!("{label}, {schedule}");
+        let got = engine.solve(batch, &options).unwrap();
+        assert_eq!(engine.last_stats().schedule, schedule.as_str());
+        compare(&label, &got, &want);
+        // and from a carry: one more step from the state reached
+        let got = engine.solve_from(batch, Some(&carry), &one).unwrap();
+        compare(&format!("{label}, from a carry"), &got, &want_one);
+    }
     true
 }
+
+/// The two schedules every GPU check runs.
+pub const SCHEDULES: [GpuSchedule; 2] = [GpuSchedule::Fused, GpuSchedule::Spread];
 
 /// Three ACT steps of three puzzles on `model`: no read-back beyond the
 /// outputs, one dispatch per recursion step plus the embedding and the
@@ -241,7 +249,11 @@ pub fn counters_show_one_dispatch_per_recursion_step(model: &TrmModel) {
     assert_eq!(stats.bytes_read_back, outputs);
     assert_eq!(stats.chunks, 1);
 
-    engine.set_schedule(GpuSchedule::default().poison(true).max_flops_per_submit(1));
+    engine.set_run_options(
+        GpuRunOptions::default()
+            .poison(true)
+            .max_flops_per_submit(1),
+    );
     let split = engine.solve(&batch, &options).unwrap();
     assert_eq!(split, whole);
     let stats = engine.last_stats();
@@ -269,8 +281,8 @@ pub fn split_batches_equal_the_unsplit_batch(
     let unsplit = whole.solve(&batch, &options).unwrap();
     assert_eq!(whole.last_stats().chunks, 1);
 
-    let mut by_schedule = gpu::engine(model).unwrap().with_schedule(
-        GpuSchedule::default()
+    let mut by_schedule = gpu::engine(model).unwrap().with_run_options(
+        GpuRunOptions::default()
             .poison(true)
             .max_chunk_puzzles(chunk_puzzles),
     );
