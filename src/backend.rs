@@ -9,7 +9,7 @@ use crate::batch::PuzzleBatch;
 use crate::config::TrmConfig;
 use crate::cpu::CpuEngine;
 use crate::error::{Result, TrmError};
-use crate::gpu::{GpuBackend, GpuContext, GpuEngine, GpuOptions};
+use crate::gpu::{GpuBackend, GpuContext, GpuEngine, GpuOptions, GpuRunOptions, GpuSchedule};
 use crate::model::TrmModel;
 use crate::solve::{Carry, Engine, SolveOptions, SolveOutput};
 
@@ -76,6 +76,8 @@ pub struct EngineOptions {
     pub adapter: Option<String>,
     /// CPU worker threads (default: all cores).
     pub threads: Option<usize>,
+    /// GPU schedule (default `auto`).
+    pub schedule: GpuSchedule,
 }
 
 impl EngineOptions {
@@ -88,6 +90,12 @@ impl EngineOptions {
     /// Sets [`EngineOptions::threads`].
     pub fn threads(mut self, threads: usize) -> Self {
         self.threads = Some(threads);
+        self
+    }
+
+    /// Sets [`EngineOptions::schedule`].
+    pub fn schedule(mut self, schedule: GpuSchedule) -> Self {
+        self.schedule = schedule;
         self
     }
 }
@@ -206,7 +214,12 @@ impl Backend {
                 gpu_options = gpu_options.adapter_name(name.clone());
             }
             let context = GpuContext::new(&gpu_options)?;
-            Ok(AnyEngine::Gpu(Box::new(GpuEngine::new(&context, model)?)))
+            // TRM_POISON_GPU=1: NaN-filled buffers, for tests through the CLI
+            let run = GpuRunOptions::default()
+                .schedule(options.schedule)
+                .with_env();
+            let engine = GpuEngine::new(&context, model)?.with_run_options(run);
+            Ok(AnyEngine::Gpu(Box::new(engine)))
         };
         match self {
             Backend::Cpu => cpu(model, None),

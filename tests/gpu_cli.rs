@@ -70,20 +70,28 @@ fn stat(stats: &serde_json::Value, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("--stats lacks `{name}`: {stats}"))
 }
 
-/// Runs `model` (fresh weights) through `trm run --backend B --stats` for
-/// each of `backends` and checks every output against the float64
+/// Runs `model` (fresh weights) through `trm run --backend B --schedule S
+/// --stats` for each of `backends` and both schedules, the engine's buffers
+/// NaN-poisoned, and checks every output against the float64
 /// implementation within 1e-5 relative L2, and the counters: one dispatch
-/// per recursion step plus the embedding and the heads, one submission,
-/// nothing read back beyond the outputs.
+/// per recursion step (fused) or 1 + 6 L, 1 + 8 L phases (spread) plus the
+/// embedding and the heads, one submission, nothing read back beyond the
+/// outputs.
 fn run_gpu_against_float64(model: &TrmModel, seed: u64, tag: &str, backends: &[&str]) {
     let dir = temp_dir(tag);
     let (model_path, input_path, batch) =
         common::write_run_case(&dir, model, PUZZLES, seed ^ 0x5eed);
     let reference = f64_reference::solve(model, &batch, ACT_STEPS, false);
     for backend in backends {
-        eprintln!("--backend {backend}");
-        let (bytes, stats) = run(&dir, &model_path, &input_path, backend, &[]);
-        check_against_float64(model, &reference, &bytes, &stats);
+        for schedule in ["fused", "spread"] {
+            eprintln!("--backend {backend} --schedule {schedule}");
+            // TRM_GPU_SCHEDULE is --schedule; TRM_POISON_GPU fills the
+            // engine's buffers with NaN first
+            let env = [("TRM_GPU_SCHEDULE", schedule), ("TRM_POISON_GPU", "1")];
+            let (bytes, stats) = run(&dir, &model_path, &input_path, backend, &env);
+            assert_eq!(stats["schedule"], schedule);
+            check_against_float64(model, &reference, &bytes, &stats);
+        }
     }
 }
 
@@ -127,11 +135,25 @@ fn check_against_float64(
         vec![ACT_STEPS as f32; PUZZLES]
     );
 
-    // one dispatch per recursion step, plus the embedding and the heads
+    // one dispatch per recursion step (fused) or its phases (spread), plus
+    // the embedding and the heads
     let recursion_steps = (ACT_STEPS * c.h_cycles * (c.l_cycles + 1)) as u64;
     assert_eq!(stats["engine"], "gpu");
     assert_eq!(stat(stats, "recursion_steps"), recursion_steps);
-    assert_eq!(stat(stats, "dispatches"), recursion_steps + 2);
+    let per_call = if stats["schedule"] == "fused" {
+        1
+    } else {
+        let per_layer = if c.mlp_t {
+            6
+        } else if c.pos_encodings == PosEncodings::Rope {
+            8
+        } else {
+            7
+        };
+        1 + per_layer * c.l_layers as u64
+    };
+    assert_eq!(stat(stats, "dispatches_per_net_call"), per_call);
+    assert_eq!(stat(stats, "dispatches"), recursion_steps * per_call + 2);
     assert_eq!(stat(stats, "submits"), 1);
     // nothing read back beyond the outputs
     let outputs = PUZZLES * (c.seq_len * c.vocab_size + 2 + 2 * c.state_len() * c.hidden_size) * 4;
@@ -139,7 +161,7 @@ fn check_against_float64(
 }
 
 #[test]
-fn run_gpu_matches_float64_with_one_dispatch_per_recursion_step() {
+fn run_gpu_matches_float64_on_both_schedules() {
     if gpu::context().is_none() {
         return;
     }
@@ -165,7 +187,7 @@ fn attention_config(pos: PosEncodings) -> TrmConfig {
 /// run): RoPE, learned positions, none; the RoPE model also on GL
 /// (llvmpipe through EGL without a GPU), the other shader translation.
 #[test]
-fn run_gpu_attention_matches_float64_with_one_dispatch_per_recursion_step() {
+fn run_gpu_attention_matches_float64_on_both_schedules() {
     if gpu::context().is_none() {
         return;
     }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use trm_wgpu::{Backend, Engine, EngineOptions, PuzzleBatch, Result, SolveOptions};
+use trm_wgpu::{Backend, Engine, EngineOptions, GpuSchedule, PuzzleBatch, Result, SolveOptions};
 
 use super::ModelArgs;
 
@@ -36,6 +36,10 @@ pub struct RunArgs {
     /// CPU worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// GPU schedule: fused (one workgroup per puzzle), spread (every phase
+    /// over the whole device, for small batches) or auto (by batch size).
+    #[arg(long, default_value = "auto", env = "TRM_GPU_SCHEDULE")]
+    schedule: GpuSchedule,
     /// Print the solve's counters (recursion_steps, dispatches, submits,
     /// bytes_read_back, ...) as one JSON object, the last line of output.
     #[arg(long)]
@@ -52,6 +56,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut engine_options = EngineOptions::default();
     engine_options.adapter = args.adapter.clone();
     engine_options.threads = args.threads;
+    engine_options.schedule = args.schedule;
     let mut engine = args.backend.build(model, &engine_options)?;
     if let Some(reason) = engine.gpu_unavailable() {
         eprintln!("note: running on the CPU: {reason}");
