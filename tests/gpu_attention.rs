@@ -19,15 +19,19 @@ use common::gpu_checks::{
     self, MAX_ABS, REL_L2, RandomModel, compare, cpu_solve, matches_the_cpu_engine, random_batch,
 };
 use common::{assert_close, f64_reference, gpu, load_case};
-use trm_wgpu::{Engine, PosEncodings, SolveOptions, SolveOutput, TrmConfig, TrmModel};
+use trm_wgpu::{Engine, GpuSchedule, PosEncodings, SolveOptions, SolveOutput, TrmConfig, TrmModel};
 
 /// Runs a golden case one ACT step at a time from the engine's own carry,
 /// checking every step against the authors' outputs and the final carry;
 /// returns the last step's output.
 fn every_step(name: &str) -> Option<SolveOutput> {
     let case = load_case(name);
-    let mut engine = gpu::engine(&case.model)?;
-    Some(step_by_step(&mut engine, &case, REL_L2, MAX_ABS))
+    let mut last = None;
+    for (schedule, mut engine) in gpu::engines(&case.model)? {
+        eprintln!("schedule {schedule}");
+        last = Some(step_by_step(&mut engine, &case, REL_L2, MAX_ABS));
+    }
+    last
 }
 
 /// RoPE over the 16 puzzle positions too, D = 64, 4 heads of 16, S = 80
@@ -49,7 +53,10 @@ fn arc_att_learned_every_step_and_whole_solve() {
         return;
     };
     let case = load_case("arc_att_learned");
-    let mut engine = gpu::engine(&case.model).unwrap();
+    // the spread schedule's, as `last`
+    let mut engine = gpu::engine(&case.model)
+        .unwrap()
+        .with_schedule(GpuSchedule::Spread);
     let whole = engine.solve(&case.batch, &SolveOptions::default()).unwrap();
     assert!(whole.steps.iter().all(|&s| s as usize == case.steps));
     assert_eq!(whole.logits, last.logits, "whole solve vs step by step");

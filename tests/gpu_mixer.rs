@@ -15,7 +15,7 @@ use common::gpu_checks::{
     self, MAX_ABS, ONE_STEP_MAX_ABS, ONE_STEP_REL_L2, REL_L2, RandomModel, matches_the_cpu_engine,
 };
 use common::{assert_close, gpu, load_case};
-use trm_wgpu::{Engine, PosEncodings, SolveOptions, TrmConfig};
+use trm_wgpu::{Engine, GpuSchedule, PosEncodings, SolveOptions, TrmConfig};
 
 /// The Sudoku shapes at D = 64 (S = 97: two row tiles, a tail of 33),
 /// contractive weights. Steps 1 and 2 (two ACT steps in one solve); all 16
@@ -23,18 +23,21 @@ use trm_wgpu::{Engine, PosEncodings, SolveOptions, TrmConfig};
 #[test]
 fn sudoku_mlp_small_first_steps() {
     let case = load_case("sudoku_mlp_small");
-    let Some(mut engine) = gpu::engine(&case.model) else {
+    let Some(engines) = gpu::engines(&case.model) else {
         return;
     };
-    let first = engine
-        .solve(&case.batch, &SolveOptions::default().act_steps(1))
-        .unwrap();
-    check_step(&case, &first, 1, REL_L2, MAX_ABS);
-    let second = engine
-        .solve(&case.batch, &SolveOptions::default().act_steps(2))
-        .unwrap();
-    check_step(&case, &second, 2, REL_L2, MAX_ABS);
-    assert!(second.steps.iter().all(|&s| s == 2));
+    for (schedule, mut engine) in engines {
+        eprintln!("schedule {schedule}");
+        let first = engine
+            .solve(&case.batch, &SolveOptions::default().act_steps(1))
+            .unwrap();
+        check_step(&case, &first, 1, REL_L2, MAX_ABS);
+        let second = engine
+            .solve(&case.batch, &SolveOptions::default().act_steps(2))
+            .unwrap();
+        check_step(&case, &second, 2, REL_L2, MAX_ABS);
+        assert!(second.steps.iter().all(|&s| s == 2));
+    }
 }
 
 #[test]
@@ -51,17 +54,45 @@ fn sudoku_mlp_small_all_16_steps() {
 }
 
 /// The official Sudoku-Extreme size (D = 512, TI = 512, CI = 1536: many
-/// tiles in every direction), one ACT step, from `tests/data/golden/full`.
+/// tiles in every direction), one ACT step, from `tests/data/golden/full`,
+/// on both schedules (51 GFLOP each: about 15 s on lavapipe with 2 threads).
 #[test]
-#[ignore = "51 GFLOP: about a minute on lavapipe"]
 fn sudoku_mlp_full_size() {
     let case = full_size_case();
-    let Some(mut engine) = gpu::engine(&case.model) else {
+    let Some(engines) = gpu::engines(&case.model) else {
         return;
     };
-    let out = engine.solve(&case.batch, &SolveOptions::default()).unwrap();
-    check_step(&case, &out, 1, ONE_STEP_REL_L2, ONE_STEP_MAX_ABS);
-    check_carry(&case, &out, ONE_STEP_REL_L2, ONE_STEP_MAX_ABS);
+    for (schedule, mut engine) in engines {
+        eprintln!("schedule {schedule}");
+        let out = engine.solve(&case.batch, &SolveOptions::default()).unwrap();
+        assert_eq!(engine.last_stats().schedule, schedule.as_str());
+        check_step(&case, &out, 1, ONE_STEP_REL_L2, ONE_STEP_MAX_ABS);
+        check_carry(&case, &out, ONE_STEP_REL_L2, ONE_STEP_MAX_ABS);
+    }
+}
+
+/// The spread schedule fills a device at batch 1: at the official Sudoku
+/// shape the median dispatch of a network call runs at least 64 workgroups
+/// (one ACT step of one puzzle, timed as trm bench does: one network call).
+#[test]
+fn spread_schedule_fills_the_device_at_batch_1() {
+    let case = full_size_case();
+    let Some(context) = gpu::context() else {
+        return;
+    };
+    let mut engine = gpu::engine_on(&context, &case.model).with_schedule(GpuSchedule::Auto);
+    let one = case.batch.slice(0..1);
+    engine.time_recursion_steps(&one, 1).unwrap();
+    let stats = engine.last_stats();
+    eprintln!("{}", serde_json::to_string(stats).unwrap());
+    assert_eq!(stats.schedule, "spread", "auto at batch 1");
+    assert_eq!(stats.dispatches_per_net_call, 1 + 6 * 2);
+    assert!(
+        stats.workgroups_per_dispatch.median >= 64,
+        "{:?}",
+        stats.workgroups_per_dispatch
+    );
+    assert!(stats.workgroups_per_dispatch.min >= 16);
 }
 
 /// Official-scale weights: each ACT step from the stored carry of the step
@@ -69,16 +100,19 @@ fn sudoku_mlp_full_size() {
 #[test]
 fn sudoku_mlp_chaotic_one_step_at_a_time() {
     let case = load_case("sudoku_mlp_chaotic");
-    let Some(mut engine) = gpu::engine(&case.model) else {
+    let Some(engines) = gpu::engines(&case.model) else {
         return;
     };
-    from_stored_carries(
-        &mut engine,
-        &case,
-        ONE_STEP_REL_L2,
-        ONE_STEP_MAX_ABS,
-        &["z_H", "z_L"],
-    );
+    for (schedule, mut engine) in engines {
+        eprintln!("schedule {schedule}");
+        from_stored_carries(
+            &mut engine,
+            &case,
+            ONE_STEP_REL_L2,
+            ONE_STEP_MAX_ABS,
+            &["z_H", "z_L"],
+        );
+    }
 }
 
 /// P = 0, three layers, expansion 3, S = 25, D = 32, B = 5: the whole solve

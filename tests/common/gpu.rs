@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use trm_wgpu::{GpuContext, GpuEngine, GpuOptions, GpuRunOptions, TrmModel};
+use trm_wgpu::{GpuContext, GpuEngine, GpuOptions, GpuRunOptions, GpuSchedule, TrmModel};
 
 /// Whether `TRM_SKIP_GPU=1` asks to skip GPU tests on a machine without an
 /// adapter.
@@ -56,4 +56,16 @@ pub fn engine_on(context: &GpuContext, model: &TrmModel) -> GpuEngine {
 pub fn limited_context(limit: impl FnOnce(GpuOptions) -> GpuOptions) -> GpuContext {
     let options = limit(GpuOptions::default().with_env().unwrap());
     GpuContext::new(&options).unwrap()
+}
+
+/// One poisoned engine per schedule (fused, then spread), for checks that
+/// every schedule must pass. `None` as [`context`].
+pub fn engines(model: &TrmModel) -> Option<Vec<(GpuSchedule, GpuEngine)>> {
+    let context = context()?;
+    Some(
+        [GpuSchedule::Fused, GpuSchedule::Spread]
+            .into_iter()
+            .map(|schedule| (schedule, engine_on(&context, model).with_schedule(schedule)))
+            .collect(),
+    )
 }

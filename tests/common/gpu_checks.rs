@@ -221,45 +221,56 @@ pub fn matches_the_cpu_engine(label: &str, model: &TrmModel, batch: &PuzzleBatch
 /// The two schedules every GPU check runs.
 pub const SCHEDULES: [GpuSchedule; 2] = [GpuSchedule::Fused, GpuSchedule::Spread];
 
-/// Three ACT steps of three puzzles on `model`: no read-back beyond the
-/// outputs, one dispatch per recursion step plus the embedding and the
-/// heads, one submission. Then a watchdog budget below one dispatch: a
-/// submission after every recursion step, the same outputs, still no
-/// waiting in between.
+/// Three ACT steps of three puzzles on `model`, on each schedule: no
+/// read-back beyond the outputs, one dispatch per recursion step (fused) or
+/// its phases (spread) plus the embedding and the heads, one submission.
+/// Then a watchdog budget below one dispatch: a submission after every
+/// recursion step, the same outputs, still no waiting in between.
 pub fn counters_show_one_dispatch_per_recursion_step(model: &TrmModel) {
     let config = model.config();
-    let Some(mut engine) = gpu::engine(model) else {
+    let Some(engines) = gpu::engines(model) else {
         return;
     };
-    let puzzles = 3;
-    let batch = random_batch(config, puzzles, 1);
-    let act_steps = 3;
-    let options = SolveOptions::default().act_steps(act_steps);
-    let whole = engine.solve(&batch, &options).unwrap();
-    let stats = engine.last_stats().clone();
-    eprintln!("{}", serde_json::to_string(&stats).unwrap());
-    let per_act = (config.h_cycles * (config.l_cycles + 1)) as u64;
-    let b = puzzles as u64;
-    let outputs = output_bytes(config, puzzles);
-    assert_eq!(stats.recursion_steps, act_steps as u64 * per_act);
-    assert_eq!(stats.act_steps, act_steps as u64);
-    assert_eq!(stats.puzzle_recursion_steps, b * stats.recursion_steps);
-    assert_eq!(stats.dispatches, stats.recursion_steps + 2);
-    assert_eq!(stats.submits, 1);
-    assert_eq!(stats.bytes_read_back, outputs);
-    assert_eq!(stats.chunks, 1);
+    for (schedule, mut engine) in engines {
+        let puzzles = 3;
+        let batch = random_batch(config, puzzles, 1);
+        let act_steps = 3;
+        let options = SolveOptions::default().act_steps(act_steps);
+        let whole = engine.solve(&batch, &options).unwrap();
+        let stats = engine.last_stats().clone();
+        eprintln!("{}", serde_json::to_string(&stats).unwrap());
+        let per_act = (config.h_cycles * (config.l_cycles + 1)) as u64;
+        let b = puzzles as u64;
+        let outputs = output_bytes(config, puzzles);
+        let per_call = stats.dispatches_per_net_call;
+        match schedule {
+            GpuSchedule::Fused => assert_eq!(per_call, 1),
+            _ => assert!(per_call > 1, "{schedule}: {per_call} dispatches per call"),
+        }
+        assert_eq!(stats.schedule, schedule.as_str());
+        assert_eq!(stats.recursion_steps, act_steps as u64 * per_act);
+        assert_eq!(stats.act_steps, act_steps as u64);
+        assert_eq!(stats.puzzle_recursion_steps, b * stats.recursion_steps);
+        assert_eq!(stats.dispatches, per_call * stats.recursion_steps + 2);
+        assert_eq!(stats.submits, 1);
+        assert_eq!(stats.host_waits, 1);
+        assert_eq!(stats.bytes_read_back, outputs);
+        assert_eq!(stats.chunks, 1);
 
-    engine.set_run_options(
-        GpuRunOptions::default()
-            .poison(true)
-            .max_flops_per_submit(1),
-    );
-    let split = engine.solve(&batch, &options).unwrap();
-    assert_eq!(split, whole);
-    let stats = engine.last_stats();
-    assert_eq!(stats.submits, stats.recursion_steps + 1);
-    assert_eq!(stats.dispatches, stats.recursion_steps + 2);
-    assert_eq!(stats.bytes_read_back, outputs);
+        engine.set_run_options(
+            GpuRunOptions::default()
+                .schedule(schedule)
+                .poison(true)
+                .max_flops_per_submit(1),
+        );
+        let split = engine.solve(&batch, &options).unwrap();
+        assert_eq!(split, whole, "{schedule}");
+        let stats = engine.last_stats();
+        assert_eq!(stats.submits, stats.recursion_steps + 1);
+        assert_eq!(stats.dispatches, per_call * stats.recursion_steps + 2);
+        assert_eq!(stats.host_waits, 1);
+        assert_eq!(stats.bytes_read_back, outputs);
+    }
 }
 
 /// A batch of `puzzles` puzzles of `model` split into chunks gives exactly
@@ -273,16 +284,32 @@ pub fn split_batches_equal_the_unsplit_batch(
     chunk_puzzles: usize,
     max_buffer_bytes: u64,
 ) {
+    for schedule in SCHEDULES {
+        split_batches_on(model, schedule, puzzles, chunk_puzzles, max_buffer_bytes);
+    }
+}
+
+/// [`split_batches_equal_the_unsplit_batch`] on one schedule (bit for bit:
+/// the schedules round differently, so each is compared with itself).
+fn split_batches_on(
+    model: &TrmModel,
+    schedule: GpuSchedule,
+    puzzles: usize,
+    chunk_puzzles: usize,
+    max_buffer_bytes: u64,
+) {
     let batch = random_batch(model.config(), puzzles, 3);
     let options = SolveOptions::default().act_steps(1);
-    let Some(mut whole) = gpu::engine(model) else {
+    let Some(whole) = gpu::engine(model) else {
         return;
     };
+    let mut whole = whole.with_schedule(schedule);
     let unsplit = whole.solve(&batch, &options).unwrap();
     assert_eq!(whole.last_stats().chunks, 1);
 
     let mut by_schedule = gpu::engine(model).unwrap().with_run_options(
         GpuRunOptions::default()
+            .schedule(schedule)
             .poison(true)
             .max_chunk_puzzles(chunk_puzzles),
     );
@@ -301,7 +328,7 @@ pub fn split_batches_equal_the_unsplit_batch(
     );
 
     let small = gpu::limited_context(|o| o.max_buffer_bytes(max_buffer_bytes));
-    let mut limited = gpu::engine_on(&small, model);
+    let mut limited = gpu::engine_on(&small, model).with_schedule(schedule);
     let capacity = limited.chunk_capacity().unwrap();
     assert!(capacity < puzzles, "capacity {capacity}");
     let split = limited.solve(&batch, &options).unwrap();
@@ -326,23 +353,27 @@ pub fn early_halting_matches_the_cpu_engine(config: &TrmConfig, seed: u64) {
     let options = SolveOptions::default().early_halt(true);
     let want = cpu_solve(&model, &batch, &options);
     assert_eq!(want.steps, expected_steps);
-    let Some(mut engine) = gpu::engine(&model) else {
+    let Some(engines) = gpu::engines(&model) else {
         return;
     };
-    let got = engine.solve(&batch, &options).unwrap();
-    compare("early halting", &got, &want);
+    for (schedule, mut engine) in engines {
+        let got = engine.solve(&batch, &options).unwrap();
+        compare(&format!("early halting, {schedule}"), &got, &want);
 
-    let stats = engine.last_stats().clone();
-    eprintln!("{}", serde_json::to_string(&stats).unwrap());
-    let per_act = (config.h_cycles * (config.l_cycles + 1)) as u64;
-    let most = *expected_steps.iter().max().unwrap() as u64;
-    let total: u64 = expected_steps.iter().map(|&s| u64::from(s)).sum();
-    assert_eq!(stats.recursion_steps, most * per_act);
-    assert_eq!(stats.puzzle_recursion_steps, total * per_act);
-    // per ACT step: its recursion steps and the heads; plus the embedding
-    assert_eq!(stats.dispatches, most * (per_act + 1) + 1);
-    let b = batch.len() as u64;
-    let outputs = output_bytes(config, batch.len());
-    // the q logits after every ACT step but the last, then the outputs
-    assert_eq!(stats.bytes_read_back, (most - 1) * b * 2 * 4 + outputs);
+        let stats = engine.last_stats().clone();
+        eprintln!("{}", serde_json::to_string(&stats).unwrap());
+        let per_act = (config.h_cycles * (config.l_cycles + 1)) as u64;
+        let per_call = stats.dispatches_per_net_call;
+        let most = *expected_steps.iter().max().unwrap() as u64;
+        let total: u64 = expected_steps.iter().map(|&s| u64::from(s)).sum();
+        assert_eq!(stats.recursion_steps, most * per_act);
+        assert_eq!(stats.puzzle_recursion_steps, total * per_act);
+        // per ACT step: its recursion steps and the heads; plus the embedding
+        assert_eq!(stats.dispatches, most * (per_act * per_call + 1) + 1);
+        let b = batch.len() as u64;
+        let outputs = output_bytes(config, batch.len());
+        // the q logits after every ACT step but the last, then the outputs
+        assert_eq!(stats.bytes_read_back, (most - 1) * b * 2 * 4 + outputs);
+        assert_eq!(stats.host_waits, most);
+    }
 }
