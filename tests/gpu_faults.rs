@@ -1,11 +1,12 @@
 //! GPU faults end in typed errors, never a panic or a hang, and a new
 //! engine works afterwards: shader compile errors (with the source line),
 //! buffers beyond the device's limits, weights that cannot fit, a lost
-//! device.
+//! device, a wait for the GPU that times out.
 
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::gpu;
 use trm_wgpu::wgpu;
@@ -155,5 +156,54 @@ fn a_lost_device_is_an_error_and_a_new_engine_works() {
     let fresh = GpuContext::new(&options_gpu).unwrap();
     let mut engine = GpuEngine::new(&fresh, Arc::new(model.clone())).unwrap();
     assert_eq!(engine.solve(&batch, &options).unwrap(), before);
+    solve_works(&shared);
+}
+
+/// A wait that outlasts its limit is a timeout, not a lost device: the
+/// error says so, and the device stays usable.
+#[test]
+fn a_wait_past_its_limit_times_out() {
+    let Some(shared) = gpu::context() else {
+        return;
+    };
+    // 16 ACT steps of 21 dependent dispatches: milliseconds on any GPU,
+    // about a second on lavapipe, far beyond a limit of a nanosecond
+    let config = TrmConfig::from_json(
+        r#"{"seq_len": 81, "vocab_size": 10, "hidden_size": 32, "expansion": 4,
+            "H_cycles": 3, "L_cycles": 6, "L_layers": 1, "halt_max_steps": 16,
+            "mlp_t": true, "pos_encodings": "none"}"#,
+    )
+    .unwrap();
+    let model = TrmModel::random(config, 5, 0.5).unwrap();
+    let c = model.config();
+    let tokens: Vec<i64> = (0..2 * c.seq_len)
+        .map(|i| (i % c.vocab_size) as i64)
+        .collect();
+    let batch = PuzzleBatch::new(c, &tokens, None).unwrap();
+    let limit = Duration::from_nanos(1);
+    let options = GpuOptions::default()
+        .with_env()
+        .unwrap()
+        .wait_timeout(limit);
+    let context = GpuContext::new(&options).unwrap();
+    assert_eq!(context.wait_timeout(), limit);
+    let mut engine = GpuEngine::new(&context, Arc::new(model)).unwrap();
+    let err = engine
+        .solve(&batch, &SolveOptions::default())
+        .expect_err("a solve cannot finish within a nanosecond");
+    eprintln!("{err}");
+    assert!(matches!(err, TrmError::Gpu(_)), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("timed out after 0.000000001 s"),
+        "{message}"
+    );
+    assert!(message.contains("TRM_GPU_WAIT_SECS"), "{message}");
+    // not lost: the work finishes, and the device takes more
+    context
+        .device()
+        .poll(wgpu::PollType::wait_indefinitely())
+        .unwrap();
+    context.check().unwrap();
     solve_works(&shared);
 }

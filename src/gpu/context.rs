@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -105,6 +106,14 @@ pub struct GpuOptions {
     /// tile configuration (as on Apple GPUs, which offer 16352 bytes), so
     /// this lets any adapter run and test that path.
     pub max_workgroup_memory: Option<u32>,
+    /// How long one wait for the GPU may go without any submission of the
+    /// context finishing before the call fails with a [`TrmError::Gpu`]
+    /// saying it timed out (a wedged driver, or work too large for the
+    /// adapter), rather than hang. Default: the environment variable
+    /// `TRM_GPU_WAIT_SECS` (seconds) when set, else 60 s, or 600 s on a
+    /// software adapter (lavapipe, llvmpipe), where one submission of the
+    /// engine (at most 200 GFLOP) can take minutes.
+    pub wait_timeout: Option<Duration>,
 }
 
 impl GpuOptions {
@@ -139,6 +148,13 @@ impl GpuOptions {
         self
     }
 
+    /// Sets how long a wait for the GPU may go without progress (see
+    /// [`GpuOptions::wait_timeout`]).
+    pub fn wait_timeout(mut self, timeout: Duration) -> Self {
+        self.wait_timeout = Some(timeout);
+        self
+    }
+
     /// Applies the environment, as wgpu's own tools do: `WGPU_BACKEND`
     /// (when the backend is still [`GpuBackend::Any`]), `WGPU_ADAPTER_NAME`
     /// (when no name is set) and `WGPU_POWER_PREF` (`low`, `high`, `none`).
@@ -165,6 +181,76 @@ impl GpuOptions {
 
 fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The environment variable that sets [`GpuOptions::wait_timeout`] (seconds)
+/// when the options leave it unset.
+const WAIT_SECS_ENV: &str = "TRM_GPU_WAIT_SECS";
+
+/// The wait limit on a hardware adapter.
+const GPU_WAIT: Duration = Duration::from_secs(60);
+
+/// The wait limit on a software adapter: one submission of the engine (at
+/// most 200 GFLOP, `GpuRunOptions::max_flops_per_submit`) takes about two
+/// minutes at lavapipe's 1.5 GFLOP/s on two cores.
+const SOFTWARE_WAIT: Duration = Duration::from_secs(600);
+
+/// A wait limit read from `TRM_GPU_WAIT_SECS`: a positive number of seconds.
+fn parse_wait_secs(text: &str) -> Result<Duration> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|&secs| secs > 0.0)
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .ok_or_else(|| {
+            TrmError::Gpu(format!(
+                "{WAIT_SECS_ENV} must be a positive number of seconds, got `{text}`"
+            ))
+        })
+}
+
+/// The wait limit of a context on `device_type`: `chosen` when given, else
+/// `TRM_GPU_WAIT_SECS`, else the default for the kind of adapter.
+fn wait_limit(chosen: Option<Duration>, device_type: wgpu::DeviceType) -> Result<Duration> {
+    if let Some(limit) = chosen {
+        return Ok(limit);
+    }
+    if let Some(text) = env_var(WAIT_SECS_ENV) {
+        return parse_wait_secs(&text);
+    }
+    Ok(match device_type {
+        wgpu::DeviceType::Cpu => SOFTWARE_WAIT,
+        _ => GPU_WAIT,
+    })
+}
+
+/// `d` in seconds for a message: `60 s`, `0.5 s`.
+fn seconds(d: Duration) -> String {
+    format!("{} s", d.as_secs_f64())
+}
+
+/// What one bounded wait for the GPU came to.
+#[derive(Debug, PartialEq)]
+enum Polled {
+    /// The submission finished.
+    Done,
+    /// The limit passed first.
+    TimedOut,
+    /// The queue never took the submission.
+    Dropped,
+    /// wgpu panicked: the driver reported the device lost.
+    Panicked(String),
+}
+
+impl Polled {
+    fn of(polled: std::thread::Result<Result<wgpu::PollStatus, wgpu::PollError>>) -> Self {
+        match polled {
+            Ok(Ok(_)) => Polled::Done,
+            Ok(Err(wgpu::PollError::Timeout)) => Polled::TimedOut,
+            Ok(Err(wgpu::PollError::WrongSubmissionIndex(..))) => Polled::Dropped,
+            Err(panic) => Polled::Panicked(panic_message(&panic)),
+        }
+    }
 }
 
 /// What the kernels need from a device, beyond wgpu's downlevel defaults.
@@ -283,6 +369,11 @@ struct Inner {
     /// Bind group layouts by kernel, so that cached pipelines and new bind
     /// groups always share one layout object.
     layouts: Mutex<HashMap<&'static str, wgpu::BindGroupLayout>>,
+    /// How long a wait may go without progress ([`GpuOptions::wait_timeout`]).
+    wait_limit: Duration,
+    /// Waits that saw their submission finish, by any thread: a wait that
+    /// times out while this moves is behind other work that is progressing.
+    finished_waits: AtomicU64,
 }
 
 /// A wgpu device and queue ready for the TRM kernels.
@@ -362,6 +453,7 @@ impl GpuContext {
                 })?,
         };
         let info = adapter.get_info();
+        let wait_limit = wait_limit(options.wait_timeout, info.device_type)?;
         let offered = adapter.limits();
         if let Some(reason) = unsuitable(&offered) {
             return Err(TrmError::AdapterUnsuitable {
@@ -412,7 +504,9 @@ impl GpuContext {
                 lock(&faults).uncaptured.push(error.to_string());
             }));
         }
-        Ok(Self::assemble(device, queue, info, faults, true))
+        Ok(Self::assemble(
+            device, queue, info, faults, true, wait_limit,
+        ))
     }
 
     /// Wraps an application's device and queue, so that an application that
@@ -423,9 +517,11 @@ impl GpuContext {
     /// batches are split to fit its buffer limits. The application keeps
     /// its uncaptured-error handler and device-lost callback: the engine
     /// catches its own faults with error scopes and reports a lost device
-    /// from failed submissions and mappings.
+    /// from failed submissions and mappings. Waits are bounded as
+    /// [`GpuOptions::wait_timeout`] says when unset.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Result<Self> {
         let info = device.adapter_info();
+        let wait_limit = wait_limit(None, info.device_type)?;
         if let Some(reason) = unsuitable(&device.limits()) {
             return Err(TrmError::AdapterUnsuitable {
                 adapter: info.name,
@@ -433,7 +529,9 @@ impl GpuContext {
             });
         }
         let faults = Arc::new(Mutex::new(Faults::default()));
-        Ok(Self::assemble(device, queue, info, faults, false))
+        Ok(Self::assemble(
+            device, queue, info, faults, false, wait_limit,
+        ))
     }
 
     fn assemble(
@@ -442,6 +540,7 @@ impl GpuContext {
         info: wgpu::AdapterInfo,
         faults: Arc<Mutex<Faults>>,
         owns_callbacks: bool,
+        wait_limit: Duration,
     ) -> Self {
         GpuContext {
             inner: Arc::new(Inner {
@@ -452,8 +551,16 @@ impl GpuContext {
                 owns_callbacks,
                 pipelines: Mutex::new(HashMap::new()),
                 layouts: Mutex::new(HashMap::new()),
+                wait_limit,
+                finished_waits: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// How long a wait for the GPU may go without progress before the call
+    /// fails ([`GpuOptions::wait_timeout`]).
+    pub fn wait_timeout(&self) -> Duration {
+        self.inner.wait_limit
     }
 
     /// The device.
@@ -723,36 +830,64 @@ impl GpuContext {
         )))
     }
 
+    /// Waits for `submission` (or all work), at most the wait limit at a
+    /// time: a wait that times out while other waits on the context finish
+    /// is behind work that progresses, and waits again; one that saw
+    /// nothing finish fails with [`TrmError::Gpu`] saying it timed out.
     fn poll_wait(&self, submission: Option<wgpu::SubmissionIndex>) -> Result<()> {
         self.check()?;
         let device = &self.inner.device;
-        // wgpu panics when the driver reports the device lost during a wait;
-        // catch that and report it as the error it is.
-        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            device.poll(wgpu::PollType::Wait {
-                submission_index: submission,
-                timeout: None,
-            })
-        }));
-        match polled {
-            Ok(Ok(_)) => self.check(),
-            Ok(Err(wgpu::PollError::WrongSubmissionIndex(..))) => {
-                self.check()?;
-                // The submission passed validation (its error scope was
-                // clean) yet the queue did not take it: only a lost device
-                // drops work silently, as WebGPU specifies.
-                let reason = "the device dropped a submission (lost or destroyed)";
-                self.mark_lost(reason);
-                Err(TrmError::DeviceLost(reason.into()))
-            }
-            Ok(Err(e)) => {
-                self.check()?;
-                Err(TrmError::Gpu(format!("waiting for the GPU: {e}")))
-            }
-            Err(panic) => {
-                let reason = panic_message(&panic);
-                self.mark_lost(&reason);
-                Err(TrmError::DeviceLost(reason))
+        let limit = self.inner.wait_limit;
+        let finished = &self.inner.finished_waits;
+        let mut waited = Duration::ZERO;
+        loop {
+            let before = finished.load(Ordering::Acquire);
+            // wgpu panics when the driver reports the device lost during a
+            // wait; catch that and report it as the error it is.
+            let polled = Polled::of(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                || {
+                    device.poll(wgpu::PollType::Wait {
+                        submission_index: submission.clone(),
+                        timeout: Some(limit),
+                    })
+                },
+            )));
+            waited += limit;
+            match polled {
+                Polled::Done => {
+                    finished.fetch_add(1, Ordering::AcqRel);
+                    return self.check();
+                }
+                Polled::TimedOut => {
+                    self.check()?;
+                    if finished.load(Ordering::Acquire) != before {
+                        continue;
+                    }
+                    return Err(TrmError::Gpu(format!(
+                        "waiting for the GPU timed out after {} without the work finishing \
+                         (a wedged driver, or more work per submission than this adapter \
+                         does in that time; {WAIT_SECS_ENV} sets the limit in seconds){}",
+                        seconds(limit),
+                        if waited > limit {
+                            format!(", {} in all", seconds(waited))
+                        } else {
+                            String::new()
+                        }
+                    )));
+                }
+                Polled::Dropped => {
+                    self.check()?;
+                    // The submission passed validation (its error scope was
+                    // clean) yet the queue did not take it: only a lost
+                    // device drops work silently, as WebGPU specifies.
+                    let reason = "the device dropped a submission (lost or destroyed)";
+                    self.mark_lost(reason);
+                    return Err(TrmError::DeviceLost(reason.into()));
+                }
+                Polled::Panicked(reason) => {
+                    self.mark_lost(&reason);
+                    return Err(TrmError::DeviceLost(reason));
+                }
             }
         }
     }
@@ -821,6 +956,59 @@ mod tests {
             "cuda".parse::<GpuBackend>(),
             Err(TrmError::BackendUnavailable(_))
         ));
+    }
+
+    #[test]
+    fn wait_limits() {
+        assert_eq!(parse_wait_secs("60").unwrap(), Duration::from_secs(60));
+        assert_eq!(
+            parse_wait_secs(" 0.5 ").unwrap(),
+            Duration::from_millis(500)
+        );
+        for bad in ["0", "-1", "soon", "NaN", "inf", "1e300", ""] {
+            let err = parse_wait_secs(bad).unwrap_err().to_string();
+            assert!(err.contains("TRM_GPU_WAIT_SECS"), "{err}");
+            assert!(err.contains(&format!("`{bad}`")), "{err}");
+        }
+        let chosen = Duration::from_millis(7);
+        for device in [wgpu::DeviceType::Cpu, wgpu::DeviceType::DiscreteGpu] {
+            assert_eq!(wait_limit(Some(chosen), device).unwrap(), chosen);
+        }
+        if std::env::var_os(WAIT_SECS_ENV).is_none() {
+            let software = wait_limit(None, wgpu::DeviceType::Cpu).unwrap();
+            assert_eq!(software, SOFTWARE_WAIT);
+            let gpu = wait_limit(None, wgpu::DeviceType::IntegratedGpu).unwrap();
+            assert_eq!(gpu, GPU_WAIT);
+        }
+        assert_eq!(seconds(Duration::from_secs(60)), "60 s");
+        assert_eq!(seconds(Duration::from_millis(1500)), "1.5 s");
+    }
+
+    #[test]
+    fn what_a_wait_came_to() {
+        assert_eq!(
+            Polled::of(Ok(Ok(wgpu::PollStatus::QueueEmpty))),
+            Polled::Done
+        );
+        assert_eq!(
+            Polled::of(Ok(Ok(wgpu::PollStatus::WaitSucceeded))),
+            Polled::Done
+        );
+        // a timeout is not a lost device
+        assert_eq!(
+            Polled::of(Ok(Err(wgpu::PollError::Timeout))),
+            Polled::TimedOut
+        );
+        assert_eq!(
+            Polled::of(Ok(Err(wgpu::PollError::WrongSubmissionIndex(3, 2)))),
+            Polled::Dropped
+        );
+        // what catch_unwind gives for wgpu's panic on a lost device
+        let panicked: Box<dyn std::any::Any + Send> = Box::new("Device lost".to_string());
+        assert_eq!(
+            Polled::of(Err(panicked)),
+            Polled::Panicked("Device lost".into())
+        );
     }
 
     #[test]
