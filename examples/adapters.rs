@@ -18,6 +18,8 @@ fn mib(bytes: u64) -> String {
 }
 
 fn main() {
+    // before any thread or GPU instance exists
+    trm_wgpu::GpuContext::quiet_device_select();
     let json = std::env::args().any(|a| a == "--json");
     let mut total = 0;
     for api in [

@@ -66,6 +66,8 @@ struct Args {
 }
 
 fn main() {
+    // before any thread or GPU instance exists
+    trm_wgpu::GpuContext::quiet_device_select();
     if let Err(e) = run(Args::parse()) {
         eprintln!("error: {e}");
         std::process::exit(1);

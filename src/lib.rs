@@ -19,8 +19,9 @@
 //! # }
 //! ```
 // No unsafe code but a `madvise` call (huge pages for the CPU engine's
-// packed weights) and a prefetch hint in its kernel (`cpu/panels.rs`), each
-// allowed where it stands.
+// packed weights), a prefetch hint in its kernel (`cpu/panels.rs`) and one
+// `set_var` while the process has a single thread
+// (`GpuContext::quiet_device_select`), each allowed where it stands.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

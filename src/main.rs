@@ -8,6 +8,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // First, while this is the only thread: no device-select chatter in the
+    // middle of `trm bench`'s table when XDG_RUNTIME_DIR is unset.
+    trm_wgpu::GpuContext::quiet_device_select();
     let args = cli::Cli::parse();
     match cli::dispatch(args) {
         Ok(()) => ExitCode::SUCCESS,

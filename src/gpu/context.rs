@@ -893,6 +893,46 @@ impl GpuContext {
     }
 }
 
+impl GpuContext {
+    /// Silences Mesa's Vulkan device-select layer, which prints `error:
+    /// XDG_RUNTIME_DIR is invalid or not set in the environment.` on
+    /// stderr for every Vulkan instance created without `XDG_RUNTIME_DIR`
+    /// (a container, a CI job, ssh without a login session): when neither
+    /// `XDG_RUNTIME_DIR` nor `NODEVICE_SELECT` is set, sets
+    /// `NODEVICE_SELECT=1`, which turns that layer off. The layer only
+    /// reorders the adapters, and the engine chooses its own.
+    ///
+    /// Call it first thing in `main`, before any thread exists: changing the
+    /// environment is sound only while no other thread can read it. It
+    /// checks: it changes nothing unless the process has one thread (Linux,
+    /// where the layer lives; elsewhere it changes nothing). Returns whether
+    /// it set the variable.
+    pub fn quiet_device_select() -> bool {
+        let unset = |name| std::env::var_os(name).is_none();
+        let wanted = unset("XDG_RUNTIME_DIR") && unset("NODEVICE_SELECT");
+        if !(wanted && single_threaded()) {
+            return false;
+        }
+        // SAFETY: this process has one thread, this one (checked just
+        // above, and only this thread could start another), so nothing
+        // reads or writes the environment while it changes.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("NODEVICE_SELECT", "1");
+        }
+        true
+    }
+}
+
+/// Whether this process runs one thread (Linux: `/proc/self/task`; false
+/// where that cannot be told).
+fn single_threaded() -> bool {
+    if !cfg!(target_os = "linux") {
+        return false;
+    }
+    std::fs::read_dir("/proc/self/task").is_ok_and(|tasks| tasks.count() == 1)
+}
+
 /// ` on backend X`, or nothing for any backend.
 fn on_backend(backend: GpuBackend) -> String {
     match backend {
@@ -1009,6 +1049,19 @@ mod tests {
             Polled::of(Err(panicked)),
             Polled::Panicked("Device lost".into())
         );
+    }
+
+    #[test]
+    fn the_environment_stays_as_it_is_once_threads_run() {
+        // another thread alive throughout the call
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || wait.recv());
+        assert!(!single_threaded());
+        let before = std::env::var_os("NODEVICE_SELECT");
+        assert!(!GpuContext::quiet_device_select());
+        assert_eq!(std::env::var_os("NODEVICE_SELECT"), before);
+        done.send(()).unwrap();
+        other.join().unwrap().unwrap();
     }
 
     #[test]
