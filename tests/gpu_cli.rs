@@ -209,8 +209,8 @@ fn run_gpu_attention_matches_float64_on_both_schedules() {
     }
 }
 
-/// `auto` takes the GPU when there is one; `gl` (llvmpipe through EGL on a
-/// machine without a GPU) gives the Vulkan answers.
+/// `auto` takes the GPU when there is one; it and `gl` (llvmpipe through
+/// EGL on a machine without a GPU) give the CPU engine's answers.
 #[test]
 fn run_auto_and_gl_backends() {
     if gpu::context().is_none() {
@@ -220,15 +220,19 @@ fn run_auto_and_gl_backends() {
     let model = TrmModel::random(config(), seed, 0.5).unwrap();
     let dir = temp_dir("gpu-cli-backends");
     let (model_path, input_path, _) = common::write_run_case(&dir, &model, PUZZLES, seed);
-    let (vulkan, _) = run(&dir, &model_path, &input_path, "auto", &[]);
+    let (cpu, stats) = run(&dir, &model_path, &input_path, "cpu", &[]);
+    assert_eq!(stats["engine"], "cpu");
+    let cpu_logits = read_output_f32(&cpu, "logits").1;
+    let (auto, stats) = run(&dir, &model_path, &input_path, "auto", &[]);
+    // a GPU context exists (checked above): auto must not fall back
+    assert_eq!(stats["engine"], "gpu", "auto fell back: {stats}");
+    let logits = read_output_f32(&auto, "logits").1;
+    assert_close("auto vs cpu logits", &logits, &cpu_logits, 1e-5, 1e-4);
     let (gl, stats) = run(&dir, &model_path, &input_path, "gl", &[]);
     assert_eq!(stats["engine"], "gpu");
     assert_eq!(stats["api"], "gl");
-    let (a, b) = (
-        read_output_f32(&vulkan, "logits").1,
-        read_output_f32(&gl, "logits").1,
-    );
-    assert_close("gl vs auto logits", &b, &a, 1e-5, 1e-4);
+    let logits = read_output_f32(&gl, "logits").1;
+    assert_close("gl vs cpu logits", &logits, &cpu_logits, 1e-5, 1e-4);
     // WGPU_BACKEND picks the API of `--backend gpu`
     let (_, stats) = run(
         &dir,
