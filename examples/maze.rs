@@ -123,7 +123,9 @@ fn run(args: Args) -> trm_wgpu::Result<()> {
         config.pos_encodings.as_str()
     );
     println!("engine: {}", engine.describe());
-    let out = engine.solve(&batch, &SolveOptions::default().act_steps(steps))?;
+    // the answer only: no carry read back
+    let options = SolveOptions::default().act_steps(steps).carry(false);
+    let out = engine.solve(&batch, &options)?;
     let predicted = out.puzzle_predictions(0);
     let (on_open, on_walls) = maze::path_cells(&tokens, &predicted);
     println!("maze:");

@@ -191,9 +191,11 @@ fn run(args: Args) -> trm_wgpu::Result<()> {
                 results.push((answer, q, used, t));
             }
         } else {
+            // the answers only: no carry read back
             let options = SolveOptions::default()
                 .act_steps(steps)
-                .early_halt(args.halt);
+                .early_halt(args.halt)
+                .carry(false);
             let out = engine.solve(&batch, &options)?;
             for i in 0..chunk.len() {
                 let answer = Grid::from_tokens(&out.puzzle_predictions(i));

@@ -18,7 +18,7 @@ use crate::tensor_file::{self, OwnedTensor};
 /// assert_eq!(quick.resolved_act_steps(&config).unwrap(), 4);
 /// assert!(SolveOptions::default().act_steps(0).resolved_act_steps(&config).is_err());
 /// ```
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SolveOptions {
     /// ACT steps to run (`None`: the model's `halt_max_steps`).
@@ -26,9 +26,31 @@ pub struct SolveOptions {
     /// Stop a puzzle after the first ACT step whose `q_halt > 0`; its outputs
     /// are then that step's.
     pub early_halt: bool,
+    /// Return the final carry (`z_H`, `z_L`) in the output (default). Off,
+    /// the output's `z_h` and `z_l` are empty and the GPU engine reads back
+    /// only the logits and q logits: for Sudoku the carry is 99% of the
+    /// bytes a solve would read back.
+    pub carry: bool,
+}
+
+impl Default for SolveOptions {
+    fn default() -> Self {
+        SolveOptions {
+            act_steps: None,
+            early_halt: false,
+            carry: true,
+        }
+    }
 }
 
 impl SolveOptions {
+    /// Returns the final carry in the output, or not (see
+    /// [`SolveOptions::carry`]).
+    pub fn carry(mut self, on: bool) -> Self {
+        self.carry = on;
+        self
+    }
+
     /// Runs `steps` ACT steps instead of `halt_max_steps`.
     pub fn act_steps(mut self, steps: usize) -> Self {
         self.act_steps = Some(steps);
@@ -127,9 +149,10 @@ pub struct SolveOutput {
     pub q_halt_logits: Vec<f32>,
     /// `[B]` continue logits.
     pub q_continue_logits: Vec<f32>,
-    /// `[B, S, D]` final z_H.
+    /// `[B, S, D]` final z_H (empty when the solve's options asked for no
+    /// carry).
     pub z_h: Vec<f32>,
-    /// `[B, S, D]` final z_L.
+    /// `[B, S, D]` final z_L (empty likewise).
     pub z_l: Vec<f32>,
     /// `[B]` ACT steps each puzzle ran.
     pub steps: Vec<u32>,
@@ -186,12 +209,20 @@ impl SolveOutput {
         self.steps.extend(other.steps);
     }
 
+    /// Drops the carry (what [`SolveOptions::carry`] off returns).
+    pub(crate) fn without_carry(mut self) -> Self {
+        self.z_h = Vec::new();
+        self.z_l = Vec::new();
+        self
+    }
+
     /// `trm run`'s output file: `logits`, `q_halt_logits`,
-    /// `q_continue_logits`, `z_H`, `z_L` (f32) and `steps` (i32).
+    /// `q_continue_logits`, `z_H`, `z_L` (f32; absent when the solve
+    /// returned no carry) and `steps` (i32).
     pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
         let (b, s, d) = (self.batch, self.state_len, self.hidden_size);
         let steps: Vec<i32> = self.steps.iter().map(|&s| s as i32).collect();
-        let tensors = [
+        let mut tensors = vec![
             OwnedTensor::f32(
                 "logits",
                 vec![b, self.seq_len, self.vocab_size],
@@ -199,10 +230,12 @@ impl SolveOutput {
             ),
             OwnedTensor::f32("q_halt_logits", vec![b], &self.q_halt_logits),
             OwnedTensor::f32("q_continue_logits", vec![b], &self.q_continue_logits),
-            OwnedTensor::f32("z_H", vec![b, s, d], &self.z_h),
-            OwnedTensor::f32("z_L", vec![b, s, d], &self.z_l),
-            OwnedTensor::i32("steps", vec![b], &steps),
         ];
+        if !self.z_h.is_empty() || !self.z_l.is_empty() {
+            tensors.push(OwnedTensor::f32("z_H", vec![b, s, d], &self.z_h));
+            tensors.push(OwnedTensor::f32("z_L", vec![b, s, d], &self.z_l));
+        }
+        tensors.push(OwnedTensor::i32("steps", vec![b], &steps));
         tensor_file::serialize(&tensors, None)
     }
 

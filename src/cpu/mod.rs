@@ -567,7 +567,11 @@ impl Engine for CpuEngine {
                 }
             })
         });
-        Ok(out)
+        Ok(if options.carry {
+            out
+        } else {
+            out.without_carry()
+        })
     }
 }
 

@@ -907,6 +907,7 @@ impl GpuEngine {
         carry: Option<(&[f32], &[f32])>,
         act_steps: usize,
         early_halt: bool,
+        with_carry: bool,
     ) -> Result<SolveOutput> {
         let model = Arc::clone(&self.model);
         let config = model.config();
@@ -1002,7 +1003,7 @@ impl GpuEngine {
         }
 
         let nn = n as u64;
-        let copies = [
+        let mut copies = vec![
             Copy {
                 source: &chunk.out,
                 offset: 0,
@@ -1013,17 +1014,19 @@ impl GpuEngine {
                 offset: q_base * F32,
                 bytes: 2 * nn * F32,
             },
-            Copy {
+        ];
+        if with_carry {
+            copies.push(Copy {
                 source: &chunk.xyz,
                 offset: region * F32,
                 bytes: nn * sd * F32,
-            },
-            Copy {
+            });
+            copies.push(Copy {
                 source: &chunk.xyz,
                 offset: 2 * region * F32,
                 bytes: nn * sd * F32,
-            },
-        ];
+            });
+        }
         let floats: u64 = copies.iter().map(|c| c.bytes / F32).sum();
         let submission = self.submit(chunk, &mut ops, &copies)?;
         let values = self.read_back(chunk, submission, floats)?;
@@ -1031,15 +1034,18 @@ impl GpuEngine {
         let mut out = SolveOutput::poisoned(config, n);
         let (logits, rest) = values.split_at((nn * seq * vocab) as usize);
         let (q, rest) = rest.split_at(2 * n);
-        let (z_h, z_l) = rest.split_at((nn * sd) as usize);
         out.logits.copy_from_slice(logits);
         for (i, pair) in q.chunks_exact(2).enumerate() {
             out.q_halt_logits[i] = pair[0];
             out.q_continue_logits[i] = pair[1];
         }
+        out.steps = steps;
+        if !with_carry {
+            return Ok(out.without_carry());
+        }
+        let (z_h, z_l) = rest.split_at((nn * sd) as usize);
         out.z_h.copy_from_slice(z_h);
         out.z_l.copy_from_slice(z_l);
-        out.steps = steps;
         Ok(out)
     }
 }
@@ -1111,7 +1117,7 @@ impl Engine for GpuEngine {
         let Some(chunk) = self.chunk.take() else {
             return Err(TrmError::Gpu("the chunk buffers are missing".into()));
         };
-        let result = self.solve_chunks(&chunk, batch, carry, act_steps, options.early_halt);
+        let result = self.solve_chunks(&chunk, batch, carry, act_steps, options);
         self.chunk = Some(chunk);
         let out = result?;
         let most = out.steps.iter().copied().max().unwrap_or(0) as u64;
@@ -1141,7 +1147,7 @@ impl GpuEngine {
         batch: &PuzzleBatch,
         carry: Option<&Carry>,
         act_steps: usize,
-        early_halt: bool,
+        options: &SolveOptions,
     ) -> Result<SolveOutput> {
         let config = self.model.config();
         let sd = config.state_len() * config.hidden_size;
@@ -1157,7 +1163,14 @@ impl GpuEngine {
             };
             let part_carry =
                 carry.map(|c| (&c.z_h[start * sd..end * sd], &c.z_l[start * sd..end * sd]));
-            let out = self.solve_chunk(chunk, &part, part_carry, act_steps, early_halt)?;
+            let out = self.solve_chunk(
+                chunk,
+                &part,
+                part_carry,
+                act_steps,
+                options.early_halt,
+                options.carry,
+            )?;
             self.stats.chunks += 1;
             match &mut total {
                 None => total = Some(out),

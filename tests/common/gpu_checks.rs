@@ -257,6 +257,14 @@ pub fn counters_show_one_dispatch_per_recursion_step(model: &TrmModel) {
         assert_eq!(stats.bytes_read_back, outputs);
         assert_eq!(stats.chunks, 1);
 
+        // without the carry: only the logits and the q logits come back
+        let lean = engine.solve(&batch, &options.clone().carry(false)).unwrap();
+        assert!(lean.z_h.is_empty() && lean.z_l.is_empty());
+        assert_eq!(lean.logits, whole.logits, "{schedule}");
+        assert_eq!(lean.q_halt_logits, whole.q_halt_logits);
+        let heads = puzzles * (config.seq_len * config.vocab_size + 2) * 4;
+        assert_eq!(engine.last_stats().bytes_read_back, heads as u64);
+
         engine.set_run_options(
             GpuRunOptions::default()
                 .schedule(schedule)
