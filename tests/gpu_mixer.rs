@@ -15,7 +15,11 @@ use common::gpu_checks::{
     self, MAX_ABS, ONE_STEP_MAX_ABS, ONE_STEP_REL_L2, REL_L2, RandomModel, matches_the_cpu_engine,
 };
 use common::{assert_close, gpu, load_case};
-use trm_wgpu::{Engine, GpuSchedule, PosEncodings, SolveOptions, TrmConfig};
+use std::sync::Arc;
+
+use trm_wgpu::{
+    Engine, GpuEngine, GpuRunOptions, GpuSchedule, PosEncodings, SolveOptions, TrmConfig,
+};
 
 /// The Sudoku shapes at D = 64 (S = 97: two row tiles, a tail of 33),
 /// contractive weights. Steps 1 and 2 (two ACT steps in one solve); all 16
@@ -272,7 +276,8 @@ fn early_halting_matches_the_cpu_engine() {
 /// its own poll delivered them. Every thread gets the CPU engine's answer.
 /// (The window of that race is narrow: it showed as a rare failure of the
 /// golden tests, which share one device, and this test does not catch it
-/// every time; it does check concurrent solves end to end.)
+/// every time; it does check concurrent solves end to end.) The engines
+/// share one model's weights, uploaded once.
 #[test]
 fn engines_sharing_a_device_solve_concurrently() {
     let Some(context) = gpu::context() else {
@@ -294,11 +299,21 @@ fn engines_sharing_a_device_solve_concurrently() {
     let batch = gpu_checks::random_batch(&config, 2, 3);
     let options = SolveOptions::default();
     let cpu = gpu_checks::cpu_solve(&model, &batch, &options);
+    // every engine on one model: they share its weight buffers
+    let shared = Arc::new(model.clone());
+    let first = GpuEngine::new(&context, Arc::clone(&shared)).unwrap();
+    let again = GpuEngine::new(&context, Arc::clone(&shared)).unwrap();
+    assert!(first.shares_weights_with(&again));
+    let other = GpuEngine::new(&context, Arc::new(model.clone())).unwrap();
+    assert!(!first.shares_weights_with(&other), "another model");
     std::thread::scope(|scope| {
         for thread in 0..4 {
-            let (context, model, batch, cpu, options) = (&context, &model, &batch, &cpu, &options);
+            let (context, shared, batch, cpu, options) =
+                (&context, &shared, &batch, &cpu, &options);
             scope.spawn(move || {
-                let mut engine = gpu::engine_on(context, model);
+                let mut engine = GpuEngine::new(context, Arc::clone(shared))
+                    .unwrap()
+                    .with_run_options(GpuRunOptions::default().poison(true));
                 for round in 0..8 {
                     let out = engine.solve(batch, options).unwrap_or_else(|e| {
                         panic!("thread {thread}, round {round}: {e}");

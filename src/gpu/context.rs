@@ -4,15 +4,17 @@
 //! A context is cheap to clone (it is shared) and serves any number of
 //! engines; pipelines are compiled once per context and specialisation.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use crate::error::{Result, TrmError};
+use crate::model::TrmModel;
 
 /// Which graphics API the GPU engine runs on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -369,6 +371,10 @@ struct Inner {
     /// Bind group layouts by kernel, so that cached pipelines and new bind
     /// groups always share one layout object.
     layouts: Mutex<HashMap<&'static str, wgpu::BindGroupLayout>>,
+    /// Device resources made from a model (its weights and the kernels
+    /// that read them), by model, shared by the engines on it; an entry
+    /// whose model is gone is dropped at the next look-up.
+    resident: Mutex<Vec<(Weak<TrmModel>, Arc<dyn Any + Send + Sync>)>>,
     /// How long a wait may go without progress ([`GpuOptions::wait_timeout`]).
     wait_limit: Duration,
     /// Waits that saw their submission finish, by any thread: a wait that
@@ -551,6 +557,7 @@ impl GpuContext {
                 owns_callbacks,
                 pipelines: Mutex::new(HashMap::new()),
                 layouts: Mutex::new(HashMap::new()),
+                resident: Mutex::new(Vec::new()),
                 wait_limit,
                 finished_waits: AtomicU64::new(0),
             }),
@@ -731,6 +738,32 @@ impl GpuContext {
             });
         }
         Ok(module)
+    }
+
+    /// The device resources of `model` (the same `Arc`), made by `make` the
+    /// first time: a model's weights go onto a device once, however many
+    /// engines run it. Resources of models that are gone are freed here.
+    pub(crate) fn resident<T: Any + Send + Sync>(
+        &self,
+        model: &Arc<TrmModel>,
+        make: impl FnOnce() -> Result<T>,
+    ) -> Result<Arc<T>> {
+        let found = {
+            let mut resident = lock(&self.inner.resident);
+            resident.retain(|(weak, _)| weak.strong_count() > 0);
+            resident
+                .iter()
+                .find(|(weak, _)| std::ptr::eq(weak.as_ptr(), Arc::as_ptr(model)))
+                .map(|(_, any)| Arc::clone(any))
+        };
+        if let Some(Ok(found)) = found.map(|any| any.downcast::<T>()) {
+            return Ok(found);
+        }
+        // made outside the lock: making compiles kernels and uploads
+        let made = Arc::new(make()?);
+        let any: Arc<dyn Any + Send + Sync> = made.clone();
+        lock(&self.inner.resident).push((Arc::downgrade(model), any));
+        Ok(made)
     }
 
     /// The bind group layout of `kernel`, created by `create` the first time.

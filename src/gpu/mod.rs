@@ -301,6 +301,14 @@ impl StepKernel {
     }
 }
 
+/// What a model puts on a device once: its weights and the kernels that
+/// read them.
+struct Resident {
+    step: StepKernel,
+    embed: Embed,
+    heads: Heads,
+}
+
 /// Device buffers of one chunk of puzzles, allocated once for `capacity`
 /// puzzles and kept for later solves.
 struct Chunk {
@@ -353,14 +361,14 @@ struct Copy<'a> {
 pub struct GpuEngine {
     ctx: GpuContext,
     model: Arc<TrmModel>,
-    step: StepKernel,
+    /// The model's weights on the device and the kernels that read them,
+    /// shared by every engine of this context on the same model.
+    resident: Arc<Resident>,
     /// The spread schedule's pipelines, built on its first use.
     spread: Option<SpreadKernels>,
     /// The spread plan of the batch size whose blocks are in the chunk's
     /// parameter buffer.
     plan: Option<SpreadPlan>,
-    embed: Embed,
-    heads: Heads,
     options: GpuRunOptions,
     /// The schedule of the solve being recorded (`auto` resolved).
     running: GpuSchedule,
@@ -385,19 +393,23 @@ impl GpuEngine {
     /// buffer limits.
     pub fn new(ctx: &GpuContext, model: Arc<TrmModel>) -> Result<Self> {
         check_weights_fit(ctx, &model)?;
-        let step = StepKernel::new(ctx, &model)?;
-        let embed = Embed::new(ctx, &model)?;
-        let heads = Heads::new(ctx, &model)?;
+        // uploaded once per device and model (the same `Arc`): every other
+        // engine on it shares the buffers
+        let resident = ctx.resident(&model, || {
+            Ok(Resident {
+                step: StepKernel::new(ctx, &model)?,
+                embed: Embed::new(ctx, &model)?,
+                heads: Heads::new(ctx, &model)?,
+            })
+        })?;
         let align = ctx.limits().min_uniform_buffer_offset_alignment.max(1);
         let params_stride = (PARAMS_BYTES as u32).div_ceil(align) * align;
         Ok(GpuEngine {
             ctx: ctx.clone(),
             model,
-            step,
+            resident,
             spread: None,
             plan: None,
-            embed,
-            heads,
             options: GpuRunOptions::default(),
             running: GpuSchedule::Fused,
             chunk: None,
@@ -496,6 +508,13 @@ impl GpuEngine {
     /// The model.
     pub fn model(&self) -> &Arc<TrmModel> {
         &self.model
+    }
+
+    /// Whether this engine and `other` read the same weight buffers: engines
+    /// of one context on the same model (`Arc`) do, so a model's weights are
+    /// on a device once.
+    pub fn shares_weights_with(&self, other: &GpuEngine) -> bool {
+        Arc::ptr_eq(&self.resident, &other.resident)
     }
 
     /// Puzzles one chunk holds at most on this device and schedule; larger
@@ -663,11 +682,15 @@ impl GpuEngine {
                 .write_buffer(&params, stride, bytemuck::bytes_of(&y_update));
         })?;
         let step_group = self
+            .resident
             .step
             .pipeline
             .bind_group(ctx, &xyz, &scratch, &active, &params)?;
-        let embed_group = self.embed.bind_group(ctx, &ids, &xyz, &params)?;
-        let heads_group = self.heads.bind_group(ctx, &xyz, &out, &active, &params)?;
+        let embed_group = self.resident.embed.bind_group(ctx, &ids, &xyz, &params)?;
+        let heads_group = self
+            .resident
+            .heads
+            .bind_group(ctx, &xyz, &out, &active, &params)?;
         self.chunk = Some(Chunk {
             capacity,
             xyz,
@@ -767,7 +790,9 @@ impl GpuEngine {
                 });
                 for op in ops.iter() {
                     match *op {
-                        Op::Embed(n) => self.embed.record(&mut pass, &chunk.embed_group, n),
+                        Op::Embed(n) => {
+                            self.resident.embed.record(&mut pass, &chunk.embed_group, n)
+                        }
                         Op::Step {
                             y_update,
                             workgroups,
@@ -777,14 +802,18 @@ impl GpuEngine {
                                     spread_offset(y_update, i)
                                 })
                             }
-                            None => self.step.record(
+                            None => self.resident.step.record(
                                 &mut pass,
                                 chunk,
                                 if y_update { stride } else { 0 },
                                 workgroups,
                             ),
                         },
-                        Op::Heads(n) => self.heads.record(&mut pass, &chunk.heads_group, stride, n),
+                        Op::Heads(n) => {
+                            self.resident
+                                .heads
+                                .record(&mut pass, &chunk.heads_group, stride, n)
+                        }
                     }
                 }
             }
@@ -816,8 +845,11 @@ impl GpuEngine {
         self.running = self.resolve_schedule(batch);
         if self.running == GpuSchedule::Spread {
             if self.spread.is_none() {
-                let kernels =
-                    SpreadKernels::new(&self.ctx, self.model.config(), &self.step.pipeline)?;
+                let kernels = SpreadKernels::new(
+                    &self.ctx,
+                    self.model.config(),
+                    &self.resident.step.pipeline,
+                )?;
                 self.spread = Some(kernels);
             }
             self.ensure_plan(chunk, batch as u32)?;
