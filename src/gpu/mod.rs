@@ -184,7 +184,8 @@ pub struct GpuRunOptions {
     /// At most this many puzzles per chunk (default: as the device allows).
     pub max_chunk_puzzles: Option<usize>,
     /// At most this many bytes of per-batch device memory per chunk
-    /// (default 1 GiB).
+    /// (default: no cap beyond the device's buffer limits and its memory: a
+    /// chunk the device cannot allocate is halved until it can).
     pub max_chunk_bytes: u64,
     /// Fill the output, state and scratch buffers with NaN before each
     /// solve, so that an element no kernel writes (or one read before it is
@@ -199,7 +200,7 @@ impl Default for GpuRunOptions {
             spread_below: None,
             max_flops_per_submit: 200_000_000_000,
             max_chunk_puzzles: None,
-            max_chunk_bytes: 1 << 30,
+            max_chunk_bytes: u64::MAX,
             poison: false,
         }
     }
@@ -331,8 +332,9 @@ struct Chunk {
     /// First float of the spread schedule's split partials in the scratch
     /// (after the work region of `capacity` puzzles).
     part_base: u32,
-    /// Host-readable copy of what is read back.
-    staging: wgpu::Buffer,
+    /// Host-readable copies of what is read back: two, so that one chunk's
+    /// results can wait to be mapped while the next chunk runs.
+    staging: [wgpu::Buffer; 2],
     step_group: wgpu::BindGroup,
     embed_group: wgpu::BindGroup,
     heads_group: wgpu::BindGroup,
@@ -348,6 +350,23 @@ enum Op {
     Step { y_update: bool, workgroups: u32 },
     /// Heads of the active puzzles.
     Heads(u32),
+}
+
+/// A read-back asked for and not yet waited for.
+struct PendingRead {
+    submission: wgpu::SubmissionIndex,
+    /// The staging buffer it reads.
+    slot: usize,
+    bytes: u64,
+    receiver: mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
+}
+
+/// A chunk submitted whole, its outputs not yet read.
+struct PendingChunk {
+    read: PendingRead,
+    puzzles: usize,
+    steps: Vec<u32>,
+    with_carry: bool,
 }
 
 /// A copy into the staging buffer.
@@ -378,6 +397,8 @@ pub struct GpuEngine {
     step_groups: Vec<u32>,
     /// Bytes between the parameter blocks (the uniform offset alignment).
     params_stride: u32,
+    /// The staging buffer the chunk being recorded reads into.
+    staging_slot: usize,
 }
 
 const F32: u64 = 4;
@@ -416,6 +437,7 @@ impl GpuEngine {
             stats: GpuStats::default(),
             step_groups: Vec::new(),
             params_stride,
+            staging_slot: 0,
         })
     }
 
@@ -648,12 +670,11 @@ impl GpuEngine {
             (FUSED_BLOCKS + spread_blocks) * stride,
             U::UNIFORM | U::COPY_DST,
         )?;
-        let staging = layout::buffer(
-            ctx,
-            "staging",
-            cap * (seq * vocab + 2 + 2 * sd) * F32,
-            U::MAP_READ | U::COPY_DST,
-        )?;
+        let staging_bytes = cap * (seq * vocab + 2 + 2 * sd) * F32;
+        let staging = [
+            layout::buffer(ctx, "staging", staging_bytes, U::MAP_READ | U::COPY_DST)?,
+            layout::buffer(ctx, "staging", staging_bytes, U::MAP_READ | U::COPY_DST)?,
+        ];
         let region = (cap * sd) as u32;
         let common = Params {
             q_base: (cap * seq * vocab) as u32,
@@ -749,6 +770,7 @@ impl GpuEngine {
     ) -> Result<wgpu::SubmissionIndex> {
         let ctx = self.ctx.clone();
         let stride = self.params_stride;
+        let staging_slot = self.staging_slot;
         let spread = match (self.running, &self.spread, &self.plan) {
             (GpuSchedule::Spread, Some(kernels), Some(plan)) => Some((kernels, plan)),
             _ => None,
@@ -825,7 +847,7 @@ impl GpuEngine {
                 encoder.copy_buffer_to_buffer(
                     copy.source,
                     copy.offset,
-                    &chunk.staging,
+                    &chunk.staging[staging_slot],
                     at,
                     copy.bytes,
                 );
@@ -888,46 +910,68 @@ impl GpuEngine {
     }
 
     /// Waits for `submission` and reads the first `floats` floats of the
-    /// staging buffer.
+    /// current staging buffer.
     fn read_back(
         &mut self,
         chunk: &Chunk,
         submission: wgpu::SubmissionIndex,
         floats: u64,
     ) -> Result<Vec<f32>> {
+        let read = self.start_read(chunk, submission, floats)?;
+        self.finish_read(chunk, read)
+    }
+
+    /// Asks for the first `floats` floats of the current staging buffer once
+    /// `submission` is done, without waiting.
+    fn start_read(
+        &mut self,
+        chunk: &Chunk,
+        submission: wgpu::SubmissionIndex,
+        floats: u64,
+    ) -> Result<PendingRead> {
         let bytes = floats * F32;
-        self.stats.host_waits += 1;
-        if bytes == 0 {
-            self.ctx.wait(submission)?;
-            return Ok(Vec::new());
-        }
-        let ctx = self.ctx.clone();
+        let slot = self.staging_slot;
         let (sender, receiver) = mpsc::channel();
-        ctx.scoped("mapping the results", || {
-            chunk
-                .staging
-                .map_async(wgpu::MapMode::Read, 0..bytes, move |result| {
+        if bytes > 0 {
+            self.ctx.scoped("mapping the results", || {
+                chunk.staging[slot].map_async(wgpu::MapMode::Read, 0..bytes, move |result| {
                     let _ = sender.send(result);
                 })
-        })?;
-        ctx.wait(submission)?;
-        if let Err(e) = ctx.mapped(&receiver, "the results")? {
+            })?;
+        }
+        Ok(PendingRead {
+            submission,
+            slot,
+            bytes,
+            receiver,
+        })
+    }
+
+    /// Waits for `read` and returns its floats.
+    fn finish_read(&mut self, chunk: &Chunk, read: PendingRead) -> Result<Vec<f32>> {
+        let ctx = self.ctx.clone();
+        self.stats.host_waits += 1;
+        ctx.wait(read.submission)?;
+        if read.bytes == 0 {
+            return Ok(Vec::new());
+        }
+        if let Err(e) = ctx.mapped(&read.receiver, "the results")? {
             ctx.check()?;
             let reason = format!("reading the results back failed: {e}");
             ctx.mark_lost(&reason);
             return Err(TrmError::DeviceLost(reason));
         }
+        let staging = &chunk.staging[read.slot];
         let values = {
-            let view = chunk
-                .staging
-                .get_mapped_range(0..bytes)
+            let view = staging
+                .get_mapped_range(0..read.bytes)
                 .map_err(|e| TrmError::Gpu(format!("reading the results back: {e}")))?;
             view.chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect()
         };
-        chunk.staging.unmap();
-        self.stats.bytes_read_back += bytes;
+        staging.unmap();
+        self.stats.bytes_read_back += read.bytes;
         Ok(values)
     }
 
@@ -940,7 +984,7 @@ impl GpuEngine {
         act_steps: usize,
         early_halt: bool,
         with_carry: bool,
-    ) -> Result<SolveOutput> {
+    ) -> Result<PendingChunk> {
         let model = Arc::clone(&self.model);
         let config = model.config();
         let n = batch.len();
@@ -1061,8 +1105,28 @@ impl GpuEngine {
         }
         let floats: u64 = copies.iter().map(|c| c.bytes / F32).sum();
         let submission = self.submit(chunk, &mut ops, &copies)?;
-        let values = self.read_back(chunk, submission, floats)?;
+        let read = self.start_read(chunk, submission, floats)?;
+        Ok(PendingChunk {
+            read,
+            puzzles: n,
+            steps,
+            with_carry,
+        })
+    }
 
+    /// Waits for a chunk's results and returns its outputs.
+    fn finish_chunk(&mut self, chunk: &Chunk, pending: PendingChunk) -> Result<SolveOutput> {
+        let PendingChunk {
+            read,
+            puzzles: n,
+            steps,
+            with_carry,
+        } = pending;
+        let values = self.finish_read(chunk, read)?;
+        let config = self.model.config();
+        let (seq, vocab) = (config.seq_len as u64, config.vocab_size as u64);
+        let sd = (config.state_len() * config.hidden_size) as u64;
+        let nn = n as u64;
         let mut out = SolveOutput::poisoned(config, n);
         let (logits, rest) = values.split_at((nn * seq * vocab) as usize);
         let (q, rest) = rest.split_at(2 * n);
@@ -1144,8 +1208,14 @@ impl Engine for GpuEngine {
         }
         self.stats = GpuStats::default();
         self.step_groups.clear();
-        let capacity = self.chunk_capacity()?.min(b.max(1));
-        self.ensure_chunk(capacity)?;
+        let mut capacity = self.chunk_capacity()?.min(b.max(1));
+        // the device's memory, which wgpu does not report, decides the rest
+        loop {
+            match self.ensure_chunk(capacity) {
+                Err(TrmError::OutOfMemory(_)) if capacity > 1 => capacity = capacity.div_ceil(2),
+                other => break other,
+            }
+        }?;
         let Some(chunk) = self.chunk.take() else {
             return Err(TrmError::Gpu("the chunk buffers are missing".into()));
         };
@@ -1185,6 +1255,14 @@ impl GpuEngine {
         let sd = config.state_len() * config.hidden_size;
         let b = batch.len();
         let mut total: Option<SolveOutput> = None;
+        let mut add = |out: SolveOutput| match &mut total {
+            None => total = Some(out),
+            Some(t) => t.append(out),
+        };
+        // Chunk i + 1 is recorded and submitted before chunk i's results
+        // are waited for (each reads into its own staging buffer), so the
+        // device never idles between chunks.
+        let mut pending: Option<PendingChunk> = None;
         let mut start = 0;
         while start < b {
             let end = (start + chunk.capacity).min(b);
@@ -1195,7 +1273,7 @@ impl GpuEngine {
             };
             let part_carry =
                 carry.map(|c| (&c.z_h[start * sd..end * sd], &c.z_l[start * sd..end * sd]));
-            let out = self.solve_chunk(
+            let submitted = self.solve_chunk(
                 chunk,
                 &part,
                 part_carry,
@@ -1204,11 +1282,15 @@ impl GpuEngine {
                 options.carry,
             )?;
             self.stats.chunks += 1;
-            match &mut total {
-                None => total = Some(out),
-                Some(t) => t.append(out),
+            if let Some(previous) = pending.take() {
+                add(self.finish_chunk(chunk, previous)?);
             }
+            pending = Some(submitted);
+            self.staging_slot = 1 - self.staging_slot;
             start = end;
+        }
+        if let Some(last) = pending.take() {
+            add(self.finish_chunk(chunk, last)?);
         }
         total.ok_or_else(|| TrmError::Input("the batch holds no puzzles".into()))
     }
