@@ -19,7 +19,10 @@ pub const REL_L2: f64 = 1e-5;
 pub const MAX_ABS: f64 = 1e-4;
 /// Chaotic weights, one ACT step from a stored state (as the CPU test).
 pub const ONE_STEP_REL_L2: f64 = 1e-4;
-pub const ONE_STEP_MAX_ABS: f64 = 1e-2;
+/// The worst element seen one step from a stored state is 1.1e-4 (the
+/// full-size and chaotic Sudoku cases, CPU and both GPU schedules): a
+/// tenth of this bound, so one element far off fails.
+pub const ONE_STEP_MAX_ABS: f64 = 1e-3;
 
 /// Every output of `gpu` against `cpu`, the label naming the configuration.
 pub fn compare(label: &str, gpu: &SolveOutput, cpu: &SolveOutput) {
