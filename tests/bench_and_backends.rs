@@ -196,3 +196,268 @@ fn bench_prints_a_json_row_per_backend_and_batch() {
         "{text}"
     );
 }
+
+/// Saves the small model where `trm bench --model` reads it.
+fn small_model_file(name: &str) -> std::path::PathBuf {
+    let path = temp_dir(name).join("m.safetensors");
+    small_model().save(&path).unwrap();
+    path
+}
+
+/// Runs `trm bench ARGS`; its stdout, after checking that it succeeded and
+/// wrote nothing to stderr (no stray line in the middle of the table).
+fn bench_ok(args: &[&str]) -> String {
+    let out = Command::new(common::trm_bin())
+        .arg("bench")
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.trim().is_empty(), "stderr: {stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json_rows(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// The series `--plot` draws: backend, adapter, api and requested schedule.
+fn series_of(row: &serde_json::Value) -> String {
+    format!(
+        "{} {} {} {}",
+        row["backend"], row["adapter"], row["api"], row["schedule_requested"]
+    )
+}
+
+#[test]
+fn bench_draws_the_curve_one_line_per_series() {
+    let model = small_model_file("bench_plot");
+    let svg = model.with_file_name("curve.svg");
+    let stdout = bench_ok(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--max-batch",
+        "4",
+        "--seconds",
+        "0.05",
+        "--budget",
+        "30",
+        "--json",
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    let rows = json_rows(&stdout);
+    // the CPU at 1 and 8 (8 > --max-batch 4: 1 only), every adapter on the
+    // curve 1, 2, 4 with the schedule auto resolved per row
+    let cpu: Vec<_> = rows.iter().filter(|r| r["backend"] == "cpu").collect();
+    assert_eq!(cpu.len(), 1, "{rows:?}");
+    assert_eq!(cpu[0]["schedule"], "-");
+    let mut series: Vec<String> = rows.iter().map(series_of).collect();
+    series.dedup();
+    if common::gpu::context().is_some() {
+        assert!(series.len() >= 2, "{rows:?}");
+    }
+    for s in &series {
+        let gpu: Vec<_> = rows
+            .iter()
+            .filter(|r| &series_of(r) == s && r["backend"] == "gpu")
+            .collect();
+        if gpu.is_empty() {
+            continue;
+        }
+        let batches: Vec<u64> = gpu.iter().map(|r| r["batch"].as_u64().unwrap()).collect();
+        assert_eq!(batches, [1, 2, 4], "{s}: {gpu:?}");
+        for r in &gpu {
+            assert_eq!(r["schedule_requested"], "auto", "{r}");
+            assert!(r["schedule"] == "fused" || r["schedule"] == "spread", "{r}");
+            let below = r["spread_below"]
+                .as_u64()
+                .expect("auto names its crossover");
+            let expected = if r["batch"].as_u64().unwrap() < below {
+                "spread"
+            } else {
+                "fused"
+            };
+            assert_eq!(r["schedule"], expected, "{r}");
+        }
+    }
+
+    // a parseable SVG: one line (a polyline of width 2) per series, each
+    // series named in the legend, the title naming the shape
+    let text = std::fs::read_to_string(&svg).unwrap();
+    let doc = roxmltree::Document::parse(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    let lines: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("polyline") && n.attribute("stroke-width") == Some("2"))
+        .collect();
+    assert_eq!(lines.len(), series.len(), "{series:?}\n{text}");
+    for line in &lines {
+        let points = line.attribute("points").unwrap().split_whitespace().count();
+        assert!(points >= 1, "{text}");
+    }
+    let mut colors: Vec<_> = lines.iter().map(|l| l.attribute("stroke")).collect();
+    colors.sort();
+    colors.dedup();
+    assert_eq!(colors.len(), series.len(), "a color per series");
+    let texts: Vec<String> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .filter_map(|n| n.text().map(|t| t.trim().to_string()))
+        .collect();
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("D = 12, S = 9") && t.contains("m.safetensors")),
+        "{texts:?}"
+    );
+    for row in &rows {
+        let adapter = row["adapter"].as_str().unwrap();
+        assert!(
+            texts
+                .iter()
+                .any(|t| t.starts_with(row["backend"].as_str().unwrap()) && t.contains(adapter)),
+            "{adapter} not in the legend: {texts:?}"
+        );
+    }
+    assert!(
+        texts.iter().any(|t| t == "net calls per second"),
+        "{texts:?}"
+    );
+}
+
+#[test]
+fn bench_rows_carry_the_schedule_that_ran() {
+    if common::gpu::context().is_none() {
+        return;
+    }
+    let model = small_model_file("bench_schedules");
+    let rows = json_rows(&bench_ok(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--backend",
+        "gpu",
+        "--batch",
+        "1,3",
+        "--schedule",
+        "fused,spread",
+        "--seconds",
+        "0.05",
+        "--json",
+    ]));
+    // explicit --batch keeps its meaning: those sizes, a row per schedule
+    let adapters = list_adapters(GpuBackend::Any)
+        .into_iter()
+        .filter(|a| a.can_run())
+        .count();
+    assert_eq!(rows.len(), adapters * 2 * 2, "{rows:?}");
+    for row in &rows {
+        assert_eq!(row["schedule"], row["schedule_requested"], "{row}");
+        assert!(row["batch"] == 1 || row["batch"] == 3, "{row}");
+        let per_call = row["dispatches_per_net_call"].as_u64().unwrap();
+        if row["schedule"] == "fused" {
+            assert_eq!(per_call, 1, "{row}");
+            assert_eq!(row["workgroups_per_dispatch"]["max"], row["batch"], "{row}");
+        } else {
+            assert_eq!(row["schedule"], "spread", "{row}");
+            assert!(per_call > 1, "{row}");
+        }
+        for key in ["submits", "host_waits", "gpu_ms_per_step", "spread_below"] {
+            assert!(row.get(key).is_some(), "{key} missing in {row}");
+        }
+        assert!(row["submits"].as_u64().unwrap() >= 1, "{row}");
+    }
+}
+
+#[test]
+fn bench_tune_reports_a_crossover_that_spread_below_applies() {
+    let model = small_model_file("bench_tune");
+    let m = model.to_str().unwrap();
+    if common::gpu::context().is_none() {
+        // no adapter: one error line, no panic
+        let out = common::trm(&["bench", "--model", m, "--tune"]);
+        common::assert_one_error_line(&out, "--tune");
+        return;
+    }
+    let args = [
+        "--model",
+        m,
+        "--tune",
+        "--max-batch",
+        "8",
+        "--seconds",
+        "0.05",
+    ];
+    let text = bench_ok(&args);
+    let crossovers: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("crossover: "))
+        .collect();
+    assert!(!crossovers.is_empty(), "{text}");
+    for line in &crossovers {
+        assert!(line.contains("spread below "), "{line}");
+    }
+    let rows = json_rows(&bench_ok(&[&args[..], &["--json"]].concat()));
+    let tunes: Vec<_> = rows.iter().filter_map(|r| r.get("tune")).collect();
+    assert_eq!(tunes.len(), crossovers.len(), "{rows:?}");
+    for tune in &tunes {
+        let points = tune["points"].as_array().unwrap();
+        assert!(!points.is_empty(), "{tune}");
+        assert!(
+            tune["timer"] == "gpu timestamps" || tune["timer"] == "wall",
+            "{tune}"
+        );
+        // both schedules ran at every batch measured, spread first
+        let measured: Vec<_> = rows
+            .iter()
+            .filter(|r| r["api"] == tune["api"] && r["adapter"] == tune["adapter"])
+            .collect();
+        assert_eq!(measured.len(), 2 * points.len(), "{tune}");
+        match tune["crossover"].as_u64() {
+            // fused at least as fast at the crossover, spread faster below
+            Some(n) => {
+                for p in points {
+                    let (f, s) = (
+                        p["fused_ms_per_step"].as_f64().unwrap(),
+                        p["spread_ms_per_step"].as_f64().unwrap(),
+                    );
+                    if p["batch"].as_u64().unwrap() == n {
+                        assert!(f <= s, "{tune}");
+                    }
+                }
+            }
+            None => assert!(
+                points
+                    .iter()
+                    .all(|p| p["fused_ms_per_step"].as_f64() > p["spread_ms_per_step"].as_f64()),
+                "{tune}"
+            ),
+        }
+    }
+
+    // --spread-below puts the crossover where it says
+    for (below, at_two) in [("2", "fused"), ("3", "spread")] {
+        let rows = json_rows(&bench_ok(&[
+            "--model",
+            m,
+            "--backend",
+            "gpu",
+            "--batch",
+            "1,2",
+            "--spread-below",
+            below,
+            "--seconds",
+            "0.02",
+            "--json",
+        ]));
+        for row in &rows {
+            let expected = if row["batch"] == 1 { "spread" } else { at_two };
+            assert_eq!(row["schedule"], expected, "--spread-below {below}: {row}");
+            assert_eq!(row["spread_below"].as_u64().unwrap().to_string(), below);
+        }
+    }
+}
