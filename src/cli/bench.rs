@@ -746,10 +746,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             "--act-steps, --batch and --max-batch must be positive".into(),
         ));
     }
-    let row_seconds = args
-        .seconds
-        .map(|s| seconds(s, "--seconds"))
-        .transpose()?;
+    let row_seconds = args.seconds.map(|s| seconds(s, "--seconds")).transpose()?;
     let budget = seconds(args.budget.unwrap_or(DEFAULT_BUDGET_S), "--budget")?;
     let deadline = Instant::now() + budget;
     if let Some(path) = &args.plot {
