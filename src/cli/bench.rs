@@ -69,7 +69,7 @@ pub struct BenchArgs {
     /// device holds).
     #[arg(long)]
     max_batch: Option<usize>,
-    /// Time box of the whole run in seconds (default 50), shared by the
+    /// Time box of the whole run in seconds (default 45), shared by the
     /// CPU rows and every adapter and schedule: a GPU curve stops growing
     /// once one run of its next batch would not fit in its share.
     #[arg(long)]
@@ -155,7 +155,7 @@ enum Target {
 
 /// The default time box of the whole run, seconds: `trm bench` with no
 /// arguments stays under a minute on a software GPU.
-const DEFAULT_BUDGET_S: f64 = 50.0;
+const DEFAULT_BUDGET_S: f64 = 45.0;
 /// Default time box of a CPU row and of a GPU row on the curve.
 const CPU_ROW: Duration = Duration::from_secs(3);
 const GPU_ROW: Duration = Duration::from_secs(2);
