@@ -269,8 +269,9 @@ fn split_batches_equal_the_unsplit_batch() {
 }
 
 /// Early halting: the same puzzles halt at the same steps as on the CPU,
-/// each keeping the outputs of its halting step; halted puzzles cost no
-/// more dispatch work and only the q logits are read per ACT step.
+/// each keeping the outputs of its halting step, on both schedules, with
+/// halting decided on the device and only a running count read per ACT
+/// step (while the next one runs).
 #[test]
 fn early_halting_matches_the_cpu_engine() {
     // the shapes of random_configs()[2] (so its pipeline), five ACT steps

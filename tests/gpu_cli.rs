@@ -243,3 +243,74 @@ fn run_auto_and_gl_backends() {
     );
     assert_eq!(stats["api"], "gl");
 }
+
+/// `trm run --halt` on the GPU, Vulkan and GL, both schedules: halting is
+/// decided on the device (indirect dispatches), and every puzzle stops at
+/// the CPU engine's step with that step's outputs.
+#[test]
+fn run_halt_decides_on_the_device_as_the_cpu_does() {
+    if gpu::context().is_none() {
+        return;
+    }
+    let seed = common::test_seed();
+    let mut c = config();
+    c.halt_max_steps = 4;
+    let base = TrmModel::random(c, seed, 0.9).unwrap();
+    let dir = temp_dir("gpu-cli-halt");
+    let puzzles = 5;
+    let (_, _, batch) = common::write_run_case(&dir, &base, puzzles, seed);
+    let (model, expected) = common::gpu_checks::halting_model(&base, &batch, 4);
+    eprintln!("halting steps {expected:?}");
+    let (model_path, input_path, _) = common::write_run_case(&dir, &model, puzzles, seed);
+    let run_halt = |backend: &str, schedule: &str| {
+        let output = dir.join(format!("halt-{backend}-{schedule}.safetensors"));
+        let out = trm_env(
+            &[
+                "run",
+                "--model",
+                model_path.to_str().unwrap(),
+                "--input",
+                input_path.to_str().unwrap(),
+                "--output",
+                output.to_str().unwrap(),
+                "--backend",
+                backend,
+                "--halt",
+            ],
+            &[("TRM_GPU_SCHEDULE", schedule), ("TRM_POISON_GPU", "1")],
+        );
+        assert!(
+            out.status.success(),
+            "{backend} {schedule}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read(&output).unwrap()
+    };
+    let cpu = run_halt("cpu", "auto");
+    let steps: Vec<u32> = read_output_f32(&cpu, "steps")
+        .1
+        .iter()
+        .map(|&s| s as u32)
+        .collect();
+    assert_eq!(steps, expected);
+    for backend in ["vulkan", "gl"] {
+        for schedule in ["fused", "spread"] {
+            let gpu = run_halt(backend, schedule);
+            let label = format!("--halt {backend} {schedule}");
+            assert_eq!(
+                read_output_f32(&gpu, "steps").1,
+                read_output_f32(&cpu, "steps").1,
+                "{label}"
+            );
+            for name in ["logits", "z_H", "z_L"] {
+                assert_close(
+                    &format!("{label} {name}"),
+                    &read_output_f32(&gpu, name).1,
+                    &read_output_f32(&cpu, name).1,
+                    1e-5,
+                    1e-4,
+                );
+            }
+        }
+    }
+}

@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::model::TrmModel;
 
 use super::context::GpuContext;
-use super::layout::{self, Entry, Kernel};
+use super::layout::{self, Entry, Kernel, Workgroups};
 
 const SOURCE: &str = include_str!("../../shaders/heads.wgsl");
 const KERNEL: &str = "heads.wgsl";
@@ -66,9 +66,9 @@ impl Heads {
         pass: &mut wgpu::ComputePass<'_>,
         bind_group: &wgpu::BindGroup,
         params_offset: u32,
-        workgroups: u32,
+        workgroups: Workgroups<'_>,
     ) {
         self.kernel
-            .record(pass, bind_group, params_offset, workgroups);
+            .dispatch(pass, bind_group, params_offset, workgroups);
     }
 }

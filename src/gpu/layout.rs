@@ -99,6 +99,15 @@ pub(crate) fn buffer(
     })
 }
 
+/// How many workgroups a dispatch runs: a count the host knows, or one the
+/// device wrote (the running puzzles after early halting on the device).
+#[derive(Clone, Copy)]
+pub(crate) enum Workgroups<'a> {
+    Fixed(u32),
+    /// `(x, y, z)` as u32 in `buffer` at byte `offset`.
+    Indirect(&'a wgpu::Buffer, u64),
+}
+
 /// The compute pipeline of one kernel with its bind group layout: what each
 /// kernel's file builds from its WGSL, its bindings and its specialisation
 /// constants, then binds and records the same way.
@@ -164,6 +173,24 @@ impl Kernel {
         workgroups: u32,
     ) {
         self.record_grid(pass, bind_group, params_offset, [workgroups, 1]);
+    }
+
+    /// Records one dispatch of `workgroups`, fixed or written by the device.
+    pub(crate) fn dispatch(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        bind_group: &wgpu::BindGroup,
+        params_offset: u32,
+        workgroups: Workgroups<'_>,
+    ) {
+        match workgroups {
+            Workgroups::Fixed(n) => self.record(pass, bind_group, params_offset, n),
+            Workgroups::Indirect(args, offset) => {
+                pass.set_pipeline(&self.pipeline);
+                pass.set_bind_group(0, bind_group, &[params_offset]);
+                pass.dispatch_workgroups_indirect(args, offset);
+            }
+        }
     }
 
     /// Records one dispatch of a 2-D grid of workgroups.
@@ -364,6 +391,7 @@ mod tests {
         for (kernel, source) in [
             ("embed.wgsl", include_str!("../../shaders/embed.wgsl")),
             ("heads.wgsl", include_str!("../../shaders/heads.wgsl")),
+            ("halt.wgsl", include_str!("../../shaders/halt.wgsl")),
             (
                 "common/step_common.wgsl",
                 include_str!("../../shaders/common/step_common.wgsl"),

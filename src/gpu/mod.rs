@@ -33,6 +33,7 @@ mod adapters;
 mod attention_step;
 mod context;
 mod embed;
+mod halt;
 mod heads;
 mod layout;
 mod mixer_step;
@@ -56,8 +57,9 @@ pub use context::{GpuBackend, GpuContext, GpuOptions};
 pub use timing::RecursionTiming;
 
 use embed::Embed;
+use halt::Halt;
 use heads::Heads;
-use layout::{PARAMS_BYTES, Params};
+use layout::{PARAMS_BYTES, Params, Workgroups};
 use spread::{SpreadKernels, SpreadPlan};
 use step_common::StepPipeline;
 
@@ -295,7 +297,7 @@ impl StepKernel {
         pass: &mut wgpu::ComputePass<'_>,
         chunk: &Chunk,
         params_offset: u32,
-        workgroups: u32,
+        workgroups: Workgroups<'_>,
     ) {
         self.pipeline
             .record(pass, &chunk.step_group, params_offset, workgroups)
@@ -308,13 +310,14 @@ struct Resident {
     step: StepKernel,
     embed: Embed,
     heads: Heads,
+    halt: Halt,
 }
 
 /// Device buffers of one chunk of puzzles, allocated once for `capacity`
 /// puzzles and kept for later solves.
 struct Chunk {
     capacity: usize,
-    /// `[3][capacity][S][D]`: x, y = z_H, z = z_L.
+    /// `[3][capacity + 1][S][D]`: x, y = z_H, z = z_L.
     xyz: wgpu::Buffer,
     /// Per-puzzle scratch of the step kernel.
     scratch: wgpu::Buffer,
@@ -335,9 +338,20 @@ struct Chunk {
     /// Host-readable copies of what is read back: two, so that one chunk's
     /// results can wait to be mapped while the next chunk runs.
     staging: [wgpu::Buffer; 2],
+    /// Floats of each of x, y and z: `capacity + 1` puzzles, the last a
+    /// spare slot where the spread schedule computes the columns of
+    /// puzzles that halted on the device.
+    region: u64,
+    /// Early halting on the device (`shaders/halt.wgsl`): the running count,
+    /// the indirect dispatch, ACT steps done, then ACT steps per puzzle.
+    control: wgpu::Buffer,
+    /// Host-readable copies of the running count, two so that one can wait
+    /// while the next is written.
+    count_staging: [wgpu::Buffer; 2],
     step_group: wgpu::BindGroup,
     embed_group: wgpu::BindGroup,
     heads_group: wgpu::BindGroup,
+    halt_group: wgpu::BindGroup,
 }
 
 /// One recorded command.
@@ -347,9 +361,39 @@ enum Op {
     Embed(u32),
     /// One network call for the active puzzles: the z update (injection
     /// y + x) or the y update (injection z).
-    Step { y_update: bool, workgroups: u32 },
+    Step { y_update: bool, active: Active },
     /// Heads of the active puzzles.
-    Heads(u32),
+    Heads(Active),
+    /// Early halting on the device, after an ACT step's heads.
+    Halt,
+}
+
+/// The puzzles a dispatch runs for.
+#[derive(Clone, Copy, Debug)]
+enum Active {
+    /// The first n of the running list, as the host knows.
+    Known(u32),
+    /// As many as the device's running count (early halting on the
+    /// device), which is at most `at_most`.
+    OnDevice { at_most: u32 },
+}
+
+impl Active {
+    /// The most puzzles it can be.
+    fn at_most(self) -> u32 {
+        match self {
+            Active::Known(n) | Active::OnDevice { at_most: n } => n,
+        }
+    }
+}
+
+/// Where a submission's copies go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Staging {
+    /// The chunk's current results buffer.
+    Results,
+    /// The current small buffer of the running count.
+    Count,
 }
 
 /// A read-back asked for and not yet waited for.
@@ -365,7 +409,9 @@ struct PendingRead {
 struct PendingChunk {
     read: PendingRead,
     puzzles: usize,
-    steps: Vec<u32>,
+    /// ACT steps per puzzle, where the host knows them (no early halting);
+    /// else they come with the read-back.
+    steps: Option<Vec<u32>>,
     with_carry: bool,
 }
 
@@ -399,6 +445,8 @@ pub struct GpuEngine {
     params_stride: u32,
     /// The staging buffer the chunk being recorded reads into.
     staging_slot: usize,
+    /// The running-count buffer the next count read uses.
+    staging_slot_count: usize,
 }
 
 const F32: u64 = 4;
@@ -421,6 +469,7 @@ impl GpuEngine {
                 step: StepKernel::new(ctx, &model)?,
                 embed: Embed::new(ctx, &model)?,
                 heads: Heads::new(ctx, &model)?,
+                halt: Halt::new(ctx)?,
             })
         })?;
         let align = ctx.limits().min_uniform_buffer_offset_alignment.max(1);
@@ -438,6 +487,7 @@ impl GpuEngine {
             step_groups: Vec::new(),
             params_stride,
             staging_slot: 0,
+            staging_slot_count: 0,
         })
     }
 
@@ -561,11 +611,13 @@ impl GpuEngine {
             ),
             ("outputs", (seq * vocab + 2) * F32, binding),
             ("token ids", (seq + 1) * F32, binding),
-            ("staging", (seq * vocab + 2 + 2 * sd) * F32, buffer),
+            ("staging", (seq * vocab + 3 + 2 * sd) * F32, buffer),
         ];
         let mut capacity = u64::from(limits.max_compute_workgroups_per_dimension);
-        // element indices of the state and scratch buffers stay within u32
-        capacity = capacity.min(u64::from(u32::MAX) / (3 * sd).max(1));
+        // element indices of the state and scratch buffers stay within u32;
+        // the state holds a spare puzzle slot beyond the capacity
+        capacity = capacity.min((u64::from(u32::MAX) / (3 * sd).max(1)).saturating_sub(1));
+        capacity = capacity.min((binding / (3 * sd * F32).max(1)).saturating_sub(1));
         let scratch = StepKernel::scratch_floats(config) as u64 + sd;
         capacity = capacity.min(u64::from(u32::MAX) / 2 / scratch.max(1));
         for (what, bytes, limit) in per_puzzle {
@@ -627,10 +679,12 @@ impl GpuEngine {
         let (seq, vocab) = (config.seq_len as u64, config.vocab_size as u64);
         let sd = (config.state_len() * config.hidden_size) as u64;
         use wgpu::BufferUsages as U;
+        // each region holds a spare puzzle slot after the chunk's own
+        let region = (cap + 1) * sd;
         let xyz = layout::buffer(
             ctx,
             "state x, y, z",
-            3 * cap * sd * F32,
+            3 * region * F32,
             U::STORAGE | U::COPY_DST | U::COPY_SRC,
         )?;
         let work = cap * StepKernel::scratch_floats(config) as u64;
@@ -670,12 +724,22 @@ impl GpuEngine {
             (FUSED_BLOCKS + spread_blocks) * stride,
             U::UNIFORM | U::COPY_DST,
         )?;
-        let staging_bytes = cap * (seq * vocab + 2 + 2 * sd) * F32;
+        // logits, q, each puzzle's ACT steps (early halting), the carry
+        let staging_bytes = cap * (seq * vocab + 2 + 1 + 2 * sd) * F32;
         let staging = [
             layout::buffer(ctx, "staging", staging_bytes, U::MAP_READ | U::COPY_DST)?,
             layout::buffer(ctx, "staging", staging_bytes, U::MAP_READ | U::COPY_DST)?,
         ];
-        let region = (cap * sd) as u32;
+        let control = layout::buffer(
+            ctx,
+            "halting control",
+            (halt::CONTROL_HEADER + cap) * F32,
+            U::STORAGE | U::INDIRECT | U::COPY_DST | U::COPY_SRC,
+        )?;
+        let count_staging = [
+            layout::buffer(ctx, "running count", 16, U::MAP_READ | U::COPY_DST)?,
+            layout::buffer(ctx, "running count", 16, U::MAP_READ | U::COPY_DST)?,
+        ];
         let common = Params {
             q_base: (cap * seq * vocab) as u32,
             puzzle_stride: sd as u32,
@@ -683,15 +747,15 @@ impl GpuEngine {
             ..Params::default()
         };
         let z_update = Params {
-            state_base: 2 * region,
-            inj_a_base: region,
+            state_base: 2 * region as u32,
+            inj_a_base: region as u32,
             inj_b_base: 0,
             inject_sum: 1,
             ..common
         };
         let y_update = Params {
-            state_base: region,
-            inj_a_base: 2 * region,
+            state_base: region as u32,
+            inj_a_base: 2 * region as u32,
             inj_b_base: 0,
             inject_sum: 0,
             ..common
@@ -712,6 +776,10 @@ impl GpuEngine {
             .resident
             .heads
             .bind_group(ctx, &xyz, &out, &active, &params)?;
+        let halt_group = self
+            .resident
+            .halt
+            .bind_group(ctx, &out, &active, &control, &params)?;
         self.chunk = Some(Chunk {
             capacity,
             xyz,
@@ -723,9 +791,13 @@ impl GpuEngine {
             bases: [z_update, y_update],
             part_base: work as u32,
             staging,
+            region,
+            control,
+            count_staging,
             step_group,
             embed_group,
             heads_group,
+            halt_group,
         });
         Ok(())
     }
@@ -756,7 +828,18 @@ impl GpuEngine {
         ops: &mut Vec<Op>,
         copies: &[Copy<'_>],
     ) -> Result<wgpu::SubmissionIndex> {
-        self.submit_with(chunk, ops, copies, None)
+        self.submit_with(chunk, ops, copies, Staging::Results, None)
+    }
+
+    /// [`GpuEngine::submit`], the copies going to `staging`.
+    fn submit_to(
+        &mut self,
+        chunk: &Chunk,
+        ops: &mut Vec<Op>,
+        copies: &[Copy<'_>],
+        staging: Staging,
+    ) -> Result<wgpu::SubmissionIndex> {
+        self.submit_with(chunk, ops, copies, staging, None)
     }
 
     /// [`GpuEngine::submit`], with the pass's start and end stamped into
@@ -766,11 +849,15 @@ impl GpuEngine {
         chunk: &Chunk,
         ops: &mut Vec<Op>,
         copies: &[Copy<'_>],
+        staging: Staging,
         stamps: Option<&timing::Stamps>,
     ) -> Result<wgpu::SubmissionIndex> {
         let ctx = self.ctx.clone();
         let stride = self.params_stride;
-        let staging_slot = self.staging_slot;
+        let target = match staging {
+            Staging::Results => &chunk.staging[self.staging_slot],
+            Staging::Count => &chunk.count_staging[self.staging_slot_count],
+        };
         let spread = match (self.running, &self.spread, &self.plan) {
             (GpuSchedule::Spread, Some(kernels), Some(plan)) => Some((kernels, plan)),
             _ => None,
@@ -778,19 +865,20 @@ impl GpuEngine {
         let mut dispatches = 0u64;
         for op in ops.iter() {
             match (*op, spread) {
-                (Op::Step { workgroups, .. }, Some((_, plan))) => {
-                    if plan.batch != workgroups {
+                (Op::Step { active, .. }, Some((_, plan))) => {
+                    if plan.batch != active.at_most() {
                         return Err(TrmError::Gpu(format!(
-                            "the spread plan is for {} puzzles, the step for {workgroups}",
-                            plan.batch
+                            "the spread plan is for {} puzzles, the step for {}",
+                            plan.batch,
+                            active.at_most()
                         )));
                     }
                     dispatches += plan.dispatches.len() as u64;
                     self.step_groups.extend(plan.groups());
                 }
-                (Op::Step { workgroups, .. }, None) => {
+                (Op::Step { active, .. }, None) => {
                     dispatches += 1;
-                    self.step_groups.push(workgroups);
+                    self.step_groups.push(active.at_most());
                 }
                 _ => dispatches += 1,
             }
@@ -810,15 +898,22 @@ impl GpuEngine {
                     label: Some("trm recursion"),
                     timestamp_writes: stamps.map(timing::Stamps::pass_writes),
                 });
+                let groups = |active: Active| match active {
+                    Active::Known(n) => Workgroups::Fixed(n),
+                    Active::OnDevice { .. } => {
+                        Workgroups::Indirect(&chunk.control, halt::DISPATCH_OFFSET)
+                    }
+                };
                 for op in ops.iter() {
                     match *op {
                         Op::Embed(n) => {
                             self.resident.embed.record(&mut pass, &chunk.embed_group, n)
                         }
-                        Op::Step {
-                            y_update,
-                            workgroups,
-                        } => match spread {
+                        Op::Halt => self
+                            .resident
+                            .halt
+                            .record(&mut pass, &chunk.halt_group, stride),
+                        Op::Step { y_update, active } => match spread {
                             Some((kernels, plan)) => {
                                 kernels.record(&mut pass, &chunk.step_group, plan, |i| {
                                     spread_offset(y_update, i)
@@ -828,14 +923,15 @@ impl GpuEngine {
                                 &mut pass,
                                 chunk,
                                 if y_update { stride } else { 0 },
-                                workgroups,
+                                groups(active),
                             ),
                         },
-                        Op::Heads(n) => {
-                            self.resident
-                                .heads
-                                .record(&mut pass, &chunk.heads_group, stride, n)
-                        }
+                        Op::Heads(active) => self.resident.heads.record(
+                            &mut pass,
+                            &chunk.heads_group,
+                            stride,
+                            groups(active),
+                        ),
                     }
                 }
             }
@@ -844,13 +940,7 @@ impl GpuEngine {
             }
             let mut at = 0;
             for copy in copies {
-                encoder.copy_buffer_to_buffer(
-                    copy.source,
-                    copy.offset,
-                    &chunk.staging[staging_slot],
-                    at,
-                    copy.bytes,
-                );
+                encoder.copy_buffer_to_buffer(copy.source, copy.offset, target, at, copy.bytes);
                 at += copy.bytes;
             }
             ctx.queue().submit([encoder.finish()])
@@ -909,18 +999,6 @@ impl GpuEngine {
         Ok(())
     }
 
-    /// Waits for `submission` and reads the first `floats` floats of the
-    /// current staging buffer.
-    fn read_back(
-        &mut self,
-        chunk: &Chunk,
-        submission: wgpu::SubmissionIndex,
-        floats: u64,
-    ) -> Result<Vec<f32>> {
-        let read = self.start_read(chunk, submission, floats)?;
-        self.finish_read(chunk, read)
-    }
-
     /// Asks for the first `floats` floats of the current staging buffer once
     /// `submission` is done, without waiting.
     fn start_read(
@@ -945,6 +1023,51 @@ impl GpuEngine {
             bytes,
             receiver,
         })
+    }
+
+    /// Asks for the running count a submission copied into the current
+    /// count buffer.
+    fn start_count_read(
+        &mut self,
+        chunk: &Chunk,
+        submission: wgpu::SubmissionIndex,
+    ) -> Result<PendingRead> {
+        let slot = self.staging_slot_count;
+        let (sender, receiver) = mpsc::channel();
+        self.ctx.scoped("mapping the running count", || {
+            chunk.count_staging[slot].map_async(wgpu::MapMode::Read, 0..4, move |result| {
+                let _ = sender.send(result);
+            })
+        })?;
+        Ok(PendingRead {
+            submission,
+            slot,
+            bytes: 4,
+            receiver,
+        })
+    }
+
+    /// Waits for a running count.
+    fn finish_count_read(&mut self, chunk: &Chunk, read: PendingRead) -> Result<u32> {
+        let ctx = self.ctx.clone();
+        self.stats.host_waits += 1;
+        ctx.wait(read.submission)?;
+        if let Err(e) = ctx.mapped(&read.receiver, "the running count")? {
+            ctx.check()?;
+            let reason = format!("reading the running count back failed: {e}");
+            ctx.mark_lost(&reason);
+            return Err(TrmError::DeviceLost(reason));
+        }
+        let staging = &chunk.count_staging[read.slot];
+        let count = {
+            let view = staging
+                .get_mapped_range(0..4)
+                .map_err(|e| TrmError::Gpu(format!("reading the running count: {e}")))?;
+            u32::from_le_bytes([view[0], view[1], view[2], view[3]])
+        };
+        staging.unmap();
+        self.stats.bytes_read_back += 4;
+        Ok(count)
     }
 
     /// Waits for `read` and returns its floats.
@@ -975,7 +1098,17 @@ impl GpuEngine {
         Ok(values)
     }
 
-    /// Solves the puzzles of one chunk (at most its capacity).
+    /// Records and submits the solve of one chunk's puzzles (at most its
+    /// capacity) and asks for its outputs; [`GpuEngine::finish_chunk`] waits
+    /// for them.
+    ///
+    /// With early halting the device decides (`shaders/halt.wgsl`) after
+    /// each ACT step's heads: the running list shrinks on the device and
+    /// the fused steps and the heads read their workgroup count from it, so
+    /// the ACT steps are recorded back to back. The host reads the running
+    /// count one ACT step behind, while the next step runs: to stop once
+    /// every puzzle has halted, and to shrink the spread schedule's plan
+    /// (whose surplus columns compute on the spare slot meanwhile).
     fn solve_chunk(
         &mut self,
         chunk: &Chunk,
@@ -991,13 +1124,13 @@ impl GpuEngine {
         let cap = chunk.capacity as u64;
         let (seq, vocab) = (config.seq_len as u64, config.vocab_size as u64);
         let sd = (config.state_len() * config.hidden_size) as u64;
-        let region = cap * sd;
+        let region = chunk.region;
         let q_base = cap * seq * vocab;
 
         if self.options.poison {
             self.upload(&chunk.xyz, 0, &vec![f32::NAN; (3 * region) as usize])?;
             self.upload(&chunk.out, 0, &vec![f32::NAN; (q_base + 2 * cap) as usize])?;
-            let scratch = cap as usize * StepKernel::scratch_floats(config);
+            let scratch = self.scratch_floats(cap) as usize;
             self.upload(&chunk.scratch, 0, &vec![f32::NAN; scratch])?;
         }
         self.upload(&chunk.ids, 0, batch.tokens())?;
@@ -1014,68 +1147,78 @@ impl GpuEngine {
                 self.upload(&chunk.xyz, 2 * region, &init.z_l)?;
             }
         }
-        let mut active: Vec<u32> = (0..n as u32).collect();
+        let active: Vec<u32> = (0..n as u32).collect();
         self.upload(&chunk.active, 0, &active)?;
+        if early_halt {
+            // count, the indirect dispatch (count, 1, 1), ACT steps done
+            let header = [n as u32, n as u32, 1, 1, 0, 0, 0, 0];
+            self.upload(&chunk.control, 0, &header)?;
+        }
         self.prepare_schedule(chunk, n)?;
 
-        let mut steps = vec![0u32; n];
+        let spread = self.running == GpuSchedule::Spread;
+        // puzzles that may still run: exact without halting, an upper bound
+        // the host learns one ACT step late with it
+        let mut known = n as u32;
         let mut ops = vec![Op::Embed(n as u32)];
         let call_flops = config.flops_per_recursion_step().max(1);
         let mut pending_flops = 0u64;
+        let mut count_read: Option<PendingRead> = None;
+        let mut ran = 0;
         for step in 1..=act_steps {
-            let workgroups = active.len() as u32;
+            ran = step;
+            let active = match (early_halt, spread) {
+                (true, false) => Active::OnDevice { at_most: known },
+                _ => Active::Known(known),
+            };
             for _ in 0..config.h_cycles {
                 for l in 0..=config.l_cycles {
                     ops.push(Op::Step {
                         y_update: l == config.l_cycles,
-                        workgroups,
+                        active,
                     });
-                    pending_flops += call_flops * u64::from(workgroups);
+                    pending_flops += call_flops * u64::from(known);
                     if pending_flops >= self.options.max_flops_per_submit {
                         self.submit(chunk, &mut ops, &[])?;
                         pending_flops = 0;
                     }
                 }
             }
-            self.stats.puzzle_recursion_steps +=
-                u64::from(workgroups) * config.recursion_steps_per_act_step() as u64;
             let last = step == act_steps;
-            if early_halt || last {
-                ops.push(Op::Heads(workgroups));
-            }
-            if last {
-                for &p in &active {
-                    steps[p as usize] = step as u32;
+            if !early_halt {
+                if last {
+                    ops.push(Op::Heads(Active::Known(known)));
                 }
+                continue;
+            }
+            ops.push(Op::Heads(Active::OnDevice { at_most: known }));
+            ops.push(Op::Halt);
+            if last {
                 break;
             }
-            if early_halt {
-                let copy = Copy {
-                    source: &chunk.out,
-                    offset: q_base * F32,
-                    bytes: 2 * n as u64 * F32,
-                };
-                let submission = self.submit(chunk, &mut ops, &[copy])?;
-                pending_flops = 0;
-                let q = self.read_back(chunk, submission, 2 * n as u64)?;
-                let running: Vec<u32> = active
-                    .iter()
-                    .copied()
-                    .filter(|&p| {
-                        steps[p as usize] = step as u32;
-                        q[2 * p as usize] <= 0.0
-                    })
-                    .collect();
-                if running.is_empty() {
-                    active.clear();
+            // the running count after this step, read while the next runs
+            self.staging_slot_count = 1 - self.staging_slot_count;
+            let copy = Copy {
+                source: &chunk.control,
+                offset: 0,
+                bytes: F32,
+            };
+            let submission = self.submit_to(chunk, &mut ops, &[copy], Staging::Count)?;
+            pending_flops = 0;
+            let this = self.start_count_read(chunk, submission)?;
+            if let Some(previous) = count_read.replace(this) {
+                let running = self.finish_count_read(chunk, previous)?;
+                if running == 0 {
                     break;
                 }
-                if running.len() != active.len() {
-                    active = running;
-                    self.upload(&chunk.active, 0, &active)?;
-                    self.ensure_plan(chunk, active.len() as u32)?;
+                if spread && running < known {
+                    known = running;
+                    self.ensure_plan(chunk, known)?;
                 }
             }
+        }
+        if let Some(unread) = count_read.take() {
+            self.finish_count_read(chunk, unread)?;
         }
 
         let nn = n as u64;
@@ -1091,6 +1234,13 @@ impl GpuEngine {
                 bytes: 2 * nn * F32,
             },
         ];
+        if early_halt {
+            copies.push(Copy {
+                source: &chunk.control,
+                offset: halt::CONTROL_HEADER * F32,
+                bytes: nn * F32,
+            });
+        }
         if with_carry {
             copies.push(Copy {
                 source: &chunk.xyz,
@@ -1109,7 +1259,11 @@ impl GpuEngine {
         Ok(PendingChunk {
             read,
             puzzles: n,
-            steps,
+            steps: if early_halt {
+                None
+            } else {
+                Some(vec![ran as u32; n])
+            },
             with_carry,
         })
     }
@@ -1135,7 +1289,22 @@ impl GpuEngine {
             out.q_halt_logits[i] = pair[0];
             out.q_continue_logits[i] = pair[1];
         }
-        out.steps = steps;
+        // the ACT steps each puzzle ran: the host's count, or the device's
+        // (u32 bit patterns in the float read-back)
+        let rest = match steps {
+            Some(steps) => {
+                out.steps = steps;
+                rest
+            }
+            None => {
+                let (ran, rest) = rest.split_at(n);
+                out.steps = ran.iter().map(|v| v.to_bits()).collect();
+                rest
+            }
+        };
+        let per_act = config.recursion_steps_per_act_step() as u64;
+        self.stats.puzzle_recursion_steps +=
+            out.steps.iter().map(|&s| u64::from(s)).sum::<u64>() * per_act;
         if !with_carry {
             return Ok(out.without_carry());
         }

@@ -11,7 +11,7 @@ use crate::config::TrmConfig;
 use crate::error::{Result, TrmError};
 
 use super::context::GpuContext;
-use super::layout::{self, Entry, Kernel};
+use super::layout::{self, Entry, Kernel, Workgroups};
 
 /// The WGSL of a recursion-step kernel: `shaders/common/step_common.wgsl`
 /// followed by `shaders/$kernel`, concatenated at compile time.
@@ -180,10 +180,10 @@ impl StepPipeline {
         pass: &mut wgpu::ComputePass<'_>,
         bind_group: &wgpu::BindGroup,
         params_offset: u32,
-        workgroups: u32,
+        workgroups: Workgroups<'_>,
     ) {
         self.kernel
-            .record(pass, bind_group, params_offset, workgroups);
+            .dispatch(pass, bind_group, params_offset, workgroups);
     }
 }
 

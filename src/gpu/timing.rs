@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Chunk, GpuEngine, Op};
+use super::{Active, Chunk, GpuEngine, Op};
 use crate::batch::PuzzleBatch;
 use crate::error::{Result, TrmError};
 use crate::solve::Carry;
@@ -99,14 +99,13 @@ impl GpuEngine {
     ) -> Result<RecursionTiming> {
         let n = batch.len();
         let cap = chunk.capacity as u64;
-        let sd = (config.state_len() * config.hidden_size) as u64;
         let seq = config.seq_len as u64;
         self.upload(&chunk.ids, 0, batch.tokens())?;
         self.upload(&chunk.ids, cap * seq, batch.puzzle_ids())?;
         let w = self.model.weights();
         let init = Carry::initial(&w.h_init, &w.l_init, n, config.state_len());
-        self.upload(&chunk.xyz, cap * sd, &init.z_h)?;
-        self.upload(&chunk.xyz, 2 * cap * sd, &init.z_l)?;
+        self.upload(&chunk.xyz, chunk.region, &init.z_h)?;
+        self.upload(&chunk.xyz, 2 * chunk.region, &init.z_l)?;
         let active: Vec<u32> = (0..n as u32).collect();
         self.upload(&chunk.active, 0, &active)?;
         self.prepare_schedule(chunk, n)?;
@@ -121,12 +120,18 @@ impl GpuEngine {
         for i in 0..steps {
             ops.push(Op::Step {
                 y_update: i % pattern == config.l_cycles,
-                workgroups: n as u32,
+                active: Active::Known(n as u32),
             });
         }
         let stamps = self.stamps()?;
         let start = Instant::now();
-        let submission = self.submit_with(chunk, &mut ops, &[], stamps.as_ref())?;
+        let submission = self.submit_with(
+            chunk,
+            &mut ops,
+            &[],
+            super::Staging::Results,
+            stamps.as_ref(),
+        )?;
         self.ctx.wait(submission)?;
         self.stats.host_waits += 1;
         let wall = start.elapsed();

@@ -1,0 +1,92 @@
+// halt.wgsl: early halting decided on the device, after the heads of an
+// ACT step, so that a solve with early halting is recorded ahead like one
+// without: no host round trip between ACT steps.
+//
+//   for every running puzzle p (in order): steps[p] = this ACT step;
+//     it keeps running unless q_halt[p] > 0 (TRM's rule, as the CPU engine:
+//     a NaN q_halt keeps running)
+//   the running list is compacted in place (order kept), the slots it no
+//   longer uses point at the spare puzzle slot (index params.batch, the
+//   chunk's capacity), and the count is written where the next ACT step's
+//   indirect dispatches read it.
+//
+// Bindings
+//   0 outputs  array<f32>, read        logits | q [B, 2] from params.q_base
+//   1 running  array<u32>, read_write  the running puzzles, compacted here
+//   2 control  array<u32>, read_write  [0] running count; [1], [2], [3] the
+//              indirect dispatch (count, 1, 1) of the fused steps and the
+//              heads; [4] ACT steps done; [8 + p] ACT steps puzzle p ran
+//   3 params   uniform (dynamic offset): q_base, batch (the spare slot)
+//
+// Work split: one invocation walks the running list (at most the chunk's
+// capacity, a few thousand: microseconds, once per ACT step); its order is
+// kept, so every schedule sees the puzzles in the order a host would.
+// Cost: 4 B bytes read and written per ACT step. No barriers.
+
+struct Params {
+    state_base: u32,
+    inj_a_base: u32,
+    inj_b_base: u32,
+    inject_sum: u32,
+    q_base: u32,
+    puzzle_stride: u32,
+    batch: u32,
+    _pad: u32,
+    // the spread schedule's fields (step_common.wgsl); unused here
+    n_inner: u32,
+    n_total: u32,
+    w_off: u32,
+    m: u32,
+    k: u32,
+    kp: u32,
+    paired: u32,
+    b_state: u32,
+    b_base: u32,
+    b_ks: u32,
+    b_ns: u32,
+    o_base: u32,
+    o_ms: u32,
+    o_ns: u32,
+    o_split: u32,
+    tiles_m: u32,
+    tiles_n: u32,
+    k_chunk: u32,
+    splits: u32,
+    part_base: u32,
+    part_split: u32,
+    groups: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<storage, read> outputs: array<f32>;
+@group(0) @binding(1) var<storage, read_write> running: array<u32>;
+@group(0) @binding(2) var<storage, read_write> control: array<u32>;
+@group(0) @binding(3) var<uniform> params: Params;
+
+// control[] fields
+const COUNT: u32 = 0u;
+const GROUPS_X: u32 = 1u;
+const ACT_STEPS: u32 = 4u;
+const STEPS: u32 = 8u;
+
+@compute @workgroup_size(1)
+fn main() {
+    let step = control[ACT_STEPS] + 1u;
+    control[ACT_STEPS] = step;
+    let count = control[COUNT];
+    var kept = 0u;
+    for (var i = 0u; i < count; i++) {
+        let p = running[i];
+        control[STEPS + p] = step;
+        if (!(outputs[params.q_base + 2u * p] > 0.0)) {
+            running[kept] = p;
+            kept++;
+        }
+    }
+    for (var i = kept; i < count; i++) {
+        running[i] = params.batch;
+    }
+    control[COUNT] = kept;
+    control[GROUPS_X] = kept;
+}
