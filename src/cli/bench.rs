@@ -899,7 +899,9 @@ fn plot(path: &Path, rows: &[Row], title: &str, subtitle: &str) -> Result<()> {
     // points when asked for no more than ten times as many)
     let powers = (x1.max(x0 * 2.0) / x0).log2().ceil() as usize + 1;
     let (x0, x1) = (x0 / 1.25, x1.max(x0 * 2.0) * 1.25);
-    let (y0, y1) = (y0 / 1.6, y1 * 1.6);
+    // whole decades, so that the log axis has two labels at least
+    let decade = |y: f64, round: fn(f64) -> f64| 10f64.powf(round(y.log10()));
+    let (y0, y1) = (decade(y0 / 1.2, f64::floor), decade(y1 * 1.2, f64::ceil));
 
     let palette = [
         RGBColor(31, 119, 180),
