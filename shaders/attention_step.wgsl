@@ -344,7 +344,7 @@ fn rope_tables() -> u32 {
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let puzzle = running[wid.x];
+    let puzzle = running[params.first + wid.x];
     let state = params.state_base + puzzle * params.puzzle_stride;
     let inj_a = params.inj_a_base + puzzle * params.puzzle_stride;
     let inj_b = params.inj_b_base + puzzle * params.puzzle_stride;

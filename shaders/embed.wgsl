@@ -37,7 +37,7 @@ struct Params {
     q_base: u32,
     puzzle_stride: u32,
     batch: u32,
-    _pad: u32,
+    first: u32,
     // the spread schedule's fields (step_common.wgsl); unused here
     n_inner: u32,
     n_total: u32,
@@ -61,8 +61,8 @@ struct Params {
     part_base: u32,
     part_split: u32,
     groups: u32,
-    _pad1: u32,
-    _pad2: u32,
+    slice: u32,
+    slices: u32,
 }
 
 @group(0) @binding(0) var<storage, read> ids: array<u32>;

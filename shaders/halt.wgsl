@@ -7,16 +7,20 @@
 //     a NaN q_halt keeps running)
 //   the running list is compacted in place (order kept), the slots it no
 //   longer uses point at the spare puzzle slot (index params.batch, the
-//   chunk's capacity), and the count is written where the next ACT step's
-//   indirect dispatches read it.
+//   chunk's capacity), and the count, cut into the fused dispatches'
+//   slices, is written where the next ACT step's indirect dispatches read
+//   it.
 //
 // Bindings
 //   0 outputs  array<f32>, read        logits | q [B, 2] from params.q_base
 //   1 running  array<u32>, read_write  the running puzzles, compacted here
-//   2 control  array<u32>, read_write  [0] running count; [1], [2], [3] the
-//              indirect dispatch (count, 1, 1) of the fused steps and the
-//              heads; [4] ACT steps done; [8 + p] ACT steps puzzle p ran
-//   3 params   uniform (dynamic offset): q_base, batch (the spare slot)
+//   2 control  array<u32>, read_write  [0] running count; [4] ACT steps done;
+//              from [8], one indirect dispatch (x, 1, 1) per slice of the
+//              fused steps and the heads (params.slices of params.slice
+//              puzzles: x = the running puzzles in that slice); then, from
+//              8 + 4 slices, the ACT steps each puzzle ran
+//   3 params   uniform (dynamic offset): q_base, batch (the spare slot),
+//              slice, slices
 //
 // Work split: one invocation walks the running list (at most the chunk's
 // capacity, a few thousand: microseconds, once per ACT step); its order is
@@ -31,7 +35,7 @@ struct Params {
     q_base: u32,
     puzzle_stride: u32,
     batch: u32,
-    _pad: u32,
+    first: u32,
     // the spread schedule's fields (step_common.wgsl); unused here
     n_inner: u32,
     n_total: u32,
@@ -55,8 +59,8 @@ struct Params {
     part_base: u32,
     part_split: u32,
     groups: u32,
-    _pad1: u32,
-    _pad2: u32,
+    slice: u32,
+    slices: u32,
 }
 
 @group(0) @binding(0) var<storage, read> outputs: array<f32>;
@@ -66,19 +70,19 @@ struct Params {
 
 // control[] fields
 const COUNT: u32 = 0u;
-const GROUPS_X: u32 = 1u;
 const ACT_STEPS: u32 = 4u;
-const STEPS: u32 = 8u;
+const DISPATCHES: u32 = 8u;
 
 @compute @workgroup_size(1)
 fn main() {
     let step = control[ACT_STEPS] + 1u;
     control[ACT_STEPS] = step;
     let count = control[COUNT];
+    let steps_at = DISPATCHES + 4u * params.slices;
     var kept = 0u;
     for (var i = 0u; i < count; i++) {
         let p = running[i];
-        control[STEPS + p] = step;
+        control[steps_at + p] = step;
         if (!(outputs[params.q_base + 2u * p] > 0.0)) {
             running[kept] = p;
             kept++;
@@ -88,5 +92,8 @@ fn main() {
         running[i] = params.batch;
     }
     control[COUNT] = kept;
-    control[GROUPS_X] = kept;
+    for (var j = 0u; j < params.slices; j++) {
+        let first = j * params.slice;
+        control[DISPATCHES + 4u * j] = min(kept - min(kept, first), params.slice);
+    }
 }

@@ -33,7 +33,7 @@ struct Params {
     q_base: u32,
     puzzle_stride: u32,
     batch: u32,
-    _pad: u32,
+    first: u32,
     // the spread schedule's fields (step_common.wgsl); unused here
     n_inner: u32,
     n_total: u32,
@@ -57,8 +57,8 @@ struct Params {
     part_base: u32,
     part_split: u32,
     groups: u32,
-    _pad1: u32,
-    _pad2: u32,
+    slice: u32,
+    slices: u32,
 }
 
 @group(0) @binding(0) var<storage, read> xyz: array<f32>;
@@ -69,7 +69,7 @@ struct Params {
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let puzzle = running[wid.x];
+    let puzzle = running[params.first + wid.x];
     let y = params.state_base + puzzle * params.puzzle_stride;
     let n_logits = SEQ * VOCAB;
     for (var o = lid; o < n_logits + 2u; o += WG) {

@@ -65,7 +65,7 @@ struct Params {
     q_base: u32,          // (heads only)
     puzzle_stride: u32,   // S * D
     batch: u32,           // puzzles in the chunk
-    _pad: u32,
+    first: u32,           // first running index of a sliced fused dispatch
     // The spread schedule's phase (spread_step.wgsl states their meaning;
     // 0 in the fused kernels' blocks).
     n_inner: u32,
@@ -90,8 +90,8 @@ struct Params {
     part_base: u32,
     part_split: u32,
     groups: u32,
-    _pad1: u32,
-    _pad2: u32,
+    slice: u32,           // puzzles per fused dispatch (halt.wgsl)
+    slices: u32,          // fused dispatches per network call (halt.wgsl)
 }
 
 @group(0) @binding(0) var<storage, read> weights: array<vec4<f32>>;

@@ -360,6 +360,9 @@ struct Faults {
     uncaptured: Vec<String>,
 }
 
+/// A model (weakly) and what the engines made of it on this device.
+type ResidentEntry = (Weak<TrmModel>, Arc<dyn Any + Send + Sync>);
+
 struct Inner {
     device: wgpu::Device,
     queue: wgpu::Queue,
@@ -374,7 +377,7 @@ struct Inner {
     /// Device resources made from a model (its weights and the kernels
     /// that read them), by model, shared by the engines on it; an entry
     /// whose model is gone is dropped at the next look-up.
-    resident: Mutex<Vec<(Weak<TrmModel>, Arc<dyn Any + Send + Sync>)>>,
+    resident: Mutex<Vec<ResidentEntry>>,
     /// How long a wait may go without progress ([`GpuOptions::wait_timeout`]).
     wait_limit: Duration,
     /// Waits that saw their submission finish, by any thread: a wait that

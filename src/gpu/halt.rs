@@ -13,11 +13,29 @@ use super::layout::{Entry, Kernel};
 const SOURCE: &str = include_str!("../../shaders/halt.wgsl");
 const KERNEL: &str = "halt.wgsl";
 
-/// `u32`s of the control buffer before the per-puzzle ACT step counts.
-pub(crate) const CONTROL_HEADER: u64 = 8;
-/// Byte offset of the indirect dispatch `(count, 1, 1)` in the control
-/// buffer.
-pub(crate) const DISPATCH_OFFSET: u64 = 4;
+/// `u32`s of the control buffer before the per-puzzle ACT step counts:
+/// the count, ACT steps done, and one indirect dispatch per slice.
+pub(crate) fn control_header(slices: u32) -> u64 {
+    8 + 4 * u64::from(slices)
+}
+
+/// Byte offset of slice `j`'s indirect dispatch `(x, 1, 1)`.
+pub(crate) fn dispatch_offset(j: u32) -> u64 {
+    4 * (8 + 4 * u64::from(j))
+}
+
+/// The control buffer's header when `n` puzzles run, in slices of `slice`.
+pub(crate) fn initial_control(n: u32, slice: u32, slices: u32) -> Vec<u32> {
+    let mut header = vec![0u32; control_header(slices) as usize];
+    header[0] = n;
+    for j in 0..slices {
+        let at = 8 + 4 * j as usize;
+        header[at] = n.saturating_sub(j * slice).min(slice);
+        header[at + 1] = 1;
+        header[at + 2] = 1;
+    }
+    header
+}
 
 /// The halting kernel.
 pub(crate) struct Halt {

@@ -20,7 +20,8 @@ pub(crate) struct Params {
     pub q_base: u32,
     pub puzzle_stride: u32,
     pub batch: u32,
-    pub _pad: u32,
+    /// First running index of a sliced fused dispatch.
+    pub first: u32,
     // The spread schedule's phase (`shaders/spread_step.wgsl` states the
     // meaning of each; 0 in the fused kernels' blocks).
     pub n_inner: u32,
@@ -45,8 +46,10 @@ pub(crate) struct Params {
     pub part_base: u32,
     pub part_split: u32,
     pub groups: u32,
-    pub _pad1: u32,
-    pub _pad2: u32,
+    /// Puzzles per fused dispatch, and fused dispatches per call (the
+    /// halting kernel writes one indirect dispatch per slice).
+    pub slice: u32,
+    pub slices: u32,
 }
 
 /// Bytes of [`Params`].
@@ -326,7 +329,7 @@ mod tests {
             q_base: _,
             puzzle_stride: _,
             batch: _,
-            _pad: _,
+            first: _,
             n_inner: _,
             n_total: _,
             w_off: _,
@@ -349,8 +352,8 @@ mod tests {
             part_base: _,
             part_split: _,
             groups: _,
-            _pad1: _,
-            _pad2: _,
+            slice: _,
+            slices: _,
         } = Params::default();
         let fields = [
             "state_base",
@@ -360,7 +363,7 @@ mod tests {
             "q_base",
             "puzzle_stride",
             "batch",
-            "_pad",
+            "first",
             "n_inner",
             "n_total",
             "w_off",
@@ -383,8 +386,8 @@ mod tests {
             "part_base",
             "part_split",
             "groups",
-            "_pad1",
-            "_pad2",
+            "slice",
+            "slices",
         ];
         assert_eq!(PARAMS_BYTES, 4 * fields.len() as u64);
         let expected: Vec<String> = fields.iter().map(|f| format!("{f}: u32,")).collect();

@@ -183,6 +183,13 @@ pub struct GpuRunOptions {
     /// (Windows resets a GPU busy for 2 s). The host does not wait between
     /// submissions. Default 2e11.
     pub max_flops_per_submit: u64,
+    /// Cut a fused dispatch (one workgroup per puzzle) into slices of at
+    /// most this many FLOPs (estimated), so that no single dispatch runs
+    /// long enough to trip a watchdog on a GPU without fine-grained
+    /// preemption: 4e11 is 0.4 s at 1 TFLOP/s, 330 Sudoku puzzles or 25 of
+    /// ARC size a dispatch. The spread schedule's dispatches are each a
+    /// phase of one call, far below it. Default 4e11.
+    pub max_flops_per_dispatch: u64,
     /// At most this many puzzles per chunk (default: as the device allows).
     pub max_chunk_puzzles: Option<usize>,
     /// At most this many bytes of per-batch device memory per chunk
@@ -201,6 +208,7 @@ impl Default for GpuRunOptions {
             schedule: GpuSchedule::Auto,
             spread_below: None,
             max_flops_per_submit: 200_000_000_000,
+            max_flops_per_dispatch: 400_000_000_000,
             max_chunk_puzzles: None,
             max_chunk_bytes: u64::MAX,
             poison: false,
@@ -226,6 +234,12 @@ impl GpuRunOptions {
     pub fn with_env(self) -> Self {
         let on = std::env::var("TRM_POISON_GPU").is_ok_and(|v| v == "1");
         if on { self.poison(true) } else { self }
+    }
+
+    /// Sets [`GpuRunOptions::max_flops_per_dispatch`].
+    pub fn max_flops_per_dispatch(mut self, flops: u64) -> Self {
+        self.max_flops_per_dispatch = flops.max(1);
+        self
     }
 
     /// Sets [`GpuRunOptions::max_flops_per_submit`].
@@ -330,8 +344,14 @@ struct Chunk {
     /// Parameter blocks: the fused z update (0), the fused y update and
     /// the heads (1), then the spread plan's (z update, then y update).
     params: wgpu::Buffer,
-    /// The fused blocks, which the spread plan's start from.
+    /// The fused blocks of the first slice, which the spread plan's start
+    /// from.
     bases: [Params; 2],
+    /// Puzzles per fused dispatch, and the slices a call of `capacity`
+    /// puzzles takes: the parameter blocks start with a z update and a y
+    /// update (also the heads') block per slice.
+    slice: u32,
+    slices: u32,
     /// First float of the spread schedule's split partials in the scratch
     /// (after the work region of `capacity` puzzles).
     part_base: u32,
@@ -451,9 +471,19 @@ pub struct GpuEngine {
 
 const F32: u64 = 4;
 
-/// Parameter blocks before the spread schedule's: the fused z update (0),
-/// the fused y update and the heads (1).
-const FUSED_BLOCKS: u64 = 2;
+/// The fused dispatches of `active` puzzles: (slice, workgroups) for each
+/// slice with puzzles (the device's counts, at most the slices' sizes,
+/// where it decides).
+fn slices_of(chunk: &Chunk, active: Active) -> impl Iterator<Item = (u32, u32)> + '_ {
+    let n = active.at_most();
+    (0..n.div_ceil(chunk.slice)).map(move |j| (j, (n - j * chunk.slice).min(chunk.slice)))
+}
+
+/// Puzzles per fused dispatch under `max_flops_per_dispatch`.
+fn slice_puzzles(config: &TrmConfig, max_flops_per_dispatch: u64) -> u32 {
+    let call = config.flops_per_recursion_step().max(1);
+    (max_flops_per_dispatch / call).clamp(1, u64::from(u32::MAX)) as u32
+}
 
 impl GpuEngine {
     /// Uploads the model's weights to the context's device and builds the
@@ -496,6 +526,7 @@ impl GpuEngine {
     pub fn set_run_options(&mut self, options: GpuRunOptions) {
         if options.max_chunk_puzzles != self.options.max_chunk_puzzles
             || options.max_chunk_bytes != self.options.max_chunk_bytes
+            || options.max_flops_per_dispatch != self.options.max_flops_per_dispatch
         {
             self.chunk = None;
             self.plan = None;
@@ -718,10 +749,12 @@ impl GpuEngine {
         )?;
         let stride = u64::from(self.params_stride);
         let spread_blocks = 2 * (1 + 8 * config.l_layers as u64);
+        let slice = slice_puzzles(config, self.options.max_flops_per_dispatch).min(capacity as u32);
+        let slices = (capacity as u32).div_ceil(slice);
         let params = layout::buffer(
             ctx,
             "parameters",
-            (FUSED_BLOCKS + spread_blocks) * stride,
+            (2 * u64::from(slices) + spread_blocks) * stride,
             U::UNIFORM | U::COPY_DST,
         )?;
         // logits, q, each puzzle's ACT steps (early halting), the carry
@@ -733,7 +766,7 @@ impl GpuEngine {
         let control = layout::buffer(
             ctx,
             "halting control",
-            (halt::CONTROL_HEADER + cap) * F32,
+            (halt::control_header(slices) + cap) * F32,
             U::STORAGE | U::INDIRECT | U::COPY_DST | U::COPY_SRC,
         )?;
         let count_staging = [
@@ -744,6 +777,8 @@ impl GpuEngine {
             q_base: (cap * seq * vocab) as u32,
             puzzle_stride: sd as u32,
             batch: capacity as u32,
+            slice,
+            slices,
             ..Params::default()
         };
         let z_update = Params {
@@ -761,10 +796,15 @@ impl GpuEngine {
             ..common
         };
         ctx.scoped("writing the parameters", || {
-            ctx.queue()
-                .write_buffer(&params, 0, bytemuck::bytes_of(&z_update));
-            ctx.queue()
-                .write_buffer(&params, stride, bytemuck::bytes_of(&y_update));
+            for j in 0..u64::from(slices) {
+                let first = (j * u64::from(slice)) as u32;
+                for (k, base) in [z_update, y_update].into_iter().enumerate() {
+                    let block = Params { first, ..base };
+                    let at = (2 * j + k as u64) * stride;
+                    ctx.queue()
+                        .write_buffer(&params, at, bytemuck::bytes_of(&block));
+                }
+            }
         })?;
         let step_group = self
             .resident
@@ -789,6 +829,8 @@ impl GpuEngine {
             out,
             params,
             bases: [z_update, y_update],
+            slice,
+            slices,
             part_base: work as u32,
             staging,
             region,
@@ -877,17 +919,23 @@ impl GpuEngine {
                     self.step_groups.extend(plan.groups());
                 }
                 (Op::Step { active, .. }, None) => {
-                    dispatches += 1;
-                    self.step_groups.push(active.at_most());
+                    for (_, groups) in slices_of(chunk, active) {
+                        dispatches += 1;
+                        self.step_groups.push(groups);
+                    }
                 }
+                (Op::Heads(active), _) => dispatches += slices_of(chunk, active).count() as u64,
                 _ => dispatches += 1,
             }
         }
         let spread_blocks = spread.map_or(0, |(_, plan)| plan.dispatches.len());
+        let fused_blocks = 2 * chunk.slices as usize;
         let spread_offset = |y_update: bool, i: usize| -> u32 {
-            let block = FUSED_BLOCKS as usize + if y_update { spread_blocks } else { 0 } + i;
+            let block = fused_blocks + if y_update { spread_blocks } else { 0 } + i;
             block as u32 * stride
         };
+        // slice j's z update (or y update and heads) block
+        let fused_offset = |y_update: bool, j: u32| (2 * j + u32::from(y_update)) * stride;
         let index = ctx.scoped("recording and submitting the solve", || {
             let device = ctx.device();
             let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -898,10 +946,10 @@ impl GpuEngine {
                     label: Some("trm recursion"),
                     timestamp_writes: stamps.map(timing::Stamps::pass_writes),
                 });
-                let groups = |active: Active| match active {
-                    Active::Known(n) => Workgroups::Fixed(n),
+                let groups = |active: Active, j: u32, n: u32| match active {
+                    Active::Known(_) => Workgroups::Fixed(n),
                     Active::OnDevice { .. } => {
-                        Workgroups::Indirect(&chunk.control, halt::DISPATCH_OFFSET)
+                        Workgroups::Indirect(&chunk.control, halt::dispatch_offset(j))
                     }
                 };
                 for op in ops.iter() {
@@ -919,19 +967,27 @@ impl GpuEngine {
                                     spread_offset(y_update, i)
                                 })
                             }
-                            None => self.resident.step.record(
-                                &mut pass,
-                                chunk,
-                                if y_update { stride } else { 0 },
-                                groups(active),
-                            ),
+                            None => {
+                                for (j, n) in slices_of(chunk, active) {
+                                    self.resident.step.record(
+                                        &mut pass,
+                                        chunk,
+                                        fused_offset(y_update, j),
+                                        groups(active, j, n),
+                                    );
+                                }
+                            }
                         },
-                        Op::Heads(active) => self.resident.heads.record(
-                            &mut pass,
-                            &chunk.heads_group,
-                            stride,
-                            groups(active),
-                        ),
+                        Op::Heads(active) => {
+                            for (j, n) in slices_of(chunk, active) {
+                                self.resident.heads.record(
+                                    &mut pass,
+                                    &chunk.heads_group,
+                                    fused_offset(true, j),
+                                    groups(active, j, n),
+                                );
+                            }
+                        }
                     }
                 }
             }
@@ -990,9 +1046,11 @@ impl GpuEngine {
             at[..PARAMS_BYTES as usize].copy_from_slice(bytemuck::bytes_of(block));
         }
         self.ctx.scoped("writing the spread plan", || {
-            self.ctx
-                .queue()
-                .write_buffer(&chunk.params, FUSED_BLOCKS * stride as u64, &bytes)
+            self.ctx.queue().write_buffer(
+                &chunk.params,
+                2 * u64::from(chunk.slices) * stride as u64,
+                &bytes,
+            )
         })?;
         self.stats.bytes_uploaded += bytes.len() as u64;
         self.plan = Some(plan);
@@ -1150,8 +1208,8 @@ impl GpuEngine {
         let active: Vec<u32> = (0..n as u32).collect();
         self.upload(&chunk.active, 0, &active)?;
         if early_halt {
-            // count, the indirect dispatch (count, 1, 1), ACT steps done
-            let header = [n as u32, n as u32, 1, 1, 0, 0, 0, 0];
+            // the count, ACT steps done, the slices' indirect dispatches
+            let header = halt::initial_control(n as u32, chunk.slice, chunk.slices);
             self.upload(&chunk.control, 0, &header)?;
         }
         self.prepare_schedule(chunk, n)?;
@@ -1237,7 +1295,7 @@ impl GpuEngine {
         if early_halt {
             copies.push(Copy {
                 source: &chunk.control,
-                offset: halt::CONTROL_HEADER * F32,
+                offset: halt::control_header(chunk.slices) * F32,
                 bytes: nn * F32,
             });
         }

@@ -281,6 +281,22 @@ pub fn counters_show_one_dispatch_per_recursion_step(model: &TrmModel) {
         assert_eq!(stats.dispatches, per_call * stats.recursion_steps + 2);
         assert_eq!(stats.host_waits, 1);
         assert_eq!(stats.bytes_read_back, outputs);
+
+        if schedule == GpuSchedule::Fused {
+            // a dispatch budget below one puzzle's call: a dispatch per
+            // puzzle (steps and heads), the same outputs bit for bit
+            engine.set_run_options(
+                GpuRunOptions::default()
+                    .schedule(schedule)
+                    .poison(true)
+                    .max_flops_per_dispatch(1),
+            );
+            let sliced = engine.solve(&batch, &options).unwrap();
+            assert_eq!(sliced, whole, "one puzzle a dispatch");
+            let stats = engine.last_stats();
+            assert_eq!(stats.dispatches, b * stats.recursion_steps + b + 1);
+            assert_eq!(stats.workgroups_per_dispatch.max, 1);
+        }
     }
 }
 
@@ -365,10 +381,22 @@ pub fn early_halting_matches_the_cpu_engine(config: &TrmConfig, seed: u64) {
     let options = SolveOptions::default().early_halt(true);
     let want = cpu_solve(&model, &batch, &options);
     assert_eq!(want.steps, expected_steps);
-    let Some(engines) = gpu::engines(&model) else {
+    let Some(mut engines) = gpu::engines(&model) else {
         return;
     };
-    for (schedule, mut engine) in engines {
+    // and fused dispatches of two puzzles (three slices, counted on the
+    // device for each)
+    let two = 2 * config.flops_per_recursion_step();
+    let sliced = gpu::engine(&model).unwrap().with_run_options(
+        GpuRunOptions::default()
+            .schedule(GpuSchedule::Fused)
+            .poison(true)
+            .max_flops_per_dispatch(two),
+    );
+    let sliced_out = sliced_solve(sliced, &batch, &options);
+    compare("early halting, fused in slices of 2", &sliced_out, &want);
+    for (schedule, engine) in engines.iter_mut() {
+        let schedule = *schedule;
         let got = engine.solve(&batch, &options).unwrap();
         compare(&format!("early halting, {schedule}"), &got, &want);
 
@@ -395,4 +423,13 @@ pub fn early_halting_matches_the_cpu_engine(config: &TrmConfig, seed: u64) {
         assert_eq!(stats.host_waits, recorded);
         assert_eq!(stats.bytes_read_back, (recorded - 1) * 4 + outputs + 4 * b);
     }
+}
+
+/// One solve on `engine`.
+fn sliced_solve(
+    mut engine: trm_wgpu::GpuEngine,
+    batch: &PuzzleBatch,
+    options: &SolveOptions,
+) -> SolveOutput {
+    engine.solve(batch, options).unwrap()
 }
