@@ -942,11 +942,9 @@ fn plot(path: &Path, rows: &[Row], title: &str, subtitle: &str) -> Result<()> {
         .x_labels(powers)
         .x_label_formatter(&|x| format!("{}", x.round()))
         .y_label_formatter(&|y| {
-            if *y >= 10.0 {
-                format!("{y:.0}")
-            } else {
-                format!("{y:.2}")
-            }
+            // decades: 1000, 10, 1, 0.1, 0.01
+            let digits = (-y.log10()).ceil().max(0.0) as usize;
+            format!("{y:.digits$}")
         })
         .draw()
         .map_err(|e| fail(&e))?;
