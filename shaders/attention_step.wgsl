@@ -91,6 +91,13 @@
 //          + HEADS HB Q (Q (2 ceil(HD/TK) + 3 + 2 (64/TK)) + 3)) + 8 L + 1
 //          (ARC at TK 32: 140 177, 20 160 per layer the attention's).
 
+// Designed for: the large-batch ("fused") schedule, as mixer_step.wgsl
+// (about 30% of FMA peak, bound by the prelude's scalar workgroup loads and
+// 2 barriers per K step; the attention tiles add 3 row reductions per key
+// tile). A dispatch covers the running puzzles params.first .. params.first
+// + workgroups. The spread schedule's entry points at the end of this file
+// run the same attention tiles one per workgroup, for small batches.
+
 // Overrides of the prelude: S, D, DP, CI, L_LAYERS, EPS, TK.
 override HEADS: u32;      // attention heads
 override HD: u32;         // head width, D / HEADS

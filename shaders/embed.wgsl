@@ -14,7 +14,8 @@
 //
 // Work split: one workgroup of 256 invocations per puzzle, one invocation
 // per element of x (strided). Cost per puzzle: S D multiplies (two more
-// with learned positions), 4 S D bytes read and 4 S D written.
+// with learned positions), 4 S D bytes read and 4 S D written. Designed
+// for memory bandwidth (no FLOPs to speak of), once per solve.
 
 override S: u32;
 override D: u32;

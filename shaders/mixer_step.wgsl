@@ -59,12 +59,17 @@
 //          (Sudoku: 12 301, which is why lavapipe, where a barrier costs
 //          microseconds, wants small CI models).
 //
-// Small-batch schedule (not built here): one workgroup per puzzle leaves
-// most of a large GPU idle when B is small. The extension splits each
-// product's output tiles over G workgroups per puzzle (dispatch G x B) and
-// replaces the in-shader storageBarrier between phases by a dispatch
-// boundary (or a global atomic phase counter), keeping the prelude's tile code;
-// the norms then need a two-pass reduction over tiles.
+// Designed for: the large-batch ("fused") schedule, where the batch alone
+// fills the device (a puzzle per workgroup, every compute unit holding a
+// few): about 30% of FMA peak, bound by the workgroup-memory loads of the
+// prelude's tile loop (8 scalar loads per 16 FMAs) and by its 2 barriers
+// per K step. Small batches run the spread schedule instead
+// (spread_step.wgsl: each phase a dispatch over the whole batch's tiles,
+// vec4 fragments and one barrier per K step).
+//
+// A dispatch covers the running puzzles params.first .. params.first +
+// workgroups (the host cuts a large batch into slices, so that no
+// dispatch runs long enough to trip an OS watchdog).
 
 // Overrides of the prelude: S, D, DP, CI, L_LAYERS, EPS, TK.
 override TI: u32;         // token-mixing SwiGLU width, inter(S)
