@@ -27,41 +27,7 @@
 // kept, so every schedule sees the puzzles in the order a host would.
 // Cost: 4 B bytes read and written per ACT step. No barriers.
 
-struct Params {
-    state_base: u32,
-    inj_a_base: u32,
-    inj_b_base: u32,
-    inject_sum: u32,
-    q_base: u32,
-    puzzle_stride: u32,
-    batch: u32,
-    first: u32,
-    // the spread schedule's fields (step_common.wgsl); unused here
-    n_inner: u32,
-    n_total: u32,
-    w_off: u32,
-    m: u32,
-    k: u32,
-    kp: u32,
-    paired: u32,
-    b_state: u32,
-    b_base: u32,
-    b_ks: u32,
-    b_ns: u32,
-    o_base: u32,
-    o_ms: u32,
-    o_ns: u32,
-    o_split: u32,
-    tiles_m: u32,
-    tiles_n: u32,
-    k_chunk: u32,
-    splits: u32,
-    part_base: u32,
-    part_split: u32,
-    groups: u32,
-    slice: u32,
-    slices: u32,
-}
+// struct Params: shaders/common/params.wgsl, prepended by the Rust side.
 
 @group(0) @binding(0) var<storage, read> outputs: array<f32>;
 @group(0) @binding(1) var<storage, read_write> running: array<u32>;

@@ -8,7 +8,7 @@
 //   1 head    array<f32>, read        lm_head [VOCAB, D] | q_head [2, D] | q_head_bias [2]
 //   2 out     array<f32>, read_write  logits [B, SEQ, VOCAB] | q [B, 2] (from params.q_base)
 //   3 active  array<u32>, read        workgroup -> puzzle
-//   4 params  uniform (dynamic offset), the layout of mixer_step.wgsl
+//   4 params  uniform (dynamic offset), the parameter block (params.wgsl)
 //
 // Work split: one workgroup of 64 invocations per active puzzle, one
 // invocation per output value (SEQ VOCAB + 2 of them), each a dot product
@@ -29,41 +29,7 @@ override P: u32;          // puzzle-embedding positions, skipped by lm_head
 
 const WG: u32 = 64u;
 
-struct Params {
-    state_base: u32,
-    inj_a_base: u32,
-    inj_b_base: u32,
-    inject_sum: u32,
-    q_base: u32,
-    puzzle_stride: u32,
-    batch: u32,
-    first: u32,
-    // the spread schedule's fields (step_common.wgsl); unused here
-    n_inner: u32,
-    n_total: u32,
-    w_off: u32,
-    m: u32,
-    k: u32,
-    kp: u32,
-    paired: u32,
-    b_state: u32,
-    b_base: u32,
-    b_ks: u32,
-    b_ns: u32,
-    o_base: u32,
-    o_ms: u32,
-    o_ns: u32,
-    o_split: u32,
-    tiles_m: u32,
-    tiles_n: u32,
-    k_chunk: u32,
-    splits: u32,
-    part_base: u32,
-    part_split: u32,
-    groups: u32,
-    slice: u32,
-    slices: u32,
-}
+// struct Params: shaders/common/params.wgsl, prepended by the Rust side.
 
 @group(0) @binding(0) var<storage, read> xyz: array<f32>;
 @group(0) @binding(1) var<storage, read> head: array<f32>;

@@ -3,13 +3,15 @@
 //
 // WGSL has no includes. The Rust side prepends this file to each kernel,
 // visibly and nowhere else: `step_source!` in src/gpu/step_common.rs is
-// `concat!(include_str!("shaders/common/step_common.wgsl"),
+// `concat!(include_str!("shaders/common/params.wgsl"),
+// include_str!("shaders/common/step_common.wgsl"),
 // include_str!("shaders/<kernel>.wgsl"))`. A kernel as compiled (and as
 // `TRM_DUMP_KERNELS=1` prints it, with line numbers in compile errors) is
-// this file followed by the kernel's own.
+// the parameter block, this file, then the kernel's own.
 //
 // It holds what both kernels run identically:
-//   - the bindings and the parameter block (both kernels bind the same five);
+//   - the bindings (both kernels bind the same five; the parameter block
+//     they read is shaders/common/params.wgsl, prepended before this file);
 //   - the override constants both use;
 //   - the tiled matrix product `product(lid, op)`: one workgroup walks all
 //     output tiles of out[M, N] (+)= W[M, K] @ B[K, N], where W is a weight
@@ -57,42 +59,6 @@ const WG: u32 = 256u;     // invocations per workgroup (16 x 16)
 const TM: u32 = 64u;      // rows of an A tile
 const TN: u32 = 64u;      // columns of a B tile
 
-struct Params {
-    state_base: u32,      // first element of the updated state's region
-    inj_a_base: u32,      // first element of the injection's first term
-    inj_b_base: u32,      // first element of its second term (if inject_sum)
-    inject_sum: u32,      // 1: injection = a + b (summed first); 0: injection = a
-    q_base: u32,          // (heads only)
-    puzzle_stride: u32,   // S * D
-    batch: u32,           // puzzles in the chunk
-    first: u32,           // first running index of a sliced fused dispatch
-    // The spread schedule's phase (spread_step.wgsl states their meaning;
-    // 0 in the fused kernels' blocks).
-    n_inner: u32,
-    n_total: u32,
-    w_off: u32,
-    m: u32,
-    k: u32,
-    kp: u32,
-    paired: u32,
-    b_state: u32,
-    b_base: u32,
-    b_ks: u32,
-    b_ns: u32,
-    o_base: u32,
-    o_ms: u32,
-    o_ns: u32,
-    o_split: u32,
-    tiles_m: u32,
-    tiles_n: u32,
-    k_chunk: u32,
-    splits: u32,
-    part_base: u32,
-    part_split: u32,
-    groups: u32,
-    slice: u32,           // puzzles per fused dispatch (halt.wgsl)
-    slices: u32,          // fused dispatches per network call (halt.wgsl)
-}
 
 @group(0) @binding(0) var<storage, read> weights: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read_write> xyz: array<f32>;

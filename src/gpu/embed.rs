@@ -6,9 +6,9 @@ use crate::error::Result;
 use crate::model::TrmModel;
 
 use super::context::GpuContext;
-use super::layout::{self, Entry, Kernel};
+use super::layout::{self, Entry, Kernel, kernel_source};
 
-const SOURCE: &str = include_str!("../../shaders/embed.wgsl");
+const SOURCE: &str = kernel_source!("embed.wgsl");
 const KERNEL: &str = "embed.wgsl";
 
 /// Scale of the learned position embedding: the authors write 0.707106781,

@@ -8,9 +8,9 @@
 use crate::error::Result;
 
 use super::context::GpuContext;
-use super::layout::{Entry, Kernel};
+use super::layout::{Entry, Kernel, kernel_source};
 
-const SOURCE: &str = include_str!("../../shaders/halt.wgsl");
+const SOURCE: &str = kernel_source!("halt.wgsl");
 const KERNEL: &str = "halt.wgsl";
 
 /// `u32`s of the control buffer before the per-puzzle ACT step counts:

@@ -6,9 +6,9 @@ use crate::error::Result;
 use crate::model::TrmModel;
 
 use super::context::GpuContext;
-use super::layout::{self, Entry, Kernel, Workgroups};
+use super::layout::{self, Entry, Kernel, Workgroups, kernel_source};
 
-const SOURCE: &str = include_str!("../../shaders/heads.wgsl");
+const SOURCE: &str = kernel_source!("heads.wgsl");
 const KERNEL: &str = "heads.wgsl";
 
 /// The heads kernel of one model: `lm_head | q_head | q_head_bias` on the

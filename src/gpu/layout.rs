@@ -52,6 +52,22 @@ pub(crate) struct Params {
     pub slices: u32,
 }
 
+/// The WGSL of a kernel in `shaders/`: the parameter block
+/// (`shaders/common/params.wgsl`, the one definition of `struct Params`)
+/// followed by the kernel's file, concatenated at compile time.
+macro_rules! kernel_source {
+    ($kernel:literal) => {
+        concat!(
+            include_str!("../../shaders/common/params.wgsl"),
+            "\n// ---- end of shaders/common/params.wgsl; ",
+            $kernel,
+            " follows ----\n\n",
+            include_str!(concat!("../../shaders/", $kernel))
+        )
+    };
+}
+pub(crate) use kernel_source;
+
 /// Bytes of [`Params`].
 pub(crate) const PARAMS_BYTES: u64 = std::mem::size_of::<Params>() as u64;
 
@@ -315,11 +331,10 @@ fn pipeline(
 mod tests {
     use super::*;
 
-    /// WGSL has no includes, so `embed.wgsl`, `heads.wgsl` and the step
-    /// prelude each declare `struct Params` themselves: every copy must be
-    /// [`Params`], field for field and in order.
+    /// `shaders/common/params.wgsl` declares [`Params`] field for field and
+    /// in order, and no other kernel file declares one of its own.
     #[test]
-    fn every_kernel_declares_the_rust_params() {
+    fn the_one_wgsl_params_is_the_rust_params() {
         // naming every field: a field added to Params fails to compile here
         let Params {
             state_base: _,
@@ -391,25 +406,42 @@ mod tests {
         ];
         assert_eq!(PARAMS_BYTES, 4 * fields.len() as u64);
         let expected: Vec<String> = fields.iter().map(|f| format!("{f}: u32,")).collect();
+        let source = include_str!("../../shaders/common/params.wgsl");
+        let (_, body) = source
+            .split_once("struct Params {")
+            .expect("params.wgsl declares struct Params");
+        let (body, _) = body.split_once('}').unwrap();
+        let declared: Vec<String> = body
+            .lines()
+            .map(|line| line.split("//").next().unwrap().trim().to_string())
+            .filter(|line| !line.is_empty())
+            .collect();
+        assert_eq!(declared, expected, "struct Params of params.wgsl");
         for (kernel, source) in [
             ("embed.wgsl", include_str!("../../shaders/embed.wgsl")),
             ("heads.wgsl", include_str!("../../shaders/heads.wgsl")),
             ("halt.wgsl", include_str!("../../shaders/halt.wgsl")),
             (
+                "spread_step.wgsl",
+                include_str!("../../shaders/spread_step.wgsl"),
+            ),
+            (
+                "mixer_step.wgsl",
+                include_str!("../../shaders/mixer_step.wgsl"),
+            ),
+            (
+                "attention_step.wgsl",
+                include_str!("../../shaders/attention_step.wgsl"),
+            ),
+            (
                 "common/step_common.wgsl",
                 include_str!("../../shaders/common/step_common.wgsl"),
             ),
         ] {
-            let (_, body) = source
-                .split_once("struct Params {")
-                .unwrap_or_else(|| panic!("{kernel} declares no struct Params"));
-            let (body, _) = body.split_once('}').unwrap();
-            let declared: Vec<String> = body
-                .lines()
-                .map(|line| line.split("//").next().unwrap().trim().to_string())
-                .filter(|line| !line.is_empty())
-                .collect();
-            assert_eq!(declared, expected, "struct Params of {kernel}");
+            assert!(
+                !source.contains("struct Params {"),
+                "{kernel} declares its own struct Params"
+            );
         }
     }
 }

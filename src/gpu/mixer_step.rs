@@ -91,7 +91,8 @@ mod tests {
 
     #[test]
     fn the_kernel_source_is_prelude_then_kernel() {
-        assert!(SOURCE.starts_with(include_str!("../../shaders/common/step_common.wgsl")));
+        assert!(SOURCE.starts_with(include_str!("../../shaders/common/params.wgsl")));
+        assert!(SOURCE.contains(include_str!("../../shaders/common/step_common.wgsl")));
         assert!(SOURCE.ends_with(include_str!("../../shaders/mixer_step.wgsl")));
     }
 }

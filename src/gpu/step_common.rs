@@ -13,11 +13,15 @@ use crate::error::{Result, TrmError};
 use super::context::GpuContext;
 use super::layout::{self, Entry, Kernel, Workgroups};
 
-/// The WGSL of a recursion-step kernel: `shaders/common/step_common.wgsl`
-/// followed by `shaders/$kernel`, concatenated at compile time.
+/// The WGSL of a recursion-step kernel: the parameter block
+/// (`shaders/common/params.wgsl`), the prelude
+/// `shaders/common/step_common.wgsl`, then `shaders/$kernel`, concatenated
+/// at compile time.
 macro_rules! step_source {
     ($kernel:literal) => {
         concat!(
+            include_str!("../../shaders/common/params.wgsl"),
+            "\n// ---- end of shaders/common/params.wgsl ----\n\n",
             include_str!("../../shaders/common/step_common.wgsl"),
             "\n// ---- end of shaders/common/step_common.wgsl; ",
             $kernel,
@@ -202,7 +206,8 @@ mod tests {
     #[test]
     fn kernels_start_with_the_prelude() {
         const MIXER: &str = step_source!("mixer_step.wgsl");
-        assert!(MIXER.starts_with("// step_common.wgsl"));
+        assert!(MIXER.starts_with("// params.wgsl"));
+        assert!(MIXER.contains("\n// step_common.wgsl: "));
         assert!(MIXER.contains("\n// mixer_step.wgsl: "));
         assert_eq!(MIXER.matches("fn product(").count(), 1);
     }
