@@ -28,9 +28,17 @@ fn example(name: &str) -> PathBuf {
 }
 
 fn run(name: &str, args: &[&str]) -> Output {
+    run_env(name, args, &[])
+}
+
+/// [`run`] with `env` set too.
+fn run_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     let out = Command::new(example(name))
         .args(args)
+        .envs(env.iter().copied())
         .env("NODEVICE_SELECT", "1")
+        // the GPU engine's buffers NaN-filled before each solve
+        .env("TRM_POISON_GPU", "1")
         .output()
         .expect("example runs");
     assert!(
@@ -73,7 +81,12 @@ fn printed_answers(stdout: &str) -> Vec<Vec<u32>> {
 /// Runs the example on `backend`, checks its answers against PyTorch's and
 /// returns what it printed.
 fn check_sudoku_on(backend: &str, puzzles: usize, steps: usize) -> String {
-    let out = run(
+    check_sudoku_with(backend, puzzles, steps, &[])
+}
+
+/// [`check_sudoku_on`] with `env` set (a GPU schedule, say).
+fn check_sudoku_with(backend: &str, puzzles: usize, steps: usize, env: &[(&str, &str)]) -> String {
+    let out = run_env(
         "sudoku",
         &[
             "--backend",
@@ -85,6 +98,7 @@ fn check_sudoku_on(backend: &str, puzzles: usize, steps: usize) -> String {
             "--format",
             "line",
         ],
+        env,
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -120,6 +134,8 @@ fn sudoku_on_vulkan_prints_pytorchs_answers() {
         return;
     }
     check_sudoku_on("vulkan", 6, 2);
+    // and the small-batch schedule, which auto leaves to smaller batches
+    check_sudoku_with("vulkan", 3, 1, &[("TRM_GPU_SCHEDULE", "spread")]);
 }
 
 #[test]

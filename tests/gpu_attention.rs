@@ -222,7 +222,8 @@ fn long_sequence_walks_many_position_tiles() {
 /// A device with less than 16 KiB of workgroup memory (Apple's 16352
 /// bytes): the kernels take their 8 KiB tiles (TK = 16), which change every
 /// loop of the products and the attention (score steps over HD, p v steps
-/// over the key tile, the row exchanges), with the same results.
+/// over the key tile, the row exchanges), and the spread schedule's
+/// products their 8-deep double-buffered steps, with the same results.
 #[test]
 fn apple_sized_workgroup_memory_takes_the_small_tiles() {
     let Some(_) = gpu::context() else {
@@ -236,9 +237,16 @@ fn apple_sized_workgroup_memory_takes_the_small_tiles() {
     let batch = random.batch();
     let options = SolveOptions::default();
     let want = cpu_solve(&model, &batch, &options);
-    let mut engine = gpu::engine_on(&context, &model);
-    let got = engine.solve(&batch, &options).unwrap();
-    compare(&format!("TK = 16, {}", random.label()), &got, &want);
+    // the fused kernels at TK = 16, the spread products at SK = 8
+    for schedule in [GpuSchedule::Fused, GpuSchedule::Spread] {
+        let mut engine = gpu::engine_on(&context, &model).with_schedule(schedule);
+        let got = engine.solve(&batch, &options).unwrap();
+        compare(
+            &format!("small tiles, {schedule}, {}", random.label()),
+            &got,
+            &want,
+        );
+    }
 }
 
 /// No read-back beyond the outputs, one dispatch per recursion step plus

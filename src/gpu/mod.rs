@@ -229,11 +229,23 @@ impl GpuRunOptions {
         self
     }
 
-    /// Fills the buffers with NaN when `TRM_POISON_GPU=1` is set (the CLI
-    /// and the examples call this, so tests can poison their solves too).
-    pub fn with_env(self) -> Self {
-        let on = std::env::var("TRM_POISON_GPU").is_ok_and(|v| v == "1");
-        if on { self.poison(true) } else { self }
+    /// Applies the environment (the CLI and the examples call this, through
+    /// `Backend::build`): `TRM_POISON_GPU=1` fills the buffers with NaN
+    /// before each solve, so tests can poison solves they run through a
+    /// binary; `TRM_GPU_SCHEDULE` (`fused`, `spread`, `auto`) sets the
+    /// schedule where it is still `auto`.
+    pub fn with_env(mut self) -> Self {
+        if std::env::var("TRM_POISON_GPU").is_ok_and(|v| v == "1") {
+            self = self.poison(true);
+        }
+        if self.schedule == GpuSchedule::Auto
+            && let Some(chosen) = std::env::var("TRM_GPU_SCHEDULE")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        {
+            self.schedule = chosen;
+        }
+        self
     }
 
     /// Sets [`GpuRunOptions::max_flops_per_dispatch`].
