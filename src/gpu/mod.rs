@@ -2,15 +2,21 @@
 //! recursion resident on the device.
 //!
 //! A solve uploads the token ids and the initial carry, records one
-//! embedding dispatch, then one dispatch per network call (the fused
-//! recursion step: `shaders/mixer_step.wgsl` for the MLP-mixer model,
+//! embedding dispatch, then N_sup x T x (n + 1) network calls in one of two
+//! schedules ([`GpuSchedule`]): `fused`, one dispatch per call with a
+//! workgroup per puzzle (`shaders/mixer_step.wgsl` for the MLP-mixer model,
 //! `shaders/attention_step.wgsl` for the attention model, both built on the
-//! shared prelude `shaders/common/step_common.wgsl`) for N_sup x T x (n + 1)
-//! calls, the heads after the last ACT step, and reads back only the outputs. With
-//! early halting the q logits are read after each ACT step and the puzzles
-//! that halted are dropped from the dispatches (an index buffer maps
-//! workgroups to the puzzles still running). Batches beyond the device's
-//! buffer or dispatch limits are split into chunks, each solved the same way.
+//! shared prelude `shaders/common/step_common.wgsl`), cut into slices so
+//! that no dispatch runs too long; or `spread`, each call's phases one
+//! dispatch each over the whole batch's tiles (`shaders/spread_step.wgsl`,
+//! planned by `spread.rs`), which fills a device at batch 1. Then the heads
+//! after the last ACT step, and only the outputs the caller asks for are
+//! read back. With early halting the device decides after each ACT step
+//! (`shaders/halt.wgsl`: an index buffer maps workgroups to the puzzles
+//! still running, and the fused steps and the heads dispatch indirectly
+//! from its count), so the solve is still recorded ahead; the host reads
+//! the running count one ACT step behind. Batches beyond the device's
+//! buffer or dispatch limits are split into chunks, pipelined.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -187,8 +193,9 @@ pub struct GpuRunOptions {
     /// most this many FLOPs (estimated), so that no single dispatch runs
     /// long enough to trip a watchdog on a GPU without fine-grained
     /// preemption: 4e11 is 0.4 s at 1 TFLOP/s, 330 Sudoku puzzles or 25 of
-    /// ARC size a dispatch. The spread schedule's dispatches are each a
-    /// phase of one call, far below it. Default 4e11.
+    /// ARC size a dispatch. The spread schedule's dispatches are each one
+    /// phase of a call (far below it at the small batches it is for).
+    /// Default 4e11.
     pub max_flops_per_dispatch: u64,
     /// At most this many puzzles per chunk (default: as the device allows).
     pub max_chunk_puzzles: Option<usize>,
