@@ -68,7 +68,7 @@
 // All four products share one call site (one copy of the tile code).
 //
 // Why one dispatch holds it everywhere: attention needs no workgroup memory
-// beyond the product's two tiles (16 KiB at TK = 32, 8 KiB at TK = 16), its
+// beyond the product's two tiles (16 KiB at SK = 16, 8 KiB at SK = 8), its
 // scratch is per puzzle in the scratch binding, and a workgroup can walk
 // every phase of its own puzzle with storage barriers. So the recursion
 // step is one dispatch on every adapter that passes the context's checks
@@ -91,14 +91,16 @@
 //          + HEADS HB Q (Q (2 ceil(HD/TK) + 3 + 2 (64/TK)) + 3)) + 8 L + 1
 //          (ARC at TK 32: 140 177, 20 160 per layer the attention's).
 
-// Designed for: the large-batch ("fused") schedule, as mixer_step.wgsl
-// (about 30% of FMA peak, bound by the prelude's scalar workgroup loads and
-// 2 barriers per K step; the attention tiles add 3 row reductions per key
-// tile). A dispatch covers the running puzzles params.first .. params.first
-// + workgroups. The spread schedule's entry points at the end of this file
-// run the same attention tiles one per workgroup, for small batches.
+// Designed for: the large-batch ("fused") schedule, as mixer_step.wgsl.
+// The four products run the prelude's vec4, double-buffered tile code;
+// the attention tiles still use their own scalar layout in the same
+// workgroup memory (8 scalar loads per 16 FMAs, 2 barriers per step and 3
+// row reductions per key tile), about 30% of FMA peak there. A dispatch
+// covers the running puzzles params.first .. params.first + workgroups.
+// The spread schedule's entry points at the end of this file run the same
+// attention tiles one per workgroup, for small batches.
 
-// Overrides of the prelude: S, D, DP, CI, L_LAYERS, EPS, TK.
+// Overrides of the prelude: S, D, DP, CI, L_LAYERS, EPS, SK (and TK = 2 SK).
 override HEADS: u32;      // attention heads
 override HD: u32;         // head width, D / HEADS
 override ROPE: bool;      // rotary position embedding on q and k
@@ -126,6 +128,37 @@ var<private> o0: vec4<f32>;
 var<private> o1: vec4<f32>;
 var<private> o2: vec4<f32>;
 var<private> o3: vec4<f32>;
+
+// The attention's own tiles: float views [TK][64] of the prelude's product
+// tiles sa and sb (TK = 2 SK floats deep, the same 16 KiB), in their own
+// layout (k-major, rows or columns ty + 16 i, tx + 16 j).
+fn a_get(i: u32) -> f32 {
+    return sa[i / 4u][i % 4u];
+}
+fn a_set(i: u32, v: f32) {
+    sa[i / 4u][i % 4u] = v;
+}
+fn b_get(i: u32) -> f32 {
+    return sb[i / 4u][i % 4u];
+}
+fn b_set(i: u32, v: f32) {
+    sb[i / 4u][i % 4u] = v;
+}
+
+// acc += the a tile^T-block @ the b tile-block over TK rows: acc_i holds
+// row ty + 16 i, component j column tx + 16 j (the attention's layout).
+fn multiply_tile(ty: u32, tx: u32) {
+    for (var kk = 0u; kk < TK; kk++) {
+        let ai = kk * TM + ty;
+        let bi = kk * TN + tx;
+        let a = vec4<f32>(a_get(ai), a_get(ai + 16u), a_get(ai + 32u), a_get(ai + 48u));
+        let b = vec4<f32>(b_get(bi), b_get(bi + 16u), b_get(bi + 32u), b_get(bi + 48u));
+        acc0 = fma(vec4<f32>(a.x), b, acc0);
+        acc1 = fma(vec4<f32>(a.y), b, acc1);
+        acc2 = fma(vec4<f32>(a.z), b, acc2);
+        acc3 = fma(vec4<f32>(a.w), b, acc3);
+    }
+}
 
 // A float of the RoPE tables (cos at 0, sin at S HD, from `tables`).
 fn table(tables: u32, i: u32) -> f32 {
@@ -167,7 +200,7 @@ fn load_q(lid: u32, qkv: u32, head: u32, q0: u32, c: u32) {
         if (q0 + row < S && c + kk < HD) {
             v = scratch[qkv + (q0 + row) * 3u * D + head * HD + c + kk];
         }
-        a_tile[kk * TM + row] = v;
+        a_set(kk * TM + row, v);
     }
 }
 
@@ -181,7 +214,7 @@ fn load_k(lid: u32, qkv: u32, head: u32, k0: u32, c: u32) {
         if (k0 + n < S && c + kk < HD) {
             v = scratch[qkv + (k0 + n) * 3u * D + D + head * HD + c + kk];
         }
-        b_tile[kk * TN + n] = v;
+        b_set(kk * TN + n, v);
     }
 }
 
@@ -195,7 +228,7 @@ fn load_v(lid: u32, qkv: u32, head: u32, k0: u32, hb: u32) {
         if (k0 + kk < S && hb + n < HD) {
             v = scratch[qkv + (k0 + kk) * 3u * D + 2u * D + head * HD + hb + n];
         }
-        b_tile[kk * TN + n] = v;
+        b_set(kk * TN + n, v);
     }
 }
 
@@ -206,10 +239,10 @@ fn store_p(ty: u32, tx: u32, c: u32) {
         let col = tx + 16u * j;
         if (col >= c && col < c + TK) {
             let base = (col - c) * TM + ty;
-            a_tile[base] = p0[j];
-            a_tile[base + 16u] = p1[j];
-            a_tile[base + 32u] = p2[j];
-            a_tile[base + 48u] = p3[j];
+            a_set(base, p0[j]);
+            a_set(base + 16u, p1[j]);
+            a_set(base + 32u, p2[j]);
+            a_set(base + 48u, p3[j]);
         }
     }
 }
@@ -219,25 +252,25 @@ fn store_p(ty: u32, tx: u32, c: u32) {
 // into b_tile, every invocation reads its rows back.
 fn row_reduce(lid: u32, ty: u32, tx: u32, v: vec4<f32>, take_max: bool) -> vec4<f32> {
     workgroupBarrier();
-    a_tile[ty * 16u + tx] = v.x;
-    a_tile[(ty + 16u) * 16u + tx] = v.y;
-    a_tile[(ty + 32u) * 16u + tx] = v.z;
-    a_tile[(ty + 48u) * 16u + tx] = v.w;
+    a_set(ty * 16u + tx, v.x);
+    a_set((ty + 16u) * 16u + tx, v.y);
+    a_set((ty + 32u) * 16u + tx, v.z);
+    a_set((ty + 48u) * 16u + tx, v.w);
     workgroupBarrier();
     if (lid < 64u) {
-        var r = a_tile[lid * 16u];
+        var r = a_get(lid * 16u);
         for (var u = 1u; u < 16u; u++) {
-            let x = a_tile[lid * 16u + u];
+            let x = a_get(lid * 16u + u);
             if (take_max) {
                 r = max(r, x);
             } else {
                 r = r + x;
             }
         }
-        b_tile[lid] = r;
+        b_set(lid, r);
     }
     workgroupBarrier();
-    return vec4<f32>(b_tile[ty], b_tile[ty + 16u], b_tile[ty + 32u], b_tile[ty + 48u]);
+    return vec4<f32>(b_get(ty), b_get(ty + 16u), b_get(ty + 32u), b_get(ty + 48u));
 }
 
 fn row_max(a: vec4<f32>, mask: vec4<bool>) -> f32 {
@@ -375,11 +408,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             switch kind {
                 case QKV: {
                     op = Product(w, 3u * D, S, D, DP, false, true, state, 1u, D,
-                                 OUT_SCRATCH, work, 1u, 3u * D);
+                                 OUT_SCRATCH, work, 1u, 3u * D, false, 0u);
                 }
                 case O_PROJ: {
                     op = Product(w + qkv_len, D, S, D, DP, false, false, heads_out, 1u, D,
-                                 OUT_ADD_STATE, state, 1u, D);
+                                 OUT_ADD_STATE, state, 1u, D, false, 0u);
                 }
                 case CHANNEL_GATE_UP: {
                     op = channel_gate_up(state, work, ch);

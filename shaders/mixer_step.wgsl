@@ -29,22 +29,18 @@
 //
 // Work split: one workgroup of 256 invocations per active puzzle; it walks
 // the phases below in uniform control flow, a storageBarrier between phases.
-// The four matrix products (the prelude's `product`) are tiled 64 x 64 (32 x 64 gated outputs for the
-// gate/up products, whose A tile holds 32 gate rows and the 32 matching up
-// rows), K in steps of TK = 32 through 16 KiB of workgroup memory (A tile
-// 64 x TK, B tile TK x 64; TK = 16 where the adapter has less than 16 KiB);
-// each invocation keeps a 4 x 4 register block,
-// rows ty + 16 i and columns tx + 16 j. A tiles (weights) are read with vec4
-// loads; B tiles (activations, sizes not multiples of 4) with scalar loads,
-// consecutive invocations reading consecutive addresses. SiLU, the gating,
-// the residual add are applied to the register block before it is stored;
+// The four matrix products run the prelude's `product` (its tile code is
+// the spread schedule's too: see step_common.wgsl), tiled 64 x 64 (32 x 64
+// gated outputs for the gate/up products), K in double-buffered steps of
+// SK = 16 (8 where the adapter has less than 16 KiB of workgroup memory),
+// 4 x 4 register blocks read as vec4 fragments. SiLU, the gating, the
+// residual add are applied to the register block before it is stored;
 // the RMSNorms (over S per column, over D per row) run one invocation per
 // column or row, with no workgroup reduction and so no extra barrier.
 // A weight is read once per column tile of its product, per workgroup and
 // step: ceil(D/64) times for the token products, ceil(S/64) for the channel
 // ones (8 and 2 at Sudoku size), after the first workgroup from cache. Once
-// per step would need tiles spanning all of N (S = 97 fits one 128-wide tile
-// at TK = 16); that trade-off belongs to the performance issue.
+// per step for the whole batch is what the spread schedule does.
 //
 // Cost per puzzle per recursion step (one dispatch), L = L_LAYERS:
 //   FLOPs  L (6 S D TI + 6 S D CI) for the products, plus O(L S D) for the
@@ -54,24 +50,24 @@
 //          (Sudoku: 47 MB read, 20 MB of them distinct), plus about
 //          4 L (8 S D + 3 TI D + 3 CI S) of activation traffic through the
 //          per-puzzle state and scratch (L2-resident at small batch).
-//   barriers  L (2 ceil(TI/32) ceil(D/64) ceil(S/TK) + 2 ceil(S/64) ceil(D/64) ceil(TI/TK)
-//          + 2 ceil(CI/32) ceil(S/64) ceil(D/TK) + 2 ceil(D/64) ceil(S/64) ceil(CI/TK)) + 6 L + 1
-//          (Sudoku: 12 301, which is why lavapipe, where a barrier costs
+//   barriers  L (ceil(TI/32) ceil(D/64) (ceil(SP/SK) + 1) + ceil(S/64) ceil(D/64) (TI/SK + 1)
+//          + ceil(CI/32) ceil(S/64) (ceil(DP/SK) + 1) + ceil(D/64) ceil(S/64) (CI/SK + 1))
+//          + 6 L + 1 (Sudoku at SK 16: 12 557, which is why lavapipe, where a barrier costs
 //          microseconds, wants small CI models).
 //
 // Designed for: the large-batch ("fused") schedule, where the batch alone
 // fills the device (a puzzle per workgroup, every compute unit holding a
-// few): about 30% of FMA peak, bound by the workgroup-memory loads of the
-// prelude's tile loop (8 scalar loads per 16 FMAs) and by its 2 barriers
-// per K step. Small batches run the spread schedule instead
-// (spread_step.wgsl: each phase a dispatch over the whole batch's tiles,
-// vec4 fragments and one barrier per K step).
+// few): about 50% of FMA peak in the products (2 vec4 workgroup loads per
+// 16 FMAs, one barrier per K step), bound by the per-row norms and by the
+// weight traffic of each puzzle's own tile walk. Small batches run the
+// spread schedule instead (spread_step.wgsl: each phase a dispatch over the
+// whole batch's tiles).
 //
 // A dispatch covers the running puzzles params.first .. params.first +
 // workgroups (the host cuts a large batch into slices, so that no
 // dispatch runs long enough to trip an OS watchdog).
 
-// Overrides of the prelude: S, D, DP, CI, L_LAYERS, EPS, TK.
+// Overrides of the prelude: S, D, DP, CI, L_LAYERS, EPS, SK.
 override TI: u32;         // token-mixing SwiGLU width, inter(S)
 override SP: u32;         // S rounded up to a multiple of 4
 
@@ -107,11 +103,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             var op: Product;
             switch kind {
                 case TOKEN_GATE_UP: {
-                    op = Product(w, TI, D, S, SP, true, true, state, D, 1u, OUT_SCRATCH, work, D, 1u);
+                    op = Product(w, TI, D, S, SP, true, true, state, D, 1u, OUT_SCRATCH, work, D, 1u, false, 0u);
                 }
                 case TOKEN_DOWN: {
                     op = Product(w + tok_gu_len, S, D, TI, TI, false, false, work, D, 1u,
-                                 OUT_ADD_STATE, state, D, 1u);
+                                 OUT_ADD_STATE, state, D, 1u, false, 0u);
                 }
                 case CHANNEL_GATE_UP: {
                     op = channel_gate_up(state, work, ch);

@@ -32,15 +32,24 @@
 //   4 params   uniform (dynamic offset) which region is the state, which the
 //              injection (z update: state z, injection y + x; y update: y, z)
 //
-// The product's tiling: 64 x 64 output tiles (32 x 64 gated outputs for a
+// The product's tiling (`product_tile`, used by the fused kernels'
+// `product` for every tile of one puzzle and by the spread schedule for one
+// tile per workgroup): 64 x 64 output tiles (32 x 64 gated outputs for a
 // gate/up product, whose A tile holds 32 gate rows and the 32 matching up
-// rows), K in steps of TK = 32 through 16 KiB of workgroup memory (A tile
-// 64 x TK, B tile TK x 64; TK = 16 where the adapter has less than 16 KiB);
-// each of the 256 invocations keeps a 4 x 4 register block, rows ty + 16 i
-// and columns tx + 16 j. A tiles (weights) are read with vec4 loads; B tiles
-// with scalar loads, consecutive invocations reading consecutive addresses
-// (along k when B's k stride is 1, else along n). Barriers: 2 per K step of
-// every output tile; every loop bound is uniform.
+// rows, interleaved by pairs so that gate and up of an output sit in one
+// invocation); each of the 256 invocations keeps a 4 x 4 register block,
+// rows 4 ty .. 4 ty + 3 and columns 4 tx .. 4 tx + 3, so that it reads each
+// K row's A and B fragments from workgroup memory as one vec4 each (2 loads
+// per 16 FMAs). K runs in double-buffered steps of SK = 16 (2 buffers x 2
+// tiles x 64 x SK floats = 16 KiB; SK = 8 where the adapter has less): the
+// next step's tiles are loaded while the current ones are multiplied, one
+// barrier per step. Both tiles are k-major with each row's vec4 slots
+// XOR-swizzled by k, so the 16 invocations reading a row read 16 distinct
+// vec4s and the transposing stores (A's vec4 of 4 k; B's columns when its k
+// stride is 1) spread over 16 banks (at most 2-way) instead of 8- or
+// 32-way. Weights are read as vec4 along k, four invocations a row; B with
+// scalar loads, consecutive invocations reading consecutive addresses. Every
+// loop bound is uniform.
 
 override S: u32;          // state length, seq_len + P
 override D: u32;          // hidden size
@@ -49,33 +58,36 @@ override CI: u32;         // channel SwiGLU width, inter(D)
 override L_LAYERS: u32;   // blocks
 override EPS: f32;        // rms_norm_eps
 
-// Depth of a tile step: 32 where the two tiles (2 x 64 x TK floats, 16 KiB)
-// fit the adapter's workgroup memory, else 16 (Apple's 16352 bytes). 64
-// would halve the barriers where 32 KiB exist; on lavapipe it measured no
-// faster, and on GPUs it halves the workgroups resident per core.
-override TK: u32 = 32u;
-
-const WG: u32 = 256u;     // invocations per workgroup (16 x 16)
-const TM: u32 = 64u;      // rows of an A tile
-const TN: u32 = 64u;      // columns of a B tile
-
-
 @group(0) @binding(0) var<storage, read> weights: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read_write> xyz: array<f32>;
 @group(0) @binding(2) var<storage, read_write> scratch: array<f32>;
 @group(0) @binding(3) var<storage, read> running: array<u32>;
 @group(0) @binding(4) var<uniform> params: Params;
 
-// Floats of each tile. Named on purpose: naga 30 gives an array size such
-// as `TK * TM` an unnamed override of its own, and then fails (panics) on
-// any named override declared after it, as the kernels' own are.
-override TILE_FLOATS: u32 = TK * 64u;
+// Depth of a product's K step: 16 where the double-buffered tiles (2
+// buffers x 2 tiles x SK x 64 floats, 16 KiB) fit the adapter's workgroup
+// memory, else 8 (Apple's 16352 bytes).
+override SK: u32 = 16u;
+// Depth of the attention's own tile steps (attention_step.wgsl), which
+// reuse the same workgroup memory as float tiles [TK][64]: 2 SK.
+override TK: u32 = 2u * SK;
 
-var<workgroup> a_tile: array<f32, TILE_FLOATS>;   // [TK][TM], k-major
-var<workgroup> b_tile: array<f32, TILE_FLOATS>;   // [TK][TN], k-major
+const WG: u32 = 256u;     // invocations per workgroup (16 x 16)
+const TM: u32 = 64u;      // rows of an A tile
+const TN: u32 = 64u;      // columns of a B tile
 
-// The invocation's 4 x 4 register block: acc_i holds row ty + 16 i,
-// component j column tx + 16 j.
+// vec4s of one double-buffered tile. Named on purpose: naga 30 gives an
+// array size such as `32u * SK` an unnamed override of its own, and then
+// fails (panics) on any named override declared after it, as the kernels'
+// own are.
+override TILE_VEC4S: u32 = 32u * SK;
+
+var<workgroup> sa: array<vec4<f32>, TILE_VEC4S>;   // [2][SK][16]: A, k-major
+var<workgroup> sb: array<vec4<f32>, TILE_VEC4S>;   // [2][SK][16]: B, k-major
+
+// The invocation's 4 x 4 register block (named registers: an indexed
+// array would live in memory on some compilers). In a product: acc_i holds
+// row 4 ty + i, component j column 4 tx + j.
 var<private> acc0: vec4<f32>;
 var<private> acc1: vec4<f32>;
 var<private> acc2: vec4<f32>;
@@ -95,13 +107,15 @@ struct Product {
     kp: u32,         // K rounded up to a multiple of 4 (W's row length)
     paired: bool,    // W holds 2M rows: out[r] = silu(W[r] . B) * (W[M + r] . B)
     b_state: bool,   // B is in xyz (else in scratch)
-    b_base: u32,     // B[k, n] at b_base + k b_ks + n b_ns
-    b_ks: u32,
-    b_ns: u32,
+    b_base: u32,     // B[k, n] at b_base + k b_ks + n b_ns; with b_running,
+    b_ks: u32,       //   at state_base + running[n / n_inner] puzzle_stride
+    b_ns: u32,       //   + k b_ks + (n % n_inner) b_ns (the spread schedule)
     out: u32,        // OUT_SCRATCH or OUT_ADD_STATE
     o_base: u32,     // out[m, n] at o_base + m o_ms + n o_ns
     o_ms: u32,
     o_ns: u32,
+    b_running: bool,
+    n_inner: u32,
 }
 
 // SiLU that cannot produce NaN or rely on infinities: exp's argument is
@@ -111,73 +125,9 @@ fn silu(a: f32) -> f32 {
     return a / (1.0 + exp(min(-a, 88.0)));
 }
 
-// A tile: 64 weight rows (or 32 gate + 32 up rows when paired) by TK
-// columns from k0, as vec4 loads; rows beyond M and columns beyond KP are 0.
-fn load_a(lid: u32, op: Product, m0: u32, k0: u32) {
-    let row_vec4s = op.kp / 4u;
-    let step_vec4s = TK / 4u;
-    for (var r = 0u; r < TK / 16u; r++) {
-        let idx = lid + r * WG;          // 64 rows x TK / 4 vec4s
-        let row = idx / step_vec4s;
-        let q = idx % step_vec4s;
-        let k = k0 + 4u * q;
-        var grow = m0 + row;
-        var valid = grow < op.m;
-        if (op.paired) {
-            let g = m0 + (row % 32u);
-            valid = g < op.m;
-            grow = select(g, op.m + g, row >= 32u);
-        }
-        var v = vec4<f32>(0.0);
-        if (valid && k < op.kp) {
-            v = weights[op.w_off + grow * row_vec4s + k / 4u];
-        }
-        let base = 4u * q * TM + row;
-        a_tile[base] = v.x;
-        a_tile[base + TM] = v.y;
-        a_tile[base + 2u * TM] = v.z;
-        a_tile[base + 3u * TM] = v.w;
-    }
-}
-
-// B tile: TK rows (k) by 64 columns (n), zero outside K x N.
-fn load_b(lid: u32, op: Product, k0: u32, n0: u32) {
-    for (var r = 0u; r < TK / 4u; r++) {
-        let idx = lid + r * WG;          // TK x 64
-        var kk = idx / TN;
-        var nn = idx % TN;
-        if (op.b_ks == 1u) {
-            // consecutive k are consecutive in memory
-            kk = idx % TK;
-            nn = idx / TK;
-        }
-        let k = k0 + kk;
-        let n = n0 + nn;
-        var v = 0.0;
-        if (k < op.k && n < op.n) {
-            let at = op.b_base + k * op.b_ks + n * op.b_ns;
-            if (op.b_state) {
-                v = xyz[at];
-            } else {
-                v = scratch[at];
-            }
-        }
-        b_tile[kk * TN + nn] = v;
-    }
-}
-
-// acc += a_tile^T-block @ b_tile-block over the TK rows of the tiles.
-fn multiply_tile(ty: u32, tx: u32) {
-    for (var kk = 0u; kk < TK; kk++) {
-        let ai = kk * TM + ty;
-        let bi = kk * TN + tx;
-        let a = vec4<f32>(a_tile[ai], a_tile[ai + 16u], a_tile[ai + 32u], a_tile[ai + 48u]);
-        let b = vec4<f32>(b_tile[bi], b_tile[bi + 16u], b_tile[bi + 32u], b_tile[bi + 48u]);
-        acc0 = fma(vec4<f32>(a.x), b, acc0);
-        acc1 = fma(vec4<f32>(a.y), b, acc1);
-        acc2 = fma(vec4<f32>(a.z), b, acc2);
-        acc3 = fma(vec4<f32>(a.w), b, acc3);
-    }
+// silu(g) * u, component-wise.
+fn gated(g: vec4<f32>, u: vec4<f32>) -> vec4<f32> {
+    return g / (1.0 + exp(min(-g, vec4<f32>(88.0)))) * u;
 }
 
 fn zero_acc() {
@@ -187,57 +137,166 @@ fn zero_acc() {
     acc3 = vec4<f32>(0.0);
 }
 
-// Writes the register block through the product's epilogue.
-fn store_tile(op: Product, ty: u32, tx: u32, m0: u32, n0: u32) {
-    for (var j = 0u; j < 4u; j++) {
-        let n = n0 + tx + 16u * j;
-        if (n >= op.n) {
-            continue;
+// vec4 slot of group v (rows or columns 4v .. 4v + 3) in row k (< 16) of
+// buffer `buf`: XOR-swizzled, so that the 16 invocations reading a row read
+// 16 distinct vec4s and the transposing stores spread over 16 banks.
+fn slot(buf: u32, k: u32, v: u32) -> u32 {
+    return (buf * SK + k) * 16u + (v ^ k);
+}
+
+// The B elements this invocation loads in every K step of a tile (SK / 4
+// of them): their column's first element, tile row and column, and whether
+// the column exists. Fixed for the whole tile.
+var<private> b_col: array<u32, 4>;
+var<private> b_kk: array<u32, 4>;
+var<private> b_nn: array<u32, 4>;
+var<private> b_ok: array<bool, 4>;
+
+fn b_columns(lid: u32, op: Product, n0: u32) {
+    for (var r = 0u; r < SK / 4u; r++) {
+        let idx = lid + r * WG;              // SK x 64 elements
+        var kk = idx / 64u;
+        var nn = idx % 64u;
+        if (op.b_ks == 1u) {
+            // consecutive k are consecutive in memory
+            kk = idx % SK;
+            nn = idx / SK;
         }
-        if (op.paired) {
-            let r0 = m0 + ty;
-            let r1 = r0 + 16u;
-            if (r0 < op.m) { scratch[op.o_base + r0 * op.o_ms + n * op.o_ns] = silu(acc0[j]) * acc2[j]; }
-            if (r1 < op.m) { scratch[op.o_base + r1 * op.o_ms + n * op.o_ns] = silu(acc1[j]) * acc3[j]; }
+        let n = n0 + nn;
+        b_kk[r] = kk;
+        b_nn[r] = nn;
+        b_ok[r] = n < op.n;
+        if (op.b_running) {
+            let p = min(n / op.n_inner, op.n / op.n_inner - 1u);
+            b_col[r] = params.state_base + running[p] * params.puzzle_stride
+                + (n % op.n_inner) * op.b_ns;
         } else {
-            let rows = vec4<u32>(m0 + ty, m0 + ty + 16u, m0 + ty + 32u, m0 + ty + 48u);
-            let vals = vec4<f32>(acc0[j], acc1[j], acc2[j], acc3[j]);
-            for (var i = 0u; i < 4u; i++) {
-                let row = rows[i];
-                if (row < op.m) {
-                    let at = op.o_base + row * op.o_ms + n * op.o_ns;
-                    if (op.out == OUT_ADD_STATE) {
-                        xyz[at] = xyz[at] + vals[i];
-                    } else {
-                        scratch[at] = vals[i];
-                    }
-                }
+            b_col[r] = op.b_base + n * op.b_ns;
+        }
+    }
+}
+
+// Loads the A and B tiles of K step [k0, k0 + SK) into buffer `buf`, zero
+// beyond `kend` and outside the matrices.
+fn load_tiles(lid: u32, op: Product, buf: u32, m0: u32, k0: u32, kend: u32) {
+    // A: 64 rows x SK / 4 vec4s, one (or half a) vec4 per invocation; four
+    // consecutive invocations read one row's SK floats.
+    let q_per_row = SK / 4u;
+    if (lid < 16u * SK) {
+        let row = lid / q_per_row;
+        let q = lid % q_per_row;
+        let k = k0 + 4u * q;
+        var grow = m0 + row;
+        var valid = grow < op.m;
+        if (op.paired) {
+            // tile rows 4i, 4i + 1: gate rows of outputs 2i, 2i + 1;
+            // 4i + 2, 4i + 3: their up rows
+            let o = m0 + 2u * (row / 4u) + (row % 2u);
+            valid = o < op.m;
+            grow = select(o, op.m + o, (row % 4u) >= 2u);
+        }
+        var v = vec4<f32>(0.0);
+        if (valid && k < min(op.kp, kend)) {
+            v = weights[op.w_off + grow * (op.kp / 4u) + k / 4u];
+        }
+        let g = row / 4u;
+        let c = row % 4u;
+        sa[slot(buf, 4u * q, g)][c] = v.x;
+        sa[slot(buf, 4u * q + 1u, g)][c] = v.y;
+        sa[slot(buf, 4u * q + 2u, g)][c] = v.z;
+        sa[slot(buf, 4u * q + 3u, g)][c] = v.w;
+    }
+    // B: SK x 64 scalars, SK / 4 per invocation
+    let kb = min(op.k, kend);
+    for (var r = 0u; r < SK / 4u; r++) {
+        let k = k0 + b_kk[r];
+        var v = 0.0;
+        if (b_ok[r] && k < kb) {
+            let at = b_col[r] + k * op.b_ks;
+            if (op.b_state) {
+                v = xyz[at];
+            } else {
+                v = scratch[at];
+            }
+        }
+        sb[slot(buf, b_kk[r], b_nn[r] / 4u)][b_nn[r] % 4u] = v;
+    }
+}
+
+// Writes the outputs (r, n .. n + 3) of `v` that exist through the
+// product's epilogue.
+fn store_row(op: Product, o: u32, r: u32, n: u32, v: vec4<f32>) {
+    if (r >= op.m) {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        if (n + j < op.n) {
+            let at = o + r * op.o_ms + (n + j) * op.o_ns;
+            if (op.out == OUT_ADD_STATE) {
+                xyz[at] = xyz[at] + v[j];
+            } else {
+                scratch[at] = v[j];
             }
         }
     }
 }
 
-// One matrix product over all its output tiles. Every loop bound is
-// uniform. The caller puts a storageBarrier after it before reading its
-// output.
-fn product(lid: u32, op: Product) {
-    let tile_rows = select(TM, TM / 2u, op.paired);
-    let tiles_n = (op.n + TN - 1u) / TN;
-    let tiles = ((op.m + tile_rows - 1u) / tile_rows) * tiles_n;
+// One output tile of `op` from rows m0 and columns n0, over the K range
+// [kbeg, kend) (kend a multiple of SK, or op.kp), written at o_base + o:
+// the double-buffered K loop, one barrier per step. Uniform control flow.
+fn product_tile(lid: u32, op: Product, m0: u32, n0: u32, kbeg: u32, kend: u32, o: u32) {
+    let steps = (kend - kbeg + SK - 1u) / SK;
     let ty = lid / 16u;
     let tx = lid % 16u;
-    for (var t = 0u; t < tiles; t++) {
-        let m0 = (t / tiles_n) * tile_rows;
-        let n0 = (t % tiles_n) * TN;
-        zero_acc();
-        for (var k0 = 0u; k0 < op.k; k0 += TK) {
-            workgroupBarrier();
-            load_a(lid, op, m0, k0);
-            load_b(lid, op, k0, n0);
-            workgroupBarrier();
-            multiply_tile(ty, tx);
+    b_columns(lid, op, n0);
+    zero_acc();
+    load_tiles(lid, op, 0u, m0, kbeg, kend);
+    workgroupBarrier();
+    for (var st = 0u; st < steps; st++) {
+        let cur = st % 2u;
+        if (st + 1u < steps) {
+            load_tiles(lid, op, 1u - cur, m0, kbeg + (st + 1u) * SK, kend);
         }
-        store_tile(op, ty, tx, m0, n0);
+        for (var kk = 0u; kk < SK; kk++) {
+            let a = sa[slot(cur, kk, ty)];
+            let b = sb[slot(cur, kk, tx)];
+            acc0 = fma(vec4<f32>(a.x), b, acc0);
+            acc1 = fma(vec4<f32>(a.y), b, acc1);
+            acc2 = fma(vec4<f32>(a.z), b, acc2);
+            acc3 = fma(vec4<f32>(a.w), b, acc3);
+        }
+        workgroupBarrier();
+    }
+    let n = n0 + 4u * tx;
+    if (op.paired) {
+        // rows 4 ty, 4 ty + 1: gates of outputs 2 ty, 2 ty + 1; then their ups
+        store_row(op, o, m0 + 2u * ty, n, gated(acc0, acc2));
+        store_row(op, o, m0 + 2u * ty + 1u, n, gated(acc1, acc3));
+    } else {
+        store_row(op, o, m0 + 4u * ty, n, acc0);
+        store_row(op, o, m0 + 4u * ty + 1u, n, acc1);
+        store_row(op, o, m0 + 4u * ty + 2u, n, acc2);
+        store_row(op, o, m0 + 4u * ty + 3u, n, acc3);
+    }
+}
+
+// Output tiles of a product: 64 rows (32 gated outputs when paired) by 64
+// columns.
+fn tiles_m(op: Product) -> u32 {
+    return (op.m + select(TM, TM / 2u, op.paired) - 1u) / select(TM, TM / 2u, op.paired);
+}
+fn tiles_n(op: Product) -> u32 {
+    return (op.n + TN - 1u) / TN;
+}
+
+// One matrix product over all its output tiles, by one workgroup (the fused
+// kernels). Every loop bound is uniform. The caller puts a storageBarrier
+// after it before reading its output.
+fn product(lid: u32, op: Product) {
+    let tn = tiles_n(op);
+    let tile_rows = select(TM, TM / 2u, op.paired);
+    for (var t = 0u; t < tiles_m(op) * tn; t++) {
+        product_tile(lid, op, (t / tn) * tile_rows, (t % tn) * TN, 0u, op.kp, op.o_base);
     }
 }
 
@@ -255,12 +314,12 @@ fn inject(lid: u32, state: u32, inj_a: u32, inj_b: u32) {
 // Channel SwiGLU, first product: gated [CI, S] = silu(g) * u (stored
 // transposed in the scratch at `work`), [g | u] = ch_gu [2CI, DP] @ h^T.
 fn channel_gate_up(state: u32, work: u32, w_off: u32) -> Product {
-    return Product(w_off, CI, S, D, DP, true, true, state, 1u, D, OUT_SCRATCH, work, S, 1u);
+    return Product(w_off, CI, S, D, DP, true, true, state, 1u, D, OUT_SCRATCH, work, S, 1u, false, 0u);
 }
 
 // Channel SwiGLU, second product: h^T [D, S] += ch_dn [D, CI] @ gated [CI, S].
 fn channel_down(state: u32, work: u32, w_off: u32) -> Product {
-    return Product(w_off, D, S, CI, CI, false, false, work, S, 1u, OUT_ADD_STATE, state, 1u, D);
+    return Product(w_off, D, S, CI, CI, false, false, work, S, 1u, OUT_ADD_STATE, state, 1u, D, false, 0u);
 }
 
 // Floats (vec4s) of the channel SwiGLU weights of one layer:

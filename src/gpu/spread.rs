@@ -45,14 +45,10 @@ const MIN_SPLIT_K: u32 = 64;
 /// Workgroups in x of a 2-D grid (a dimension may hold 65535 at least).
 const GRID_X: u32 = 32768;
 
-/// The K depth of a product step: 16 where 16 KiB of workgroup memory hold
-/// the double-buffered tiles (2 x 2 x 16 x 64 floats), else 8.
+/// The K depth SK of a product step the kernels were built with (the
+/// plan's split lengths are multiples of it).
 pub(crate) fn spread_depth(workgroup_bytes: u32) -> u32 {
-    if workgroup_bytes >= 2 * 2 * 16 * 64 * 4 {
-        16
-    } else {
-        8
-    }
+    super::step_common::tile_depth(workgroup_bytes).unwrap_or(8)
 }
 
 /// What one dispatch of the schedule runs.
@@ -109,9 +105,7 @@ impl SpreadKernels {
     /// Builds the spread pipelines on the step kernel's bind group layout
     /// (so the chunk's step bind group serves both schedules).
     pub(crate) fn new(ctx: &GpuContext, config: &TrmConfig, step: &StepPipeline) -> Result<Self> {
-        let sk = spread_depth(ctx.limits().max_compute_workgroup_storage_size);
-        let own = [("SK", f64::from(sk))];
-        let kernel = |name, entry| step.sibling(ctx, name, entry, SOURCE, false, &own);
+        let kernel = |name, entry| step.sibling(ctx, name, entry, SOURCE, false, &[]);
         let attention = |name, entry| step.sibling(ctx, name, entry, ATTENTION_SOURCE, true, &[]);
         let rope = config.pos_encodings == PosEncodings::Rope;
         Ok(SpreadKernels {

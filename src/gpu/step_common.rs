@@ -54,14 +54,15 @@ pub(crate) fn channel_floats(config: &TrmConfig) -> usize {
     2 * ci * pad4(d) + d * pad4(ci)
 }
 
-/// Depth of a tile step for `workgroup_bytes` of workgroup memory: 32
-/// (16 KiB) where the adapter has the WebGPU default, 16 (8 KiB) where it
-/// has less (Apple's 16352 bytes). 64 (32 KiB, half the barriers) measured
-/// no faster on lavapipe and costs occupancy on GPUs, so it is not used.
+/// Depth SK of a product's K step for `workgroup_bytes` of workgroup
+/// memory, which holds the double-buffered A and B tiles (2 x 2 x 64 x SK
+/// floats): 16 (16 KiB) where the adapter has the WebGPU default, 8 (8 KiB)
+/// where it has less (Apple's 16352 bytes). The attention's own tiles use
+/// the same memory, 2 SK deep.
 pub(crate) fn tile_depth(workgroup_bytes: u32) -> Option<u32> {
-    [32u32, 16]
+    [16u32, 8]
         .into_iter()
-        .find(|tk| 2 * 64 * tk * 4 <= workgroup_bytes)
+        .find(|sk| 2 * 2 * 64 * sk * 4 <= workgroup_bytes)
 }
 
 /// The bindings of every recursion-step kernel: weights, xyz, scratch,
@@ -91,7 +92,7 @@ pub(crate) struct StepPipeline {
 impl StepPipeline {
     /// Uploads `packed` (the kernel's weight layout) and builds the pipeline
     /// of `kernel` with the prelude's constants (S, D, DP, CI, L_LAYERS,
-    /// EPS, TK) followed by the kernel's own `constants`.
+    /// EPS, SK) followed by the kernel's own `constants`.
     pub(crate) fn new(
         ctx: &GpuContext,
         config: &TrmConfig,
@@ -118,7 +119,7 @@ impl StepPipeline {
             ("CI", config.channel_inter() as f64),
             ("L_LAYERS", config.l_layers as f64),
             ("EPS", config.rms_norm_eps as f32 as f64),
-            ("TK", tile_depth as f64),
+            ("SK", tile_depth as f64),
         ];
         let prelude = all.clone();
         all.extend_from_slice(constants);
@@ -197,9 +198,9 @@ mod tests {
 
     #[test]
     fn tile_depth_fits_workgroup_memory() {
-        assert_eq!(tile_depth(16384), Some(32));
-        assert_eq!(tile_depth(16352), Some(16));
-        assert_eq!(tile_depth(32768), Some(32));
+        assert_eq!(tile_depth(16384), Some(16));
+        assert_eq!(tile_depth(16352), Some(8));
+        assert_eq!(tile_depth(32768), Some(16));
         assert_eq!(tile_depth(4096), None);
     }
 
