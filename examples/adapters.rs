@@ -56,7 +56,7 @@ fn main() {
             );
             match (&a.unsuitable, a.tile_depth) {
                 (None, Some(depth)) => println!(
-                    "    engine: runs the fused recursion step ({depth}-deep tile steps); trm bench times it{}",
+                    "    engine: runs the fused and the spread schedule ({depth}-deep double-buffered K steps); trm bench times it{}",
                     if a.timestamp_queries {
                         " with GPU timestamps"
                     } else {

@@ -239,7 +239,10 @@ fn adapters_lists_every_backend() {
         assert!(stdout.contains(api), "{stdout}");
     }
     if common::gpu::context().is_some() {
-        assert!(stdout.contains("runs the fused recursion step"), "{stdout}");
+        assert!(
+            stdout.contains("runs the fused and the spread schedule"),
+            "{stdout}"
+        );
         let json = run("adapters", &["--json"]);
         let rows: Vec<HashMap<String, serde_json::Value>> = String::from_utf8_lossy(&json.stdout)
             .lines()

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::GpuBackend;
-use super::context::{needs, unsuitable};
+use super::context::unsuitable;
 
 /// One adapter and what the engine can do on it.
 #[derive(Clone, Debug, Serialize)]
@@ -23,8 +23,8 @@ pub struct AdapterReport {
     pub max_buffer_size: u64,
     /// Largest storage binding, bytes: bounds the puzzles of one chunk.
     pub max_storage_buffer_binding_size: u64,
-    /// Workgroup memory, bytes: 16 KiB gives the fused step its 32-deep
-    /// tile steps, 8 KiB its 16-deep ones.
+    /// Workgroup memory, bytes: 16 KiB gives the products their 16-deep
+    /// double-buffered K steps, 8 KiB 8-deep ones.
     pub max_compute_workgroup_storage_size: u32,
     /// Invocations per workgroup (the step needs 256).
     pub max_compute_invocations_per_workgroup: u32,
@@ -38,9 +38,10 @@ pub struct AdapterReport {
     pub shader_f16: bool,
     /// Whether the adapter offers subgroup operations (unused so far).
     pub subgroups: bool,
-    /// `None` when the fused recursion step runs here; else why not.
+    /// `None` when the GPU engine (both schedules) runs here; else why not.
     pub unsuitable: Option<String>,
-    /// Depth of the fused step's tile steps on this adapter (32 or 16).
+    /// Depth of the products' double-buffered K steps on this adapter (16
+    /// or 8; the attention's own tiles run twice as deep).
     pub tile_depth: Option<u32>,
 }
 
@@ -71,7 +72,6 @@ pub async fn list_adapters_async(backend: GpuBackend) -> Vec<AdapterReport> {
             let limits = adapter.limits();
             let features = adapter.features();
             let reason = unsuitable(&limits);
-            let wide_tiles = 2 * 64 * 32 * 4;
             AdapterReport {
                 name: info.name.clone(),
                 api: format!("{:?}", info.backend).to_lowercase(),
@@ -91,17 +91,10 @@ pub async fn list_adapters_async(backend: GpuBackend) -> Vec<AdapterReport> {
                 timestamp_queries: features.contains(wgpu::Features::TIMESTAMP_QUERY),
                 shader_f16: features.contains(wgpu::Features::SHADER_F16),
                 subgroups: features.contains(wgpu::Features::SUBGROUP),
-                tile_depth: reason.is_none().then_some(
-                    if limits.max_compute_workgroup_storage_size >= wide_tiles {
-                        32
-                    } else {
-                        debug_assert!(
-                            limits.max_compute_workgroup_storage_size
-                                >= needs::MIN_WORKGROUP_STORAGE
-                        );
-                        16
-                    },
-                ),
+                tile_depth: reason.is_none().then(|| {
+                    super::step_common::tile_depth(limits.max_compute_workgroup_storage_size)
+                        .unwrap_or(8)
+                }),
                 unsuitable: reason,
             }
         })
