@@ -86,10 +86,10 @@
 //          each read Q HB times per head: 12 L Q HB S D (ARC: 169 MB, from
 //          cache); plus about 4 L (12 S D + 3 CI S) for the products'
 //          activations.
-//   barriers  L (2 ceil(3D/64) Q ceil(D/TK) + 2 ceil(D/64) Q ceil(D/TK)
-//          + 2 ceil(CI/32) Q ceil(D/TK) + 2 ceil(D/64) Q ceil(CI/TK)
-//          + HEADS HB Q (Q (2 ceil(HD/TK) + 3 + 2 (64/TK)) + 3)) + 8 L + 1
-//          (ARC at TK 32: 140 177, 20 160 per layer the attention's).
+//   barriers  L ((ceil(3D/64) + ceil(D/64) + ceil(CI/32)) Q (ceil(DP/SK) + 1)
+//          + ceil(D/64) Q (CI/SK + 1)
+//          + HEADS HB Q (Q (2 ceil(HD/TK) + 3 + 2 (64/TK)) + 3)) + L (8 + 4 Q) + 1
+//          (ARC at SK 16, TK 32: 142 937, 20 160 per layer the attention's).
 
 // Designed for: the large-batch ("fused") schedule, as mixer_step.wgsl.
 // The four products run the prelude's vec4, double-buffered tile code;

@@ -35,8 +35,9 @@
 // SK = 16 (8 where the adapter has less than 16 KiB of workgroup memory),
 // 4 x 4 register blocks read as vec4 fragments. SiLU, the gating, the
 // residual add are applied to the register block before it is stored;
-// the RMSNorms (over S per column, over D per row) run one invocation per
-// column or row, with no workgroup reduction and so no extra barrier.
+// the RMSNorm over S runs one invocation per column (D columns keep the
+// workgroup busy), the one over D (prelude) four invocations per row with
+// their partials met in workgroup memory (2 barriers per 64 rows).
 // A weight is read once per column tile of its product, per workgroup and
 // step: ceil(D/64) times for the token products, ceil(S/64) for the channel
 // ones (8 and 2 at Sudoku size), after the first workgroup from cache. Once
@@ -52,13 +53,13 @@
 //          per-puzzle state and scratch (L2-resident at small batch).
 //   barriers  L (ceil(TI/32) ceil(D/64) (ceil(SP/SK) + 1) + ceil(S/64) ceil(D/64) (TI/SK + 1)
 //          + ceil(CI/32) ceil(S/64) (ceil(DP/SK) + 1) + ceil(D/64) ceil(S/64) (CI/SK + 1))
-//          + 6 L + 1 (Sudoku at SK 16: 12 557, which is why lavapipe, where a barrier costs
+//          + L (6 + 2 ceil(S/64)) + 1 (Sudoku at SK 16: 12 565, which is why lavapipe, where a barrier costs
 //          microseconds, wants small CI models).
 //
 // Designed for: the large-batch ("fused") schedule, where the batch alone
 // fills the device (a puzzle per workgroup, every compute unit holding a
 // few): about 50% of FMA peak in the products (2 vec4 workgroup loads per
-// 16 FMAs, one barrier per K step), bound by the per-row norms and by the
+// 16 FMAs, one barrier per K step), bound by the norm over S and by the
 // weight traffic of each puzzle's own tile walk. Small batches run the
 // spread schedule instead (spread_step.wgsl: each phase a dispatch over the
 // whole batch's tiles).

@@ -331,19 +331,32 @@ fn channel_down_vec4s() -> u32 {
     return D * CI / 4u;
 }
 
-// rms_norm over D, one invocation per row s (no workgroup reduction and so
-// no extra barrier); the caller puts a storageBarrier after it.
+// rms_norm over D of every row s, four invocations a row (64 rows a
+// pass): each sums the squares of every fourth element, the four partials
+// meet in workgroup memory (the product tiles' memory, free between
+// phases), and each scales its own elements. The caller puts a
+// storageBarrier after it.
 fn rms_norm_rows(lid: u32, state: u32) {
-    for (var s = lid; s < S; s += WG) {
+    let q = lid % 4u;
+    for (var s0 = 0u; s0 < S; s0 += 64u) {
+        let s = s0 + lid / 4u;
         let row = state + s * D;
         var ss = 0.0;
-        for (var d = 0u; d < D; d++) {
-            let v = xyz[row + d];
-            ss = fma(v, v, ss);
+        if (s < S) {
+            for (var d = q; d < D; d += 4u) {
+                let v = xyz[row + d];
+                ss = fma(v, v, ss);
+            }
         }
-        let scale = inverseSqrt(ss / f32(D) + EPS);
-        for (var d = 0u; d < D; d++) {
-            xyz[row + d] = xyz[row + d] * scale;
+        workgroupBarrier();
+        sa[lid / 4u][q] = ss;
+        workgroupBarrier();
+        if (s < S) {
+            let p = sa[lid / 4u];
+            let scale = inverseSqrt((p.x + p.y + p.z + p.w) / f32(D) + EPS);
+            for (var d = q; d < D; d += 4u) {
+                xyz[row + d] = xyz[row + d] * scale;
+            }
         }
     }
 }
