@@ -91,11 +91,11 @@
 //          + HEADS HB Q (Q (2 ceil(HD/TK) + 3 + 2 (64/TK)) + 3)) + L (8 + 4 Q) + 1
 //          (ARC at SK 16, TK 32: 142 937, 20 160 per layer the attention's).
 
-// Designed for: the large-batch ("fused") schedule, as mixer_step.wgsl.
-// The four products run the prelude's vec4, double-buffered tile code;
-// the attention tiles still use their own scalar layout in the same
-// workgroup memory (8 scalar loads per 16 FMAs, 2 barriers per step and 3
-// row reductions per key tile), about 30% of FMA peak there. A dispatch
+// Designed for: the large-batch ("fused") schedule, as mixer_step.wgsl:
+// the four products run the prelude's double-buffered tile code, the
+// attention tiles the same layout (vec4 fragments, swizzled) one TK-deep
+// tile at a time (2 barriers a step, 3 row reductions per key tile), about
+// 50% of FMA peak in the products and less in the attention. A dispatch
 // covers the running puzzles params.first .. params.first + workgroups.
 // The spread schedule's entry points at the end of this file run the same
 // attention tiles one per workgroup, for small batches.
@@ -117,9 +117,9 @@ const LOWEST: f32 = -3.0e38;
 
 // The attention's registers besides the prelude's acc0..acc3 (which hold
 // the score block, then each key tile's p v): p_i the probabilities of row
-// ty + 16 i, o_i the output block (rows ty + 16 i, columns tx + 16 j of the
-// head's column block), m_run[i] the running maximum of row ty + 16 i and
-// l_run[i] the invocation's share of its running sum.
+// 4 ty + i (keys 4 tx .. 4 tx + 3), o_i the output block (rows 4 ty + i,
+// columns 4 tx + j of the head's column block), m_run[i] the running maximum
+// of row 4 ty + i and l_run[i] the invocation's share of its running sum.
 var<private> p0: vec4<f32>;
 var<private> p1: vec4<f32>;
 var<private> p2: vec4<f32>;
@@ -129,30 +129,32 @@ var<private> o1: vec4<f32>;
 var<private> o2: vec4<f32>;
 var<private> o3: vec4<f32>;
 
-// The attention's own tiles: float views [TK][64] of the prelude's product
-// tiles sa and sb (TK = 2 SK floats deep, the same 16 KiB), in their own
-// layout (k-major, rows or columns ty + 16 i, tx + 16 j).
+// The attention's own tiles: the prelude's product tiles sa and sb as one
+// TK = 2 SK deep tile each (both buffers), in the prelude's layout: k-major,
+// XOR-swizzled vec4 slots of rows (A) or columns (B) 4v .. 4v + 3. Row kk
+// of the deep tile is row kk % SK of buffer kk / SK.
+fn tslot(kk: u32, v: u32) -> u32 {
+    return slot(kk / SK, kk % SK, v);
+}
+
+// Float views of the same memory, for the row reductions' partials.
 fn a_get(i: u32) -> f32 {
     return sa[i / 4u][i % 4u];
 }
 fn a_set(i: u32, v: f32) {
     sa[i / 4u][i % 4u] = v;
 }
-fn b_get(i: u32) -> f32 {
-    return sb[i / 4u][i % 4u];
-}
 fn b_set(i: u32, v: f32) {
     sb[i / 4u][i % 4u] = v;
 }
 
-// acc += the a tile^T-block @ the b tile-block over TK rows: acc_i holds
-// row ty + 16 i, component j column tx + 16 j (the attention's layout).
+// acc += the A tile^T-block @ the B tile-block over TK rows: acc_i holds
+// row 4 ty + i, component j column 4 tx + j (the prelude's layout), the
+// fragments read as one vec4 each.
 fn multiply_tile(ty: u32, tx: u32) {
     for (var kk = 0u; kk < TK; kk++) {
-        let ai = kk * TM + ty;
-        let bi = kk * TN + tx;
-        let a = vec4<f32>(a_get(ai), a_get(ai + 16u), a_get(ai + 32u), a_get(ai + 48u));
-        let b = vec4<f32>(b_get(bi), b_get(bi + 16u), b_get(bi + 32u), b_get(bi + 48u));
+        let a = sa[tslot(kk, ty)];
+        let b = sb[tslot(kk, tx)];
         acc0 = fma(vec4<f32>(a.x), b, acc0);
         acc1 = fma(vec4<f32>(a.y), b, acc1);
         acc2 = fma(vec4<f32>(a.z), b, acc2);
@@ -190,7 +192,8 @@ fn rope(lid: u32, qkv: u32, tables: u32) {
     }
 }
 
-// a_tile = Q [q0 .. q0 + 64, c .. c + TK] of `head`, zero beyond S and HD.
+// A tile = Q [q0 .. q0 + 64, c .. c + TK] of `head` (k = the head's
+// column), zero beyond S and HD; consecutive invocations read along HD.
 fn load_q(lid: u32, qkv: u32, head: u32, q0: u32, c: u32) {
     for (var r = 0u; r < TK / 4u; r++) {
         let idx = lid + r * WG;
@@ -200,11 +203,11 @@ fn load_q(lid: u32, qkv: u32, head: u32, q0: u32, c: u32) {
         if (q0 + row < S && c + kk < HD) {
             v = scratch[qkv + (q0 + row) * 3u * D + head * HD + c + kk];
         }
-        a_set(kk * TM + row, v);
+        sa[tslot(kk, row / 4u)][row % 4u] = v;
     }
 }
 
-// b_tile = K^T [c .. c + TK, k0 .. k0 + 64] of `head`, zero beyond S and HD.
+// B tile = K^T [c .. c + TK, k0 .. k0 + 64] of `head`, zero beyond S and HD.
 fn load_k(lid: u32, qkv: u32, head: u32, k0: u32, c: u32) {
     for (var r = 0u; r < TK / 4u; r++) {
         let idx = lid + r * WG;
@@ -214,11 +217,12 @@ fn load_k(lid: u32, qkv: u32, head: u32, k0: u32, c: u32) {
         if (k0 + n < S && c + kk < HD) {
             v = scratch[qkv + (k0 + n) * 3u * D + D + head * HD + c + kk];
         }
-        b_set(kk * TN + n, v);
+        sb[tslot(kk, n / 4u)][n % 4u] = v;
     }
 }
 
-// b_tile = V [k0 .. k0 + TK, hb .. hb + 64] of `head`, zero beyond S and HD.
+// B tile = V [k0 .. k0 + TK, hb .. hb + 64] of `head`, zero beyond S and HD;
+// consecutive invocations read along the head's columns.
 fn load_v(lid: u32, qkv: u32, head: u32, k0: u32, hb: u32) {
     for (var r = 0u; r < TK / 4u; r++) {
         let idx = lid + r * WG;
@@ -228,34 +232,31 @@ fn load_v(lid: u32, qkv: u32, head: u32, k0: u32, hb: u32) {
         if (k0 + kk < S && hb + n < HD) {
             v = scratch[qkv + (k0 + kk) * 3u * D + 2u * D + head * HD + hb + n];
         }
-        b_set(kk * TN + n, v);
+        sb[tslot(kk, n / 4u)][n % 4u] = v;
     }
 }
 
-// a_tile = p [64 rows, keys c .. c + TK of the key tile], k-major, from the
-// registers of the invocations that own those columns.
+// A tile = p^T [keys c .. c + TK of the key tile, 64 rows], from the
+// registers of the invocations that own those keys: each writes its four
+// rows of a key as one vec4.
 fn store_p(ty: u32, tx: u32, c: u32) {
     for (var j = 0u; j < 4u; j++) {
-        let col = tx + 16u * j;
+        let col = 4u * tx + j;
         if (col >= c && col < c + TK) {
-            let base = (col - c) * TM + ty;
-            a_set(base, p0[j]);
-            a_set(base + 16u, p1[j]);
-            a_set(base + 32u, p2[j]);
-            a_set(base + 48u, p3[j]);
+            sa[tslot(col - c, ty)] = vec4<f32>(p0[j], p1[j], p2[j], p3[j]);
         }
     }
 }
 
-// Sums (or maximises) `v[i]`, row ty + 16 i, over the 16 invocations of
-// each row: partials through a_tile, one invocation per row reduces them
-// into b_tile, every invocation reads its rows back.
+// Sums (or maximises) `v[i]`, row 4 ty + i, over the 16 invocations of
+// each row: partials through the A tile's memory, one invocation per row
+// reduces them into the B tile's, every invocation reads its rows back.
 fn row_reduce(lid: u32, ty: u32, tx: u32, v: vec4<f32>, take_max: bool) -> vec4<f32> {
     workgroupBarrier();
-    a_set(ty * 16u + tx, v.x);
-    a_set((ty + 16u) * 16u + tx, v.y);
-    a_set((ty + 32u) * 16u + tx, v.z);
-    a_set((ty + 48u) * 16u + tx, v.w);
+    a_set((4u * ty) * 16u + tx, v.x);
+    a_set((4u * ty + 1u) * 16u + tx, v.y);
+    a_set((4u * ty + 2u) * 16u + tx, v.z);
+    a_set((4u * ty + 3u) * 16u + tx, v.w);
     workgroupBarrier();
     if (lid < 64u) {
         var r = a_get(lid * 16u);
@@ -270,7 +271,8 @@ fn row_reduce(lid: u32, ty: u32, tx: u32, v: vec4<f32>, take_max: bool) -> vec4<
         b_set(lid, r);
     }
     workgroupBarrier();
-    return vec4<f32>(b_get(ty), b_get(ty + 16u), b_get(ty + 32u), b_get(ty + 48u));
+    // floats 4 ty .. 4 ty + 3: rows 4 ty + i
+    return sb[ty];
 }
 
 fn row_max(a: vec4<f32>, mask: vec4<bool>) -> f32 {
@@ -314,7 +316,7 @@ fn attention_tile(lid: u32, qkv: u32, out: u32, t: u32) {
         let score_steps = (HD + TK - 1u) / TK;
         for (var k0 = 0u; k0 < S; k0 += TN) {
             // the keys of this invocation's columns that exist
-            let keys = vec4<u32>(k0 + tx, k0 + tx + 16u, k0 + tx + 32u, k0 + tx + 48u);
+            let keys = vec4<u32>(k0 + 4u * tx) + vec4<u32>(0u, 1u, 2u, 3u);
             let mask = keys < vec4<u32>(S);
             var alpha = vec4<f32>(0.0);
             zero_acc();
@@ -356,7 +358,7 @@ fn attention_tile(lid: u32, qkv: u32, out: u32, t: u32) {
         }
         let l = row_reduce(lid, ty, tx, l_run, false);
         for (var i = 0u; i < 4u; i++) {
-            let row = q0 + ty + 16u * i;
+            let row = q0 + 4u * ty + i;
             var o = o0;
             switch i {
                 case 1u: { o = o1; }
@@ -366,7 +368,7 @@ fn attention_tile(lid: u32, qkv: u32, out: u32, t: u32) {
             }
             let inv = 1.0 / l[i];
             for (var j = 0u; j < 4u; j++) {
-                let col = hb + tx + 16u * j;
+                let col = hb + 4u * tx + j;
                 if (row < S && col < HD) {
                     scratch[out + row * D + head * HD + col] = o[j] * inv;
                 }
