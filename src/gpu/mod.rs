@@ -374,6 +374,8 @@ struct Chunk {
     /// First float of the spread schedule's split partials in the scratch
     /// (after the work region of `capacity` puzzles).
     part_base: u32,
+    /// Floats of the scratch: the work region, then the partials.
+    scratch_floats: u64,
     /// Host-readable copies of what is read back: two, so that one chunk's
     /// results can wait to be mapped while the next chunk runs.
     staging: [wgpu::Buffer; 2],
@@ -391,6 +393,16 @@ struct Chunk {
     embed_group: wgpu::BindGroup,
     heads_group: wgpu::BindGroup,
     halt_group: wgpu::BindGroup,
+}
+
+impl Chunk {
+    /// Staging buffer `slot` of the pair `staging` names.
+    fn staging_buffer(&self, staging: Staging, slot: usize) -> &wgpu::Buffer {
+        match staging {
+            Staging::Results => &self.staging[slot],
+            Staging::Count => &self.count_staging[slot],
+        }
+    }
 }
 
 /// One recorded command.
@@ -438,7 +450,8 @@ enum Staging {
 /// A read-back asked for and not yet waited for.
 struct PendingRead {
     submission: wgpu::SubmissionIndex,
-    /// The staging buffer it reads.
+    /// The staging buffer it reads: which pair, and which of the two.
+    staging: Staging,
     slot: usize,
     bytes: u64,
     receiver: mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
@@ -482,6 +495,9 @@ pub struct GpuEngine {
     step_groups: Vec<u32>,
     /// Bytes between the parameter blocks (the uniform offset alignment).
     params_stride: u32,
+    /// [`GpuEngine::chunk_capacity`] under the current options, once
+    /// computed (the spread plans it sizes are not cheap to build).
+    capacity: std::cell::Cell<Option<usize>>,
     /// The staging buffer the chunk being recorded reads into.
     staging_slot: usize,
     /// The running-count buffer the next count read uses.
@@ -535,6 +551,7 @@ impl GpuEngine {
             stats: GpuStats::default(),
             step_groups: Vec::new(),
             params_stride,
+            capacity: std::cell::Cell::new(None),
             staging_slot: 0,
             staging_slot_count: 0,
         })
@@ -550,6 +567,7 @@ impl GpuEngine {
             self.chunk = None;
             self.plan = None;
         }
+        self.capacity.set(None);
         self.options = options;
     }
 
@@ -642,6 +660,16 @@ impl GpuEngine {
     /// Puzzles one chunk holds at most on this device and schedule; larger
     /// batches are solved chunk after chunk.
     pub fn chunk_capacity(&self) -> Result<usize> {
+        if let Some(known) = self.capacity.get() {
+            return Ok(known);
+        }
+        let capacity = self.compute_chunk_capacity()?;
+        self.capacity.set(Some(capacity));
+        Ok(capacity)
+    }
+
+    /// [`GpuEngine::chunk_capacity`], computed.
+    fn compute_chunk_capacity(&self) -> Result<usize> {
         let config = self.model.config();
         let limits = self.ctx.limits();
         let (seq, vocab) = (config.seq_len as u64, config.vocab_size as u64);
@@ -668,8 +696,6 @@ impl GpuEngine {
         // the state holds a spare puzzle slot beyond the capacity
         capacity = capacity.min((u64::from(u32::MAX) / (3 * sd).max(1)).saturating_sub(1));
         capacity = capacity.min((binding / (3 * sd * F32).max(1)).saturating_sub(1));
-        let scratch = StepKernel::scratch_floats(config) as u64 + sd;
-        capacity = capacity.min(u64::from(u32::MAX) / 2 / scratch.max(1));
         for (what, bytes, limit) in per_puzzle {
             if bytes > limit {
                 return Err(TrmError::AdapterUnsuitable {
@@ -688,7 +714,10 @@ impl GpuEngine {
         }
         // The spread schedule's partials at small batches exceed one
         // puzzle's share: the largest capacity whose exact scratch fits.
-        let fits = |cap: u64| self.scratch_floats(cap) * F32 <= binding.saturating_add(16);
+        let fits = |cap: u64| {
+            let floats = self.scratch_floats(cap);
+            floats * F32 <= binding.saturating_add(16) && floats <= u64::from(u32::MAX)
+        };
         let (mut lo, mut hi) = (1u64, capacity.max(1));
         if !fits(lo) {
             return Err(TrmError::AdapterUnsuitable {
@@ -710,7 +739,7 @@ impl GpuEngine {
     /// work region, then the spread schedule's split partials.
     fn scratch_floats(&self, capacity: u64) -> u64 {
         let config = self.model.config();
-        let sk = spread::spread_depth(self.ctx.limits().max_compute_workgroup_storage_size);
+        let sk = self.resident.step.pipeline.depth();
         capacity * StepKernel::scratch_floats(config) as u64
             + SpreadPlan::partial_floats_up_to(config, capacity as u32, sk)
     }
@@ -851,6 +880,7 @@ impl GpuEngine {
             slice,
             slices,
             part_base: work as u32,
+            scratch_floats,
             staging,
             region,
             control,
@@ -915,10 +945,13 @@ impl GpuEngine {
     ) -> Result<wgpu::SubmissionIndex> {
         let ctx = self.ctx.clone();
         let stride = self.params_stride;
-        let target = match staging {
-            Staging::Results => &chunk.staging[self.staging_slot],
-            Staging::Count => &chunk.count_staging[self.staging_slot_count],
-        };
+        let target = chunk.staging_buffer(
+            staging,
+            match staging {
+                Staging::Results => self.staging_slot,
+                Staging::Count => self.staging_slot_count,
+            },
+        );
         let spread = match (self.running, &self.spread, &self.plan) {
             (GpuSchedule::Spread, Some(kernels), Some(plan)) => Some((kernels, plan)),
             _ => None,
@@ -1056,7 +1089,7 @@ impl GpuEngine {
             return Ok(());
         }
         let config = self.model.config();
-        let sk = spread::spread_depth(self.ctx.limits().max_compute_workgroup_storage_size);
+        let sk = self.resident.step.pipeline.depth();
         let [z, y] = &chunk.bases;
         let plan = SpreadPlan::new(config, batch, [z, y], chunk.part_base, sk);
         let stride = self.params_stride as usize;
@@ -1076,79 +1109,42 @@ impl GpuEngine {
         Ok(())
     }
 
-    /// Asks for the first `floats` floats of the current staging buffer once
+    /// Asks for the first `bytes` of the current `staging` buffer once
     /// `submission` is done, without waiting.
     fn start_read(
         &mut self,
         chunk: &Chunk,
         submission: wgpu::SubmissionIndex,
-        floats: u64,
+        staging: Staging,
+        bytes: u64,
     ) -> Result<PendingRead> {
-        let bytes = floats * F32;
-        let slot = self.staging_slot;
+        let slot = match staging {
+            Staging::Results => self.staging_slot,
+            Staging::Count => self.staging_slot_count,
+        };
         let (sender, receiver) = mpsc::channel();
         if bytes > 0 {
             self.ctx.scoped("mapping the results", || {
-                chunk.staging[slot].map_async(wgpu::MapMode::Read, 0..bytes, move |result| {
-                    let _ = sender.send(result);
-                })
+                chunk.staging_buffer(staging, slot).map_async(
+                    wgpu::MapMode::Read,
+                    0..bytes,
+                    move |result| {
+                        let _ = sender.send(result);
+                    },
+                )
             })?;
         }
         Ok(PendingRead {
             submission,
+            staging,
             slot,
             bytes,
             receiver,
         })
     }
 
-    /// Asks for the running count a submission copied into the current
-    /// count buffer.
-    fn start_count_read(
-        &mut self,
-        chunk: &Chunk,
-        submission: wgpu::SubmissionIndex,
-    ) -> Result<PendingRead> {
-        let slot = self.staging_slot_count;
-        let (sender, receiver) = mpsc::channel();
-        self.ctx.scoped("mapping the running count", || {
-            chunk.count_staging[slot].map_async(wgpu::MapMode::Read, 0..4, move |result| {
-                let _ = sender.send(result);
-            })
-        })?;
-        Ok(PendingRead {
-            submission,
-            slot,
-            bytes: 4,
-            receiver,
-        })
-    }
-
-    /// Waits for a running count.
-    fn finish_count_read(&mut self, chunk: &Chunk, read: PendingRead) -> Result<u32> {
-        let ctx = self.ctx.clone();
-        self.stats.host_waits += 1;
-        ctx.wait(read.submission)?;
-        if let Err(e) = ctx.mapped(&read.receiver, "the running count")? {
-            ctx.check()?;
-            let reason = format!("reading the running count back failed: {e}");
-            ctx.mark_lost(&reason);
-            return Err(TrmError::DeviceLost(reason));
-        }
-        let staging = &chunk.count_staging[read.slot];
-        let count = {
-            let view = staging
-                .get_mapped_range(0..4)
-                .map_err(|e| TrmError::Gpu(format!("reading the running count: {e}")))?;
-            u32::from_le_bytes([view[0], view[1], view[2], view[3]])
-        };
-        staging.unmap();
-        self.stats.bytes_read_back += 4;
-        Ok(count)
-    }
-
-    /// Waits for `read` and returns its floats.
-    fn finish_read(&mut self, chunk: &Chunk, read: PendingRead) -> Result<Vec<f32>> {
+    /// Waits for `read` and returns its bytes.
+    fn finish_read(&mut self, chunk: &Chunk, read: PendingRead) -> Result<Vec<u8>> {
         let ctx = self.ctx.clone();
         self.stats.host_waits += 1;
         ctx.wait(read.submission)?;
@@ -1161,18 +1157,20 @@ impl GpuEngine {
             ctx.mark_lost(&reason);
             return Err(TrmError::DeviceLost(reason));
         }
-        let staging = &chunk.staging[read.slot];
-        let values = {
-            let view = staging
-                .get_mapped_range(0..read.bytes)
-                .map_err(|e| TrmError::Gpu(format!("reading the results back: {e}")))?;
-            view.chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect()
-        };
+        let staging = chunk.staging_buffer(read.staging, read.slot);
+        let bytes = staging
+            .get_mapped_range(0..read.bytes)
+            .map_err(|e| TrmError::Gpu(format!("reading the results back: {e}")))?
+            .to_vec();
         staging.unmap();
         self.stats.bytes_read_back += read.bytes;
-        Ok(values)
+        Ok(bytes)
+    }
+
+    /// Waits for a running count.
+    fn finish_count_read(&mut self, chunk: &Chunk, read: PendingRead) -> Result<u32> {
+        let bytes = self.finish_read(chunk, read)?;
+        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
     }
 
     /// Records and submits the solve of one chunk's puzzles (at most its
@@ -1207,8 +1205,11 @@ impl GpuEngine {
         if self.options.poison {
             self.upload(&chunk.xyz, 0, &vec![f32::NAN; (3 * region) as usize])?;
             self.upload(&chunk.out, 0, &vec![f32::NAN; (q_base + 2 * cap) as usize])?;
-            let scratch = self.scratch_floats(cap) as usize;
-            self.upload(&chunk.scratch, 0, &vec![f32::NAN; scratch])?;
+            self.upload(
+                &chunk.scratch,
+                0,
+                &vec![f32::NAN; chunk.scratch_floats as usize],
+            )?;
         }
         self.upload(&chunk.ids, 0, batch.tokens())?;
         self.upload(&chunk.ids, cap * seq, batch.puzzle_ids())?;
@@ -1282,7 +1283,7 @@ impl GpuEngine {
             };
             let submission = self.submit_to(chunk, &mut ops, &[copy], Staging::Count)?;
             pending_flops = 0;
-            let this = self.start_count_read(chunk, submission)?;
+            let this = self.start_read(chunk, submission, Staging::Count, F32)?;
             if let Some(previous) = count_read.replace(this) {
                 let running = self.finish_count_read(chunk, previous)?;
                 if running == 0 {
@@ -1332,7 +1333,7 @@ impl GpuEngine {
         }
         let floats: u64 = copies.iter().map(|c| c.bytes / F32).sum();
         let submission = self.submit(chunk, &mut ops, &copies)?;
-        let read = self.start_read(chunk, submission, floats)?;
+        let read = self.start_read(chunk, submission, Staging::Results, floats * F32)?;
         Ok(PendingChunk {
             read,
             puzzles: n,
@@ -1353,7 +1354,11 @@ impl GpuEngine {
             steps,
             with_carry,
         } = pending;
-        let values = self.finish_read(chunk, read)?;
+        let bytes = self.finish_read(chunk, read)?;
+        let values: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
         let config = self.model.config();
         let (seq, vocab) = (config.seq_len as u64, config.vocab_size as u64);
         let sd = (config.state_len() * config.hidden_size) as u64;

@@ -45,12 +45,6 @@ const MIN_SPLIT_K: u32 = 64;
 /// Workgroups in x of a 2-D grid (a dimension may hold 65535 at least).
 const GRID_X: u32 = 32768;
 
-/// The K depth SK of a product step the kernels were built with (the
-/// plan's split lengths are multiples of it).
-pub(crate) fn spread_depth(workgroup_bytes: u32) -> u32 {
-    super::step_common::tile_depth(workgroup_bytes).unwrap_or(8)
-}
-
 /// What one dispatch of the schedule runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Phase {

@@ -80,6 +80,9 @@ const STEP_ENTRIES: [Entry; 5] = [
 pub(crate) struct StepPipeline {
     kernel: Kernel,
     weights: wgpu::Buffer,
+    /// SK, the K depth of a product step this kernel (and every sibling)
+    /// was built with.
+    depth: u32,
     /// Name of the kernel: the key of its bind group layout, which the
     /// spread schedule's kernels share.
     name: &'static str,
@@ -128,10 +131,17 @@ impl StepPipeline {
         Ok(StepPipeline {
             kernel,
             weights,
+            depth: tile_depth,
             name,
             prelude,
             own: constants.to_vec(),
         })
+    }
+
+    /// SK, the K depth of a product step (the spread plan's split lengths
+    /// are multiples of it).
+    pub(crate) fn depth(&self) -> u32 {
+        self.depth
     }
 
     /// Another kernel on this one's bind group layout: entry point `entry`
