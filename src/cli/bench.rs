@@ -330,10 +330,8 @@ impl Gpu {
         budget: Duration,
         estimate: Option<Duration>,
     ) -> Result<(Timed, GpuStats)> {
-        self.engine
-            .set_run_options(self.base.clone().schedule(schedule));
+        let warm_up = self.warms_up(batch.len(), schedule, budget, estimate);
         let resolved = self.engine.resolve_schedule(batch.len());
-        let warm_up = !self.warmed.contains(&resolved) || estimate.is_none_or(|e| e * 4 < budget);
         let engine = &mut self.engine;
         let timed = time_box(budget, warm_up, |steps| {
             let t = engine.time_recursion_steps(batch, steps)?;
@@ -343,19 +341,20 @@ impl Gpu {
         Ok((timed, self.engine.last_stats().clone()))
     }
 
-    /// Whether a run of `batch` under `schedule` warms up first, as
-    /// [`Gpu::time`] decides with `estimate`.
+    /// Whether a run of `batch` under `schedule` warms up first: unless the
+    /// resolved schedule has run here and a step (`estimate`) takes a
+    /// quarter of the box or more. Sets the engine's schedule.
     fn warms_up(
         &mut self,
         batch: usize,
         schedule: GpuSchedule,
         budget: Duration,
-        estimate: Duration,
+        estimate: Option<Duration>,
     ) -> bool {
         self.engine
             .set_run_options(self.base.clone().schedule(schedule));
         let resolved = self.engine.resolve_schedule(batch);
-        !self.warmed.contains(&resolved) || estimate * 4 < budget
+        !self.warmed.contains(&resolved) || estimate.is_none_or(|e| e * 4 < budget)
     }
 
     fn label(&self) -> String {
@@ -603,7 +602,7 @@ impl Bench<'_> {
                     .unwrap_or_else(|| (left / (sizes.len() - j) as u32).min(GPU_ROW));
                 let estimate = last.map(|(pb, per_step)| per_step.mul_f64(b as f64 / pb as f64));
                 if let Some(e) = estimate {
-                    let runs = if gpu.warms_up(b, schedule, row_box, e) {
+                    let runs = if gpu.warms_up(b, schedule, row_box, Some(e)) {
                         2
                     } else {
                         1

@@ -381,22 +381,21 @@ pub fn early_halting_matches_the_cpu_engine(config: &TrmConfig, seed: u64) {
     let options = SolveOptions::default().early_halt(true);
     let want = cpu_solve(&model, &batch, &options);
     assert_eq!(want.steps, expected_steps);
-    let Some(mut engines) = gpu::engines(&model) else {
+    let Some(engines) = gpu::engines(&model) else {
         return;
     };
     // and fused dispatches of two puzzles (three slices, counted on the
     // device for each)
     let two = 2 * config.flops_per_recursion_step();
-    let sliced = gpu::engine(&model).unwrap().with_run_options(
+    let mut sliced = gpu::engine(&model).unwrap().with_run_options(
         GpuRunOptions::default()
             .schedule(GpuSchedule::Fused)
             .poison(true)
             .max_flops_per_dispatch(two),
     );
-    let sliced_out = sliced_solve(sliced, &batch, &options);
+    let sliced_out = sliced.solve(&batch, &options).unwrap();
     compare("early halting, fused in slices of 2", &sliced_out, &want);
-    for (schedule, engine) in engines.iter_mut() {
-        let schedule = *schedule;
+    for (schedule, mut engine) in engines {
         let got = engine.solve(&batch, &options).unwrap();
         compare(&format!("early halting, {schedule}"), &got, &want);
 
@@ -423,13 +422,4 @@ pub fn early_halting_matches_the_cpu_engine(config: &TrmConfig, seed: u64) {
         assert_eq!(stats.host_waits, recorded);
         assert_eq!(stats.bytes_read_back, (recorded - 1) * 4 + outputs + 4 * b);
     }
-}
-
-/// One solve on `engine`.
-fn sliced_solve(
-    mut engine: trm_wgpu::GpuEngine,
-    batch: &PuzzleBatch,
-    options: &SolveOptions,
-) -> SolveOutput {
-    engine.solve(batch, options).unwrap()
 }
