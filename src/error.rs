@@ -198,6 +198,16 @@ pub enum TrmError {
     /// A requested backend is not available in this build or on this machine.
     #[error("backend `{0}` is not available")]
     BackendUnavailable(String),
+
+    /// A built data set (the authors' `.npy` arrays and JSON files), a
+    /// predictions file or an answers file is malformed or inconsistent.
+    #[error("{what}: {reason}")]
+    Dataset {
+        /// Which file.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl TrmError {
@@ -210,6 +220,13 @@ impl TrmError {
 
     pub(crate) fn safetensors(what: impl Into<String>, reason: impl ToString) -> Self {
         TrmError::Safetensors {
+            what: what.into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    pub(crate) fn dataset(what: impl Into<String>, reason: impl ToString) -> Self {
+        TrmError::Dataset {
             what: what.into(),
             reason: reason.to_string(),
         }

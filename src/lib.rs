@@ -18,13 +18,14 @@
 //! # Ok(())
 //! # }
 //! ```
-// No unsafe code but a `madvise` call (huge pages for the CPU engine's
+// No unsafe code but read-only file mappings (`arc`), a `madvise` call (huge pages for the CPU engine's
 // packed weights), a prefetch hint in its kernel (`cpu/panels.rs`) and one
 // `set_var` while the process has a single thread
 // (`GpuContext::quiet_device_select`), each allowed where it stands.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod arc;
 pub mod backend;
 pub mod batch;
 pub mod checkpoint;

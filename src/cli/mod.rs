@@ -1,5 +1,6 @@
 //! Command-line interface of `trm`.
 
+mod arc_eval;
 mod bench;
 mod convert;
 mod info;
@@ -28,6 +29,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Convert an official `torch.save` checkpoint (step_N + all_config.yaml) to the project's format.
     Convert(convert::ConvertArgs),
+    /// Evaluate on a built ARC data set as the authors do: answer every
+    /// augmented test example (or take given predictions), vote, report
+    /// pass@k and write the submission.
+    ArcEval(arc_eval::ArcEvalArgs),
 }
 
 /// Model loading flags shared by the subcommands.
@@ -62,5 +67,6 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Info(args) => info::info(args),
         Command::Bench(args) => bench::bench(args),
         Command::Convert(args) => convert::convert(args),
+        Command::ArcEval(args) => arc_eval::arc_eval(args),
     }
 }

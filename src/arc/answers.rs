@@ -1,0 +1,297 @@
+//! Answers to a data set's examples: the authors' predictions file (read),
+//! and the answer log `trm arc-eval --model` appends to as it runs, so an
+//! evaluation of hours can stop and resume without losing what it solved.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+use super::grid::CANVAS_TOKENS;
+use crate::error::{Result, TrmError};
+
+/// An answer to one example.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answer {
+    /// The example's position in the data set.
+    pub example: usize,
+    /// Its puzzle identifier.
+    pub puzzle_identifier: u32,
+    /// The q_halt logit of the answer.
+    pub q_halt_logit: f32,
+    /// ACT steps the solve ran for it.
+    pub steps: u32,
+    /// The predicted canvas, 900 tokens.
+    pub tokens: Vec<u8>,
+}
+
+/// The authors' predictions format (what their evaluation saves, and the
+/// fixture's `predictions.safetensors`): `inputs` and `preds` (int32 or
+/// int64 `[N, 900]`), `puzzle_identifiers` (int32 or int64 `[N]`) and
+/// `q_halt_logits` (float32 `[N]`), memory-mapped.
+pub struct Predictions {
+    map: Mmap,
+    len: usize,
+    inputs: Column,
+    preds: Column,
+    puzzle_identifiers: Column,
+    q_halt_logits: Column,
+}
+
+/// Where a checked tensor's bytes lie in the mapping.
+#[derive(Clone, Copy)]
+struct Column {
+    dtype: Dtype,
+    start: usize,
+}
+
+impl Predictions {
+    /// Opens and checks `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let file = File::open(path).map_err(|e| TrmError::io(path, e))?;
+        // read only, and every byte is checked as hostile input
+        #[allow(unsafe_code)]
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| TrmError::io(path, e))?;
+        let what = path.display().to_string();
+        let st = SafeTensors::deserialize(&map).map_err(|e| TrmError::safetensors(&what, e))?;
+        let len = st
+            .tensor("inputs")
+            .map(|t| t.shape().first().copied().unwrap_or(0));
+        let len = len.unwrap_or(0);
+        let column = |name: &str, ints: bool, shape: &[usize]| -> Result<Column> {
+            let t = st.tensor(name).map_err(|_| {
+                TrmError::dataset(
+                    &what,
+                    format!(
+                        "no tensor `{name}` (a predictions file holds inputs, preds, puzzle_identifiers and q_halt_logits)"
+                    ),
+                )
+            })?;
+            let ok = if ints {
+                matches!(t.dtype(), Dtype::I32 | Dtype::I64)
+            } else {
+                t.dtype() == Dtype::F32
+            };
+            if !ok {
+                return Err(TrmError::dataset(
+                    &what,
+                    format!(
+                        "`{name}` has dtype {:?}, expected {}",
+                        t.dtype(),
+                        if ints { "int32 or int64" } else { "float32" }
+                    ),
+                ));
+            }
+            if t.shape() != shape {
+                return Err(TrmError::dataset(
+                    &what,
+                    format!("`{name}` has shape {:?}, expected {shape:?}", t.shape()),
+                ));
+            }
+            // the view borrows the mapping: its offset in it
+            let start = t.data().as_ptr() as usize - map.as_ptr() as usize;
+            Ok(Column {
+                dtype: t.dtype(),
+                start,
+            })
+        };
+        let inputs = column("inputs", true, &[len, CANVAS_TOKENS])?;
+        let preds = column("preds", true, &[len, CANVAS_TOKENS])?;
+        let puzzle_identifiers = column("puzzle_identifiers", true, &[len])?;
+        let q_halt_logits = column("q_halt_logits", false, &[len])?;
+        drop(st);
+        Ok(Predictions {
+            map,
+            len,
+            inputs,
+            preds,
+            puzzle_identifiers,
+            q_halt_logits,
+        })
+    }
+
+    /// Answers held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Answer `i` (below [`Predictions::len`]): (puzzle identifier, input
+    /// tokens, predicted tokens, q_halt logit).
+    pub fn get(&self, i: usize) -> Option<(i64, Vec<i64>, Vec<i64>, f32)> {
+        if i >= self.len {
+            return None;
+        }
+        let rows = |c: Column, width: usize| ints(c.dtype, &self.map[c.start..], i * width, width);
+        let id = rows(self.puzzle_identifiers, 1)[0];
+        let q = self.q_halt_logits.start + 4 * i;
+        let q = f32::from_le_bytes(self.map[q..q + 4].try_into().expect("4 bytes"));
+        Some((
+            id,
+            rows(self.inputs, CANVAS_TOKENS),
+            rows(self.preds, CANVAS_TOKENS),
+            q,
+        ))
+    }
+}
+
+/// `count` little-endian integers of `dtype` (I32 or I64) from element
+/// `start` of `data`.
+fn ints(dtype: Dtype, data: &[u8], start: usize, count: usize) -> Vec<i64> {
+    match dtype {
+        Dtype::I64 => data[start * 8..(start + count) * 8]
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .collect(),
+        _ => data[start * 4..(start + count) * 4]
+            .chunks_exact(4)
+            .map(|b| i64::from(i32::from_le_bytes(b.try_into().expect("4 bytes"))))
+            .collect(),
+    }
+}
+
+/// The answer log's first bytes.
+const LOG_MAGIC: &[u8; 8] = b"TRMARCA1";
+/// Header: magic, u64 examples of the data set, u32 tokens per answer,
+/// u32 bytes per record, u64 reserved.
+const LOG_HEADER: usize = 32;
+/// Record: u32 example, u32 puzzle identifier, f32 q_halt logit, u32
+/// steps, 900 tokens.
+const LOG_RECORD: usize = 16 + CANVAS_TOKENS;
+
+/// An append-only file of fixed-size answer records, one per solved
+/// example, for a data set of a given size. Opening an existing log checks
+/// that it belongs to a data set of that size, drops a record cut short by
+/// a crash, and returns the answers it holds.
+///
+/// Little-endian layout: a 32-byte header (`TRMARCA1`, u64 examples, u32
+/// tokens per answer = 900, u32 record bytes = 916, u64 0), then records of
+/// u32 example index, u32 puzzle identifier, f32 q_halt logit, u32 ACT
+/// steps and the 900 predicted tokens (u8).
+pub struct AnswerLog {
+    path: PathBuf,
+    file: BufWriter<File>,
+}
+
+impl AnswerLog {
+    /// Opens (or creates) the log at `path` for a data set of `examples`
+    /// examples; returns it and the answers already in it.
+    pub fn open(path: impl AsRef<Path>, examples: usize) -> Result<(Self, Vec<Answer>)> {
+        let path = path.as_ref().to_path_buf();
+        let io = |e| TrmError::io(&path, e);
+        let what = path.display().to_string();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        if u32::try_from(examples).is_err() {
+            return Err(TrmError::TooLarge(format!(
+                "an answer log indexes examples with 32 bits; {examples} is too many"
+            )));
+        }
+        let mut answers = Vec::new();
+        if len == 0 {
+            let mut header = Vec::with_capacity(LOG_HEADER);
+            header.extend_from_slice(LOG_MAGIC);
+            header.extend_from_slice(&(examples as u64).to_le_bytes());
+            header.extend_from_slice(&(CANVAS_TOKENS as u32).to_le_bytes());
+            header.extend_from_slice(&(LOG_RECORD as u32).to_le_bytes());
+            header.extend_from_slice(&0u64.to_le_bytes());
+            file.write_all(&header).map_err(io)?;
+            file.sync_data().map_err(io)?;
+        } else {
+            let mut header = [0u8; LOG_HEADER];
+            file.read_exact(&mut header)
+                .map_err(|_| TrmError::dataset(&what, "not an answer log (too short)"))?;
+            let u64_at = |i: usize| u64::from_le_bytes(header[i..i + 8].try_into().expect("8"));
+            let u32_at = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().expect("4"));
+            if &header[..8] != LOG_MAGIC {
+                return Err(TrmError::dataset(
+                    &what,
+                    "not an answer log (no TRMARCA1 header)",
+                ));
+            }
+            if u32_at(16) as usize != CANVAS_TOKENS || u32_at(20) as usize != LOG_RECORD {
+                return Err(TrmError::dataset(&what, "an answer log of another layout"));
+            }
+            if u64_at(8) != examples as u64 {
+                return Err(TrmError::dataset(
+                    &what,
+                    format!(
+                        "the log answers a data set of {} examples, this one has {examples}",
+                        u64_at(8)
+                    ),
+                ));
+            }
+            let records = (len as usize - LOG_HEADER) / LOG_RECORD;
+            let mut reader = std::io::BufReader::new(&mut file);
+            let mut seen = vec![false; examples];
+            let mut record = vec![0u8; LOG_RECORD];
+            for r in 0..records {
+                reader.read_exact(&mut record).map_err(io)?;
+                let u32_at = |i: usize| u32::from_le_bytes(record[i..i + 4].try_into().expect("4"));
+                let example = u32_at(0) as usize;
+                if example >= examples || std::mem::replace(&mut seen[example], true) {
+                    return Err(TrmError::dataset(
+                        &what,
+                        format!("record {r} answers example {example} twice or out of range"),
+                    ));
+                }
+                answers.push(Answer {
+                    example,
+                    puzzle_identifier: u32_at(4),
+                    q_halt_logit: f32::from_bits(u32_at(8)),
+                    steps: u32_at(12),
+                    tokens: record[16..].to_vec(),
+                });
+            }
+            // a record cut short by a crash is dropped, to be solved again
+            let end = (LOG_HEADER + records * LOG_RECORD) as u64;
+            if end != len {
+                file.set_len(end).map_err(io)?;
+            }
+            file.seek(SeekFrom::Start(end)).map_err(io)?;
+        }
+        file.seek(SeekFrom::End(0)).map_err(io)?;
+        Ok((
+            AnswerLog {
+                path,
+                file: BufWriter::new(file),
+            },
+            answers,
+        ))
+    }
+
+    /// Appends `answers` and makes them durable before returning.
+    pub fn append(&mut self, answers: &[Answer]) -> Result<()> {
+        let io = |e| TrmError::io(&self.path, e);
+        for a in answers {
+            if a.tokens.len() != CANVAS_TOKENS {
+                return Err(TrmError::Input(format!(
+                    "an answer of {} tokens, not {CANVAS_TOKENS}",
+                    a.tokens.len()
+                )));
+            }
+            let mut head = [0u8; 16];
+            head[0..4].copy_from_slice(&(a.example as u32).to_le_bytes());
+            head[4..8].copy_from_slice(&a.puzzle_identifier.to_le_bytes());
+            head[8..12].copy_from_slice(&a.q_halt_logit.to_bits().to_le_bytes());
+            head[12..16].copy_from_slice(&a.steps.to_le_bytes());
+            self.file.write_all(&head).map_err(io)?;
+            self.file.write_all(&a.tokens).map_err(io)?;
+        }
+        self.file.flush().map_err(io)?;
+        self.file.get_ref().sync_data().map_err(io)
+    }
+}
