@@ -15,7 +15,7 @@
 use faer::reborrow::ReborrowMut;
 use faer::{MatMut, Par};
 
-use super::ops::{add_rms_norm_rows, mat, mat_mut, mat_strided, matmul_into};
+use super::ops::{add_rms_norm_rows, exp_clamped, mat, mat_mut, mat_strided, matmul_into};
 use super::panels::PanelWeights;
 use super::token_panels::TokenScratch;
 
@@ -109,16 +109,50 @@ pub(super) fn attention_head(
     matmul_into(mat_mut(scores, s, s), q, k.transpose(), Par::Seq);
     let scale = 1.0 / (hd as f32).sqrt();
     for row in scores.chunks_exact_mut(s) {
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
-        let mut sum = 0.0;
-        for v in row.iter_mut() {
-            *v = (*v * scale - max).exp();
-            sum += *v;
-        }
-        let inv = 1.0 / sum;
-        row.iter_mut().for_each(|v| *v *= inv);
+        softmax_scaled(row, scale);
     }
     matmul_into(out.rb_mut(), mat(scores, s, s), v, Par::Seq);
+}
+
+/// `row = softmax(row * scale)`, vectorised: eight lanes for the maximum
+/// and the sum, [`exp_clamped`] for the exponentials. A weight below
+/// e^-80 of the largest is flushed to zero: it cannot move a float sum of
+/// at least 1, and left in (libm's `expf` makes them subnormal) such
+/// weights made every multiply a subnormal one, 95% of an ARC-size
+/// (S = 916) network call.
+fn softmax_scaled(row: &mut [f32], scale: f32) {
+    const FLUSH_BELOW: f32 = -80.0;
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    // scale > 0, and rounding is monotonic: max(v * scale) = max(v) * scale
+    let max = lanes.iter().fold(tail, |m, &v| m.max(v)) * scale;
+    let mut sums = [0.0f32; 8];
+    let mut chunks = row.chunks_exact_mut(8);
+    for c in &mut chunks {
+        for (acc, v) in sums.iter_mut().zip(c.iter_mut()) {
+            let x = *v * scale - max;
+            let e = exp_clamped(x);
+            *v = if x < FLUSH_BELOW { 0.0 } else { e };
+            *acc += *v;
+        }
+    }
+    let mut sum: f32 = sums.iter().sum();
+    for v in chunks.into_remainder() {
+        let x = *v * scale - max;
+        *v = if x < FLUSH_BELOW { 0.0 } else { exp_clamped(x) };
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|v| *v *= inv);
 }
 
 /// Attention, third phase on `rows`: `h = rms_norm(h + attn @ o_proj^T)`.
@@ -139,4 +173,45 @@ pub(super) fn o_proj_rows(
         Par::Seq,
     );
     add_rms_norm_rows(rows, update, d, eps);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::softmax_scaled;
+    use crate::rng::SplitMix64;
+
+    #[test]
+    fn softmax_matches_float64_and_leaves_no_subnormals() {
+        let mut rng = SplitMix64::new(17);
+        // odd lengths (the tail), and spreads from gentle to far past e^-80
+        for (len, spread) in [(1, 1.0), (7, 3.0), (97, 10.0), (916, 300.0), (333, 5000.0)] {
+            let row: Vec<f32> = (0..len)
+                .map(|_| (rng.uniform() * 2.0 - 1.0) as f32 * spread)
+                .collect();
+            let scale = 0.125f32;
+            let mut got = row.clone();
+            softmax_scaled(&mut got, scale);
+            let max = row
+                .iter()
+                .map(|&v| f64::from(v * scale))
+                .fold(f64::MIN, f64::max);
+            let exps: Vec<f64> = row
+                .iter()
+                .map(|&v| (f64::from(v * scale) - max).exp())
+                .collect();
+            let sum: f64 = exps.iter().sum();
+            for (i, (&g, &e)) in got.iter().zip(&exps).enumerate() {
+                let want = e / sum;
+                assert!(g == 0.0 || g.is_normal(), "len {len}: element {i} is {g}");
+                // f32 rounds `v * scale - max` to about |x| 2^-24 absolute,
+                // which e^x turns into that much relative error
+                let x = e.ln().abs().min(200.0);
+                let tolerance = want * (1e-6 + x * 1.2e-7) + 1e-30;
+                assert!(
+                    (f64::from(g) - want).abs() <= tolerance,
+                    "len {len} spread {spread}: element {i}: {g} vs {want}"
+                );
+            }
+        }
+    }
 }
