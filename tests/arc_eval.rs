@@ -84,6 +84,35 @@ fn the_authors_pass_at_k_and_submission_from_their_predictions() {
     assert!(results.without_answers.is_empty());
 }
 
+/// The second fixture (`tests/data/arc-random`, made by
+/// `bench/arc_fixture.py`): random puzzles, several test inputs, some
+/// without any prediction.
+#[test]
+fn arc_eval_matches_the_authors_on_a_second_fixture() {
+    let fixture = common::data_dir().join("arc-random");
+    let dir = temp_dir("arc-random");
+    let submission = dir.join("submission.json");
+    let out = trm(&[
+        "arc-eval",
+        "--data",
+        fixture.join("data").to_str().unwrap(),
+        "--predictions",
+        fixture.join("predictions.safetensors").to_str().unwrap(),
+        "--submission",
+        submission.to_str().unwrap(),
+        "--json",
+    ]);
+    let json: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let text = std::fs::read_to_string(fixture.join("expected.json")).unwrap();
+    let expected = serde_json::from_str::<serde_json::Value>(&text).unwrap()["results"].clone();
+    assert_eq!(json, expected);
+    assert_eq!(
+        std::fs::read(&submission).unwrap(),
+        std::fs::read(fixture.join("submission.json")).unwrap()
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without an answer"));
+}
+
 #[test]
 fn arc_eval_predictions_json_is_the_authors_result() {
     let dir = temp_dir("arc-preds");
