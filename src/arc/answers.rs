@@ -5,6 +5,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
@@ -30,9 +31,12 @@ pub struct Answer {
 /// The authors' predictions format (what their evaluation saves, and the
 /// fixture's `predictions.safetensors`): `inputs` and `preds` (int32 or
 /// int64 `[N, 900]`), `puzzle_identifiers` (int32 or int64 `[N]`) and
-/// `q_halt_logits` (float32 `[N]`), memory-mapped.
+/// `q_halt_logits` (float32 `[N]`). The header is checked on a memory
+/// mapping; the rows are then read one answer at a time, so a file of the
+/// real evaluation's size (3 GB) never needs to be resident.
 pub struct Predictions {
-    map: Mmap,
+    path: PathBuf,
+    file: Mutex<File>,
     len: usize,
     inputs: Column,
     preds: Column,
@@ -40,11 +44,11 @@ pub struct Predictions {
     q_halt_logits: Column,
 }
 
-/// Where a checked tensor's bytes lie in the mapping.
+/// Where a checked tensor's bytes lie in the file.
 #[derive(Clone, Copy)]
 struct Column {
     dtype: Dtype,
-    start: usize,
+    start: u64,
 }
 
 impl Predictions {
@@ -91,8 +95,8 @@ impl Predictions {
                     format!("`{name}` has shape {:?}, expected {shape:?}", t.shape()),
                 ));
             }
-            // the view borrows the mapping: its offset in it
-            let start = t.data().as_ptr() as usize - map.as_ptr() as usize;
+            // the view borrows the mapping: its offset in it is the file's
+            let start = (t.data().as_ptr() as usize - map.as_ptr() as usize) as u64;
             Ok(Column {
                 dtype: t.dtype(),
                 start,
@@ -104,7 +108,8 @@ impl Predictions {
         let q_halt_logits = column("q_halt_logits", false, &[len])?;
         drop(st);
         Ok(Predictions {
-            map,
+            path: path.to_path_buf(),
+            file: Mutex::new(file),
             len,
             inputs,
             preds,
@@ -125,32 +130,44 @@ impl Predictions {
 
     /// Answer `i` (below [`Predictions::len`]): (puzzle identifier, input
     /// tokens, predicted tokens, q_halt logit).
-    pub fn get(&self, i: usize) -> Option<(i64, Vec<i64>, Vec<i64>, f32)> {
+    pub fn get(&self, i: usize) -> Result<(i64, Vec<i64>, Vec<i64>, f32)> {
         if i >= self.len {
-            return None;
+            return Err(TrmError::Input(format!(
+                "prediction {i} is outside the file's {}",
+                self.len
+            )));
         }
-        let rows = |c: Column, width: usize| ints(c.dtype, &self.map[c.start..], i * width, width);
-        let id = rows(self.puzzle_identifiers, 1)[0];
-        let q = self.q_halt_logits.start + 4 * i;
-        let q = f32::from_le_bytes(self.map[q..q + 4].try_into().expect("4 bytes"));
-        Some((
-            id,
-            rows(self.inputs, CANVAS_TOKENS),
-            rows(self.preds, CANVAS_TOKENS),
-            q,
-        ))
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rows = |c: Column, width: usize| -> Result<Vec<i64>> {
+            let size = if c.dtype == Dtype::I64 { 8 } else { 4 };
+            let mut bytes = vec![0u8; width * size];
+            file.seek(SeekFrom::Start(c.start + (i * width * size) as u64))
+                .and_then(|_| file.read_exact(&mut bytes))
+                .map_err(|e| TrmError::io(&self.path, e))?;
+            Ok(ints(c.dtype, &bytes))
+        };
+        let id = rows(self.puzzle_identifiers, 1)?[0];
+        let inputs = rows(self.inputs, CANVAS_TOKENS)?;
+        let preds = rows(self.preds, CANVAS_TOKENS)?;
+        let q = rows(
+            Column {
+                dtype: Dtype::I32,
+                ..self.q_halt_logits
+            },
+            1,
+        )?[0];
+        Ok((id, inputs, preds, f32::from_bits(q as i32 as u32)))
     }
 }
 
-/// `count` little-endian integers of `dtype` (I32 or I64) from element
-/// `start` of `data`.
-fn ints(dtype: Dtype, data: &[u8], start: usize, count: usize) -> Vec<i64> {
+/// Little-endian integers of `dtype` (I32 or I64).
+fn ints(dtype: Dtype, bytes: &[u8]) -> Vec<i64> {
     match dtype {
-        Dtype::I64 => data[start * 8..(start + count) * 8]
+        Dtype::I64 => bytes
             .chunks_exact(8)
             .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
             .collect(),
-        _ => data[start * 4..(start + count) * 4]
+        _ => bytes
             .chunks_exact(4)
             .map(|b| i64::from(i32::from_le_bytes(b.try_into().expect("4 bytes"))))
             .collect(),
@@ -169,7 +186,8 @@ const LOG_RECORD: usize = 16 + CANVAS_TOKENS;
 /// An append-only file of fixed-size answer records, one per solved
 /// example, for a data set of a given size. Opening an existing log checks
 /// that it belongs to a data set of that size, drops a record cut short by
-/// a crash, and returns the answers it holds.
+/// a crash, and hands over the answers it holds one at a time (a log of the
+/// real evaluation is 400 MB; nothing of it stays in memory).
 ///
 /// Little-endian layout: a 32-byte header (`TRMARCA1`, u64 examples, u32
 /// tokens per answer = 900, u32 record bytes = 916, u64 0), then records of
@@ -182,8 +200,12 @@ pub struct AnswerLog {
 
 impl AnswerLog {
     /// Opens (or creates) the log at `path` for a data set of `examples`
-    /// examples; returns it and the answers already in it.
-    pub fn open(path: impl AsRef<Path>, examples: usize) -> Result<(Self, Vec<Answer>)> {
+    /// examples, calling `each` with every answer already in it, in order.
+    pub fn open(
+        path: impl AsRef<Path>,
+        examples: usize,
+        mut each: impl FnMut(Answer) -> Result<()>,
+    ) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let io = |e| TrmError::io(&path, e);
         let what = path.display().to_string();
@@ -200,7 +222,6 @@ impl AnswerLog {
                 "an answer log indexes examples with 32 bits; {examples} is too many"
             )));
         }
-        let mut answers = Vec::new();
         if len == 0 {
             let mut header = Vec::with_capacity(LOG_HEADER);
             header.extend_from_slice(LOG_MAGIC);
@@ -248,13 +269,13 @@ impl AnswerLog {
                         format!("record {r} answers example {example} twice or out of range"),
                     ));
                 }
-                answers.push(Answer {
+                each(Answer {
                     example,
                     puzzle_identifier: u32_at(4),
                     q_halt_logit: f32::from_bits(u32_at(8)),
                     steps: u32_at(12),
                     tokens: record[16..].to_vec(),
-                });
+                })?;
             }
             // a record cut short by a crash is dropped, to be solved again
             let end = (LOG_HEADER + records * LOG_RECORD) as u64;
@@ -264,13 +285,10 @@ impl AnswerLog {
             file.seek(SeekFrom::Start(end)).map_err(io)?;
         }
         file.seek(SeekFrom::End(0)).map_err(io)?;
-        Ok((
-            AnswerLog {
-                path,
-                file: BufWriter::new(file),
-            },
-            answers,
-        ))
+        Ok(AnswerLog {
+            path,
+            file: BufWriter::new(file),
+        })
     }
 
     /// Appends `answers` and makes them durable before returning.

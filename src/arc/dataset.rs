@@ -2,13 +2,17 @@
 //! `DIR/test/{set}__*.npy` with `dataset.json`, `DIR/identifiers.json` and
 //! `DIR/test_puzzles.json`, read as hostile input.
 //!
-//! The token arrays are memory-mapped, not read: the real test split is
-//! about 400 puzzles x 1,000 augmentations x their test inputs (some 400 MB
-//! of tokens), and an evaluation reads each example once.
+//! The token arrays are checked by the `.npy` reader on a memory mapping
+//! (which touches only the header) and then read a row at a time: the real
+//! test split is about 400 puzzles x 1,000 augmentations x their test
+//! inputs (some 400 MB of tokens), and an evaluation reads each example
+//! once, so none of it needs to stay resident.
 
 use std::collections::HashSet;
 use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use memmap2::Mmap;
 use ndarray::{ArrayView1, ArrayView2};
@@ -70,22 +74,35 @@ pub struct TestPuzzle {
 }
 
 /// One example of the test split: an input canvas of an augmented puzzle.
-#[derive(Clone, Copy, Debug)]
-pub struct Example<'a> {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Example {
     /// Its position in the split (sets in order).
     pub index: usize,
     /// The puzzle identifier of its (augmented) puzzle.
     pub puzzle_identifier: u32,
     /// Its 900 input tokens.
-    pub tokens: &'a [u8],
+    pub tokens: Vec<u8>,
 }
 
-/// The token array of one set, validated and mapped.
-struct MappedTokens {
-    map: Mmap,
-    /// Where the rows start in the mapping.
-    offset: usize,
+/// The token array of one set, validated, read by rows.
+struct TokenRows {
+    path: PathBuf,
+    file: Mutex<File>,
+    /// Where the rows start in the file.
+    offset: u64,
     rows: usize,
+}
+
+impl TokenRows {
+    fn read(&self, row: usize) -> Result<Vec<u8>> {
+        let io = |e| TrmError::io(&self.path, e);
+        let mut tokens = vec![0u8; CANVAS_TOKENS];
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        file.seek(SeekFrom::Start(self.offset + (row * CANVAS_TOKENS) as u64))
+            .map_err(io)?;
+        file.read_exact(&mut tokens).map_err(io)?;
+        Ok(tokens)
+    }
 }
 
 /// A built ARC data set's test split, checked: every array's dtype, shape
@@ -95,7 +112,7 @@ pub struct ArcDataset {
     metadata: DatasetMetadata,
     identifiers: Vec<String>,
     puzzles: Vec<TestPuzzle>,
-    sets: Vec<MappedTokens>,
+    sets: Vec<TokenRows>,
     /// The puzzle identifier of every example.
     example_identifiers: Vec<u32>,
 }
@@ -275,22 +292,26 @@ impl ArcDataset {
         &self.example_identifiers
     }
 
-    /// Example `index`, or `None` past the end.
-    pub fn example(&self, index: usize) -> Option<Example<'_>> {
-        let puzzle_identifier = *self.example_identifiers.get(index)?;
+    /// Example `index` (read from the file).
+    pub fn example(&self, index: usize) -> Result<Example> {
+        let puzzle_identifier = *self.example_identifiers.get(index).ok_or_else(|| {
+            TrmError::Input(format!(
+                "example {index} is outside the data set's {}",
+                self.len()
+            ))
+        })?;
         let mut row = index;
         for set in &self.sets {
             if row < set.rows {
-                let start = set.offset + row * CANVAS_TOKENS;
-                return Some(Example {
+                return Ok(Example {
                     index,
                     puzzle_identifier,
-                    tokens: &set.map[start..start + CANVAS_TOKENS],
+                    tokens: set.read(row)?,
                 });
             }
             row -= set.rows;
         }
-        None
+        unreachable!("the sets' rows add up to the examples")
     }
 
     /// The original puzzle name of example `index` (`None` past the end or
@@ -339,9 +360,9 @@ fn map_file(path: &Path) -> Result<Mmap> {
     Ok(map)
 }
 
-/// Maps `{set}__inputs.npy`: uint8 `[N, 900]`, C order, checked by the
+/// Opens `{set}__inputs.npy`: uint8 `[N, 900]`, C order, checked by the
 /// `.npy` reader against the file's length.
-fn map_tokens(path: &Path) -> Result<MappedTokens> {
+fn map_tokens(path: &Path) -> Result<TokenRows> {
     let map = map_file(path)?;
     let what = path.display().to_string();
     let view = ArrayView2::<u8>::view_npy(&map)
@@ -362,8 +383,14 @@ fn map_tokens(path: &Path) -> Result<MappedTokens> {
     }
     let rows = view.nrows();
     // the reader refuses extra bytes, so the rows end the file
-    let offset = map.len() - rows * CANVAS_TOKENS;
-    Ok(MappedTokens { map, offset, rows })
+    let offset = (map.len() - rows * CANVAS_TOKENS) as u64;
+    let file = File::open(path).map_err(|e| TrmError::io(path, e))?;
+    Ok(TokenRows {
+        path: path.to_path_buf(),
+        file: Mutex::new(file),
+        offset,
+        rows,
+    })
 }
 
 /// Reads a small int32 `[n]` array.

@@ -79,12 +79,7 @@ pub fn answer_examples(
         let mut tokens = Vec::with_capacity(chunk.len() * grid::CANVAS_TOKENS);
         let mut ids = Vec::with_capacity(chunk.len());
         for &i in chunk {
-            let example = dataset.example(i).ok_or_else(|| {
-                TrmError::Input(format!(
-                    "example {i} is outside the data set's {}",
-                    dataset.len()
-                ))
-            })?;
+            let example = dataset.example(i)?;
             tokens.extend(example.tokens.iter().map(|&t| i64::from(t)));
             // a model without a puzzle table has one row of nothing
             ids.push(if uses_table {
@@ -133,13 +128,7 @@ pub fn voter_for(dataset: &ArcDataset, limit: Option<usize>) -> Result<ArcVoter>
 
 /// Files `answer` (to an example of `dataset`) with `voter`.
 pub fn vote_answer(voter: &mut ArcVoter, dataset: &ArcDataset, answer: &Answer) -> Result<()> {
-    let example = dataset.example(answer.example).ok_or_else(|| {
-        TrmError::Input(format!(
-            "an answer to example {}, outside the data set's {}",
-            answer.example,
-            dataset.len()
-        ))
-    })?;
+    let example = dataset.example(answer.example)?;
     if example.puzzle_identifier != answer.puzzle_identifier {
         return Err(TrmError::Input(format!(
             "the answer to example {} is for puzzle identifier {}, but the data set's example has {}: answers of another data set?",
@@ -148,7 +137,7 @@ pub fn vote_answer(voter: &mut ArcVoter, dataset: &ArcDataset, answer: &Answer) 
     }
     voter.add(
         i64::from(answer.puzzle_identifier),
-        example.tokens,
+        &example.tokens,
         &answer.tokens,
         answer.q_halt_logit,
     )

@@ -91,10 +91,9 @@ pub fn arc_eval(args: ArcEvalArgs) -> Result<()> {
     } else if let Some(path) = &args.model {
         answer_with_model(&args, path, &dataset, &mut voter)?;
     } else if let Some(path) = &args.answers {
-        let (_, answers) = AnswerLog::open(path, dataset.len())?;
-        for answer in &answers {
-            arc::vote_answer(&mut voter, &dataset, answer)?;
-        }
+        AnswerLog::open(path, dataset.len(), |answer| {
+            arc::vote_answer(&mut voter, &dataset, &answer)
+        })?;
     }
     let results = voter.results(&args.pass_k);
     if let Some(path) = &args.submission {
@@ -109,7 +108,7 @@ pub fn arc_eval(args: ArcEvalArgs) -> Result<()> {
     }
     let puzzles = results.submission.0.len();
     eprintln!(
-        "{puzzles} puzzles, {} answers voted{}{}",
+        "{puzzles} puzzles, {} answers voted{}{}{}",
         results.answers - results.unused_answers,
         if results.unused_answers > 0 {
             format!(", {} outside the evaluated puzzles", results.unused_answers)
@@ -123,14 +122,26 @@ pub fn arc_eval(args: ArcEvalArgs) -> Result<()> {
                 ", {} test inputs without an answer (counted wrong)",
                 results.without_answers.len()
             )
+        },
+        match peak_resident_mib() {
+            Some(mib) => format!("; peak resident memory {mib:.1} MiB"),
+            None => String::new(),
         }
     );
     Ok(())
 }
 
+/// This process's peak resident memory (VmHWM), where the OS says it.
+fn peak_resident_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
 fn vote_predictions(voter: &mut ArcVoter, preds: &Predictions) -> Result<()> {
     for i in 0..preds.len() {
-        let (id, input, pred, q) = preds.get(i).expect("below len");
+        let (id, input, pred, q) = preds.get(i)?;
         voter.add(id, &input, &pred, q).map_err(|e| match e {
             TrmError::Input(why) => TrmError::Input(format!("prediction {i}: {why}")),
             other => other,
@@ -163,12 +174,11 @@ fn answer_with_model(
     let mut selected = dataset.selected_examples(args.limit);
     let mut log = None;
     if let Some(path) = &args.answers {
-        let (opened, done) = AnswerLog::open(path, dataset.len())?;
         let mut answered = vec![false; dataset.len()];
-        for answer in &done {
-            arc::vote_answer(voter, dataset, answer)?;
+        let opened = AnswerLog::open(path, dataset.len(), |answer| {
             answered[answer.example] = true;
-        }
+            arc::vote_answer(voter, dataset, &answer)
+        })?;
         let before = selected.len();
         selected.retain(|&i| !answered[i]);
         if before > selected.len() {
