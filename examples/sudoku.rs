@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use trm_wgpu::tasks::sudoku::{Grid, side_by_side};
+use trm_wgpu::augment::{AugmentOptions, AugmentTask, Selection, solve_augmented};
+use trm_wgpu::tasks::sudoku::{Grid, generate, side_by_side};
 use trm_wgpu::{
     Backend, Carry, Engine, EngineOptions, LoadOptions, PuzzleBatch, SolveOptions, TrmModel,
 };
@@ -63,6 +64,26 @@ struct Args {
     /// Print only the summary.
     #[arg(long)]
     summary: bool,
+    /// Test-time augmentation: solve K symmetric variants of each puzzle
+    /// (relabelled digits, permuted rows, bands, columns, stacks, maybe
+    /// transposed; variant 0 the puzzle itself) and choose by --select.
+    #[arg(long, default_value_t = 1)]
+    augment: usize,
+    /// How --augment chooses: q-halt, vote or verifier.
+    #[arg(long, default_value = "q-halt")]
+    select: Selection,
+    /// Seed of the --augment variants.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Solve N fresh seeded puzzles instead (see --givens, --generate-seed).
+    #[arg(long)]
+    generate: Option<usize>,
+    /// Givens of generated puzzles, as MIN-MAX.
+    #[arg(long, default_value = "36-50")]
+    givens: String,
+    /// Seed of generated puzzles.
+    #[arg(long, default_value_t = 1)]
+    generate_seed: u64,
 }
 
 fn main() {
@@ -92,6 +113,26 @@ fn run(args: Args) -> trm_wgpu::Result<()> {
         )));
     }
     let (text, solutions) = match args.puzzles.as_deref() {
+        None if args.generate.is_some() => {
+            let (lo, hi) = args
+                .givens
+                .split_once('-')
+                .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
+                .filter(|(a, b)| a <= b && *b <= 81)
+                .ok_or_else(|| {
+                    trm_wgpu::TrmError::Input(format!("--givens {}: use MIN-MAX", args.givens))
+                })?;
+            let mut rng = trm_wgpu::rng::SplitMix64::new(args.generate_seed);
+            let (mut text, mut sols) = (String::new(), Vec::new());
+            for _ in 0..args.generate.unwrap_or(0) {
+                let givens = lo + rng.below((hi - lo + 1) as u64) as usize;
+                let (puzzle, solution) = generate(&mut rng, givens);
+                text.push_str(&puzzle.to_line());
+                text.push('\n');
+                sols.push(solution);
+            }
+            (text, Some(sols))
+        }
         None => (
             SAMPLE_PUZZLES.to_string(),
             Some(Grid::parse_many(SAMPLE_SOLUTIONS)?),
@@ -162,7 +203,33 @@ fn run(args: Args) -> trm_wgpu::Result<()> {
     for chunk in puzzles.chunks(CHUNK) {
         let tokens: Vec<i64> = chunk.iter().flat_map(|p| p.tokens()).collect();
         let batch = PuzzleBatch::new(&config, &tokens, None)?;
-        if args.trace {
+        if args.trace && args.augment > 1 {
+            return Err(trm_wgpu::TrmError::Input(
+                "--trace shows one solve; use it without --augment".into(),
+            ));
+        }
+        if args.augment > 1 {
+            let options = SolveOptions::default()
+                .act_steps(steps)
+                .early_halt(args.halt)
+                .carry(false);
+            let augment = AugmentOptions {
+                task: AugmentTask::Sudoku,
+                variants: args.augment,
+                select: args.select,
+                seed: args.seed,
+            };
+            let out = solve_augmented(&mut engine, &batch, &options, &augment)?;
+            for i in 0..chunk.len() {
+                let answer = Grid::from_tokens(&out.predictions[i * 81..(i + 1) * 81]);
+                results.push((
+                    answer,
+                    out.output.q_halt_logits[i],
+                    out.output.steps[i] as usize,
+                    Vec::new(),
+                ));
+            }
+        } else if args.trace {
             // one ACT step at a time from the carry: the recursion refining
             let mut carry: Option<Carry> = None;
             let mut trail: Vec<Vec<(Grid, f32)>> = vec![Vec::new(); chunk.len()];

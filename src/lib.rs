@@ -26,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod arc;
+pub mod augment;
 pub mod backend;
 pub mod batch;
 pub mod checkpoint;

@@ -178,6 +178,23 @@ impl SolveOutput {
         }
     }
 
+    /// An empty output of the same sizes per puzzle (no puzzles).
+    pub(crate) fn clone_shape(&self) -> Self {
+        SolveOutput {
+            batch: 0,
+            seq_len: self.seq_len,
+            vocab_size: self.vocab_size,
+            state_len: self.state_len,
+            hidden_size: self.hidden_size,
+            logits: Vec::new(),
+            q_halt_logits: Vec::new(),
+            q_continue_logits: Vec::new(),
+            z_h: Vec::new(),
+            z_l: Vec::new(),
+            steps: Vec::new(),
+        }
+    }
+
     /// Predicted token per position, `[B, seq_len]` (argmax of the logits;
     /// the first maximum on ties, as PyTorch).
     pub fn predictions(&self) -> Vec<u32> {

@@ -265,7 +265,7 @@ impl Dihedral {
     }
 
     /// The cell of an `rows x cols` source that lands at (`i`, `j`).
-    fn source(self, i: usize, j: usize, rows: usize, cols: usize) -> (usize, usize) {
+    pub(crate) fn source(self, i: usize, j: usize, rows: usize, cols: usize) -> (usize, usize) {
         match self.0 {
             0 => (i, j),
             1 => (j, cols - 1 - i),

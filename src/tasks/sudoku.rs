@@ -144,6 +144,30 @@ impl Grid {
     }
 }
 
+/// A seeded random puzzle with `givens` given cells, and the grid it was
+/// made from: a fixed valid grid under a random Sudoku symmetry
+/// ([`crate::augment::random_sudoku_symmetry`]: digits relabelled, rows,
+/// bands, columns and stacks permuted, maybe transposed), then all cells
+/// but `givens` blanked. The recipe the sample model was trained on.
+pub fn generate(rng: &mut crate::rng::SplitMix64, givens: usize) -> (Grid, Grid) {
+    use crate::augment::Symmetry;
+    const BASE: &str =
+        "534678912672195348198342567859761423426853791713924856961537284287419635345286179";
+    let base = Grid::parse(BASE).expect("a valid grid");
+    let tokens: Vec<u32> = base.tokens().iter().map(|&t| t as u32).collect();
+    let symmetry = crate::augment::random_sudoku_symmetry(rng);
+    let solution = Grid::from_tokens(&symmetry.apply(&tokens).expect("81 cells"));
+    let mut cells: Vec<usize> = (0..CELLS).collect();
+    for i in (1..CELLS).rev() {
+        cells.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    let mut puzzle = solution;
+    for &c in &cells[givens.min(CELLS)..] {
+        puzzle.0[c] = 0;
+    }
+    (puzzle, solution)
+}
+
 /// Draws grids side by side with a caption above each.
 pub fn side_by_side(grids: &[(&str, &Grid)]) -> String {
     let rendered: Vec<Vec<String>> = grids.iter().map(|(_, g)| g.render()).collect();
