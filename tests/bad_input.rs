@@ -17,12 +17,17 @@ fn small_config() -> TrmConfig {
         h_cycles: 2,
         l_cycles: 2,
         l_layers: 2,
+        h_layers: 0,
+        arch: Default::default(),
         halt_max_steps: 2,
         mlp_t: true,
         pos_encodings: PosEncodings::None,
         puzzle_emb_ndim: 12,
         puzzle_emb_len: 0,
         rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+    }
+}ms_norm_eps: 1e-5,
         rope_theta: 10000.0,
     }
 }

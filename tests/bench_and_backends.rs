@@ -24,6 +24,8 @@ fn small_model() -> TrmModel {
         h_cycles: 2,
         l_cycles: 2,
         l_layers: 1,
+        h_layers: 0,
+        arch: Default::default(),
         halt_max_steps: 2,
         mlp_t: true,
         pos_encodings: trm_wgpu::PosEncodings::None,

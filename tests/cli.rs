@@ -24,12 +24,17 @@ fn config(mlp_t: bool, pos: PosEncodings) -> TrmConfig {
         h_cycles: 2,
         l_cycles: 2,
         l_layers: 2,
+        h_layers: 0,
+        arch: Default::default(),
         halt_max_steps: 3,
         mlp_t,
         pos_encodings: pos,
         puzzle_emb_ndim: 10,
         puzzle_emb_len: 0,
         rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+    }
+}ms_norm_eps: 1e-5,
         rope_theta: 10000.0,
     }
 }

@@ -29,12 +29,17 @@ fn config() -> TrmConfig {
         h_cycles: 1,
         l_cycles: 2,
         l_layers: 1,
+        h_layers: 0,
+        arch: Default::default(),
         halt_max_steps: 2,
         mlp_t: true,
         pos_encodings: PosEncodings::None,
         puzzle_emb_ndim: 8,
         puzzle_emb_len: 0,
         rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+    }
+}ms_norm_eps: 1e-5,
         rope_theta: 10000.0,
     }
 }

@@ -53,6 +53,8 @@ fn random_config(
         h_cycles: pick(rng, &[1, 2]),
         l_cycles: pick(rng, &[1, 2, 3]),
         l_layers: pick(rng, &[1, 2, 3]),
+        h_layers: 0,
+        arch: Default::default(),
         halt_max_steps: 2,
         mlp_t,
         pos_encodings: pos,
@@ -69,6 +71,8 @@ fn random_config(
     config
         .validate()
         .unwrap_or_else(|e| panic!("{config:?}: {e}"));
+    config
+}ap_or_else(|e| panic!("{config:?}: {e}"));
     config
 }
 
