@@ -27,9 +27,6 @@ fn small_config() -> TrmConfig {
         rms_norm_eps: 1e-5,
         rope_theta: 10000.0,
     }
-}ms_norm_eps: 1e-5,
-        rope_theta: 10000.0,
-    }
 }
 
 fn model() -> TrmModel {

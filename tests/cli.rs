@@ -34,9 +34,6 @@ fn config(mlp_t: bool, pos: PosEncodings) -> TrmConfig {
         rms_norm_eps: 1e-5,
         rope_theta: 10000.0,
     }
-}ms_norm_eps: 1e-5,
-        rope_theta: 10000.0,
-    }
 }
 
 fn run_and_compare(mlp_t: bool, pos: PosEncodings) {

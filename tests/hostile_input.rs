@@ -39,9 +39,6 @@ fn config() -> TrmConfig {
         rms_norm_eps: 1e-5,
         rope_theta: 10000.0,
     }
-}ms_norm_eps: 1e-5,
-        rope_theta: 10000.0,
-    }
 }
 
 fn model() -> TrmModel {

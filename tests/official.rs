@@ -177,9 +177,6 @@ fn config(mlp_t: bool, pos: PosEncodings, puzzle_emb_ndim: usize) -> TrmConfig {
         rms_norm_eps: 1e-5,
         rope_theta: 10000.0,
     }
-}ms_norm_eps: 1e-5,
-        rope_theta: 10000.0,
-    }
 }
 
 /// Every variant converts bit for bit, with dataset.json or, where the

@@ -72,8 +72,6 @@ fn random_config(
         .validate()
         .unwrap_or_else(|e| panic!("{config:?}: {e}"));
     config
-}ap_or_else(|e| panic!("{config:?}: {e}"));
-    config
 }
 
 /// Every variant: the CPU engine matches float64 on logits, q logits and the
