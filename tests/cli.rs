@@ -184,6 +184,24 @@ fn run_mlp_mixer_without_puzzle_embedding_matches_float64() {
     run_config_and_compare(c);
 }
 
+/// Fresh random HRM models (H_layers != L_layers): the model file through
+/// `trm run`, and its official form through `trm convert` + `trm run`.
+#[test]
+fn run_hrm_matches_float64() {
+    for (mlp_t, pos, l_layers, h_layers) in [
+        (false, PosEncodings::Rope, 2, 3),
+        (false, PosEncodings::Learned, 3, 1),
+        (true, PosEncodings::None, 1, 2),
+    ] {
+        run_config_and_compare(TrmConfig {
+            arch: trm_wgpu::Arch::Hrm,
+            l_layers,
+            h_layers,
+            ..config(mlp_t, pos)
+        });
+    }
+}
+
 #[test]
 fn run_with_steps_option() {
     let model = TrmModel::random(config(true, PosEncodings::None), 11, 0.5).unwrap();
