@@ -655,6 +655,62 @@ mod tests {
     }
 
     #[test]
+    fn hrm_preset_is_the_published_shape() {
+        let c = TrmConfig::hrm_sudoku_extreme();
+        c.validate().unwrap();
+        assert_eq!(c.state_len(), 82);
+        // 8 blocks of 3.41M: HRM's "27M parameters"
+        assert_eq!(c.parameter_count(), 27_276_802);
+        assert_eq!(c.level_layers(Level::L), 0..4);
+        assert_eq!(c.level_layers(Level::H), 4..8);
+        assert_eq!(c.recursion_steps_per_act_step(), 6);
+        let call = c.flops_per_net_call(Level::L);
+        assert_eq!(call, c.flops_per_net_call(Level::H));
+        assert_eq!(call, c.flops_per_recursion_step());
+        let gflop = call as f64 / 1e9;
+        assert!((gflop - 2.29).abs() < 0.01, "{gflop}");
+        let per_puzzle = c.flops_per_puzzle() as f64 / 1e9;
+        assert!((per_puzzle - 220.0).abs() < 1.0, "{per_puzzle}");
+        assert_eq!(TrmConfig::from_json(&c.to_json()).unwrap(), c);
+    }
+
+    #[test]
+    fn arch_and_its_fields() {
+        let trm = TrmConfig::from_json(sudoku_json()).unwrap();
+        assert_eq!((trm.arch, trm.h_layers), (Arch::Trm, 0));
+        assert_eq!(trm.level_layers(Level::H), 0..2);
+        assert!(trm.to_json().contains(r#""arch":"trm""#));
+        assert!(!trm.to_json().contains("H_layers"));
+        // TRM's own configurations carry an unused H_layers
+        let base: serde_json::Value = serde_json::from_str(sudoku_json()).unwrap();
+        let mut c = base.clone();
+        c["H_layers"] = 0.into();
+        assert_eq!(TrmConfig::from_json(&c.to_string()).unwrap(), trm);
+        // HRM: H_layers required and positive; its puzzle embedding takes
+        // ceil(ndim / D) positions, and it halts on q_halt > q_continue
+        c["arch"] = "hrm".into();
+        c["mlp_t"] = false.into();
+        c["puzzle_emb_len"] = serde_json::Value::Null;
+        assert!(TrmConfig::from_json(&c.to_string()).is_err(), "H_layers 0");
+        c["H_layers"] = 3.into();
+        let hrm = TrmConfig::from_json(&c.to_string()).unwrap();
+        assert_eq!((hrm.puzzle_emb_len, hrm.puzzle_emb_positions()), (0, 1));
+        assert_eq!(hrm.level_layers(Level::H), 2..5);
+        assert_eq!(hrm.stored_layers(), 5);
+        assert!(hrm.halts(0.5, 0.25) && !hrm.halts(0.5, 0.75));
+        assert!(trm.halts(0.5, 0.75) && !trm.halts(-0.5, -0.75));
+        let mut no_h = c.clone();
+        no_h.as_object_mut().unwrap().remove("H_layers");
+        assert!(TrmConfig::from_json(&no_h.to_string()).is_err());
+        c["puzzle_emb_len"] = 16.into();
+        assert!(TrmConfig::from_json(&c.to_string()).is_err());
+        c["puzzle_emb_len"] = 1.into();
+        assert!(TrmConfig::from_json(&c.to_string()).is_ok());
+        c["arch"] = "rnn".into();
+        assert!(TrmConfig::from_json(&c.to_string()).is_err());
+    }
+
+    #[test]
     fn puzzle_emb_len_zero_means_ceil() {
         let json = r#"{"hidden_size": 48, "expansion": 2, "num_heads": 2, "H_cycles": 2,
             "L_cycles": 2, "L_layers": 1, "halt_max_steps": 2, "mlp_t": false,

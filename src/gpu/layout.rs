@@ -373,6 +373,8 @@ mod tests {
             groups: _,
             slice: _,
             slices: _,
+            layer_first: _,
+            layer_count: _,
         } = Params::default();
         let fields = [
             "state_base",
