@@ -471,7 +471,15 @@ fn bench_tune_reports_a_crossover_that_spread_below_applies() {
 fn bench_times_hrm_at_its_published_shape() {
     let out = Command::new(common::trm_bin())
         .args([
-            "bench", "--arch", "hrm", "--backend", "cpu", "--batch", "1", "--seconds", "0.1",
+            "bench",
+            "--arch",
+            "hrm",
+            "--backend",
+            "cpu",
+            "--batch",
+            "1",
+            "--seconds",
+            "0.1",
         ])
         .output()
         .unwrap();
@@ -481,17 +489,32 @@ fn bench_times_hrm_at_its_published_shape() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("HRM") && text.contains("hrm, D = 512, S = 82"), "{text}");
+    assert!(
+        text.contains("HRM") && text.contains("hrm, D = 512, S = 82"),
+        "{text}"
+    );
     let json = Command::new(common::trm_bin())
         .args([
-            "bench", "--arch", "hrm", "--backend", "cpu", "--batch", "1", "--seconds", "0.1",
+            "bench",
+            "--arch",
+            "hrm",
+            "--backend",
+            "cpu",
+            "--batch",
+            "1",
+            "--seconds",
+            "0.1",
             "--json",
         ])
         .output()
         .unwrap();
-    let row: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&json.stdout).lines().next().unwrap())
-            .unwrap();
+    let row: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&json.stdout)
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(row["arch"], "hrm");
     assert!(row["net_calls_per_s"].as_f64().unwrap() > 0.0, "{row}");
 }

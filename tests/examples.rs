@@ -266,8 +266,17 @@ fn sudoku_runs_an_hrm_checkpoint() {
             continue;
         }
         let args = [
-            "--model", model, "--backend", backend, "--limit", "3", "--steps", "2", "--halt",
-            "--format", "line",
+            "--model",
+            model,
+            "--backend",
+            backend,
+            "--limit",
+            "3",
+            "--steps",
+            "2",
+            "--halt",
+            "--format",
+            "line",
         ];
         let out = run("sudoku", &args);
         let printed = printed_answers(&String::from_utf8_lossy(&out.stdout));
@@ -275,7 +284,10 @@ fn sudoku_runs_an_hrm_checkpoint() {
         answers.push(printed);
     }
     assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
-    let out = run("sudoku", &["--model", model, "--limit", "1", "--steps", "2", "--trace"]);
+    let out = run(
+        "sudoku",
+        &["--model", model, "--limit", "1", "--steps", "2", "--trace"],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("ACT step  2: q_halt"), "{stdout}");
 }

@@ -491,7 +491,10 @@ fn hrm_arch_names_of_both_repositories() {
     // the HRM checkpoint read as a TRM: its H-level tensors are not TRM's
     let as_trm = yaml
         .replace(HRM_ARCH_NAME, common::torch_save::TRM_ARCH_NAME)
-        .replace("  puzzle_emb_ndim", "  puzzle_emb_len: 0\n  puzzle_emb_ndim");
+        .replace(
+            "  puzzle_emb_ndim",
+            "  puzzle_emb_len: 0\n  puzzle_emb_ndim",
+        );
     let as_trm = convert(&as_trm);
     assert!(as_trm.contains("H_level"), "{as_trm}");
 }
@@ -566,6 +569,18 @@ fn cli_convert_hrm_then_info_and_run() {
     let bytes = std::fs::read(&output_path).unwrap();
     let (shape, logits) = read_output_f32(&bytes, "logits");
     assert_eq!(shape, vec![3, 81, 11]);
-    assert_close("logits.step4", &logits, case.tensor("logits.step4"), 1e-5, 1e-4);
-    assert_close("z_H", &read_output_f32(&bytes, "z_H").1, case.tensor("z_H"), 1e-5, 1e-4);
+    assert_close(
+        "logits.step4",
+        &logits,
+        case.tensor("logits.step4"),
+        1e-5,
+        1e-4,
+    );
+    assert_close(
+        "z_H",
+        &read_output_f32(&bytes, "z_H").1,
+        case.tensor("z_H"),
+        1e-5,
+        1e-4,
+    );
 }

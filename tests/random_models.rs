@@ -111,7 +111,10 @@ fn check_variant(mlp_t: bool, pos: PosEncodings, puzzle_emb: bool) {
 fn check_hrm_variant(mlp_t: bool, pos: PosEncodings, puzzle_emb: bool) {
     let seed = common::test_seed();
     let mut rng = SplitMix64::new(seed);
-    check_config(random_hrm_config(&mut rng, mlp_t, pos, puzzle_emb), &mut rng);
+    check_config(
+        random_hrm_config(&mut rng, mlp_t, pos, puzzle_emb),
+        &mut rng,
+    );
 }
 
 /// A random model of `config`: the CPU engine against float64.

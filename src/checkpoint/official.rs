@@ -109,9 +109,9 @@ fn arch_of(name: Option<&Json>, what: &str) -> Result<Arch> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let text = name.as_str().ok_or_else(|| {
-        TrmError::Config(format!("{what}: `arch.name` is not a string: {name}"))
-    })?;
+    let text = name
+        .as_str()
+        .ok_or_else(|| TrmError::Config(format!("{what}: `arch.name` is not a string: {name}")))?;
     ARCH_NAMES
         .iter()
         .find(|(n, _)| *n == text)

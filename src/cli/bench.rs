@@ -23,13 +23,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use trm_wgpu::Arch;
 use trm_wgpu::gpu::{AdapterReport, GpuStats, list_adapters};
 use trm_wgpu::rng::SplitMix64;
 use trm_wgpu::{
     CpuEngine, GpuBackend, GpuContext, GpuEngine, GpuOptions, GpuRunOptions, GpuSchedule,
     PuzzleBatch, Result, TrmConfig, TrmError, TrmModel,
 };
-use trm_wgpu::Arch;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -771,17 +771,14 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         })?;
     }
     let targets = targets(&args)?;
-    let model_name = args
-        .model
-        .as_ref()
-        .map_or(
-            match args.arch {
-                Arch::Trm => "random weights, Sudoku-Extreme shape",
-                Arch::Hrm => "random weights, HRM at its published Sudoku-Extreme shape",
-            }
-            .to_string(),
-            |p| p.display().to_string(),
-        );
+    let model_name = args.model.as_ref().map_or(
+        match args.arch {
+            Arch::Trm => "random weights, Sudoku-Extreme shape",
+            Arch::Hrm => "random weights, HRM at its published Sudoku-Extreme shape",
+        }
+        .to_string(),
+        |p| p.display().to_string(),
+    );
     let per_step = config.flops_per_recursion_step() as f64;
     let per_puzzle = (act_steps * config.recursion_steps_per_act_step()) as f64;
     let puzzle_flops = act_steps as f64 * config.flops_per_act_step() as f64;

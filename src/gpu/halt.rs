@@ -55,7 +55,13 @@ impl Halt {
             Entry::Params,
         ];
         Ok(Halt {
-            kernel: Kernel::new(ctx, KERNEL, SOURCE, &entries, &[("HALT_VS_CONTINUE", vs_continue)])?,
+            kernel: Kernel::new(
+                ctx,
+                KERNEL,
+                SOURCE,
+                &entries,
+                &[("HALT_VS_CONTINUE", vs_continue)],
+            )?,
         })
     }
 

@@ -1026,14 +1026,12 @@ impl GpuEngine {
                             .halt
                             .record(&mut pass, &chunk.halt_group, stride),
                         Op::Step { y_update, active } => match spread {
-                            Some((kernels, plan)) => {
-                                kernels.record(
-                                    &mut pass,
-                                    &chunk.step_group,
-                                    plan.call(y_update),
-                                    |i| spread_offset(y_update, i),
-                                )
-                            }
+                            Some((kernels, plan)) => kernels.record(
+                                &mut pass,
+                                &chunk.step_group,
+                                plan.call(y_update),
+                                |i| spread_offset(y_update, i),
+                            ),
                             None => {
                                 for (j, n) in slices_of(chunk, active) {
                                     self.resident.step.record(

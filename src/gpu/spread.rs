@@ -523,7 +523,6 @@ impl SpreadPlan {
         }
         most
     }
-
 }
 
 #[cfg(test)]
