@@ -109,8 +109,8 @@ const MAX_PARAMETERS: u64 = 1 << 32;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "RawConfig")]
 pub struct TrmConfig {
-    /// The model family: TRM (one network) or HRM (two).
-    #[serde(default)]
+    /// The model family: TRM (one network) or HRM (two); a configuration
+    /// without `arch` is TRM's.
     pub arch: Arch,
     /// Tokens per puzzle.
     pub seq_len: usize,
@@ -134,7 +134,7 @@ pub struct TrmConfig {
     #[serde(rename = "L_layers")]
     pub l_layers: usize,
     /// Blocks in HRM's H-level network; 0 for TRM, which has none.
-    #[serde(rename = "H_layers", default, skip_serializing_if = "is_zero")]
+    #[serde(rename = "H_layers", skip_serializing_if = "is_zero")]
     pub h_layers: usize,
     /// N_sup: ACT (supervision) steps.
     pub halt_max_steps: usize,

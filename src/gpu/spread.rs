@@ -16,7 +16,9 @@
 //! | norm over D (+ residual, partials) | channel gate/up, down, norm       |
 //!
 //! after one injection dispatch per call: 1 + 6 L dispatches per call for
-//! the MLP-mixer model, 1 + 8 L (7 L without RoPE) for attention. The
+//! the MLP-mixer model, 1 + 8 L (7 L without RoPE) for attention, L the
+//! call's blocks (TRM's L_layers; HRM's L_layers or H_layers, each level's
+//! call planned on its own blocks). The
 //! products whose output is small (the down projections, o_proj) split K
 //! until the phase has about [`TARGET_GROUPS`] workgroups; each split
 //! writes a partial sum and the norm after it adds them with the residual,
