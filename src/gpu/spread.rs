@@ -18,9 +18,9 @@
 //! after one injection dispatch per call: 1 + 6 L dispatches per call for
 //! the MLP-mixer model, 1 + 8 L (7 L without RoPE) for attention, L the
 //! call's blocks (TRM's L_layers; HRM's L_layers or H_layers, each level's
-//! call planned on its own blocks). The
-//! products whose output is small (the down projections, o_proj) split K
-//! until the phase has about [`TARGET_GROUPS`] workgroups; each split
+//! call planned on its own blocks). The products whose output is small
+//! (the down projections, o_proj) split K until the phase has about
+//! [`TARGET_GROUPS`] workgroups; each split
 //! writes a partial sum and the norm after it adds them with the residual,
 //! so no float atomics are needed. The phases are dispatches in one
 //! compute pass: wgpu orders them with barriers, nothing waits on the host.
