@@ -310,8 +310,8 @@ impl SpreadPlan {
         sk: u32,
     ) -> SpreadPlan {
         let [z, y] = bases;
-        let (z, z_partials) = call_plan(config, Level::L, batch, z, part_base, sk);
-        let (y, y_partials) = call_plan(config, Level::H, batch, y, part_base, sk);
+        let (z, z_partials) = Self::call_plan(config, Level::L, batch, z, part_base, sk);
+        let (y, y_partials) = Self::call_plan(config, Level::H, batch, y, part_base, sk);
         SpreadPlan {
             batch,
             calls: [z, y],
@@ -328,168 +328,61 @@ impl SpreadPlan {
     pub(crate) fn blocks(&self) -> impl Iterator<Item = &Params> + '_ {
         self.calls.iter().flat_map(|c| &c.blocks)
     }
-}
 
-/// The plan of one network call of `level` (its blocks from
-/// [`TrmConfig::level_layers`]) on the regions of `base`; returns it with
-/// the floats of split partials it needs.
-fn call_plan(
-    config: &TrmConfig,
-    level: Level,
-    batch: u32,
-    base: &Params,
-    part_base: u32,
-    sk: u32,
-) -> (CallPlan, u64) {
-    let (s, d) = (config.state_len() as u32, config.hidden_size as u32);
-    let (dp, ci) = (pad4(d as usize) as u32, config.channel_inter() as u32);
-    let tokens = batch * s;
-    let layers = config.level_layers(level);
-    let layers = layers.start as u32..layers.end as u32;
-    let mut plan = Planner {
-        sk,
-        base,
-        dispatches: Vec::new(),
-        blocks: Vec::new(),
-        partial_floats: 0,
-    };
-    plan.push(Phase::Inject, (tokens * d).div_ceil(256), |p| {
-        p.n_total = batch;
-    });
-    let ch_gu_len = 2 * ci * dp / 4;
-    let ch_dn_len = d * ci / 4;
-    // the gated channel activations [CI, B S] at 0, partials at part_base
-    let channel = |plan: &mut Planner<'_>, ch: u32| {
-        plan.product(ProductSpec {
-            w_off: ch,
-            m: ci,
-            k: d,
-            kp: dp,
-            paired: true,
-            b: Operand::State { ks: 1, ns: d },
-            n_inner: s,
-            n_total: tokens,
-            o_base: 0,
-            o_ms: tokens,
-            o_ns: 1,
-            split: false,
+    /// The plan of one network call of `level` (its blocks from
+    /// [`TrmConfig::level_layers`]) on the regions of `base`; returns it with
+    /// the floats of split partials it needs.
+    fn call_plan(
+        config: &TrmConfig,
+        level: Level,
+        batch: u32,
+        base: &Params,
+        part_base: u32,
+        sk: u32,
+    ) -> (CallPlan, u64) {
+        let (s, d) = (config.state_len() as u32, config.hidden_size as u32);
+        let (dp, ci) = (pad4(d as usize) as u32, config.channel_inter() as u32);
+        let tokens = batch * s;
+        let layers = config.level_layers(level);
+        let layers = layers.start as u32..layers.end as u32;
+        let mut plan = Planner {
+            sk,
+            base,
+            dispatches: Vec::new(),
+            blocks: Vec::new(),
+            partial_floats: 0,
+        };
+        plan.push(Phase::Inject, (tokens * d).div_ceil(256), |p| {
+            p.n_total = batch;
         });
-        let splits = plan.product(ProductSpec {
-            w_off: ch + ch_gu_len,
-            m: d,
-            k: ci,
-            kp: ci,
-            paired: false,
-            b: Operand::Scratch {
-                base: 0,
-                ks: tokens,
-                ns: 1,
-            },
-            n_inner: s,
-            n_total: tokens,
-            o_base: part_base,
-            o_ms: 1,
-            o_ns: d,
-            split: true,
-        });
-        plan.norm_rows(tokens, d, part_base, splits);
-    };
-    if config.mlp_t {
-        let ti = config.token_inter() as u32;
-        let sp = pad4(s as usize) as u32;
-        let tok_gu_len = 2 * ti * sp / 4;
-        let tok_dn_len = s * ti / 4;
-        let layer_len = tok_gu_len + tok_dn_len + ch_gu_len + ch_dn_len;
-        let columns = batch * d;
-        for layer in layers.clone() {
-            let w = layer * layer_len;
-            // gated token activations [TI, B D] at 0
+        let ch_gu_len = 2 * ci * dp / 4;
+        let ch_dn_len = d * ci / 4;
+        // the gated channel activations [CI, B S] at 0, partials at part_base
+        let channel = |plan: &mut Planner<'_>, ch: u32| {
             plan.product(ProductSpec {
-                w_off: w,
-                m: ti,
-                k: s,
-                kp: sp,
-                paired: true,
-                b: Operand::State { ks: d, ns: 1 },
-                n_inner: d,
-                n_total: columns,
-                o_base: 0,
-                o_ms: columns,
-                o_ns: 1,
-                split: false,
-            });
-            let splits = plan.product(ProductSpec {
-                w_off: w + tok_gu_len,
-                m: s,
-                k: ti,
-                kp: ti,
-                paired: false,
-                b: Operand::Scratch {
-                    base: 0,
-                    ks: columns,
-                    ns: 1,
-                },
-                n_inner: d,
-                n_total: columns,
-                o_base: part_base,
-                o_ms: columns,
-                o_ns: 1,
-                split: true,
-            });
-            plan.push(Phase::NormCols, columns.div_ceil(32), |p| {
-                p.n_total = columns;
-                p.part_base = part_base;
-                p.part_split = s * columns;
-                p.splits = splits;
-            });
-            channel(&mut plan, w + tok_gu_len + tok_dn_len);
-        }
-    } else {
-        let qkv_len = 3 * d * dp / 4;
-        let o_len = d * dp / 4;
-        let layer_len = qkv_len + o_len + ch_gu_len + ch_dn_len;
-        let (heads, hd) = (config.num_heads as u32, config.head_dim() as u32);
-        let tiles = heads * s.div_ceil(64) * hd.div_ceil(64);
-        // qkv [B S, 3D] at 0, head outputs [B S, D] after it
-        let heads_out = 3 * tokens * d;
-        for layer in layers.clone() {
-            let w = layer * layer_len;
-            plan.product(ProductSpec {
-                w_off: w,
-                m: 3 * d,
+                w_off: ch,
+                m: ci,
                 k: d,
                 kp: dp,
-                paired: false,
+                paired: true,
                 b: Operand::State { ks: 1, ns: d },
                 n_inner: s,
                 n_total: tokens,
                 o_base: 0,
-                o_ms: 1,
-                o_ns: 3 * d,
+                o_ms: tokens,
+                o_ns: 1,
                 split: false,
             });
-            if config.pos_encodings == PosEncodings::Rope {
-                let pairs = tokens * 2 * heads * (hd / 2);
-                plan.push(Phase::Rope, pairs.div_ceil(256), |p| {
-                    p.n_total = tokens;
-                    p.b_base = 0;
-                });
-            }
-            plan.push(Phase::Attention, batch * tiles, |p| {
-                p.n_total = tokens;
-                p.b_base = 0;
-                p.o_base = heads_out;
-            });
             let splits = plan.product(ProductSpec {
-                w_off: w + qkv_len,
+                w_off: ch + ch_gu_len,
                 m: d,
-                k: d,
-                kp: dp,
+                k: ci,
+                kp: ci,
                 paired: false,
                 b: Operand::Scratch {
-                    base: heads_out,
-                    ks: 1,
-                    ns: d,
+                    base: 0,
+                    ks: tokens,
+                    ns: 1,
                 },
                 n_inner: s,
                 n_total: tokens,
@@ -499,19 +392,123 @@ fn call_plan(
                 split: true,
             });
             plan.norm_rows(tokens, d, part_base, splits);
-            channel(&mut plan, w + qkv_len + o_len);
+        };
+        if config.mlp_t {
+            let ti = config.token_inter() as u32;
+            let sp = pad4(s as usize) as u32;
+            let tok_gu_len = 2 * ti * sp / 4;
+            let tok_dn_len = s * ti / 4;
+            let layer_len = tok_gu_len + tok_dn_len + ch_gu_len + ch_dn_len;
+            let columns = batch * d;
+            for layer in layers.clone() {
+                let w = layer * layer_len;
+                // gated token activations [TI, B D] at 0
+                plan.product(ProductSpec {
+                    w_off: w,
+                    m: ti,
+                    k: s,
+                    kp: sp,
+                    paired: true,
+                    b: Operand::State { ks: d, ns: 1 },
+                    n_inner: d,
+                    n_total: columns,
+                    o_base: 0,
+                    o_ms: columns,
+                    o_ns: 1,
+                    split: false,
+                });
+                let splits = plan.product(ProductSpec {
+                    w_off: w + tok_gu_len,
+                    m: s,
+                    k: ti,
+                    kp: ti,
+                    paired: false,
+                    b: Operand::Scratch {
+                        base: 0,
+                        ks: columns,
+                        ns: 1,
+                    },
+                    n_inner: d,
+                    n_total: columns,
+                    o_base: part_base,
+                    o_ms: columns,
+                    o_ns: 1,
+                    split: true,
+                });
+                plan.push(Phase::NormCols, columns.div_ceil(32), |p| {
+                    p.n_total = columns;
+                    p.part_base = part_base;
+                    p.part_split = s * columns;
+                    p.splits = splits;
+                });
+                channel(&mut plan, w + tok_gu_len + tok_dn_len);
+            }
+        } else {
+            let qkv_len = 3 * d * dp / 4;
+            let o_len = d * dp / 4;
+            let layer_len = qkv_len + o_len + ch_gu_len + ch_dn_len;
+            let (heads, hd) = (config.num_heads as u32, config.head_dim() as u32);
+            let tiles = heads * s.div_ceil(64) * hd.div_ceil(64);
+            // qkv [B S, 3D] at 0, head outputs [B S, D] after it
+            let heads_out = 3 * tokens * d;
+            for layer in layers.clone() {
+                let w = layer * layer_len;
+                plan.product(ProductSpec {
+                    w_off: w,
+                    m: 3 * d,
+                    k: d,
+                    kp: dp,
+                    paired: false,
+                    b: Operand::State { ks: 1, ns: d },
+                    n_inner: s,
+                    n_total: tokens,
+                    o_base: 0,
+                    o_ms: 1,
+                    o_ns: 3 * d,
+                    split: false,
+                });
+                if config.pos_encodings == PosEncodings::Rope {
+                    let pairs = tokens * 2 * heads * (hd / 2);
+                    plan.push(Phase::Rope, pairs.div_ceil(256), |p| {
+                        p.n_total = tokens;
+                        p.b_base = 0;
+                    });
+                }
+                plan.push(Phase::Attention, batch * tiles, |p| {
+                    p.n_total = tokens;
+                    p.b_base = 0;
+                    p.o_base = heads_out;
+                });
+                let splits = plan.product(ProductSpec {
+                    w_off: w + qkv_len,
+                    m: d,
+                    k: d,
+                    kp: dp,
+                    paired: false,
+                    b: Operand::Scratch {
+                        base: heads_out,
+                        ks: 1,
+                        ns: d,
+                    },
+                    n_inner: s,
+                    n_total: tokens,
+                    o_base: part_base,
+                    o_ms: 1,
+                    o_ns: d,
+                    split: true,
+                });
+                plan.norm_rows(tokens, d, part_base, splits);
+                channel(&mut plan, w + qkv_len + o_len);
+            }
         }
+        let Planner {
+            dispatches,
+            blocks,
+            partial_floats,
+            ..
+        } = plan;
+        (CallPlan { dispatches, blocks }, partial_floats)
     }
-    let Planner {
-        dispatches,
-        blocks,
-        partial_floats,
-        ..
-    } = plan;
-    (CallPlan { dispatches, blocks }, partial_floats)
-}
-
-impl SpreadPlan {
     /// Floats of split partials any batch of 1 to `capacity` puzzles needs.
     pub(crate) fn partial_floats_up_to(config: &TrmConfig, capacity: u32, sk: u32) -> u64 {
         let base = Params::default();
