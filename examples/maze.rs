@@ -44,7 +44,7 @@ const SAMPLE: &str = "\
 struct Args {
     /// Maze file (side x side characters from `# SGo`); `-` reads stdin.
     maze: Option<String>,
-    /// An attention TRM maze checkpoint (default: the golden random model).
+    /// A maze checkpoint, TRM or HRM (default: the golden random TRM).
     #[arg(long)]
     model: Option<PathBuf>,
     /// cpu, gpu, auto, vulkan, metal, dx12 or gl.

@@ -37,7 +37,8 @@ struct Args {
     /// Puzzles, 81 characters a line (`.` or `0` blank); `-` reads stdin.
     /// Default: the 100 sample puzzles of data/sudoku-easy.
     puzzles: Option<String>,
-    /// A TRM-MLP Sudoku checkpoint (default: the embedded sudoku-easy model).
+    /// A Sudoku checkpoint, TRM or HRM (default: the embedded sudoku-easy
+    /// TRM-MLP).
     #[arg(long)]
     model: Option<PathBuf>,
     /// cpu, gpu, auto, vulkan, metal, dx12 or gl.
@@ -49,7 +50,8 @@ struct Args {
     /// ACT steps (default: the model's halt_max_steps, 16).
     #[arg(long)]
     steps: Option<usize>,
-    /// Stop each puzzle once q_halt > 0.
+    /// Stop each puzzle once it halts by its model's rule (TRM: q_halt > 0,
+    /// HRM: q_halt > q_continue).
     #[arg(long)]
     halt: bool,
     /// Show how the answer and q_halt change over the ACT steps.
@@ -232,7 +234,8 @@ fn run(args: Args) -> trm_wgpu::Result<()> {
         } else if args.trace {
             // one ACT step at a time from the carry: the recursion refining
             let mut carry: Option<Carry> = None;
-            let mut trail: Vec<Vec<(Grid, f32)>> = vec![Vec::new(); chunk.len()];
+            // per step: the answer, q_halt, and whether the model halts there
+            let mut trail: Vec<Vec<(Grid, f32, bool)>> = vec![Vec::new(); chunk.len()];
             for _ in 0..steps {
                 let out = engine.solve_from(
                     &batch,
@@ -243,18 +246,19 @@ fn run(args: Args) -> trm_wgpu::Result<()> {
                     t.push((
                         Grid::from_tokens(&out.puzzle_predictions(i)),
                         out.q_halt_logits[i],
+                        config.halts(out.q_halt_logits[i], out.q_continue_logits[i]),
                     ));
                 }
                 carry = Some(out.carry());
             }
             for t in trail {
-                let halted_at = t.iter().position(|(_, q)| *q > 0.0);
+                let halted_at = t.iter().position(|(_, _, halts)| *halts);
                 let used = if args.halt {
                     halted_at.map_or(t.len(), |k| k + 1)
                 } else {
                     t.len()
                 };
-                let (answer, q) = t[used - 1];
+                let (answer, q, _) = t[used - 1];
                 results.push((answer, q, used, t));
             }
         } else {
@@ -316,7 +320,7 @@ fn run(args: Args) -> trm_wgpu::Result<()> {
         }
         if args.trace {
             let mut previous: Option<Grid> = None;
-            for (k, (grid, q)) in trail.iter().enumerate() {
+            for (k, (grid, q, _)) in trail.iter().enumerate() {
                 let changed = previous.map_or(81 - puzzle.givens(), |p| grid.differences(&p));
                 println!(
                     "  ACT step {:>2}: q_halt {:+7.2}  {:>2} cells changed  {}",

@@ -5,7 +5,8 @@
 //   state = net(state, injection)      (shared/TRM.md, Forward pass)
 //   h = state + injection              injection = y + x (z update, summed first)
 //                                      or z (y update)
-//   for each of the L_LAYERS blocks:
+//   for each of the call's blocks (params.layer_count of the stored ones
+//   from params.layer_first: TRM's one network, or HRM's L or H level):
 //     [q | k | v] = h @ qkv_proj^T                 HEADS heads of HD each, q heads first
 //     q, k = rope(q), rope(k)                      if ROPE: per position s in 0..S
 //     a[:, head] = softmax(q k^T / sqrt(HD)) v     per head, over all S positions
@@ -23,7 +24,7 @@
 //   0 weights  array<vec4<f32>>, read   per layer, row-major [out, in] with
 //              every row padded with zeros to a multiple of 4 floats:
 //                qkv [3 D, DP] | o [D, DP] | ch_gu [2 CI, DP] | ch_dn [D, CI]
-//              then, after the L_LAYERS layers, the RoPE tables cos [S, HD] |
+//              then, after the LAYERS stored layers, the RoPE tables cos [S, HD] |
 //              sin [S, HD] (RoPE models only), computed on the host exactly
 //              as the CPU engine's (PyTorch's float32 table computation)
 //   1 xyz      array<f32>, read_write   [3][B][S][D]: x, y = z_H, z = z_L
@@ -74,7 +75,7 @@
 // step is one dispatch on every adapter that passes the context's checks
 // (256 invocations, 8 KiB of workgroup memory, 4 storage buffers).
 //
-// Cost per puzzle per recursion step (one dispatch), L = L_LAYERS,
+// Cost per puzzle per recursion step (one dispatch), L = params.layer_count,
 // Q = ceil(S/64), HB = ceil(HD/64):
 //   FLOPs  L (2 S D 3D + 2 S D D + 4 S S D + 6 S D CI) for the products (the
 //          attention tiles also compute on the padding of the last query and
@@ -100,7 +101,7 @@
 // The spread schedule's entry points at the end of this file run the same
 // attention tiles one per workgroup, for small batches.
 
-// Overrides of the prelude: S, D, DP, CI, L_LAYERS, EPS, SK (and TK = 2 SK).
+// Overrides of the prelude: S, D, DP, CI, LAYERS, EPS, SK (and TK = 2 SK).
 override HEADS: u32;      // attention heads
 override HD: u32;         // head width, D / HEADS
 override ROPE: bool;      // rotary position embedding on q and k
@@ -377,11 +378,11 @@ fn attention_tile(lid: u32, qkv: u32, out: u32, t: u32) {
     }
 }
 
-// First float of the RoPE tables: after the L_LAYERS layers of
+// First float of the RoPE tables: after the LAYERS stored layers of
 // qkv [3D, DP] | o [D, DP] | ch_gu | ch_dn.
 fn rope_tables() -> u32 {
     let layer_len = 4u * D * DP / 4u + channel_gate_up_vec4s() + channel_down_vec4s();
-    return 4u * L_LAYERS * layer_len;
+    return 4u * LAYERS * layer_len;
 }
 
 @compute @workgroup_size(256)
@@ -402,7 +403,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let layer_len = qkv_len + o_len + channel_gate_up_vec4s() + channel_down_vec4s();
     let tables = rope_tables();
 
-    for (var layer = 0u; layer < L_LAYERS; layer++) {
+    for (var layer = params.layer_first; layer < params.layer_first + params.layer_count; layer++) {
         let w = layer * layer_len;
         let ch = w + qkv_len + o_len;
         for (var kind = 0u; kind < 4u; kind++) {

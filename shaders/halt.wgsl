@@ -3,8 +3,10 @@
 // without: no host round trip between ACT steps.
 //
 //   for every running puzzle p (in order): steps[p] = this ACT step;
-//     it keeps running unless q_halt[p] > 0 (TRM's rule, as the CPU engine:
-//     a NaN q_halt keeps running)
+//     it keeps running unless it halts by the model's rule, as the CPU
+//     engine's (TrmConfig::halts): TRM's q_halt[p] > 0, or, with
+//     HALT_VS_CONTINUE, HRM's q_halt[p] > q_continue[p] (a NaN keeps it
+//     running either way)
 //   the running list is compacted in place (order kept), the slots it no
 //   longer uses point at the spare puzzle slot (index params.batch, the
 //   chunk's capacity), and the count, cut into the fused dispatches'
@@ -29,6 +31,9 @@
 
 // struct Params: shaders/common/params.wgsl, prepended by the Rust side.
 
+// The halting rule: false, TRM's q_halt > 0; true, HRM's q_halt > q_continue.
+override HALT_VS_CONTINUE: bool;
+
 @group(0) @binding(0) var<storage, read> outputs: array<f32>;
 @group(0) @binding(1) var<storage, read_write> running: array<u32>;
 @group(0) @binding(2) var<storage, read_write> control: array<u32>;
@@ -49,7 +54,10 @@ fn main() {
     for (var i = 0u; i < count; i++) {
         let p = running[i];
         control[steps_at + p] = step;
-        if (!(outputs[params.q_base + 2u * p] > 0.0)) {
+        let q_halt = outputs[params.q_base + 2u * p];
+        let q_continue = outputs[params.q_base + 2u * p + 1u];
+        let bar = select(0.0, q_continue, HALT_VS_CONTINUE);
+        if (!(q_halt > bar)) {
             running[kept] = p;
             kept++;
         }

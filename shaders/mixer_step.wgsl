@@ -4,7 +4,8 @@
 //   state = net(state, injection)      (shared/TRM.md, Forward pass)
 //   h = state + injection              injection = y + x (z update, summed first)
 //                                      or z (y update)
-//   for each of the L_LAYERS blocks:
+//   for each of the call's blocks (params.layer_count of the stored ones
+//   from params.layer_first: TRM's one network, or HRM's L or H level):
 //     h = rms_norm_over_S(h + down_t @ (silu(g) * u)),  [g | u] = gate_up_t @ h
 //     h = rms_norm_over_D(h + (silu(g) * u) @ down^T),  [g | u] = h @ gate_up^T
 //   state = h                          (written in place)
@@ -43,7 +44,7 @@
 // ones (8 and 2 at Sudoku size), after the first workgroup from cache. Once
 // per step for the whole batch is what the spread schedule does.
 //
-// Cost per puzzle per recursion step (one dispatch), L = L_LAYERS:
+// Cost per puzzle per recursion step (one dispatch), L = params.layer_count:
 //   FLOPs  L (6 S D TI + 6 S D CI) for the products, plus O(L S D) for the
 //          injection, SiLU, gating and norms. Sudoku (S 97, D 512, TI 512,
 //          CI 1536, L 2): 1.22 GFLOP.
@@ -68,7 +69,7 @@
 // workgroups (the host cuts a large batch into slices, so that no
 // dispatch runs long enough to trip an OS watchdog).
 
-// Overrides of the prelude: S, D, DP, CI, L_LAYERS, EPS, SK.
+// Overrides of the prelude: S, D, DP, CI, LAYERS, EPS, SK.
 override TI: u32;         // token-mixing SwiGLU width, inter(S)
 override SP: u32;         // S rounded up to a multiple of 4
 
@@ -95,7 +96,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let tok_dn_len = S * TI / 4u;
     let layer_len = tok_gu_len + tok_dn_len + channel_gate_up_vec4s() + channel_down_vec4s();
 
-    for (var layer = 0u; layer < L_LAYERS; layer++) {
+    for (var layer = params.layer_first; layer < params.layer_first + params.layer_count; layer++) {
         let w = layer * layer_len;
         let ch = w + tok_gu_len + tok_dn_len;
         // token gate/up, token down, then the norm over S; channel gate/up

@@ -28,6 +28,55 @@ impl PosEncodings {
     }
 }
 
+/// The model family (`arch`): TRM, or its predecessor HRM, whose answer
+/// state z_H is updated by a second network of its own (`shared/TRM.md`,
+/// HRM).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// Tiny Recursive Model: one network (`inner.L_level`) updates both
+    /// states; halting on `q_halt > 0`.
+    #[default]
+    Trm,
+    /// Hierarchical Reasoning Model: z_L by `inner.L_level`, z_H by
+    /// `inner.H_level` (`H_layers` blocks); halting on `q_halt > q_continue`.
+    Hrm,
+}
+
+impl Arch {
+    /// The spelling of the project's configuration (`trm`, `hrm`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::Trm => "trm",
+            Arch::Hrm => "hrm",
+        }
+    }
+}
+
+impl std::str::FromStr for Arch {
+    type Err = TrmError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "trm" => Ok(Arch::Trm),
+            "hrm" => Ok(Arch::Hrm),
+            other => Err(TrmError::Config(format!(
+                "arch `{other}` is not one of trm, hrm"
+            ))),
+        }
+    }
+}
+
+/// Which of the two updates of an ACT step a network call is: the latent
+/// z_L (`L_level`) or the answer z_H (`H_level`). In TRM both run the same
+/// blocks; in HRM each level has its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// `z_L = net(z_L, z_H + x)`.
+    L,
+    /// `z_H = net(z_H, z_L)`.
+    H,
+}
+
 impl std::str::FromStr for PosEncodings {
     type Err = TrmError;
     fn from_str(s: &str) -> Result<Self> {
@@ -60,6 +109,9 @@ const MAX_PARAMETERS: u64 = 1 << 32;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "RawConfig")]
 pub struct TrmConfig {
+    /// The model family: TRM (one network) or HRM (two); a configuration
+    /// without `arch` is TRM's.
+    pub arch: Arch,
     /// Tokens per puzzle.
     pub seq_len: usize,
     /// Number of token ids.
@@ -78,9 +130,12 @@ pub struct TrmConfig {
     /// n: latent updates per answer update.
     #[serde(rename = "L_cycles")]
     pub l_cycles: usize,
-    /// Blocks in the network.
+    /// Blocks in the network (HRM: in the L-level network).
     #[serde(rename = "L_layers")]
     pub l_layers: usize,
+    /// Blocks in HRM's H-level network; 0 for TRM, which has none.
+    #[serde(rename = "H_layers", skip_serializing_if = "is_zero")]
+    pub h_layers: usize,
     /// N_sup: ACT (supervision) steps.
     pub halt_max_steps: usize,
     /// true: MLP-mixer block; false: attention block.
@@ -101,6 +156,8 @@ pub struct TrmConfig {
 /// defaults in the conversion to [`TrmConfig`].
 #[derive(Deserialize)]
 struct RawConfig {
+    #[serde(default)]
+    arch: Option<String>,
     seq_len: usize,
     vocab_size: usize,
     #[serde(default = "default_num_puzzle_identifiers")]
@@ -115,6 +172,8 @@ struct RawConfig {
     l_cycles: usize,
     #[serde(rename = "L_layers")]
     l_layers: usize,
+    #[serde(rename = "H_layers", default)]
+    h_layers: Option<usize>,
     halt_max_steps: usize,
     #[serde(default)]
     mlp_t: bool,
@@ -129,6 +188,9 @@ struct RawConfig {
     rope_theta: f64,
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
 fn default_num_puzzle_identifiers() -> usize {
     1
 }
@@ -145,7 +207,22 @@ fn default_rope_theta() -> f64 {
 impl TryFrom<RawConfig> for TrmConfig {
     type Error = TrmError;
     fn try_from(raw: RawConfig) -> Result<Self> {
+        let arch: Arch = match &raw.arch {
+            Some(name) => name.parse()?,
+            None => Arch::Trm,
+        };
+        let h_layers = match (arch, raw.h_layers) {
+            (Arch::Hrm, Some(n)) => n,
+            (Arch::Hrm, None) => {
+                return Err(TrmError::Config(
+                    "an HRM configuration needs H_layers".into(),
+                ));
+            }
+            // TRM's own configurations carry an unused H_layers (0)
+            (Arch::Trm, _) => 0,
+        };
         let config = TrmConfig {
+            arch,
             seq_len: raw.seq_len,
             vocab_size: raw.vocab_size,
             num_puzzle_identifiers: raw.num_puzzle_identifiers,
@@ -155,17 +232,21 @@ impl TryFrom<RawConfig> for TrmConfig {
             h_cycles: raw.h_cycles,
             l_cycles: raw.l_cycles,
             l_layers: raw.l_layers,
+            h_layers,
             halt_max_steps: raw.halt_max_steps,
             mlp_t: raw.mlp_t,
             pos_encodings: raw.pos_encodings.parse()?,
             puzzle_emb_ndim: raw.puzzle_emb_ndim,
-            // The authors' default is 16, which their code can only run with
-            // a puzzle embedding; without one the only working value is 0.
-            puzzle_emb_len: raw.puzzle_emb_len.unwrap_or(if raw.puzzle_emb_ndim > 0 {
-                16
-            } else {
-                0
-            }),
+            // TRM's default is 16, which its code can only run with a
+            // puzzle embedding; without one the only working value is 0.
+            // HRM has no such setting: always ceil(ndim / D), written 0.
+            puzzle_emb_len: raw.puzzle_emb_len.unwrap_or(
+                if raw.puzzle_emb_ndim > 0 && arch == Arch::Trm {
+                    16
+                } else {
+                    0
+                },
+            ),
             rms_norm_eps: raw.rms_norm_eps,
             rope_theta: raw.rope_theta,
         };
@@ -189,6 +270,7 @@ impl TrmConfig {
     /// workload of `trm bench`.
     pub fn sudoku_extreme() -> Self {
         TrmConfig {
+            arch: Arch::Trm,
             seq_len: 81,
             vocab_size: 11,
             num_puzzle_identifiers: 1,
@@ -198,6 +280,7 @@ impl TrmConfig {
             h_cycles: 3,
             l_cycles: 6,
             l_layers: 2,
+            h_layers: 0,
             halt_max_steps: 16,
             mlp_t: true,
             pos_encodings: PosEncodings::None,
@@ -205,6 +288,23 @@ impl TrmConfig {
             puzzle_emb_len: 16,
             rms_norm_eps: 1e-5,
             rope_theta: 10000.0,
+        }
+    }
+
+    /// The published HRM's shape at Sudoku-Extreme (D = 512, 8 heads, RoPE,
+    /// H_layers = L_layers = 4, H_cycles = L_cycles = 2, S = 81 + 1,
+    /// 16 ACT steps, 27.3M parameters): `trm bench --arch hrm`.
+    pub fn hrm_sudoku_extreme() -> Self {
+        TrmConfig {
+            arch: Arch::Hrm,
+            h_cycles: 2,
+            l_cycles: 2,
+            l_layers: 4,
+            h_layers: 4,
+            mlp_t: false,
+            pos_encodings: PosEncodings::Rope,
+            puzzle_emb_len: 0,
+            ..Self::sudoku_extreme()
         }
     }
 
@@ -241,6 +341,19 @@ impl TrmConfig {
                 return bad(format!("{name} = {value} exceeds the limit {MAX_DIM}"));
             }
         }
+        match self.arch {
+            Arch::Trm if self.h_layers != 0 => {
+                return bad(format!(
+                    "H_layers = {} belongs to HRM; a TRM has one network (set arch hrm, or H_layers 0)",
+                    self.h_layers
+                ));
+            }
+            Arch::Hrm if self.h_layers == 0 => return bad("H_layers must be positive".into()),
+            Arch::Hrm if self.h_layers > MAX_DIM => {
+                return bad(format!("H_layers exceeds the limit {MAX_DIM}"));
+            }
+            _ => {}
+        }
         if self.puzzle_emb_ndim > MAX_DIM || self.puzzle_emb_len > MAX_DIM {
             return bad(format!("puzzle embedding sizes exceed the limit {MAX_DIM}"));
         }
@@ -266,6 +379,13 @@ impl TrmConfig {
         if self.puzzle_emb_ndim == 0 && self.puzzle_emb_len != 0 {
             return bad(format!(
                 "puzzle_emb_len = {} needs a puzzle embedding, but puzzle_emb_ndim is 0 (use puzzle_emb_len 0)",
+                self.puzzle_emb_len
+            ));
+        }
+        if self.arch == Arch::Hrm && self.puzzle_emb_len != 0 && self.puzzle_emb_len != minimum_len
+        {
+            return bad(format!(
+                "HRM places its puzzle embedding in ceil(puzzle_emb_ndim / hidden_size) = {minimum_len} positions, not puzzle_emb_len = {}",
                 self.puzzle_emb_len
             ));
         }
@@ -335,9 +455,61 @@ impl TrmConfig {
         self.h_cycles * (self.l_cycles + 1)
     }
 
+    /// Blocks stored for all networks: TRM's L_layers, HRM's L-level then
+    /// H-level blocks.
+    pub fn stored_layers(&self) -> usize {
+        self.l_layers + self.h_layers
+    }
+
+    /// The blocks (indices into [`crate::model::TrmWeights::layers`]) a
+    /// network call of `level` runs: TRM's one network for both, HRM's
+    /// L-level blocks first, then its H-level blocks.
+    pub fn level_layers(&self, level: Level) -> std::ops::Range<usize> {
+        match (self.arch, level) {
+            (Arch::Hrm, Level::H) => self.l_layers..self.l_layers + self.h_layers,
+            _ => 0..self.l_layers,
+        }
+    }
+
+    /// Whether a puzzle with these Q logits halts early: TRM's
+    /// `q_halt > 0`, HRM's `q_halt > q_continue` (what each was trained
+    /// for).
+    pub fn halts(&self, q_halt: f32, q_continue: f32) -> bool {
+        match self.arch {
+            Arch::Trm => q_halt > 0.0,
+            Arch::Hrm => q_halt > q_continue,
+        }
+    }
+
     /// Multiply-add FLOPs of one network call for one puzzle (matrix
-    /// products only, 2 per multiply-add), as TRM.md counts them.
+    /// products only, 2 per multiply-add), as TRM.md counts them; for HRM
+    /// the mean over an ACT step's calls (both levels cost the same when
+    /// H_layers = L_layers, as published).
     pub fn flops_per_recursion_step(&self) -> u64 {
+        self.flops_per_act_step_networks() / self.recursion_steps_per_act_step().max(1) as u64
+    }
+
+    /// FLOPs of the network calls of one ACT step for one puzzle.
+    fn flops_per_act_step_networks(&self) -> u64 {
+        self.h_cycles as u64
+            * (self.l_cycles as u64 * self.flops_per_net_call(Level::L)
+                + self.flops_per_net_call(Level::H))
+    }
+
+    /// FLOPs of the costlier of the two network calls for one puzzle: what
+    /// one dispatch of a call may hold.
+    pub fn flops_per_largest_net_call(&self) -> u64 {
+        self.flops_per_net_call(Level::L)
+            .max(self.flops_per_net_call(Level::H))
+    }
+
+    /// FLOPs of one network call of `level` for one puzzle.
+    pub fn flops_per_net_call(&self, level: Level) -> u64 {
+        self.level_layers(level).len() as u64 * self.flops_per_block()
+    }
+
+    /// FLOPs of one block for one puzzle.
+    fn flops_per_block(&self) -> u64 {
         let s = self.state_len() as u64;
         let d = self.hidden_size as u64;
         let channel = 6 * s * d * self.channel_inter() as u64;
@@ -347,7 +519,7 @@ impl TrmConfig {
             // qkv + o_proj + scores + weighted sum
             2 * s * d * 3 * d + 2 * s * d * d + 4 * s * s * d
         };
-        self.l_layers as u64 * (channel + mixer)
+        channel + mixer
     }
 
     /// FLOPs of the output heads for one puzzle (lm_head and q_head).
@@ -358,8 +530,7 @@ impl TrmConfig {
 
     /// FLOPs of one ACT step for one puzzle.
     pub fn flops_per_act_step(&self) -> u64 {
-        self.recursion_steps_per_act_step() as u64 * self.flops_per_recursion_step()
-            + self.flops_per_heads()
+        self.flops_per_act_step_networks() + self.flops_per_heads()
     }
 
     /// FLOPs of a full solve (halt_max_steps ACT steps) for one puzzle.
@@ -481,6 +652,62 @@ mod tests {
         // absurd sizes
         assert!(with("hidden_size", (1u64 << 40).into()).is_err());
         assert!(with("expansion", (-1.0).into()).is_err());
+    }
+
+    #[test]
+    fn hrm_preset_is_the_published_shape() {
+        let c = TrmConfig::hrm_sudoku_extreme();
+        c.validate().unwrap();
+        assert_eq!(c.state_len(), 82);
+        // 8 blocks of 3.41M: HRM's "27M parameters"
+        assert_eq!(c.parameter_count(), 27_276_802);
+        assert_eq!(c.level_layers(Level::L), 0..4);
+        assert_eq!(c.level_layers(Level::H), 4..8);
+        assert_eq!(c.recursion_steps_per_act_step(), 6);
+        let call = c.flops_per_net_call(Level::L);
+        assert_eq!(call, c.flops_per_net_call(Level::H));
+        assert_eq!(call, c.flops_per_recursion_step());
+        let gflop = call as f64 / 1e9;
+        assert!((gflop - 2.29).abs() < 0.01, "{gflop}");
+        let per_puzzle = c.flops_per_puzzle() as f64 / 1e9;
+        assert!((per_puzzle - 220.0).abs() < 1.0, "{per_puzzle}");
+        assert_eq!(TrmConfig::from_json(&c.to_json()).unwrap(), c);
+    }
+
+    #[test]
+    fn arch_and_its_fields() {
+        let trm = TrmConfig::from_json(sudoku_json()).unwrap();
+        assert_eq!((trm.arch, trm.h_layers), (Arch::Trm, 0));
+        assert_eq!(trm.level_layers(Level::H), 0..2);
+        assert!(trm.to_json().contains(r#""arch":"trm""#));
+        assert!(!trm.to_json().contains("H_layers"));
+        // TRM's own configurations carry an unused H_layers
+        let base: serde_json::Value = serde_json::from_str(sudoku_json()).unwrap();
+        let mut c = base.clone();
+        c["H_layers"] = 0.into();
+        assert_eq!(TrmConfig::from_json(&c.to_string()).unwrap(), trm);
+        // HRM: H_layers required and positive; its puzzle embedding takes
+        // ceil(ndim / D) positions, and it halts on q_halt > q_continue
+        c["arch"] = "hrm".into();
+        c["mlp_t"] = false.into();
+        c["puzzle_emb_len"] = serde_json::Value::Null;
+        assert!(TrmConfig::from_json(&c.to_string()).is_err(), "H_layers 0");
+        c["H_layers"] = 3.into();
+        let hrm = TrmConfig::from_json(&c.to_string()).unwrap();
+        assert_eq!((hrm.puzzle_emb_len, hrm.puzzle_emb_positions()), (0, 1));
+        assert_eq!(hrm.level_layers(Level::H), 2..5);
+        assert_eq!(hrm.stored_layers(), 5);
+        assert!(hrm.halts(0.5, 0.25) && !hrm.halts(0.5, 0.75));
+        assert!(trm.halts(0.5, 0.75) && !trm.halts(-0.5, -0.75));
+        let mut no_h = c.clone();
+        no_h.as_object_mut().unwrap().remove("H_layers");
+        assert!(TrmConfig::from_json(&no_h.to_string()).is_err());
+        c["puzzle_emb_len"] = 16.into();
+        assert!(TrmConfig::from_json(&c.to_string()).is_err());
+        c["puzzle_emb_len"] = 1.into();
+        assert!(TrmConfig::from_json(&c.to_string()).is_ok());
+        c["arch"] = "rnn".into();
+        assert!(TrmConfig::from_json(&c.to_string()).is_err());
     }
 
     #[test]

@@ -42,7 +42,7 @@ mod tensor_file;
 
 pub use backend::{AnyEngine, Backend, EngineOptions};
 pub use batch::PuzzleBatch;
-pub use config::{PosEncodings, TrmConfig};
+pub use config::{Arch, Level, PosEncodings, TrmConfig};
 pub use cpu::CpuEngine;
 pub use error::{Result, TrmError};
 pub use gpu::{

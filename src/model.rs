@@ -83,7 +83,8 @@ pub struct TrmWeights {
     pub h_init: Vec<f32>,
     /// `inner.L_init`, `[D]`: initial latent state z.
     pub l_init: Vec<f32>,
-    /// The blocks, `inner.L_level.layers.{i}`.
+    /// The blocks: `inner.L_level.layers.{i}`, then for HRM
+    /// `inner.H_level.layers.{i}` (see [`TrmConfig::level_layers`]).
     pub layers: Vec<LayerWeights>,
     /// `inner.lm_head.weight`, `[vocab, D]`.
     pub lm_head: Vec<f32>,
@@ -113,8 +114,7 @@ pub fn expected_tensors(config: &TrmConfig) -> Vec<(String, Vec<usize>)> {
     }
     out.push(("inner.H_init".into(), vec![d]));
     out.push(("inner.L_init".into(), vec![d]));
-    for i in 0..config.l_layers {
-        let p = format!("inner.L_level.layers.{i}");
+    for p in layer_prefixes(config) {
         if config.mlp_t {
             let ti = config.token_inter();
             out.push((format!("{p}.mlp_t.gate_up_proj.weight"), vec![2 * ti, s]));
@@ -131,6 +131,14 @@ pub fn expected_tensors(config: &TrmConfig) -> Vec<(String, Vec<usize>)> {
     out.push(("inner.q_head.weight".into(), vec![2, d]));
     out.push(("inner.q_head.bias".into(), vec![2]));
     out
+}
+
+/// Name prefixes of the stored blocks, in [`TrmWeights::layers`] order:
+/// `inner.L_level.layers.{i}`, then HRM's `inner.H_level.layers.{i}`.
+fn layer_prefixes(config: &TrmConfig) -> impl Iterator<Item = String> {
+    let l = (0..config.l_layers).map(|i| format!("inner.L_level.layers.{i}"));
+    let h = (0..config.h_layers).map(|i| format!("inner.H_level.layers.{i}"));
+    l.chain(h)
 }
 
 /// Strips the prefixes that official checkpoints carry (`_orig_mod.` from
@@ -241,9 +249,8 @@ impl TrmModel {
         }
         // Every name below is in `expected_tensors`, so `get` always finds it.
         let mut get = |name: &str| checked.remove(name).unwrap_or_default();
-        let mut layers = Vec::with_capacity(config.l_layers);
-        for i in 0..config.l_layers {
-            let p = format!("inner.L_level.layers.{i}");
+        let mut layers = Vec::with_capacity(config.stored_layers());
+        for p in layer_prefixes(&config) {
             let mixer = if config.mlp_t {
                 TokenMixer::Mlp {
                     gate_up: get(&format!("{p}.mlp_t.gate_up_proj.weight")),

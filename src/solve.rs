@@ -23,8 +23,9 @@ use crate::tensor_file::{self, OwnedTensor};
 pub struct SolveOptions {
     /// ACT steps to run (`None`: the model's `halt_max_steps`).
     pub act_steps: Option<usize>,
-    /// Stop a puzzle after the first ACT step whose `q_halt > 0`; its outputs
-    /// are then that step's.
+    /// Stop a puzzle after the first ACT step where it halts by its model's
+    /// rule ([`crate::TrmConfig::halts`]: TRM's `q_halt > 0`, HRM's
+    /// `q_halt > q_continue`); its outputs are then that step's.
     pub early_halt: bool,
     /// Return the final carry (`z_H`, `z_L`) in the output (default). Off,
     /// the output's `z_h` and `z_l` are empty and the GPU engine reads back

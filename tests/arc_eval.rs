@@ -173,6 +173,8 @@ fn random_arc_model(dir: &Path) -> PathBuf {
         puzzle_emb_len: 0,
         rms_norm_eps: 1e-5,
         rope_theta: 10000.0,
+        h_layers: 0,
+        arch: Default::default(),
     };
     let model = TrmModel::random(config, 0xA11C, 0.5).unwrap();
     let path = dir.join("arc-model.safetensors");

@@ -17,6 +17,8 @@ fn small_config() -> TrmConfig {
         h_cycles: 2,
         l_cycles: 2,
         l_layers: 2,
+        h_layers: 0,
+        arch: Default::default(),
         halt_max_steps: 2,
         mlp_t: true,
         pos_encodings: PosEncodings::None,
@@ -354,4 +356,91 @@ fn wrong_input_rank_shape_or_dtype() {
             "{err}"
         );
     }
+}
+
+/// A small HRM: 2 L-level blocks, 3 H-level ones.
+fn hrm_config() -> TrmConfig {
+    TrmConfig {
+        arch: trm_wgpu::Arch::Hrm,
+        h_layers: 3,
+        ..small_config()
+    }
+}
+
+/// HRM checkpoints get the errors TRM ones get, for either level: a
+/// missing, extra or misshapen H- or L-level tensor, a TRM configuration
+/// over HRM tensors, an HRM configuration without H_layers or with a
+/// puzzle placement HRM does not have.
+#[test]
+fn bad_hrm_checkpoints_are_refused_with_typed_errors() {
+    let model = TrmModel::random(hrm_config(), 3, 0.5).unwrap();
+    let json = hrm_config().to_json();
+    let good = raw_tensors(&model);
+    let load_hrm = |tensors: &[RawTensor]| load(&model_bytes(tensors, &json));
+    assert_eq!(
+        load_hrm(&good).unwrap().named_tensors(),
+        model.named_tensors()
+    );
+    for level in ["H_level.layers.2", "L_level.layers.1"] {
+        let name = format!("inner.{level}.mlp.down_proj.weight");
+        let missing: Vec<RawTensor> = raw_tensors(&model)
+            .into_iter()
+            .filter(|t| t.name != name)
+            .collect();
+        let err = load_hrm(&missing).unwrap_err();
+        assert!(
+            matches!(&err, TrmError::MissingTensor { name: n, .. } if *n == name),
+            "{err}"
+        );
+        let mut misshapen = raw_tensors(&model);
+        let t = misshapen.iter_mut().find(|t| t.name == name).unwrap();
+        t.shape = vec![t.shape[1], t.shape[0]];
+        let err = load_hrm(&misshapen).unwrap_err();
+        assert!(
+            matches!(&err, TrmError::TensorShape { name: n, .. } if *n == name),
+            "{err}"
+        );
+    }
+    // a fourth H-level block the configuration does not have
+    let mut extra = raw_tensors(&model);
+    let block = "inner.H_level.layers.3.mlp.down_proj.weight";
+    let copy = extra
+        .iter()
+        .find(|t| t.name.ends_with("H_level.layers.0.mlp.down_proj.weight"))
+        .unwrap();
+    extra.push(RawTensor {
+        name: block.into(),
+        dtype: copy.dtype,
+        shape: copy.shape.clone(),
+        bytes: copy.bytes.clone(),
+    });
+    let err = load_hrm(&extra).unwrap_err();
+    assert!(
+        matches!(&err, TrmError::UnexpectedTensors { names } if names == &[block.to_string()]),
+        "{err}"
+    );
+    // the HRM's tensors under a TRM configuration: its H level is unexpected
+    let err = load(&model_bytes(&good, &small_config().to_json())).unwrap_err();
+    assert!(
+        matches!(&err, TrmError::UnexpectedTensors { names } if names.iter().all(|n| n.contains("H_level"))),
+        "{err}"
+    );
+    // configurations HRM cannot have
+    let mut no_h: serde_json::Value = serde_json::from_str(&json).unwrap();
+    no_h.as_object_mut().unwrap().remove("H_layers");
+    for bad in [
+        no_h.to_string(),
+        json.replace("\"H_layers\":3", "\"H_layers\":0"),
+        json.replace("\"puzzle_emb_len\":0", "\"puzzle_emb_len\":2"),
+        json.replace("\"arch\":\"hrm\"", "\"arch\":\"gpt\""),
+    ] {
+        let err = load(&model_bytes(&good, &bad)).unwrap_err();
+        assert!(matches!(err, TrmError::Config(_)), "{bad}: {err}");
+    }
+    // and in code: a TRM with H-level blocks
+    let trm_with_h = TrmConfig {
+        h_layers: 1,
+        ..small_config()
+    };
+    assert!(matches!(trm_with_h.validate(), Err(TrmError::Config(_))));
 }

@@ -24,6 +24,8 @@ fn small_model() -> TrmModel {
         h_cycles: 2,
         l_cycles: 2,
         l_layers: 1,
+        h_layers: 0,
+        arch: Default::default(),
         halt_max_steps: 2,
         mlp_t: true,
         pos_encodings: trm_wgpu::PosEncodings::None,
@@ -175,6 +177,7 @@ fn bench_prints_a_json_row_per_backend_and_batch() {
         }
         assert!(row["net_calls_per_s"].as_f64().unwrap() > 0.0, "{row}");
     }
+    assert!(rows.iter().all(|r| r["arch"] == "trm"), "{rows:?}");
     // and the table form names its columns
     let out = Command::new(common::trm_bin())
         .args([
@@ -460,4 +463,58 @@ fn bench_tune_reports_a_crossover_that_spread_below_applies() {
             assert_eq!(row["spread_below"].as_u64().unwrap().to_string(), below);
         }
     }
+}
+
+/// `trm bench --arch hrm` times HRM at its published shape (D = 512,
+/// 4 + 4 blocks, S = 82): one short CPU row.
+#[test]
+fn bench_times_hrm_at_its_published_shape() {
+    let out = Command::new(common::trm_bin())
+        .args([
+            "bench",
+            "--arch",
+            "hrm",
+            "--backend",
+            "cpu",
+            "--batch",
+            "1",
+            "--seconds",
+            "0.1",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("HRM") && text.contains("hrm, D = 512, S = 82"),
+        "{text}"
+    );
+    let json = Command::new(common::trm_bin())
+        .args([
+            "bench",
+            "--arch",
+            "hrm",
+            "--backend",
+            "cpu",
+            "--batch",
+            "1",
+            "--seconds",
+            "0.1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let row: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&json.stdout)
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(row["arch"], "hrm");
+    assert!(row["net_calls_per_s"].as_f64().unwrap() > 0.0, "{row}");
 }

@@ -24,6 +24,8 @@ fn config(mlp_t: bool, pos: PosEncodings) -> TrmConfig {
         h_cycles: 2,
         l_cycles: 2,
         l_layers: 2,
+        h_layers: 0,
+        arch: Default::default(),
         halt_max_steps: 3,
         mlp_t,
         pos_encodings: pos,
@@ -180,6 +182,24 @@ fn run_mlp_mixer_without_puzzle_embedding_matches_float64() {
     let mut c = config(true, PosEncodings::None);
     c.puzzle_emb_ndim = 0;
     run_config_and_compare(c);
+}
+
+/// Fresh random HRM models (H_layers != L_layers): the model file through
+/// `trm run`, and its official form through `trm convert` + `trm run`.
+#[test]
+fn run_hrm_matches_float64() {
+    for (mlp_t, pos, l_layers, h_layers) in [
+        (false, PosEncodings::Rope, 2, 3),
+        (false, PosEncodings::Learned, 3, 1),
+        (true, PosEncodings::None, 1, 2),
+    ] {
+        run_config_and_compare(TrmConfig {
+            arch: trm_wgpu::Arch::Hrm,
+            l_layers,
+            h_layers,
+            ..config(mlp_t, pos)
+        });
+    }
 }
 
 #[test]

@@ -251,3 +251,43 @@ fn adapters_lists_every_backend() {
         assert!(rows.iter().any(|r| r["api"] == "vulkan"), "{rows:?}");
     }
 }
+
+/// An HRM Sudoku checkpoint through `--model` (the golden HRM case: the
+/// authors' HRM code on random weights, so the answers are not solutions):
+/// the same answers on the CPU and on Vulkan with early halting by HRM's
+/// rule, and a trace of its ACT steps.
+#[test]
+fn sudoku_runs_an_hrm_checkpoint() {
+    let model = common::data_dir().join("golden/hrm/hrm_sudoku_rope.model.safetensors");
+    let model = model.to_str().unwrap();
+    let mut answers = Vec::new();
+    for backend in ["cpu", "vulkan"] {
+        if backend != "cpu" && common::gpu::context().is_none() {
+            continue;
+        }
+        let args = [
+            "--model",
+            model,
+            "--backend",
+            backend,
+            "--limit",
+            "3",
+            "--steps",
+            "2",
+            "--halt",
+            "--format",
+            "line",
+        ];
+        let out = run("sudoku", &args);
+        let printed = printed_answers(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(printed.len(), 3);
+        answers.push(printed);
+    }
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+    let out = run(
+        "sudoku",
+        &["--model", model, "--limit", "1", "--steps", "2", "--trace"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ACT step  2: q_halt"), "{stdout}");
+}

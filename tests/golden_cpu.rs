@@ -93,3 +93,17 @@ fn sudoku_mlp_full_size() {
     check_step(&case, &out, 1, ONE_STEP_REL_L2, ONE_STEP_MAX_ABS);
     check_carry(&case, &out, ONE_STEP_REL_L2, ONE_STEP_MAX_ABS);
 }
+
+/// HRM (`tests/data/golden/hrm`, the authors' HRM code): every ACT step's
+/// logits, q logits and carry, and the whole solve in one call.
+#[test]
+fn hrm_sudoku_rope() {
+    let case = load_case("hrm/hrm_sudoku_rope");
+    assert_eq!(case.model.config().arch, trm_wgpu::Arch::Hrm);
+    run_contractive("hrm/hrm_sudoku_rope", true);
+}
+
+#[test]
+fn hrm_maze_learned_4x4() {
+    run_contractive("hrm/hrm_maze_learned_4x4", true);
+}

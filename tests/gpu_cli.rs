@@ -10,7 +10,7 @@ use std::path::Path;
 use common::{
     assert_close, assert_close_floor, f64_reference, gpu, read_output_f32, temp_dir, trm_env,
 };
-use trm_wgpu::{PosEncodings, TrmConfig, TrmModel};
+use trm_wgpu::{Arch, Level, PosEncodings, TrmConfig, TrmModel};
 
 const PUZZLES: usize = 3;
 const ACT_STEPS: usize = 2;
@@ -140,9 +140,11 @@ fn check_against_float64(
     let recursion_steps = (ACT_STEPS * c.h_cycles * (c.l_cycles + 1)) as u64;
     assert_eq!(stats["engine"], "gpu");
     assert_eq!(stat(stats, "recursion_steps"), recursion_steps);
-    let per_call = if stats["schedule"] == "fused" {
-        1
-    } else {
+    // (HRM: each level's call has its own depth)
+    let per_call = |level: Level| -> u64 {
+        if stats["schedule"] == "fused" {
+            return 1;
+        }
         let per_layer = if c.mlp_t {
             6
         } else if c.pos_encodings == PosEncodings::Rope {
@@ -150,10 +152,12 @@ fn check_against_float64(
         } else {
             7
         };
-        1 + per_layer * c.l_layers as u64
+        1 + per_layer * c.level_layers(level).len() as u64
     };
-    assert_eq!(stat(stats, "dispatches_per_net_call"), per_call);
-    assert_eq!(stat(stats, "dispatches"), recursion_steps * per_call + 2);
+    let (l_call, h_call) = (per_call(Level::L), per_call(Level::H));
+    assert_eq!(stat(stats, "dispatches_per_net_call"), l_call.max(h_call));
+    let per_act = (c.h_cycles * c.l_cycles) as u64 * l_call + c.h_cycles as u64 * h_call;
+    assert_eq!(stat(stats, "dispatches"), ACT_STEPS as u64 * per_act + 2);
     assert_eq!(stat(stats, "submits"), 1);
     // nothing read back beyond the outputs
     let outputs = PUZZLES * (c.seq_len * c.vocab_size + 2 + 2 * c.state_len() * c.hidden_size) * 4;
@@ -206,6 +210,28 @@ fn run_gpu_attention_matches_float64_on_both_schedules() {
         };
         let tag = format!("gpu-cli-attention-{}", pos.as_str());
         run_gpu_against_float64(&model, seed, &tag, backends);
+    }
+}
+
+/// Fresh random HRM models (H_layers != L_layers; RoPE, then learned
+/// positions) through `trm run` on the GPU against float64.
+#[test]
+fn run_gpu_hrm_matches_float64_on_both_schedules() {
+    if gpu::context().is_none() {
+        return;
+    }
+    for (pos, l_layers, h_layers) in [(PosEncodings::Rope, 1, 2), (PosEncodings::Learned, 2, 1)] {
+        let seed = common::test_seed();
+        let config = TrmConfig {
+            arch: Arch::Hrm,
+            l_layers,
+            h_layers,
+            ..attention_config(pos)
+        };
+        eprintln!("HRM, {}", config.to_json());
+        let model = TrmModel::random(config, seed, 0.5).unwrap();
+        let tag = format!("gpu-cli-hrm-{}", pos.as_str());
+        run_gpu_against_float64(&model, seed, &tag, &["gpu"]);
     }
 }
 

@@ -29,6 +29,8 @@ fn config() -> TrmConfig {
         h_cycles: 1,
         l_cycles: 2,
         l_layers: 1,
+        h_layers: 0,
+        arch: Default::default(),
         halt_max_steps: 2,
         mlp_t: true,
         pos_encodings: PosEncodings::None,

@@ -167,6 +167,8 @@ fn config(mlp_t: bool, pos: PosEncodings, puzzle_emb_ndim: usize) -> TrmConfig {
         h_cycles: 2,
         l_cycles: 2,
         l_layers: 2,
+        h_layers: 0,
+        arch: Default::default(),
         halt_max_steps: 3,
         mlp_t,
         pos_encodings: pos,
@@ -413,4 +415,172 @@ fn cli_convert_names_what_cannot_be_inferred() {
     );
     let converted = TrmModel::load(&out_path).unwrap();
     assert_eq!(converted.config(), model.config());
+}
+
+fn golden_hrm_official() -> PathBuf {
+    data_dir().join("golden/hrm/hrm_official")
+}
+
+/// HRM's `step_2000` (the authors' HRM code, `arch.name`
+/// `recursive_reasoning.hrm@...`, no `puzzle_emb_len` in its YAML).
+fn convert_step_2000() -> TrmModel {
+    let dir = golden_hrm_official();
+    official::convert(
+        dir.join("step_2000"),
+        dir.join("all_config.yaml"),
+        Some(dir.join("dataset.json")),
+    )
+    .unwrap_or_else(|e| panic!("step_2000: {e}"))
+}
+
+/// The official HRM checkpoint converts to the golden HRM model bit for
+/// bit (arch, H_layers and the puzzle positions read from all_config.yaml),
+/// and the converted model reproduces the authors' HRM outputs at every ACT
+/// step, carry included.
+#[test]
+fn hrm_step_2000_converts_and_reproduces_every_act_step() {
+    let converted = convert_step_2000();
+    let c = converted.config();
+    assert_eq!(c.arch, trm_wgpu::Arch::Hrm);
+    assert_eq!((c.l_layers, c.h_layers), (2, 2));
+    assert_eq!(c.puzzle_emb_positions(), 1);
+    let golden = TrmModel::load(data_dir().join("golden/hrm/hrm_sudoku_rope.model.safetensors"))
+        .expect("golden HRM model");
+    assert_bit_identical(&converted, &golden);
+    let case = load_case("hrm/hrm_sudoku_rope");
+    let mut engine = CpuEngine::new(Arc::new(converted)).unwrap();
+    common::golden::step_by_step(&mut engine, &case, 1e-5, 1e-4);
+}
+
+/// Both code bases' HRM names convert, to the same model; an HRM section
+/// without H_layers, a name of a model trm-wgpu does not run, and a TRM
+/// model with H-level tensors are refused with a clear error.
+#[test]
+fn hrm_arch_names_of_both_repositories() {
+    use common::torch_save::{HRM_ARCH_NAME, HRM_OWN_ARCH_NAME, all_config_yaml_named};
+    let config = TrmConfig {
+        arch: trm_wgpu::Arch::Hrm,
+        l_layers: 1,
+        h_layers: 3,
+        ..config(false, PosEncodings::Learned, 24)
+    };
+    let model = TrmModel::random(config, 9, 0.5).unwrap();
+    let step = model_step_file(&model, false);
+    let dataset = dataset_json(&model);
+    for name in [HRM_ARCH_NAME, HRM_OWN_ARCH_NAME] {
+        let yaml = all_config_yaml_named(&model, name);
+        let conversion =
+            official::convert_bytes(step.clone(), &yaml, Some(&dataset), &Default::default())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_bit_identical(&conversion.model, &model);
+        assert!(conversion.ignored_fields.is_empty());
+    }
+    let convert = |yaml: &str| {
+        official::convert_bytes(step.clone(), yaml, Some(&dataset), &Default::default())
+            .unwrap_err()
+            .to_string()
+    };
+    let yaml = all_config_yaml(&model);
+    let no_h = convert(&yaml.replace("  H_layers: 3\n", ""));
+    assert!(no_h.contains("H_layers"), "{no_h}");
+    let other = convert(&yaml.replace(HRM_ARCH_NAME, "recursive_reasoning.trm_singlez@X"));
+    assert!(
+        other.contains("trm_singlez") && other.contains(HRM_OWN_ARCH_NAME),
+        "{other}"
+    );
+    // the HRM checkpoint read as a TRM: its H-level tensors are not TRM's
+    let as_trm = yaml
+        .replace(HRM_ARCH_NAME, common::torch_save::TRM_ARCH_NAME)
+        .replace(
+            "  puzzle_emb_ndim",
+            "  puzzle_emb_len: 0\n  puzzle_emb_ndim",
+        );
+    let as_trm = convert(&as_trm);
+    assert!(as_trm.contains("H_level"), "{as_trm}");
+}
+
+/// `trm convert` of the official HRM checkpoint, `trm info` says HRM, and
+/// `trm run` gives the authors' HRM outputs.
+#[test]
+fn cli_convert_hrm_then_info_and_run() {
+    let dir = golden_hrm_official();
+    let tmp = temp_dir("convert-hrm");
+    let model_path = tmp.join("model.safetensors");
+    let out = trm(&[
+        "convert",
+        dir.join("step_2000").to_str().unwrap(),
+        "-c",
+        dir.join("all_config.yaml").to_str().unwrap(),
+        "-d",
+        dir.join("dataset.json").to_str().unwrap(),
+        "-o",
+        model_path.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(": hrm, "), "{stdout}");
+
+    let info = trm(&["info", "-m", model_path.to_str().unwrap(), "--json"]);
+    assert!(info.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(json["arch"], "hrm");
+    assert_eq!(json["config"]["arch"], "hrm");
+    assert_eq!(json["config"]["H_layers"], 2);
+    let text = trm(&["info", "-m", model_path.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("arch            hrm") && text.contains("H_layers 2"),
+        "{text}"
+    );
+
+    let case = load_case("hrm/hrm_sudoku_rope");
+    let int32 = |name: &str| -> Vec<i32> { case.tensor(name).iter().map(|&v| v as i32).collect() };
+    let input_path = tmp.join("input.safetensors");
+    std::fs::write(
+        &input_path,
+        safetensors_bytes(
+            &[
+                RawTensor::i32("inputs", vec![3, 81], &int32("inputs")),
+                RawTensor::i32("puzzle_identifiers", vec![3], &int32("puzzle_identifiers")),
+            ],
+            None,
+        ),
+    )
+    .unwrap();
+    let output_path = tmp.join("out.safetensors");
+    let run = trm(&[
+        "run",
+        "-m",
+        model_path.to_str().unwrap(),
+        "-i",
+        input_path.to_str().unwrap(),
+        "-o",
+        output_path.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let bytes = std::fs::read(&output_path).unwrap();
+    let (shape, logits) = read_output_f32(&bytes, "logits");
+    assert_eq!(shape, vec![3, 81, 11]);
+    assert_close(
+        "logits.step4",
+        &logits,
+        case.tensor("logits.step4"),
+        1e-5,
+        1e-4,
+    );
+    assert_close(
+        "z_H",
+        &read_output_f32(&bytes, "z_H").1,
+        case.tensor("z_H"),
+        1e-5,
+        1e-4,
+    );
 }

@@ -12,7 +12,7 @@ use common::{
     assert_close, assert_close_floor, f64_reference, one_act_step_at_a_time, random_batch_from,
 };
 use trm_wgpu::rng::SplitMix64;
-use trm_wgpu::{CpuEngine, Engine, PosEncodings, SolveOptions, TrmConfig, TrmModel};
+use trm_wgpu::{Arch, CpuEngine, Engine, PosEncodings, SolveOptions, TrmConfig, TrmModel};
 
 /// Agreement demanded with the float64 implementation.
 const REL_L2: f64 = 1e-5;
@@ -53,6 +53,8 @@ fn random_config(
         h_cycles: pick(rng, &[1, 2]),
         l_cycles: pick(rng, &[1, 2, 3]),
         l_layers: pick(rng, &[1, 2, 3]),
+        h_layers: 0,
+        arch: Default::default(),
         halt_max_steps: 2,
         mlp_t,
         pos_encodings: pos,
@@ -72,16 +74,55 @@ fn random_config(
     config
 }
 
+/// A small random HRM configuration: [`random_config`]'s sizes, 1 to 4
+/// blocks per level with H_layers != L_layers, the puzzle embedding in
+/// ceil(ndim / D) positions (HRM has no other placement).
+fn random_hrm_config(
+    rng: &mut SplitMix64,
+    mlp_t: bool,
+    pos: PosEncodings,
+    puzzle_emb: bool,
+) -> TrmConfig {
+    let l_layers = 1 + rng.below(4) as usize;
+    let h_layers = 1 + (l_layers + rng.below(3) as usize) % 4; // never l_layers
+    let config = TrmConfig {
+        arch: Arch::Hrm,
+        l_layers,
+        h_layers,
+        puzzle_emb_len: 0,
+        ..random_config(rng, mlp_t, pos, puzzle_emb)
+    };
+    assert_ne!(config.h_layers, config.l_layers);
+    config
+        .validate()
+        .unwrap_or_else(|e| panic!("{config:?}: {e}"));
+    config
+}
+
 /// Every variant: the CPU engine matches float64 on logits, q logits and the
 /// final carry.
 fn check_variant(mlp_t: bool, pos: PosEncodings, puzzle_emb: bool) {
     let seed = common::test_seed();
     let mut rng = SplitMix64::new(seed);
-    let config = random_config(&mut rng, mlp_t, pos, puzzle_emb);
+    check_config(random_config(&mut rng, mlp_t, pos, puzzle_emb), &mut rng);
+}
+
+/// A fresh random HRM model of the variant against float64.
+fn check_hrm_variant(mlp_t: bool, pos: PosEncodings, puzzle_emb: bool) {
+    let seed = common::test_seed();
+    let mut rng = SplitMix64::new(seed);
+    check_config(
+        random_hrm_config(&mut rng, mlp_t, pos, puzzle_emb),
+        &mut rng,
+    );
+}
+
+/// A random model of `config`: the CPU engine against float64.
+fn check_config(config: TrmConfig, rng: &mut SplitMix64) {
     eprintln!("{config:?}");
     let model = TrmModel::random(config.clone(), rng.next_u64(), 0.5).unwrap();
     let batch_size = 1 + rng.below(4) as usize;
-    let batch = random_batch_from(&mut rng, &config, batch_size);
+    let batch = random_batch_from(rng, &config, batch_size);
     let reference = f64_reference::solve(&model, &batch, 2, false);
     let mut engine = CpuEngine::new(Arc::new(model)).unwrap();
     let out = engine.solve(&batch, &SolveOptions::default()).unwrap();
@@ -142,6 +183,27 @@ fn attention_no_positions() {
     check_variant(false, PosEncodings::None, false);
 }
 
+#[test]
+fn hrm_attention_rope() {
+    check_hrm_variant(false, PosEncodings::Rope, true);
+}
+
+#[test]
+fn hrm_attention_learned() {
+    check_hrm_variant(false, PosEncodings::Learned, true);
+}
+
+#[test]
+fn hrm_attention_rope_without_puzzle_embedding() {
+    check_hrm_variant(false, PosEncodings::Rope, false);
+}
+
+/// The TRM repository's HRM takes `mlp_t` token mixing too.
+#[test]
+fn hrm_mlp_mixer() {
+    check_hrm_variant(true, PosEncodings::None, true);
+}
+
 /// Early halting: each puzzle stops after the first ACT step whose
 /// q_halt > 0, with that step's outputs. The q_head bias is set from the
 /// q_halt trajectories so that puzzles halt at different steps.
@@ -149,15 +211,34 @@ fn attention_no_positions() {
 fn early_halting_matches_float64() {
     let seed = common::test_seed();
     let mut rng = SplitMix64::new(seed);
-    let mut config = random_config(&mut rng, true, PosEncodings::None, true);
+    let config = random_config(&mut rng, true, PosEncodings::None, true);
+    early_halting(config, &mut rng);
+}
+
+/// HRM halts on q_halt > q_continue.
+#[test]
+fn hrm_early_halting_matches_float64() {
+    let seed = common::test_seed();
+    let mut rng = SplitMix64::new(seed);
+    let config = random_hrm_config(&mut rng, false, PosEncodings::Rope, true);
+    early_halting(config, &mut rng);
+}
+
+fn early_halting(mut config: TrmConfig, rng: &mut SplitMix64) {
     config.halt_max_steps = 4;
     let model = TrmModel::random(config.clone(), rng.next_u64(), 0.5).unwrap();
-    let batch = random_batch_from(&mut rng, &config, 6);
-    // q_halt of every puzzle after every step, from the engine step by step
+    let batch = random_batch_from(rng, &config, 6);
+    // q_halt less its bar (TRM: 0, HRM: q_continue) of every puzzle after
+    // every step, from the engine step by step
+    let hrm = config.arch == Arch::Hrm;
     let mut engine = CpuEngine::new(Arc::new(model.clone())).unwrap();
     let mut trajectory = Vec::new();
     one_act_step_at_a_time(&mut engine, &batch, config.halt_max_steps, |_, out| {
-        trajectory.push(out.q_halt_logits.clone())
+        let over = out.q_halt_logits.iter().zip(&out.q_continue_logits);
+        trajectory.push(
+            over.map(|(h, c)| h - if hrm { *c } else { 0.0 })
+                .collect::<Vec<f32>>(),
+        )
     });
     // Shift the bias so that the median of step 2 sits at zero, nudged so
     // that no decision lies within rounding distance of zero.

@@ -4,7 +4,8 @@
 // (`kernel_source!` in src/gpu/layout.rs), and `layout::Params` is its
 // mirror, field for field (a test checks).
 //
-// The fused kernels and the heads read state_base .. slices; embed.wgsl
+// The fused kernels and the heads read state_base .. slices (the fused
+// kernels layer_first and layer_count too); embed.wgsl
 // batch and puzzle_stride; halt.wgsl q_base, batch, slice and slices; the
 // spread schedule's phases (spread_step.wgsl states each field's meaning)
 // the fields from n_inner on.
@@ -44,4 +45,6 @@ struct Params {
     groups: u32,
     slice: u32,           // puzzles per fused dispatch (halt.wgsl)
     slices: u32,          // fused dispatches per network call (halt.wgsl)
+    layer_first: u32,     // first stored block of the call's network (fused kernels:
+    layer_count: u32,     // TRM's one network, or HRM's L or H level) and its blocks
 }

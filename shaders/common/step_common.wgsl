@@ -55,7 +55,7 @@ override S: u32;          // state length, seq_len + P
 override D: u32;          // hidden size
 override DP: u32;         // D rounded up to a multiple of 4
 override CI: u32;         // channel SwiGLU width, inter(D)
-override L_LAYERS: u32;   // blocks
+override LAYERS: u32;     // blocks stored: TRM's L_layers; HRM's L level then H level
 override EPS: f32;        // rms_norm_eps
 
 @group(0) @binding(0) var<storage, read> weights: array<vec4<f32>>;

@@ -35,7 +35,7 @@ use yaml_rust2::scanner::TScalarStyle;
 use zip::{CompressionMethod, ZipArchive};
 
 use super::pickle::{self, StorageDtype, TensorRef};
-use crate::config::{PosEncodings, TrmConfig};
+use crate::config::{Arch, PosEncodings, TrmConfig};
 use crate::error::{Result, TrmError};
 use crate::model::{LoadOptions, Tensor, TrmModel, canonical_name, expected_tensors};
 
@@ -50,13 +50,14 @@ const MAX_YAML_DEPTH: usize = 64;
 const MAX_YAML_NODES: usize = 100_000;
 
 /// Fields of the `arch` section that are the configuration's own.
-const ARCH_FIELDS: [&str; 13] = [
+const ARCH_FIELDS: [&str; 14] = [
     "hidden_size",
     "expansion",
     "num_heads",
     "H_cycles",
     "L_cycles",
     "L_layers",
+    "H_layers",
     "halt_max_steps",
     "mlp_t",
     "pos_encodings",
@@ -69,16 +70,60 @@ const ARCH_FIELDS: [&str; 13] = [
 const DATASET_FIELDS: [&str; 3] = ["seq_len", "vocab_size", "num_puzzle_identifiers"];
 /// Fields of the `arch` section that only matter to training or to the
 /// authors' code layout; ignored without a word.
-const TRAINING_FIELDS: [&str; 8] = [
-    "name",
+const TRAINING_FIELDS: [&str; 6] = [
     "loss",
-    "H_layers",
     "forward_dtype",
     "halt_exploration_prob",
     "no_ACT_continue",
     "batch_size",
     "causal",
 ];
+
+/// The `arch.name` of each model the authors' code bases publish, and its
+/// family: TRM's repository keeps HRM as `recursive_reasoning.hrm`, HRM's
+/// own repository names it `hrm.hrm_act_v1`.
+const ARCH_NAMES: [(&str, Arch); 3] = [
+    (
+        "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1",
+        Arch::Trm,
+    ),
+    (
+        "recursive_reasoning.hrm@HierarchicalReasoningModel_ACTV1",
+        Arch::Hrm,
+    ),
+    ("hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1", Arch::Hrm),
+];
+
+/// The family `arch.name` names; a section without a name is TRM's (as
+/// before names were read). Other models of the authors' repositories
+/// (TRM's ablations, the transformer baseline) compute something else, so
+/// they are refused rather than run as TRM.
+fn arch_of(name: Option<&Json>, what: &str) -> Result<Arch> {
+    let Some(name) = name else {
+        return Ok(Arch::Trm);
+    };
+    let known = || {
+        ARCH_NAMES
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let text = name
+        .as_str()
+        .ok_or_else(|| TrmError::Config(format!("{what}: `arch.name` is not a string: {name}")))?;
+    ARCH_NAMES
+        .iter()
+        .find(|(n, _)| *n == text)
+        .map(|(_, arch)| *arch)
+        .ok_or_else(|| {
+            TrmError::Config(format!(
+                "{what}: arch `{}` is not a model trm-wgpu runs (it runs {})",
+                pickle::printable(text),
+                known()
+            ))
+        })
+}
 
 fn dtype_error(name: &str, dtype: StorageDtype) -> TrmError {
     TrmError::TensorDtype {
@@ -912,9 +957,14 @@ pub fn convert_checkpoint(
     options: &ConvertOptions,
 ) -> Result<Conversion> {
     let arch = parse_arch(all_config_yaml, yaml_name)?;
+    let family = arch_of(arch.get("name"), yaml_name)?;
     let mut config = Map::new();
+    config.insert("arch".into(), Json::from(family.as_str()));
     let mut ignored_fields = Vec::new();
     for (key, value) in arch {
+        if key == "name" {
+            continue;
+        }
         if ARCH_FIELDS.contains(&key.as_str()) || DATASET_FIELDS.contains(&key.as_str()) {
             config.insert(key, value);
         } else if !TRAINING_FIELDS.contains(&key.as_str()) {

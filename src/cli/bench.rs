@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use trm_wgpu::Arch;
 use trm_wgpu::gpu::{AdapterReport, GpuStats, list_adapters};
 use trm_wgpu::rng::SplitMix64;
 use trm_wgpu::{
@@ -43,8 +44,13 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',')]
     batch: Vec<usize>,
     /// Checkpoint to measure instead of the random Sudoku-Extreme shape.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "arch")]
     model: Option<PathBuf>,
+    /// The random model's family: trm (the paper's Sudoku-Extreme TRM-MLP)
+    /// or hrm (HRM at its published shape: D = 512, 8 heads, RoPE,
+    /// H_layers = L_layers = 4, H_cycles = L_cycles = 2, S = 81 + 1).
+    #[arg(long, default_value = "trm")]
+    arch: Arch,
     /// ACT steps a puzzle runs, for the puzzles/s column (default: the
     /// model's halt_max_steps, 16 for Sudoku-Extreme).
     #[arg(long)]
@@ -94,6 +100,8 @@ pub struct BenchArgs {
 /// One measured row.
 #[derive(Serialize, Debug)]
 struct Row {
+    /// The model family timed (`trm`, `hrm`).
+    arch: String,
     backend: String,
     adapter: String,
     driver: String,
@@ -464,6 +472,7 @@ impl Bench<'_> {
         let rate = calls as f64 / timed.wall.as_secs_f64().max(1e-12);
         let stats = gpu.map(|g| g.0);
         Row {
+            arch: self.config.arch.as_str().to_string(),
             backend: backend.to_string(),
             adapter,
             driver,
@@ -736,7 +745,13 @@ impl Bench<'_> {
 pub fn bench(args: BenchArgs) -> Result<()> {
     let model = Arc::new(match &args.model {
         Some(path) => TrmModel::load(path)?,
-        None => TrmModel::random(TrmConfig::sudoku_extreme(), 0x7e57, 1.0)?,
+        None => {
+            let config = match args.arch {
+                Arch::Trm => TrmConfig::sudoku_extreme(),
+                Arch::Hrm => TrmConfig::hrm_sudoku_extreme(),
+            };
+            TrmModel::random(config, 0x7e57, 1.0)?
+        }
     });
     let config = model.config().clone();
     let act_steps = args.act_steps.unwrap_or(config.halt_max_steps);
@@ -756,21 +771,26 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         })?;
     }
     let targets = targets(&args)?;
-    let model_name = args
-        .model
-        .as_ref()
-        .map_or("random weights, Sudoku-Extreme shape".to_string(), |p| {
-            p.display().to_string()
-        });
+    let model_name = args.model.as_ref().map_or(
+        match args.arch {
+            Arch::Trm => "random weights, Sudoku-Extreme shape",
+            Arch::Hrm => "random weights, HRM at its published Sudoku-Extreme shape",
+        }
+        .to_string(),
+        |p| p.display().to_string(),
+    );
     let per_step = config.flops_per_recursion_step() as f64;
     let per_puzzle = (act_steps * config.recursion_steps_per_act_step()) as f64;
+    let puzzle_flops = act_steps as f64 * config.flops_per_act_step() as f64;
     let shape = format!(
-        "D = {}, S = {}, {:.3} GFLOP per net call, {} net calls per puzzle at {} ACT steps",
+        "{}, D = {}, S = {}, {:.3} GFLOP per net call, {} net calls per puzzle at {} ACT steps, {:.1} GFLOP per puzzle",
+        config.arch.as_str(),
         config.hidden_size,
         config.state_len(),
         per_step / 1e9,
         per_puzzle,
-        act_steps
+        act_steps,
+        puzzle_flops / 1e9
     );
     if !args.json {
         println!("model: {model_name} ({shape})");

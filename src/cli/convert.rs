@@ -69,8 +69,9 @@ pub fn convert(args: ConvertArgs) -> Result<()> {
     model.save(&args.output)?;
     let c = model.config();
     println!(
-        "wrote {}: {} parameters, D = {}, S = {} (seq_len {}), vocab {}, {} puzzle ids",
+        "wrote {}: {}, {} parameters, D = {}, S = {} (seq_len {}), vocab {}, {} puzzle ids",
         args.output.display(),
+        c.arch.as_str(),
         model.parameter_count(),
         c.hidden_size,
         c.state_len(),

@@ -1,6 +1,6 @@
 //! `trm info`: what a checkpoint is and what it costs.
 
-use trm_wgpu::Result;
+use trm_wgpu::{Arch, Result};
 
 use super::ModelArgs;
 
@@ -22,6 +22,7 @@ pub fn info(args: InfoArgs) -> Result<()> {
     if args.json {
         let value = serde_json::json!({
             "config": serde_json::from_str::<serde_json::Value>(&c.to_json()).unwrap_or_default(),
+            "arch": c.arch.as_str(),
             "parameters": model.parameter_count(),
             "state_len": c.state_len(),
             "puzzle_emb_positions": c.puzzle_emb_positions(),
@@ -42,6 +43,11 @@ pub fn info(args: InfoArgs) -> Result<()> {
         "attention"
     };
     println!("model           {}", args.model.model.display());
+    let family = match c.arch {
+        Arch::Trm => "TRM (Tiny Recursive Model): one network updates z_L and z_H",
+        Arch::Hrm => "HRM (Hierarchical Reasoning Model): z_L by the L level, z_H by the H level",
+    };
+    println!("arch            {} = {family}", c.arch.as_str());
     println!(
         "variant         {variant}, pos_encodings {}",
         c.pos_encodings.as_str()
@@ -69,9 +75,13 @@ pub fn info(args: InfoArgs) -> Result<()> {
             c.channel_inter()
         );
     }
+    let layers = match c.arch {
+        Arch::Trm => format!("L_layers {}", c.l_layers),
+        Arch::Hrm => format!("L_layers {}, H_layers {}", c.l_layers, c.h_layers),
+    };
     println!(
-        "recursion       L_layers {}, n = L_cycles {}, T = H_cycles {}, N_sup = halt_max_steps {}",
-        c.l_layers, c.l_cycles, c.h_cycles, c.halt_max_steps
+        "recursion       {layers}, n = L_cycles {}, T = H_cycles {}, N_sup = halt_max_steps {}",
+        c.l_cycles, c.h_cycles, c.halt_max_steps
     );
     println!(
         "parameters      {} ({:.2}M)",

@@ -33,7 +33,8 @@ pub struct RunArgs {
     /// ACT steps to run (default: the model's halt_max_steps).
     #[arg(long)]
     steps: Option<usize>,
-    /// Early halting: stop each puzzle after the first ACT step with q_halt > 0.
+    /// Early halting: stop each puzzle after the first ACT step where it
+    /// halts (TRM: q_halt > 0; HRM: q_halt > q_continue).
     #[arg(long)]
     halt: bool,
     /// CPU worker threads (default: all cores).

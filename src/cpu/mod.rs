@@ -35,7 +35,7 @@ use faer::MatMut;
 use rayon::prelude::*;
 
 use crate::batch::PuzzleBatch;
-use crate::config::{PosEncodings, TrmConfig};
+use crate::config::{Level, PosEncodings, TrmConfig};
 use crate::error::{Result, TrmError};
 use crate::model::TrmModel;
 use crate::solve::{Carry, Engine, SolveOptions, SolveOutput};
@@ -255,8 +255,9 @@ impl CpuEngine {
     }
 
     /// One network call (one recursion step) on a batch of states:
-    /// `state = net(state, injection)`, both `[B, S, D]`. The unit the
-    /// recursion throughput is counted in; used by the benchmarks.
+    /// `state = net(state, injection)`, both `[B, S, D]`, with the latent
+    /// update's network (HRM's L level). The unit the recursion throughput
+    /// is counted in; used by the benchmarks.
     pub fn recursion_step(&self, state: &mut [f32], injection: &[f32]) -> Result<()> {
         self.recursion_steps(state, injection, 1)
     }
@@ -293,7 +294,7 @@ impl CpuEngine {
             self.pool.install(|| {
                 join::team_awake(self.threads, || {
                     for _ in 0..steps {
-                        self.net(state, injection, buffers, plan);
+                        self.net(Level::L, state, injection, buffers, plan);
                     }
                 })
             });
@@ -334,13 +335,20 @@ impl CpuEngine {
         }
     }
 
-    /// One network call on every running puzzle:
+    /// One network call of `level` on every running puzzle:
     /// `state = net(state, injection)`, both `[A, S, D]`.
-    fn net(&self, state: &mut [f32], injection: &[f32], buffers: &mut Buffers, plan: Plan) {
+    fn net(
+        &self,
+        level: Level,
+        state: &mut [f32],
+        injection: &[f32],
+        buffers: &mut Buffers,
+        plan: Plan,
+    ) {
         let config = self.model.config();
         let (s, d) = (config.state_len(), config.hidden_size);
         let eps = config.rms_norm_eps as f32;
-        for (index, packed) in self.layers.iter().enumerate() {
+        for (index, packed) in self.layers[config.level_layers(level)].iter().enumerate() {
             // `state + injection` is the first layer's input: each of its
             // first tasks adds the part it reads, rather than a phase of
             // its own (and a wait for every thread) doing it beforehand
@@ -448,9 +456,9 @@ impl CpuEngine {
                     }
                 });
             for _ in 0..config.l_cycles {
-                self.net(z, injection, buffers, plan);
+                self.net(Level::L, z, injection, buffers, plan);
             }
-            self.net(y, z, buffers, plan);
+            self.net(Level::H, y, z, buffers, plan);
         }
     }
 
@@ -533,7 +541,8 @@ impl Engine for CpuEngine {
                         continue;
                     }
                     // heads of every running puzzle; with early halting, those
-                    // whose q_halt > 0 leave the group with this step's outputs
+                    // that halt (TrmConfig::halts) leave the group with this
+                    // step's outputs
                     let mut kept = 0;
                     for slot in 0..work.puzzles.len() {
                         let puzzle = work.puzzles[slot];
@@ -544,7 +553,7 @@ impl Engine for CpuEngine {
                         out.q_halt_logits[puzzle] = q_halt;
                         out.q_continue_logits[puzzle] = q_continue;
                         out.steps[puzzle] = step as u32;
-                        if last || (options.early_halt && q_halt > 0.0) {
+                        if last || (options.early_halt && config.halts(q_halt, q_continue)) {
                             out.z_h[puzzle * sd..(puzzle + 1) * sd].copy_from_slice(y);
                             out.z_l[puzzle * sd..(puzzle + 1) * sd]
                                 .copy_from_slice(&work.z[slot * sd..(slot + 1) * sd]);

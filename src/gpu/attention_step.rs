@@ -46,7 +46,7 @@ pub(crate) fn table_floats(config: &TrmConfig) -> usize {
 
 /// Floats of everything the kernel binds as weights.
 pub(crate) fn weight_floats(config: &TrmConfig) -> usize {
-    layer_floats(config) * config.l_layers + table_floats(config)
+    layer_floats(config) * config.stored_layers() + table_floats(config)
 }
 
 /// The weights in the kernel's layout: per layer `qkv [3D, DP] | o [D, DP] |

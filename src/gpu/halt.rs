@@ -2,9 +2,11 @@
 //! ACT step, the running list is compacted by q_halt and the count written
 //! where the next step's indirect dispatches read it.
 //!
-//! The CPU rule it must equal is in `CpuEngine::solve_from` (`src/cpu/`):
-//! a puzzle halts after the first ACT step whose `q_halt > 0`.
+//! The rule it must equal is `TrmConfig::halts`, as the CPU engine applies
+//! it: a puzzle halts after the first ACT step whose `q_halt > 0` (TRM) or
+//! `q_halt > q_continue` (HRM).
 
+use crate::config::{Arch, TrmConfig};
 use crate::error::Result;
 
 use super::context::GpuContext;
@@ -43,7 +45,8 @@ pub(crate) struct Halt {
 }
 
 impl Halt {
-    pub(crate) fn new(ctx: &GpuContext) -> Result<Self> {
+    pub(crate) fn new(ctx: &GpuContext, config: &TrmConfig) -> Result<Self> {
+        let vs_continue = f64::from(u8::from(config.arch == Arch::Hrm));
         // outputs, running, control, params
         let entries = [
             Entry::ReadOnly,
@@ -52,7 +55,13 @@ impl Halt {
             Entry::Params,
         ];
         Ok(Halt {
-            kernel: Kernel::new(ctx, KERNEL, SOURCE, &entries, &[])?,
+            kernel: Kernel::new(
+                ctx,
+                KERNEL,
+                SOURCE,
+                &entries,
+                &[("HALT_VS_CONTINUE", vs_continue)],
+            )?,
         })
     }
 

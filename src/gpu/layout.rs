@@ -50,6 +50,10 @@ pub(crate) struct Params {
     /// halting kernel writes one indirect dispatch per slice).
     pub slice: u32,
     pub slices: u32,
+    /// The blocks a network call runs (the fused kernels): the first of
+    /// the stored blocks and how many (TRM: all; HRM: its level's).
+    pub layer_first: u32,
+    pub layer_count: u32,
 }
 
 /// The WGSL of a kernel in `shaders/`: the parameter block
@@ -369,6 +373,8 @@ mod tests {
             groups: _,
             slice: _,
             slices: _,
+            layer_first: _,
+            layer_count: _,
         } = Params::default();
         let fields = [
             "state_base",
@@ -403,6 +409,8 @@ mod tests {
             "groups",
             "slice",
             "slices",
+            "layer_first",
+            "layer_count",
         ];
         assert_eq!(PARAMS_BYTES, 4 * fields.len() as u64);
         let expected: Vec<String> = fields.iter().map(|f| format!("{f}: u32,")).collect();

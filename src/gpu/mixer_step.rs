@@ -31,7 +31,7 @@ pub(crate) fn pack_weights(model: &TrmModel) -> Option<Vec<f32>> {
     let config = model.config();
     let (s, d) = (config.state_len(), config.hidden_size);
     let (ti, ci) = (config.token_inter(), config.channel_inter());
-    let mut packed = Vec::with_capacity(layer_floats(config) * config.l_layers);
+    let mut packed = Vec::with_capacity(layer_floats(config) * config.stored_layers());
     for layer in &model.weights().layers {
         let TokenMixer::Mlp { gate_up, down } = &layer.mixer else {
             return None;

@@ -53,7 +53,7 @@ use std::sync::mpsc;
 use serde::Serialize;
 
 use crate::batch::PuzzleBatch;
-use crate::config::TrmConfig;
+use crate::config::{Level, TrmConfig};
 use crate::error::{Result, TrmError};
 use crate::model::TrmModel;
 use crate::solve::{Carry, Engine, SolveOptions, SolveOutput};
@@ -319,7 +319,7 @@ impl StepKernel {
     /// Floats of the weights the variant's kernel binds.
     fn weight_floats(config: &TrmConfig) -> usize {
         if config.mlp_t {
-            mixer_step::layer_floats(config) * config.l_layers
+            mixer_step::layer_floats(config) * config.stored_layers()
         } else {
             attention_step::weight_floats(config)
         }
@@ -516,7 +516,7 @@ fn slices_of(chunk: &Chunk, active: Active) -> impl Iterator<Item = (u32, u32)> 
 
 /// Puzzles per fused dispatch under `max_flops_per_dispatch`.
 fn slice_puzzles(config: &TrmConfig, max_flops_per_dispatch: u64) -> u32 {
-    let call = config.flops_per_recursion_step().max(1);
+    let call = config.flops_per_largest_net_call().max(1);
     (max_flops_per_dispatch / call).clamp(1, u64::from(u32::MAX)) as u32
 }
 
@@ -534,7 +534,7 @@ impl GpuEngine {
                 step: StepKernel::new(ctx, &model)?,
                 embed: Embed::new(ctx, &model)?,
                 heads: Heads::new(ctx, &model)?,
-                halt: Halt::new(ctx)?,
+                halt: Halt::new(ctx, model.config())?,
             })
         })?;
         let align = ctx.limits().min_uniform_buffer_offset_alignment.max(1);
@@ -796,7 +796,7 @@ impl GpuEngine {
             U::STORAGE | U::COPY_DST | U::COPY_SRC,
         )?;
         let stride = u64::from(self.params_stride);
-        let spread_blocks = 2 * (1 + 8 * config.l_layers as u64);
+        let spread_blocks = spread::most_blocks(config);
         let slice = slice_puzzles(config, self.options.max_flops_per_dispatch).min(capacity as u32);
         let slices = (capacity as u32).div_ceil(slice);
         let params = layout::buffer(
@@ -829,11 +829,19 @@ impl GpuEngine {
             slices,
             ..Params::default()
         };
+        // each update runs its level's blocks (HRM: its own network)
+        let blocks = |level| {
+            let layers = config.level_layers(level);
+            (layers.start as u32, layers.len() as u32)
+        };
+        let ((l_first, l_count), (h_first, h_count)) = (blocks(Level::L), blocks(Level::H));
         let z_update = Params {
             state_base: 2 * region as u32,
             inj_a_base: region as u32,
             inj_b_base: 0,
             inject_sum: 1,
+            layer_first: l_first,
+            layer_count: l_count,
             ..common
         };
         let y_update = Params {
@@ -841,6 +849,8 @@ impl GpuEngine {
             inj_a_base: 2 * region as u32,
             inj_b_base: 0,
             inject_sum: 0,
+            layer_first: h_first,
+            layer_count: h_count,
             ..common
         };
         ctx.scoped("writing the parameters", || {
@@ -959,7 +969,7 @@ impl GpuEngine {
         let mut dispatches = 0u64;
         for op in ops.iter() {
             match (*op, spread) {
-                (Op::Step { active, .. }, Some((_, plan))) => {
+                (Op::Step { y_update, active }, Some((_, plan))) => {
                     if plan.batch != active.at_most() {
                         return Err(TrmError::Gpu(format!(
                             "the spread plan is for {} puzzles, the step for {}",
@@ -967,8 +977,9 @@ impl GpuEngine {
                             active.at_most()
                         )));
                     }
-                    dispatches += plan.dispatches.len() as u64;
-                    self.step_groups.extend(plan.groups());
+                    let call = plan.call(y_update);
+                    dispatches += call.dispatches.len() as u64;
+                    self.step_groups.extend(call.groups());
                 }
                 (Op::Step { active, .. }, None) => {
                     for (_, groups) in slices_of(chunk, active) {
@@ -980,10 +991,11 @@ impl GpuEngine {
                 _ => dispatches += 1,
             }
         }
-        let spread_blocks = spread.map_or(0, |(_, plan)| plan.dispatches.len());
+        // the z update's blocks, then the y update's, after the fused ones
+        let z_blocks = spread.map_or(0, |(_, plan)| plan.call(false).blocks.len());
         let fused_blocks = 2 * chunk.slices as usize;
         let spread_offset = |y_update: bool, i: usize| -> u32 {
-            let block = fused_blocks + if y_update { spread_blocks } else { 0 } + i;
+            let block = fused_blocks + if y_update { z_blocks } else { 0 } + i;
             block as u32 * stride
         };
         // slice j's z update (or y update and heads) block
@@ -1014,11 +1026,12 @@ impl GpuEngine {
                             .halt
                             .record(&mut pass, &chunk.halt_group, stride),
                         Op::Step { y_update, active } => match spread {
-                            Some((kernels, plan)) => {
-                                kernels.record(&mut pass, &chunk.step_group, plan, |i| {
-                                    spread_offset(y_update, i)
-                                })
-                            }
+                            Some((kernels, plan)) => kernels.record(
+                                &mut pass,
+                                &chunk.step_group,
+                                plan.call(y_update),
+                                |i| spread_offset(y_update, i),
+                            ),
                             None => {
                                 for (j, n) in slices_of(chunk, active) {
                                     self.resident.step.record(
@@ -1093,8 +1106,8 @@ impl GpuEngine {
         let [z, y] = &chunk.bases;
         let plan = SpreadPlan::new(config, batch, [z, y], chunk.part_base, sk);
         let stride = self.params_stride as usize;
-        let mut bytes = vec![0u8; plan.blocks.len() * stride];
-        for (block, at) in plan.blocks.iter().zip(bytes.chunks_exact_mut(stride)) {
+        let mut bytes = vec![0u8; plan.blocks().count() * stride];
+        for (block, at) in plan.blocks().zip(bytes.chunks_exact_mut(stride)) {
             at[..PARAMS_BYTES as usize].copy_from_slice(bytemuck::bytes_of(block));
         }
         self.ctx.scoped("writing the spread plan", || {
@@ -1486,7 +1499,13 @@ impl GpuEngine {
     fn finish_stats(&mut self) {
         let calls = self.step_groups.len() as u64;
         let per_call = match (self.running, &self.plan) {
-            (GpuSchedule::Spread, Some(plan)) => plan.dispatches.len() as u64,
+            // HRM's two networks may differ in depth: the deeper one's
+            (GpuSchedule::Spread, Some(plan)) => plan
+                .calls
+                .iter()
+                .map(|c| c.dispatches.len() as u64)
+                .max()
+                .unwrap_or(0),
             _ => 1,
         };
         self.stats.dispatches_per_net_call = if calls == 0 { 0 } else { per_call };

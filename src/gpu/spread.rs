@@ -16,9 +16,11 @@
 //! | norm over D (+ residual, partials) | channel gate/up, down, norm       |
 //!
 //! after one injection dispatch per call: 1 + 6 L dispatches per call for
-//! the MLP-mixer model, 1 + 8 L (7 L without RoPE) for attention. The
-//! products whose output is small (the down projections, o_proj) split K
-//! until the phase has about [`TARGET_GROUPS`] workgroups; each split
+//! the MLP-mixer model, 1 + 8 L (7 L without RoPE) for attention, L the
+//! call's blocks (TRM's L_layers; HRM's L_layers or H_layers, each level's
+//! call planned on its own blocks). The products whose output is small
+//! (the down projections, o_proj) split K until the phase has about
+//! [`TARGET_GROUPS`] workgroups; each split
 //! writes a partial sum and the norm after it adds them with the residual,
 //! so no float atomics are needed. The phases are dispatches in one
 //! compute pass: wgpu orders them with barriers, nothing waits on the host.
@@ -26,7 +28,7 @@
 //! Every phase reads one parameter block ([`Params`], the spread fields),
 //! written by the host for the batch size; [`SpreadPlan`] computes them.
 
-use crate::config::{PosEncodings, TrmConfig};
+use crate::config::{Level, PosEncodings, TrmConfig};
 use crate::error::Result;
 
 use super::context::GpuContext;
@@ -74,13 +76,26 @@ impl Dispatch {
     }
 }
 
-/// The dispatches of one network call at one batch size, and their
-/// parameter blocks: `blocks[i]` for dispatch i of a z update, `blocks[n +
-/// i]` for the y update (n dispatches).
-pub(crate) struct SpreadPlan {
-    pub batch: u32,
+/// The dispatches of one network call and their parameter blocks.
+pub(crate) struct CallPlan {
     pub dispatches: Vec<Dispatch>,
     pub blocks: Vec<Params>,
+}
+
+impl CallPlan {
+    /// Workgroups of each dispatch of the call.
+    pub(crate) fn groups(&self) -> impl Iterator<Item = u32> + '_ {
+        self.dispatches.iter().map(|d| d.groups)
+    }
+}
+
+/// The network calls of an ACT step at one batch size: the z update's
+/// (`calls[0]`, the L-level blocks) and the y update's (`calls[1]`, the
+/// H-level ones; TRM's are the same blocks). In the parameter buffer the
+/// z update's blocks come first, then the y update's.
+pub(crate) struct SpreadPlan {
+    pub batch: u32,
+    pub calls: [CallPlan; 2],
     /// Floats of split partial sums the plan needs after the work region.
     pub partial_floats: u64,
 }
@@ -136,10 +151,10 @@ impl SpreadKernels {
         &self,
         pass: &mut wgpu::ComputePass<'_>,
         bind_group: &wgpu::BindGroup,
-        plan: &SpreadPlan,
+        call: &CallPlan,
         block_offset: impl Fn(usize) -> u32,
     ) {
-        for (i, dispatch) in plan.dispatches.iter().enumerate() {
+        for (i, dispatch) in call.dispatches.iter().enumerate() {
             let kernel = match dispatch.phase {
                 Phase::Inject => Some(&self.inject),
                 Phase::Product => Some(&self.product),
@@ -195,21 +210,22 @@ struct ProductSpec {
 /// Builds the dispatches of a network call (see the module doc).
 struct Planner<'a> {
     sk: u32,
-    /// The z update's and the y update's base blocks.
-    bases: [&'a Params; 2],
+    /// The update's base block (its state and injection regions).
+    base: &'a Params,
     dispatches: Vec<Dispatch>,
-    blocks: [Vec<Params>; 2],
+    blocks: Vec<Params>,
     partial_floats: u64,
 }
 
 impl Planner<'_> {
     fn push(&mut self, phase: Phase, groups: u32, fill: impl Fn(&mut Params)) {
         self.dispatches.push(Dispatch { phase, groups });
-        for (blocks, base) in self.blocks.iter_mut().zip(self.bases) {
-            let mut block = Params { groups, ..*base };
-            fill(&mut block);
-            blocks.push(block);
-        }
+        let mut block = Params {
+            groups,
+            ..*self.base
+        };
+        fill(&mut block);
+        self.blocks.push(block);
     }
 
     /// A product; returns its splits (1 unless `spec.split`).
@@ -272,11 +288,20 @@ impl Planner<'_> {
     }
 }
 
+/// Parameter blocks of the two calls' plans at most: 1 + 8 blocks per
+/// layer for each level (RoPE attention has the most phases).
+pub(crate) fn most_blocks(config: &TrmConfig) -> u64 {
+    [Level::L, Level::H]
+        .into_iter()
+        .map(|level| 1 + 8 * config.level_layers(level).len() as u64)
+        .sum()
+}
+
 impl SpreadPlan {
-    /// The plan of one network call for `batch` active puzzles. `bases`
-    /// hold the z update's and the y update's state and injection regions
-    /// (the fused blocks); the work region of the scratch starts at 0 and
-    /// the split partials at `part_base`.
+    /// The plans of the two network calls for `batch` active puzzles.
+    /// `bases` hold the z update's and the y update's state and injection
+    /// regions (the fused blocks); the work region of the scratch starts at
+    /// 0 and the split partials at `part_base`.
     pub(crate) fn new(
         config: &TrmConfig,
         batch: u32,
@@ -284,14 +309,47 @@ impl SpreadPlan {
         part_base: u32,
         sk: u32,
     ) -> SpreadPlan {
+        let [z, y] = bases;
+        let (z, z_partials) = Self::call_plan(config, Level::L, batch, z, part_base, sk);
+        let (y, y_partials) = Self::call_plan(config, Level::H, batch, y, part_base, sk);
+        SpreadPlan {
+            batch,
+            calls: [z, y],
+            partial_floats: z_partials.max(y_partials),
+        }
+    }
+
+    /// The plan of the z update (`y_update` false) or of the y update.
+    pub(crate) fn call(&self, y_update: bool) -> &CallPlan {
+        &self.calls[usize::from(y_update)]
+    }
+
+    /// Every parameter block, in the buffer's order.
+    pub(crate) fn blocks(&self) -> impl Iterator<Item = &Params> + '_ {
+        self.calls.iter().flat_map(|c| &c.blocks)
+    }
+
+    /// The plan of one network call of `level` (its blocks from
+    /// [`TrmConfig::level_layers`]) on the regions of `base`; returns it with
+    /// the floats of split partials it needs.
+    fn call_plan(
+        config: &TrmConfig,
+        level: Level,
+        batch: u32,
+        base: &Params,
+        part_base: u32,
+        sk: u32,
+    ) -> (CallPlan, u64) {
         let (s, d) = (config.state_len() as u32, config.hidden_size as u32);
         let (dp, ci) = (pad4(d as usize) as u32, config.channel_inter() as u32);
         let tokens = batch * s;
+        let layers = config.level_layers(level);
+        let layers = layers.start as u32..layers.end as u32;
         let mut plan = Planner {
             sk,
-            bases,
+            base,
             dispatches: Vec::new(),
-            blocks: [Vec::new(), Vec::new()],
+            blocks: Vec::new(),
             partial_floats: 0,
         };
         plan.push(Phase::Inject, (tokens * d).div_ceil(256), |p| {
@@ -342,7 +400,7 @@ impl SpreadPlan {
             let tok_dn_len = s * ti / 4;
             let layer_len = tok_gu_len + tok_dn_len + ch_gu_len + ch_dn_len;
             let columns = batch * d;
-            for layer in 0..config.l_layers as u32 {
+            for layer in layers.clone() {
                 let w = layer * layer_len;
                 // gated token activations [TI, B D] at 0
                 plan.product(ProductSpec {
@@ -393,7 +451,7 @@ impl SpreadPlan {
             let tiles = heads * s.div_ceil(64) * hd.div_ceil(64);
             // qkv [B S, 3D] at 0, head outputs [B S, D] after it
             let heads_out = 3 * tokens * d;
-            for layer in 0..config.l_layers as u32 {
+            for layer in layers.clone() {
                 let w = layer * layer_len;
                 plan.product(ProductSpec {
                     w_off: w,
@@ -445,19 +503,12 @@ impl SpreadPlan {
         }
         let Planner {
             dispatches,
-            blocks: [mut z, y],
+            blocks,
             partial_floats,
             ..
         } = plan;
-        z.extend(y);
-        SpreadPlan {
-            batch,
-            dispatches,
-            blocks: z,
-            partial_floats,
-        }
+        (CallPlan { dispatches, blocks }, partial_floats)
     }
-
     /// Floats of split partials any batch of 1 to `capacity` puzzles needs.
     pub(crate) fn partial_floats_up_to(config: &TrmConfig, capacity: u32, sk: u32) -> u64 {
         let base = Params::default();
@@ -470,11 +521,6 @@ impl SpreadPlan {
             most = most.max(plan.partial_floats);
         }
         most
-    }
-
-    /// Workgroups of each dispatch of one network call.
-    pub(crate) fn groups(&self) -> impl Iterator<Item = u32> + '_ {
-        self.dispatches.iter().map(|d| d.groups)
     }
 }
 
@@ -501,9 +547,10 @@ mod tests {
         let config = TrmConfig::sudoku_extreme();
         let base = Params::default();
         let plan = SpreadPlan::new(&config, 1, [&base, &base], 0, 16);
-        assert_eq!(plan.dispatches.len(), 1 + 6 * config.l_layers);
-        assert_eq!(plan.blocks.len(), 2 * plan.dispatches.len());
-        let mut groups: Vec<u32> = plan.groups().collect();
+        let call = plan.call(false);
+        assert_eq!(call.dispatches.len(), 1 + 6 * config.l_layers);
+        assert_eq!(plan.blocks().count(), 2 * call.dispatches.len());
+        let mut groups: Vec<u32> = call.groups().collect();
         groups.sort();
         assert!(groups[groups.len() / 2] >= 64, "{groups:?}");
         assert!(groups[0] >= 16, "{groups:?}");

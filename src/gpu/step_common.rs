@@ -94,7 +94,7 @@ pub(crate) struct StepPipeline {
 
 impl StepPipeline {
     /// Uploads `packed` (the kernel's weight layout) and builds the pipeline
-    /// of `kernel` with the prelude's constants (S, D, DP, CI, L_LAYERS,
+    /// of `kernel` with the prelude's constants (S, D, DP, CI, LAYERS,
     /// EPS, SK) followed by the kernel's own `constants`.
     pub(crate) fn new(
         ctx: &GpuContext,
@@ -120,7 +120,7 @@ impl StepPipeline {
             ("D", d as f64),
             ("DP", pad4(d) as f64),
             ("CI", config.channel_inter() as f64),
-            ("L_LAYERS", config.l_layers as f64),
+            ("LAYERS", config.stored_layers() as f64),
             ("EPS", config.rms_norm_eps as f32 as f64),
             ("SK", tile_depth as f64),
         ];

@@ -1,10 +1,11 @@
-//! An independent float64 implementation of TRM inference, written from
-//! `shared/TRM.md` with plain loops (no GEMM crate, no code shared with the
-//! engines), to judge every engine on fresh random models.
+//! An independent float64 implementation of TRM inference (and of HRM's,
+//! which differs in the network of the z_H update and in the halting rule),
+//! written from `shared/TRM.md` with plain loops (no GEMM crate, no code
+//! shared with the engines), to judge every engine on fresh random models.
 #![allow(dead_code)]
 
 use trm_wgpu::model::TokenMixer;
-use trm_wgpu::{PosEncodings, PuzzleBatch, TrmModel};
+use trm_wgpu::{Arch, PosEncodings, PuzzleBatch, TrmModel};
 
 /// `[rows, cols]` row-major f64 matrix.
 #[derive(Clone)]
@@ -146,13 +147,22 @@ impl Ref<'_> {
         out.linear(o_w)
     }
 
-    /// `net(h, injection) = block_{L-1}( ... block_0(h + injection))`
-    fn net(&self, h: &M, injection: &M) -> M {
+    /// `net(h, injection) = block_{L-1}( ... block_0(h + injection))`, with
+    /// TRM's one network (`answer` either way), or HRM's L level
+    /// (`inner.L_level`, the first L_layers stored blocks) or, for the
+    /// answer, its H level (the H_layers blocks after them).
+    fn net(&self, h: &M, injection: &M, answer: bool) -> M {
         let c = self.model.config();
         let eps = c.rms_norm_eps;
         let (s, d) = (c.state_len(), c.hidden_size);
+        let layers = &self.model.weights().layers;
+        let layers = if c.arch == Arch::Hrm && answer {
+            &layers[c.l_layers..c.l_layers + c.h_layers]
+        } else {
+            &layers[..c.l_layers]
+        };
         let mut h = h.add(injection);
-        for layer in &self.model.weights().layers {
+        for layer in layers {
             h = match &layer.mixer {
                 TokenMixer::Mlp { gate_up, down } => {
                     let ti = c.token_inter();
@@ -224,7 +234,8 @@ pub struct RefOutput {
 }
 
 /// The whole solve of TRM.md in float64: `act_steps` ACT steps per puzzle,
-/// or fewer with early halting (stop after the first step with q_halt > 0).
+/// or fewer with early halting (stop after the first step with q_halt > 0,
+/// HRM's q_halt > q_continue).
 pub fn solve(
     model: &TrmModel,
     batch: &PuzzleBatch,
@@ -275,9 +286,9 @@ pub fn solve(
             for _ in 0..c.h_cycles {
                 let injection = y.add(&x);
                 for _ in 0..c.l_cycles {
-                    z = r.net(&z, &injection);
+                    z = r.net(&z, &injection, false);
                 }
-                y = r.net(&y, &z);
+                y = r.net(&y, &z, true);
             }
             let seq = M {
                 rows: c.seq_len,
@@ -294,7 +305,12 @@ pub fn solve(
             qh = q(0);
             qc = q(1);
             steps = step;
-            if early_halt && qh > 0.0 {
+            // HRM was trained to halt on q_halt > q_continue, TRM on q_halt > 0
+            let halts = match c.arch {
+                Arch::Trm => qh > 0.0,
+                Arch::Hrm => qh > qc,
+            };
+            if early_halt && halts {
                 break;
             }
         }

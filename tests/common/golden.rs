@@ -26,11 +26,18 @@ pub fn check_carry(case: &Case, out: &SolveOutput, rel: f64, abs: f64) {
 }
 
 /// Runs the case one ACT step at a time from the engine's own carry,
-/// checking every step and the final carry; returns the last step's output.
-/// For contractive weights, where errors do not grow from step to step.
+/// checking every step (and its carry, where the case stores it) and the
+/// final carry; returns the last step's output. For contractive weights,
+/// where errors do not grow from step to step.
 pub fn step_by_step(engine: &mut impl Engine, case: &Case, rel: f64, abs: f64) -> SolveOutput {
     let last = one_act_step_at_a_time(engine, &case.batch, case.steps, |step, out| {
-        check_step(case, out, step, rel, abs)
+        check_step(case, out, step, rel, abs);
+        for (key, actual) in [("z_H", &out.z_h), ("z_L", &out.z_l)] {
+            let key = format!("{key}.step{step}");
+            if let Some(expected) = case.tensors.get(&key) {
+                assert_close(&key, actual, expected, rel, abs);
+            }
+        }
     });
     check_carry(case, &last, rel, abs);
     last

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::{assert_close, assert_close_floor, gpu, one_act_step_at_a_time, random_batch_from};
 use trm_wgpu::rng::SplitMix64;
 use trm_wgpu::{
-    CpuEngine, Engine, GpuRunOptions, GpuSchedule, LoadOptions, PosEncodings, PuzzleBatch,
+    Arch, CpuEngine, Engine, GpuRunOptions, GpuSchedule, LoadOptions, PosEncodings, PuzzleBatch,
     SolveOptions, SolveOutput, Tensor, TrmConfig, TrmModel,
 };
 
@@ -117,18 +117,20 @@ impl RandomModel {
     }
 }
 
-/// A model whose q_head bias makes q_halt cross 0 at different ACT steps
-/// for different puzzles, with a margin: picked from the CPU engine's q_halt
-/// trajectories.
+/// A model whose q_head bias makes q_halt cross its halting bar (TRM: 0,
+/// HRM: q_continue) at different ACT steps for different puzzles, with a
+/// margin: picked from the CPU engine's q trajectories.
 pub fn halting_model(base: &TrmModel, batch: &PuzzleBatch, steps: usize) -> (TrmModel, Vec<u32>) {
     let mut cpu = CpuEngine::new(Arc::new(base.clone())).unwrap();
-    let mut q = vec![]; // q[step][puzzle], without the bias
+    let mut q = vec![]; // q[step][puzzle]: q_halt less its bar, without the bias
     let bias = base.weights().q_head_bias[0];
+    let hrm = base.config().arch == Arch::Hrm;
     one_act_step_at_a_time(&mut cpu, batch, steps, |_, out| {
         q.push(
             out.q_halt_logits
                 .iter()
-                .map(|v| v - bias)
+                .zip(&out.q_continue_logits)
+                .map(|(h, c)| h - bias - if hrm { *c } else { 0.0 })
                 .collect::<Vec<f32>>(),
         )
     });

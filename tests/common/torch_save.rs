@@ -291,14 +291,35 @@ pub fn model_step_file(model: &TrmModel, bf16_init: bool) -> Vec<u8> {
     torch_zip("step_1", &state_dict_pickle(&tensors), &storages)
 }
 
+/// The `arch.name` the TRM repository's training writes for each family.
+pub const TRM_ARCH_NAME: &str = "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1";
+pub const HRM_ARCH_NAME: &str = "recursive_reasoning.hrm@HierarchicalReasoningModel_ACTV1";
+/// The name HRM's own repository (sapientinc/HRM) writes.
+pub const HRM_OWN_ARCH_NAME: &str = "hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1";
+
 /// An `all_config.yaml` for a model's configuration (the `arch` section as
-/// the authors' training writes it, training-only fields included).
+/// the authors' training writes it, training-only fields included), named
+/// as the TRM repository names its family.
 pub fn all_config_yaml(model: &TrmModel) -> String {
+    let name = match model.config().arch {
+        trm_wgpu::Arch::Trm => TRM_ARCH_NAME,
+        trm_wgpu::Arch::Hrm => HRM_ARCH_NAME,
+    };
+    all_config_yaml_named(model, name)
+}
+
+/// [`all_config_yaml`] with `arch.name` = `name`; an HRM's has no
+/// `puzzle_emb_len` (HRM has no such setting).
+pub fn all_config_yaml_named(model: &TrmModel, name: &str) -> String {
     let c = model.config();
+    let puzzle_emb_len = match c.arch {
+        trm_wgpu::Arch::Trm => format!("\n  puzzle_emb_len: {}", c.puzzle_emb_len),
+        trm_wgpu::Arch::Hrm => String::new(),
+    };
     format!(
         "arch:
   H_cycles: {}
-  H_layers: 0
+  H_layers: {}
   L_cycles: {}
   L_layers: {}
   expansion: {}
@@ -310,17 +331,17 @@ pub fn all_config_yaml(model: &TrmModel) -> String {
     loss_type: stablemax_cross_entropy
     name: losses@ACTLossHead
   mlp_t: {}
-  name: recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1
+  name: {name}
   no_ACT_continue: true
   num_heads: {}
-  pos_encodings: {}
-  puzzle_emb_len: {}
+  pos_encodings: {}{puzzle_emb_len}
   puzzle_emb_ndim: {}
   rms_norm_eps: {:e}
   rope_theta: {}
 lr: 0.0001
 ",
         c.h_cycles,
+        c.h_layers,
         c.l_cycles,
         c.l_layers,
         c.expansion,
@@ -329,7 +350,6 @@ lr: 0.0001
         c.mlp_t,
         c.num_heads,
         c.pos_encodings.as_str(),
-        c.puzzle_emb_len,
         c.puzzle_emb_ndim,
         c.rms_norm_eps,
         c.rope_theta,
