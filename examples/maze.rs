@@ -134,7 +134,7 @@ fn run(args: Args) -> trm_wgpu::Result<()> {
         "predicted path (o) after {steps} ACT step(s), q_halt {:+.2}:",
         out.q_halt_logits[0]
     );
-    print!("{}", maze::overlay_path(&tokens, &predicted, side));
+    print!("{}", maze::overlay_path(&tokens, &predicted, side)?);
     println!("path cells: {on_open} on open cells, {on_walls} predicted on walls");
     Ok(())
 }

@@ -217,12 +217,26 @@ impl PuzzleBatch {
     }
 
     /// Token ids of puzzle `i`.
+    ///
+    /// # Panics
+    ///
+    /// If `i` is not below [`PuzzleBatch::len`].
     pub fn puzzle_tokens(&self, i: usize) -> &[u32] {
+        assert!(i < self.len(), "puzzle {i} of a batch of {}", self.len());
         &self.tokens[i * self.seq_len..(i + 1) * self.seq_len]
     }
 
     /// The puzzles in `range` as a batch of their own (for splitting).
+    ///
+    /// # Panics
+    ///
+    /// If `range` is not within `0..len()` or runs backwards.
     pub fn slice(&self, range: Range<usize>) -> PuzzleBatch {
+        assert!(
+            range.start <= range.end && range.end <= self.len(),
+            "puzzles {range:?} of a batch of {}",
+            self.len()
+        );
         PuzzleBatch {
             seq_len: self.seq_len,
             tokens: self.tokens[range.start * self.seq_len..range.end * self.seq_len].to_vec(),

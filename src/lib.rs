@@ -58,3 +58,18 @@ pub use wgpu;
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+// Every engine can move to another thread and be shared by reference: an
+// application's worker pool holds them (checked at compile time).
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<CpuEngine>();
+    send_sync::<GpuEngine>();
+    send_sync::<AnyEngine>();
+    send_sync::<GpuContext>();
+    send_sync::<TrmModel>();
+    send_sync::<PuzzleBatch>();
+    send_sync::<SolveOutput>();
+    send_sync::<arc::ArcDataset>();
+    send_sync::<arc::ArcVoter>();
+};

@@ -203,7 +203,12 @@ impl SolveOutput {
     }
 
     /// Predicted tokens of puzzle `i`.
+    ///
+    /// # Panics
+    ///
+    /// If `i` is not below [`SolveOutput::batch`].
     pub fn puzzle_predictions(&self, i: usize) -> Vec<u32> {
+        assert!(i < self.batch, "puzzle {i} of an output of {}", self.batch);
         let row = self.seq_len * self.vocab_size;
         argmax_rows(&self.logits[i * row..(i + 1) * row], self.vocab_size)
     }
@@ -216,8 +221,24 @@ impl SolveOutput {
         }
     }
 
-    /// Appends another output (of the same model) after this one.
-    pub fn append(&mut self, other: SolveOutput) {
+    /// Appends another output of the same model after this one; refuses
+    /// one of other sizes, or with a carry where this has none (or the
+    /// reverse), leaving this output as it was.
+    pub fn append(&mut self, other: SolveOutput) -> Result<()> {
+        let sizes = |o: &SolveOutput| (o.seq_len, o.vocab_size, o.state_len, o.hidden_size);
+        if sizes(self) != sizes(&other) {
+            return Err(TrmError::Input(format!(
+                "cannot append an output of (seq_len, vocab, S, D) {:?} to one of {:?}",
+                sizes(&other),
+                sizes(self)
+            )));
+        }
+        let carried = |o: &SolveOutput| !o.z_h.is_empty();
+        if self.batch > 0 && other.batch > 0 && carried(self) != carried(&other) {
+            return Err(TrmError::Input(
+                "cannot append an output with a carry to one without (or the reverse)".into(),
+            ));
+        }
         self.batch += other.batch;
         self.logits.extend(other.logits);
         self.q_halt_logits.extend(other.q_halt_logits);
@@ -225,6 +246,7 @@ impl SolveOutput {
         self.z_h.extend(other.z_h);
         self.z_l.extend(other.z_l);
         self.steps.extend(other.steps);
+        Ok(())
     }
 
     /// Drops the carry (what [`SolveOptions::carry`] off returns).
@@ -299,5 +321,47 @@ pub trait Engine {
     /// Solves a batch from the model's initial state.
     fn solve(&mut self, batch: &PuzzleBatch, options: &SolveOptions) -> Result<SolveOutput> {
         self.solve_from(batch, None, options)
+    }
+
+    /// Solves one puzzle: its `seq_len` token ids and puzzle identifier
+    /// (0 for a model without a puzzle table), checked as a batch is.
+    fn solve_puzzle(
+        &mut self,
+        tokens: &[i64],
+        puzzle_id: i64,
+        options: &SolveOptions,
+    ) -> Result<SolveOutput> {
+        let batch = PuzzleBatch::new(self.config(), tokens, Some(&[puzzle_id]))?;
+        if batch.len() != 1 {
+            return Err(TrmError::Input(format!(
+                "{} tokens are {} puzzles, not one",
+                tokens.len(),
+                batch.len()
+            )));
+        }
+        self.solve(&batch, options)
+    }
+}
+
+#[cfg(test)]
+mod append_tests {
+    use super::*;
+
+    #[test]
+    fn append_refuses_outputs_of_other_sizes() {
+        let config = TrmConfig::sudoku_extreme();
+        let mut out = SolveOutput::poisoned(&config, 2);
+        out.append(SolveOutput::poisoned(&config, 3)).unwrap();
+        assert_eq!((out.batch, out.steps.len()), (5, 5));
+        let other = TrmConfig {
+            seq_len: 30,
+            ..config.clone()
+        };
+        assert!(out.append(SolveOutput::poisoned(&other, 1)).is_err());
+        assert!(
+            out.append(SolveOutput::poisoned(&config, 1).without_carry())
+                .is_err()
+        );
+        assert_eq!(out.batch, 5);
     }
 }

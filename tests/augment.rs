@@ -99,15 +99,22 @@ fn eight_variants_solve_far_more_hard_puzzles() {
         .enumerate()
         .map(|(c, chunk)| {
             let b = self::batch(&model, chunk);
-            solve_variants(&mut engine, &b, &options, AugmentTask::Sudoku, 8, seed + c as u64)
-                .unwrap()
+            solve_variants(
+                &mut engine,
+                &b,
+                &options,
+                AugmentTask::Sudoku,
+                8,
+                seed + c as u64,
+            )
+            .unwrap()
         })
         .collect();
     for select in [Selection::QHalt, Selection::Vote, Selection::Verifier] {
         let mut out = chunks[0].select(select).unwrap();
         for chunk in &chunks[1..] {
             let more = chunk.select(select).unwrap();
-            out.output.append(more.output);
+            out.output.append(more.output).unwrap();
             out.predictions.extend(more.predictions);
             out.selected.extend(more.selected);
             out.agreement.extend(more.agreement);

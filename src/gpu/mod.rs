@@ -496,8 +496,9 @@ pub struct GpuEngine {
     /// Bytes between the parameter blocks (the uniform offset alignment).
     params_stride: u32,
     /// [`GpuEngine::chunk_capacity`] under the current options, once
-    /// computed (the spread plans it sizes are not cheap to build).
-    capacity: std::cell::Cell<Option<usize>>,
+    /// computed (the spread plans it sizes are not cheap to build);
+    /// `usize::MAX` until then. Atomic so the engine stays `Sync`.
+    capacity: std::sync::atomic::AtomicUsize,
     /// The staging buffer the chunk being recorded reads into.
     staging_slot: usize,
     /// The running-count buffer the next count read uses.
@@ -551,7 +552,7 @@ impl GpuEngine {
             stats: GpuStats::default(),
             step_groups: Vec::new(),
             params_stride,
-            capacity: std::cell::Cell::new(None),
+            capacity: std::sync::atomic::AtomicUsize::new(usize::MAX),
             staging_slot: 0,
             staging_slot_count: 0,
         })
@@ -567,7 +568,8 @@ impl GpuEngine {
             self.chunk = None;
             self.plan = None;
         }
-        self.capacity.set(None);
+        self.capacity
+            .store(usize::MAX, std::sync::atomic::Ordering::Relaxed);
         self.options = options;
     }
 
@@ -660,11 +662,13 @@ impl GpuEngine {
     /// Puzzles one chunk holds at most on this device and schedule; larger
     /// batches are solved chunk after chunk.
     pub fn chunk_capacity(&self) -> Result<usize> {
-        if let Some(known) = self.capacity.get() {
+        let known = self.capacity.load(std::sync::atomic::Ordering::Relaxed);
+        if known != usize::MAX {
             return Ok(known);
         }
         let capacity = self.compute_chunk_capacity()?;
-        self.capacity.set(Some(capacity));
+        self.capacity
+            .store(capacity, std::sync::atomic::Ordering::Relaxed);
         Ok(capacity)
     }
 
@@ -1525,9 +1529,12 @@ impl GpuEngine {
         let sd = config.state_len() * config.hidden_size;
         let b = batch.len();
         let mut total: Option<SolveOutput> = None;
-        let mut add = |out: SolveOutput| match &mut total {
-            None => total = Some(out),
-            Some(t) => t.append(out),
+        let mut add = |out: SolveOutput| -> Result<()> {
+            match &mut total {
+                None => total = Some(out),
+                Some(t) => t.append(out)?,
+            }
+            Ok(())
         };
         // Chunk i + 1 is recorded and submitted before chunk i's results
         // are waited for (each reads into its own staging buffer), so the
@@ -1553,14 +1560,14 @@ impl GpuEngine {
             )?;
             self.stats.chunks += 1;
             if let Some(previous) = pending.take() {
-                add(self.finish_chunk(chunk, previous)?);
+                add(self.finish_chunk(chunk, previous)?)?;
             }
             pending = Some(submitted);
             self.staging_slot = 1 - self.staging_slot;
             start = end;
         }
         if let Some(last) = pending.take() {
-            add(self.finish_chunk(chunk, last)?);
+            add(self.finish_chunk(chunk, last)?)?;
         }
         total.ok_or_else(|| TrmError::Input("the batch holds no puzzles".into()))
     }

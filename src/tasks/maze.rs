@@ -65,7 +65,16 @@ pub fn parse(text: &str, side: usize) -> Result<Vec<i64>> {
 
 /// The maze with the predicted path drawn over its open cells: every cell
 /// the model predicts as path (`o`) that is open in the input.
-pub fn overlay_path(input: &[i64], predicted: &[u32], side: usize) -> String {
+/// Refuses an input or prediction that is not `side x side` cells.
+pub fn overlay_path(input: &[i64], predicted: &[u32], side: usize) -> Result<String> {
+    let cells = side * side;
+    if input.len() != cells || predicted.len() != cells {
+        return Err(TrmError::Input(format!(
+            "a {side} x {side} maze has {cells} cells; got {} input and {} predicted",
+            input.len(),
+            predicted.len()
+        )));
+    }
     let mut out = String::new();
     for r in 0..side {
         for c in 0..side {
@@ -79,7 +88,7 @@ pub fn overlay_path(input: &[i64], predicted: &[u32], side: usize) -> String {
         }
         out.push('\n');
     }
-    out
+    Ok(out)
 }
 
 /// Counts of the path cells: predicted on open cells, and predicted where
@@ -112,9 +121,10 @@ mod tests {
         predicted[6] = PATH;
         predicted[0] = PATH; // on a wall: not drawn
         assert_eq!(
-            overlay_path(&tokens, &predicted, 4),
+            overlay_path(&tokens, &predicted, 4).unwrap(),
             "####\n#So#\n# G#\n####\n"
         );
+        assert!(overlay_path(&tokens, &predicted, 5).is_err());
         assert_eq!(path_cells(&tokens, &predicted), (1, 1));
         assert!(parse("#x\n##\n", 2).is_err());
         assert!(parse("##\n", 2).is_err());
