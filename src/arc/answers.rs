@@ -208,7 +208,6 @@ impl AnswerLog {
     ) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let io = |e| TrmError::io(&path, e);
-        let what = path.display().to_string();
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -232,53 +231,8 @@ impl AnswerLog {
             file.write_all(&header).map_err(io)?;
             file.sync_data().map_err(io)?;
         } else {
-            let mut header = [0u8; LOG_HEADER];
-            file.read_exact(&mut header)
-                .map_err(|_| TrmError::dataset(&what, "not an answer log (too short)"))?;
-            let u64_at = |i: usize| u64::from_le_bytes(header[i..i + 8].try_into().expect("8"));
-            let u32_at = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().expect("4"));
-            if &header[..8] != LOG_MAGIC {
-                return Err(TrmError::dataset(
-                    &what,
-                    "not an answer log (no TRMARCA1 header)",
-                ));
-            }
-            if u32_at(16) as usize != CANVAS_TOKENS || u32_at(20) as usize != LOG_RECORD {
-                return Err(TrmError::dataset(&what, "an answer log of another layout"));
-            }
-            if u64_at(8) != examples as u64 {
-                return Err(TrmError::dataset(
-                    &what,
-                    format!(
-                        "the log answers a data set of {} examples, this one has {examples}",
-                        u64_at(8)
-                    ),
-                ));
-            }
-            let records = (len as usize - LOG_HEADER) / LOG_RECORD;
-            let mut reader = std::io::BufReader::new(&mut file);
-            let mut seen = vec![false; examples];
-            let mut record = vec![0u8; LOG_RECORD];
-            for r in 0..records {
-                reader.read_exact(&mut record).map_err(io)?;
-                let u32_at = |i: usize| u32::from_le_bytes(record[i..i + 4].try_into().expect("4"));
-                let example = u32_at(0) as usize;
-                if example >= examples || std::mem::replace(&mut seen[example], true) {
-                    return Err(TrmError::dataset(
-                        &what,
-                        format!("record {r} answers example {example} twice or out of range"),
-                    ));
-                }
-                each(Answer {
-                    example,
-                    puzzle_identifier: u32_at(4),
-                    q_halt_logit: f32::from_bits(u32_at(8)),
-                    steps: u32_at(12),
-                    tokens: record[16..].to_vec(),
-                })?;
-            }
+            let end = read_records(&mut file, &path, len, examples, &mut each)?;
             // a record cut short by a crash is dropped, to be solved again
-            let end = (LOG_HEADER + records * LOG_RECORD) as u64;
             if end != len {
                 file.set_len(end).map_err(io)?;
             }
@@ -289,6 +243,20 @@ impl AnswerLog {
             path,
             file: BufWriter::new(file),
         })
+    }
+
+    /// Reads the log at `path` (which must exist) for a data set of
+    /// `examples` examples without changing it, calling `each` with every
+    /// complete answer in it, in order.
+    pub fn replay(
+        path: impl AsRef<Path>,
+        examples: usize,
+        mut each: impl FnMut(Answer) -> Result<()>,
+    ) -> Result<()> {
+        let path = path.as_ref();
+        let mut file = File::open(path).map_err(|e| TrmError::io(path, e))?;
+        let len = file.metadata().map_err(|e| TrmError::io(path, e))?.len();
+        read_records(&mut file, path, len, examples, &mut each).map(|_| ())
     }
 
     /// Appends `answers` and makes them durable before returning.
@@ -312,4 +280,64 @@ impl AnswerLog {
         self.file.flush().map_err(io)?;
         self.file.get_ref().sync_data().map_err(io)
     }
+}
+
+/// Checks a log's header against a data set of `examples` examples and
+/// calls `each` with its complete records; returns where they end (a
+/// record cut short is left out).
+fn read_records(
+    file: &mut File,
+    path: &Path,
+    len: u64,
+    examples: usize,
+    each: &mut dyn FnMut(Answer) -> Result<()>,
+) -> Result<u64> {
+    let io = |e| TrmError::io(path, e);
+    let what = path.display().to_string();
+    let mut header = [0u8; LOG_HEADER];
+    file.read_exact(&mut header)
+        .map_err(|_| TrmError::dataset(&what, "not an answer log (too short)"))?;
+    let u64_at = |i: usize| u64::from_le_bytes(header[i..i + 8].try_into().expect("8"));
+    let u32_at = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().expect("4"));
+    if &header[..8] != LOG_MAGIC {
+        return Err(TrmError::dataset(
+            &what,
+            "not an answer log (no TRMARCA1 header)",
+        ));
+    }
+    if u32_at(16) as usize != CANVAS_TOKENS || u32_at(20) as usize != LOG_RECORD {
+        return Err(TrmError::dataset(&what, "an answer log of another layout"));
+    }
+    if u64_at(8) != examples as u64 {
+        return Err(TrmError::dataset(
+            &what,
+            format!(
+                "the log answers a data set of {} examples, this one has {examples}",
+                u64_at(8)
+            ),
+        ));
+    }
+    let records = (len as usize - LOG_HEADER) / LOG_RECORD;
+    let mut reader = std::io::BufReader::new(&mut *file);
+    let mut seen = vec![false; examples];
+    let mut record = vec![0u8; LOG_RECORD];
+    for r in 0..records {
+        reader.read_exact(&mut record).map_err(io)?;
+        let u32_at = |i: usize| u32::from_le_bytes(record[i..i + 4].try_into().expect("4"));
+        let example = u32_at(0) as usize;
+        if example >= examples || std::mem::replace(&mut seen[example], true) {
+            return Err(TrmError::dataset(
+                &what,
+                format!("record {r} answers example {example} twice or out of range"),
+            ));
+        }
+        each(Answer {
+            example,
+            puzzle_identifier: u32_at(4),
+            q_halt_logit: f32::from_bits(u32_at(8)),
+            steps: u32_at(12),
+            tokens: record[16..].to_vec(),
+        })?;
+    }
+    Ok((LOG_HEADER + records * LOG_RECORD) as u64)
 }

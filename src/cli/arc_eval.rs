@@ -91,7 +91,7 @@ pub fn arc_eval(args: ArcEvalArgs) -> Result<()> {
     } else if let Some(path) = &args.model {
         answer_with_model(&args, path, &dataset, &mut voter)?;
     } else if let Some(path) = &args.answers {
-        AnswerLog::open(path, dataset.len(), |answer| {
+        AnswerLog::replay(path, dataset.len(), |answer| {
             arc::vote_answer(&mut voter, &dataset, &answer)
         })?;
     }
