@@ -139,6 +139,9 @@ pub(crate) struct Kernel {
     name: &'static str,
     pipeline: wgpu::ComputePipeline,
     layout: wgpu::BindGroupLayout,
+    /// Whether the last binding is the parameter block (bound as a window
+    /// of [`PARAMS_BYTES`] at a dynamic offset).
+    params_last: bool,
 }
 
 impl Kernel {
@@ -173,6 +176,7 @@ impl Kernel {
             name,
             pipeline,
             layout,
+            params_last: matches!(entries.last(), Some(Entry::Params)),
         })
     }
 
@@ -183,7 +187,7 @@ impl Kernel {
         ctx: &GpuContext,
         buffers: &[&wgpu::Buffer],
     ) -> Result<wgpu::BindGroup> {
-        bind_group(ctx, self.name, &self.layout, buffers)
+        bind_group(ctx, self.name, &self.layout, buffers, self.params_last)
     }
 
     /// Records one dispatch of `workgroups` workgroups, reading the
@@ -214,6 +218,19 @@ impl Kernel {
                 pass.dispatch_workgroups_indirect(args, offset);
             }
         }
+    }
+
+    /// Records one dispatch of a 2-D grid of workgroups of a kernel without
+    /// a parameter block (no dynamic offset).
+    pub(crate) fn record_grid_unparametrised(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        bind_group: &wgpu::BindGroup,
+        [x, y]: [u32; 2],
+    ) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, bind_group, &[]);
+        pass.dispatch_workgroups(x, y, 1);
     }
 
     /// Records one dispatch of a 2-D grid of workgroups.
@@ -283,6 +300,7 @@ fn bind_group(
     kernel: &str,
     layout: &wgpu::BindGroupLayout,
     buffers: &[&wgpu::Buffer],
+    params_last: bool,
 ) -> Result<wgpu::BindGroup> {
     let last = buffers.len().saturating_sub(1);
     let entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
@@ -290,7 +308,7 @@ fn bind_group(
         .enumerate()
         .map(|(i, buffer)| wgpu::BindGroupEntry {
             binding: i as u32,
-            resource: if i == last {
+            resource: if params_last && i == last {
                 wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                     buffer,
                     offset: 0,

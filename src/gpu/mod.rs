@@ -43,6 +43,7 @@ mod halt;
 mod heads;
 mod layout;
 mod mixer_step;
+pub mod noise;
 mod spread;
 mod step_common;
 mod timing;

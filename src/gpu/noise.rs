@@ -1,0 +1,187 @@
+//! Noisy trajectories on the device (`shaders/noise.wgsl`): `sigma *
+//! N(0, 1)` added to a state buffer's rows, the numbers of
+//! [`crate::noise`] made where the state lives, never uploaded.
+
+use std::sync::mpsc;
+
+use crate::error::{Result, TrmError};
+use crate::noise::State;
+
+use super::context::GpuContext;
+use super::layout::{self, Entry, Kernel, kernel_source};
+
+const SOURCE: &str = kernel_source!("noise.wgsl");
+const KERNEL: &str = "noise.wgsl";
+/// Invocations per workgroup along a row (`@workgroup_size(64)`).
+const GROUPS_PER_WORKGROUP: u32 = 64;
+
+/// What one noise dispatch adds, and where.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NoiseDispatch {
+    /// The generator's seed.
+    pub seed: u64,
+    /// The noise's standard deviation.
+    pub sigma: f32,
+    /// The ACT step the noise comes before.
+    pub step: u32,
+    /// Which state: part of the counter.
+    pub state: State,
+    /// The global row (puzzle x trajectories + trajectory) of the first row.
+    pub first_row: u32,
+    /// Trajectories per puzzle.
+    pub trajectories: u32,
+    /// Floats per row (S x D).
+    pub row_elems: u32,
+    /// Rows.
+    pub rows: u32,
+    /// Element offset of the first row in the buffer.
+    pub base: u32,
+}
+
+impl NoiseDispatch {
+    fn words(&self) -> [u32; 10] {
+        [
+            self.seed as u32,
+            (self.seed >> 32) as u32,
+            self.sigma.to_bits(),
+            self.step,
+            self.state as u32,
+            self.first_row,
+            self.trajectories,
+            self.row_elems,
+            self.rows,
+            self.base,
+        ]
+    }
+
+    fn grid(&self) -> [u32; 2] {
+        [
+            self.row_elems.div_ceil(4).div_ceil(GROUPS_PER_WORKGROUP),
+            self.rows,
+        ]
+    }
+}
+
+/// The noise kernel.
+pub(crate) struct Noise {
+    kernel: Kernel,
+}
+
+impl Noise {
+    pub(crate) fn new(ctx: &GpuContext) -> Result<Self> {
+        Ok(Noise {
+            kernel: Kernel::entry_point(
+                ctx,
+                KERNEL,
+                "add_noise",
+                KERNEL,
+                SOURCE,
+                &[Entry::ReadWrite, Entry::ReadOnly],
+                &[],
+            )?,
+        })
+    }
+
+    /// The words of `dispatch` as the buffer the kernel reads (16 bytes at
+    /// least, as storage bindings need).
+    pub(crate) fn words_buffer(ctx: &GpuContext, dispatch: &NoiseDispatch) -> Result<wgpu::Buffer> {
+        let words = dispatch.words();
+        let buffer = layout::buffer(
+            ctx,
+            "noise words",
+            layout::padded_size(4 * words.len() as u64),
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        )?;
+        ctx.queue()
+            .write_buffer(&buffer, 0, bytemuck::cast_slice(&words));
+        Ok(buffer)
+    }
+
+    /// Records the dispatch that adds the noise to `state`.
+    pub(crate) fn record(
+        &self,
+        ctx: &GpuContext,
+        pass: &mut wgpu::ComputePass<'_>,
+        state: &wgpu::Buffer,
+        words: &wgpu::Buffer,
+        dispatch: &NoiseDispatch,
+    ) -> Result<()> {
+        if dispatch.rows > ctx.limits().max_compute_workgroups_per_dimension {
+            return Err(TrmError::TooLarge(format!(
+                "{} rows of noise in one dispatch, beyond the device's {} workgroups",
+                dispatch.rows,
+                ctx.limits().max_compute_workgroups_per_dimension
+            )));
+        }
+        let group = self.kernel.bind_group(ctx, &[state, words])?;
+        self.kernel
+            .record_grid_unparametrised(pass, &group, dispatch.grid());
+        Ok(())
+    }
+}
+
+/// Adds the noise `dispatch` describes to `values` on the device and
+/// returns the result: the kernel on a host array, so that a test (or a
+/// user checking a new adapter) can diff it against
+/// [`crate::noise::add_noise`].
+pub fn add_noise_on_device(
+    ctx: &GpuContext,
+    values: &[f32],
+    dispatch: &NoiseDispatch,
+) -> Result<Vec<f32>> {
+    let need = u64::from(dispatch.base) + u64::from(dispatch.rows) * u64::from(dispatch.row_elems);
+    if need > values.len() as u64 {
+        return Err(TrmError::Input(format!(
+            "noise over {need} floats of a buffer of {}",
+            values.len()
+        )));
+    }
+    let noise = Noise::new(ctx)?;
+    let state = layout::buffer(
+        ctx,
+        "noise state",
+        4 * values.len() as u64,
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+    )?;
+    ctx.queue()
+        .write_buffer(&state, 0, bytemuck::cast_slice(values));
+    let words = Noise::words_buffer(ctx, dispatch)?;
+    let bytes = 4 * values.len() as u64;
+    let staging = layout::buffer(
+        ctx,
+        "noise read-back",
+        layout::padded_size(bytes),
+        wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+    )?;
+    let mut encoder = ctx
+        .device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("noise"),
+        });
+    {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("noise"),
+            timestamp_writes: None,
+        });
+        noise.record(ctx, &mut pass, &state, &words, dispatch)?;
+    }
+    encoder.copy_buffer_to_buffer(&state, 0, &staging, 0, bytes);
+    let submission = ctx.queue().submit([encoder.finish()]);
+    let (sender, receiver) = mpsc::channel();
+    staging
+        .slice(0..bytes)
+        .map_async(wgpu::MapMode::Read, move |r| {
+            let _ = sender.send(r);
+        });
+    ctx.wait(submission)?;
+    ctx.mapped(&receiver, "the noise")?
+        .map_err(|e| TrmError::Gpu(format!("mapping the noise: {e}")))?;
+    let view = staging
+        .slice(0..bytes)
+        .get_mapped_range()
+        .map_err(|e| TrmError::Gpu(format!("reading the noise: {e}")))?;
+    let out = bytemuck::cast_slice(&view).to_vec();
+    drop(view);
+    staging.unmap();
+    Ok(out)
+}
