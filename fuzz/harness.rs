@@ -232,3 +232,91 @@ pub fn batch(data: &[u8]) -> Vec<Result<(), TrmError>> {
     }
     outcomes
 }
+
+/// The files of a built ARC data set (and a predictions file) that the
+/// `arc` target replaces, by the input's first byte.
+pub const ARC_FILES: [&str; 6] = [
+    "test/all__inputs.npy",
+    "test/all__puzzle_indices.npy",
+    "test/all__puzzle_identifiers.npy",
+    "identifiers.json",
+    "test_puzzles.json",
+    "predictions.safetensors",
+];
+
+/// The ARC fixture (`tests/data/arc`), from the main crate or the fuzz crate.
+fn arc_fixture() -> std::path::PathBuf {
+    let here = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    for root in [here.clone(), here.join("..")] {
+        let dir = root.join("tests/data/arc");
+        if dir.exists() {
+            return dir;
+        }
+    }
+    panic!("tests/data/arc is missing");
+}
+
+/// `trm arc-eval`'s readers: the input's first byte picks one file of the
+/// ARC fixture ([`ARC_FILES`]), the rest of it replaces that file in a
+/// copy; the data set is opened and the predictions voted. Whatever is
+/// accepted must vote without a panic into results within [0, 1].
+pub fn arc(data: &[u8]) -> Vec<Result<(), TrmError>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static RUN: AtomicUsize = AtomicUsize::new(0);
+    let Some((&which, payload)) = data.split_first() else {
+        return Vec::new();
+    };
+    let replaced = ARC_FILES[usize::from(which) % ARC_FILES.len()];
+    let fixture = arc_fixture();
+    let dir = std::env::temp_dir().join(format!(
+        "trm-fuzz-arc-{}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::Relaxed)
+    ));
+    let copy = |name: &str| {
+        let to = dir.join("data").join(name);
+        std::fs::create_dir_all(to.parent().expect("a parent")).expect("a temp dir");
+        std::fs::copy(fixture.join("data").join(name), to).expect("the fixture copies");
+    };
+    for name in [
+        "test/all__inputs.npy",
+        "test/all__labels.npy",
+        "test/all__puzzle_indices.npy",
+        "test/all__puzzle_identifiers.npy",
+        "test/all__group_indices.npy",
+        "test/dataset.json",
+        "identifiers.json",
+        "test_puzzles.json",
+    ] {
+        copy(name);
+    }
+    let predictions = dir.join("predictions.safetensors");
+    std::fs::copy(fixture.join("predictions.safetensors"), &predictions).expect("copies");
+    let target = if replaced == "predictions.safetensors" {
+        predictions.clone()
+    } else {
+        dir.join("data").join(replaced)
+    };
+    std::fs::write(&target, payload).expect("a temp file");
+
+    let outcome = (|| -> Result<(), TrmError> {
+        let dataset = trm_wgpu::arc::ArcDataset::open(dir.join("data"))?;
+        let preds = trm_wgpu::arc::Predictions::open(&predictions)?;
+        let mut voter = trm_wgpu::arc::voter_for(&dataset, None)?;
+        for i in 0..preds.len() {
+            let (id, input, pred, q) = preds.get(i)?;
+            voter.add(id, &input, &pred, q)?;
+        }
+        for i in 0..dataset.len() {
+            dataset.example(i)?;
+        }
+        let results = voter.results(&[1, 2, 1000]);
+        for (_, v) in &results.pass_at {
+            assert!((0.0..=1.0).contains(v), "pass@k {v}");
+        }
+        let _ = results.submission.to_json();
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    vec![outcome]
+}

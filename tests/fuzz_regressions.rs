@@ -90,6 +90,11 @@ fn batch_seeds_and_regressions() {
     replay("batch", harness::batch);
 }
 
+#[test]
+fn arc_seeds_and_regressions() {
+    replay("arc", harness::arc);
+}
+
 /// The malicious seeds are refused by name, not by accident.
 #[test]
 fn malicious_seeds_name_their_global() {
