@@ -35,6 +35,7 @@ pub mod cpu;
 pub mod error;
 pub mod gpu;
 pub mod model;
+pub mod program;
 pub mod rng;
 pub mod solve;
 pub mod tasks;
