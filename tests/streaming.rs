@@ -287,3 +287,103 @@ fn gpu_sudoku_easy_streams_like_the_cpu() {
     eprintln!("{stats:?}");
     same_answers("gpu, 4 slots", &got, &want);
 }
+
+/// `trm run --halt --slots 16` on the 100 sample puzzles: every puzzle's
+/// outputs as `trm run --halt` gives them, in at most half the network
+/// calls of `--batch 16`; `--slots 0` and `--slots` without `--halt` are
+/// refused.
+#[test]
+fn trm_run_slots_on_the_sample_puzzles() {
+    let (model, batch) = sudoku_easy(100);
+    let dir = common::temp_dir("slots");
+    let input = dir.join("puzzles.safetensors");
+    let tokens: Vec<i32> = batch.tokens().iter().map(|&t| t as i32).collect();
+    let bytes = common::safetensors_bytes(
+        &[common::RawTensor::i32(
+            "inputs",
+            vec![batch.len(), model.config().seq_len],
+            &tokens,
+        )],
+        None,
+    );
+    std::fs::write(&input, bytes).unwrap();
+    let model_path = common::repo_dir().join("data/sudoku-easy/model.safetensors");
+    let run = |tag: &str, extra: &[&str]| -> (Vec<u8>, serde_json::Value) {
+        let output = dir.join(format!("{tag}.safetensors"));
+        let mut args = vec![
+            "run",
+            "--model",
+            model_path.to_str().unwrap(),
+            "-i",
+            input.to_str().unwrap(),
+            "-o",
+            output.to_str().unwrap(),
+            "--halt",
+            "--stats",
+        ];
+        args.extend_from_slice(extra);
+        let out = common::trm(&args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{tag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stats: serde_json::Value =
+            serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        eprintln!("{tag}: {stats}");
+        (std::fs::read(&output).unwrap(), stats)
+    };
+    let (plain, _) = run("plain", &[]);
+    let (fixed, fixed_stats) = run("fixed", &["--batch", "16"]);
+    let (streamed, stream_stats) = run("streamed", &["--slots", "16"]);
+    let steps = |bytes: &[u8]| {
+        let file = safetensors::SafeTensors::deserialize(bytes).unwrap();
+        file.tensor("steps").unwrap().data().to_vec()
+    };
+    assert_eq!(steps(&streamed), steps(&plain));
+    assert_eq!(steps(&fixed), steps(&plain));
+    let logits = |bytes: &[u8]| common::read_output_f32(bytes, "logits").1;
+    common::assert_close(
+        "streamed logits",
+        &logits(&streamed),
+        &logits(&plain),
+        1e-5,
+        1e-3,
+    );
+    let calls = |s: &serde_json::Value| s["recursion_steps"].as_u64().unwrap();
+    assert!(2 * calls(&stream_stats) <= calls(&fixed_stats));
+    assert_eq!(stream_stats["puzzles"], 100);
+    assert!(stream_stats["puzzles_per_second"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        stream_stats["puzzle_recursion_steps"],
+        fixed_stats["puzzle_recursion_steps"]
+    );
+
+    let refused = common::trm(&[
+        "run",
+        "--model",
+        model_path.to_str().unwrap(),
+        "-i",
+        input.to_str().unwrap(),
+        "-o",
+        dir.join("x.safetensors").to_str().unwrap(),
+        "--halt",
+        "--slots",
+        "0",
+    ]);
+    common::assert_one_error_line(&refused, "--slots");
+    let no_halt = common::trm(&[
+        "run",
+        "--model",
+        model_path.to_str().unwrap(),
+        "-i",
+        input.to_str().unwrap(),
+        "-o",
+        dir.join("x.safetensors").to_str().unwrap(),
+        "--slots",
+        "4",
+    ]);
+    assert!(!no_halt.status.success());
+    assert!(!String::from_utf8_lossy(&no_halt.stderr).contains("panicked"));
+}

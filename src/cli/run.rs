@@ -172,20 +172,18 @@ pub fn run(args: RunArgs) -> Result<()> {
             if let Some(stats) = program_stats {
                 // the program's counts over the whole run (the engine's
                 // cover its last solve)
-                for key in [
-                    "recursion_steps",
-                    "act_steps",
-                    "puzzle_recursion_steps",
-                    "slots",
-                ] {
-                    let value = match key {
-                        "recursion_steps" => stats.recursion_steps,
-                        "act_steps" => stats.act_steps,
-                        "puzzle_recursion_steps" => stats.puzzle_recursion_steps,
-                        _ => stats.slots,
-                    };
-                    map.insert(key.into(), value.into());
-                }
+                map.insert("recursion_steps".into(), stats.recursion_steps.into());
+                map.insert("act_steps".into(), stats.act_steps.into());
+                map.insert(
+                    "puzzle_recursion_steps".into(),
+                    stats.puzzle_recursion_steps.into(),
+                );
+                let key = if args.slots.is_some() {
+                    "slots"
+                } else {
+                    "batch"
+                };
+                map.insert(key.into(), stats.slots.into());
             }
             map.insert("puzzles".into(), out.batch.into());
             map.insert("seconds".into(), seconds.into());

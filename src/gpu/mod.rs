@@ -18,6 +18,13 @@
 //! the running count one ACT step behind. Batches beyond the device's
 //! buffer or dispatch limits are split into chunks, pipelined.
 //!
+//! That is the fast path for a fixed batch. The engine also provides the
+//! solve program's slots (`crate::program::SlotEngine`, continuous
+//! batching): a chunk's puzzles are the slots, a refill writes the new
+//! puzzle's ids and carry into its region and re-embeds on the device, an
+//! ACT step is one recording over the running list, and the host reads the
+//! Q logits after it to decide who halts (`TrmConfig::halts`).
+//!
 //! ```no_run
 //! use std::sync::Arc;
 //! use trm_wgpu::gpu::{GpuContext, GpuEngine, GpuOptions};
@@ -1759,8 +1766,7 @@ impl GpuEngine {
             _ => 1,
         };
         self.stats.dispatches_per_net_call = if calls == 0 { 0 } else { per_call };
-        self.stats.workgroups_per_dispatch =
-            WorkgroupSpread::of(std::mem::take(&mut self.step_groups));
+        self.stats.workgroups_per_dispatch = WorkgroupSpread::of(self.step_groups.clone());
     }
 
     fn solve_chunks(
