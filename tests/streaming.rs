@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::gpu;
@@ -271,6 +272,16 @@ fn gpu_streaming_of_attention_and_capped_steps() {
     let gpu = engine.last_stats();
     assert_eq!(gpu.recursion_steps, stats.recursion_steps);
     assert_eq!(gpu.puzzle_recursion_steps, stats.puzzle_recursion_steps);
+    // a device that holds fewer puzzles than the slots asked for: the
+    // stream runs on the slots it has
+    let mut small = engine.with_run_options(
+        trm_wgpu::GpuRunOptions::default()
+            .poison(true)
+            .max_chunk_puzzles(2),
+    );
+    let (got, stats) = program::solve_streaming(&mut small, &batch, None, 4, &options).unwrap();
+    assert_eq!(stats.slots, 2);
+    compare("attention, a device of 2 puzzles", &got, &want);
 }
 
 /// The trained model on lavapipe, a subset of the sample puzzles.
@@ -288,13 +299,10 @@ fn gpu_sudoku_easy_streams_like_the_cpu() {
     same_answers("gpu, 4 slots", &got, &want);
 }
 
-/// `trm run --halt --slots 16` on the 100 sample puzzles: every puzzle's
-/// outputs as `trm run --halt` gives them, in at most half the network
-/// calls of `--batch 16`; `--slots 0` and `--slots` without `--halt` are
-/// refused.
-#[test]
-fn trm_run_slots_on_the_sample_puzzles() {
-    let (model, batch) = sudoku_easy(100);
+/// The first `limit` sample puzzles as a `trm run` input file: its
+/// directory, its path and the model's.
+fn sample_input(limit: usize) -> (PathBuf, PathBuf, PathBuf) {
+    let (model, batch) = sudoku_easy(limit);
     let dir = common::temp_dir("slots");
     let input = dir.join("puzzles.safetensors");
     let tokens: Vec<i32> = batch.tokens().iter().map(|&t| t as i32).collect();
@@ -308,6 +316,65 @@ fn trm_run_slots_on_the_sample_puzzles() {
     );
     std::fs::write(&input, bytes).unwrap();
     let model_path = common::repo_dir().join("data/sudoku-easy/model.safetensors");
+    (dir, input, model_path)
+}
+
+/// The steps of a `trm run` output file.
+fn output_steps(path: &Path) -> Vec<u8> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    file.tensor("steps").unwrap().data().to_vec()
+}
+
+/// `trm run --backend gpu --halt --slots 3` gives the sample puzzles
+/// the steps and answers of the CPU's `trm run --halt`.
+#[test]
+fn trm_run_slots_on_the_gpu() {
+    if gpu::context().is_none() {
+        return;
+    }
+    let (dir, input, model_path) = sample_input(8);
+    let run = |tag: &str, extra: &[&str]| -> PathBuf {
+        let output = dir.join(format!("{tag}.safetensors"));
+        let mut args = vec![
+            "run",
+            "--model",
+            model_path.to_str().unwrap(),
+            "-i",
+            input.to_str().unwrap(),
+            "-o",
+            output.to_str().unwrap(),
+            "--halt",
+        ];
+        args.extend_from_slice(extra);
+        let out = common::trm_env(&args, &[("TRM_POISON_GPU", "1")]);
+        assert!(
+            out.status.success(),
+            "{tag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        output
+    };
+    let cpu = run("cpu", &[]);
+    let gpu = run("gpu", &["--backend", "gpu", "--slots", "3"]);
+    assert_eq!(output_steps(&gpu), output_steps(&cpu));
+    let logits = |p: &Path| common::read_output_f32(&std::fs::read(p).unwrap(), "logits").1;
+    common::assert_close(
+        "gpu streamed logits",
+        &logits(&gpu),
+        &logits(&cpu),
+        1e-5,
+        1e-3,
+    );
+}
+
+/// `trm run --halt --slots 16` on the 100 sample puzzles: every puzzle's
+/// outputs as `trm run --halt` gives them, in at most half the network
+/// calls of `--batch 16`; `--slots 0` and `--slots` without `--halt` are
+/// refused.
+#[test]
+fn trm_run_slots_on_the_sample_puzzles() {
+    let (dir, input, model_path) = sample_input(100);
     let run = |tag: &str, extra: &[&str]| -> (Vec<u8>, serde_json::Value) {
         let output = dir.join(format!("{tag}.safetensors"));
         let mut args = vec![

@@ -526,7 +526,10 @@ impl Engine for CpuEngine {
         carry: Option<&Carry>,
         options: &SolveOptions,
     ) -> Result<SolveOutput> {
-        program::solve_batch(self, batch, carry, options)
+        let out = program::solve_batch(self, batch, carry, options);
+        // a solve's buffers go with it, as a batch's memory should
+        self.work = None;
+        out
     }
 }
 
@@ -536,7 +539,7 @@ impl SlotEngine for CpuEngine {
         let slots = slots.max(1);
         let sd = config.state_len() * config.hidden_size;
         let n = slots * sd;
-        // the buffers of the last solve serve when they are large enough
+        // the buffers of the last stream serve when they are large enough
         match &mut self.work {
             Some(work) if work.slots >= slots => {}
             _ => {
@@ -658,8 +661,10 @@ impl SlotEngine for CpuEngine {
         for (i, &slot) in slots.iter().enumerate() {
             out.logits[i * l..(i + 1) * l].copy_from_slice(&work.logits[slot * l..(slot + 1) * l]);
             [out.q_halt_logits[i], out.q_continue_logits[i]] = work.q[slot];
-            out.z_h[i * sd..(i + 1) * sd].copy_from_slice(&work.y[slot * sd..(slot + 1) * sd]);
-            out.z_l[i * sd..(i + 1) * sd].copy_from_slice(&work.z[slot * sd..(slot + 1) * sd]);
+            if carry {
+                out.z_h[i * sd..(i + 1) * sd].copy_from_slice(&work.y[slot * sd..(slot + 1) * sd]);
+                out.z_l[i * sd..(i + 1) * sd].copy_from_slice(&work.z[slot * sd..(slot + 1) * sd]);
+            }
         }
         Ok(if carry { out } else { out.without_carry() })
     }
