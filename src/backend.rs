@@ -11,6 +11,7 @@ use crate::cpu::CpuEngine;
 use crate::error::{Result, TrmError};
 use crate::gpu::{GpuBackend, GpuContext, GpuEngine, GpuOptions, GpuRunOptions, GpuSchedule};
 use crate::model::TrmModel;
+use crate::program::SlotEngine;
 use crate::solve::{Carry, Engine, SolveOptions, SolveOutput};
 
 /// The engine choice of `trm run --backend` (and of applications that offer
@@ -170,6 +171,41 @@ impl AnyEngine {
             AnyEngine::Cpu { engine, .. } => engine.as_mut(),
             AnyEngine::Gpu(e) => e.as_mut(),
         }
+    }
+
+    fn slots_mut(&mut self) -> &mut dyn SlotEngine {
+        match self {
+            AnyEngine::Cpu { engine, .. } => engine.as_mut(),
+            AnyEngine::Gpu(e) => e.as_mut(),
+        }
+    }
+}
+
+impl SlotEngine for AnyEngine {
+    fn open_slots(&mut self, slots: usize) -> Result<usize> {
+        self.slots_mut().open_slots(slots)
+    }
+
+    fn fill_slot(
+        &mut self,
+        slot: usize,
+        tokens: &[u32],
+        puzzle_id: u32,
+        carry: Option<(&[f32], &[f32])>,
+    ) -> Result<()> {
+        self.slots_mut().fill_slot(slot, tokens, puzzle_id, carry)
+    }
+
+    fn move_slot(&mut self, from: usize, to: usize) -> Result<()> {
+        self.slots_mut().move_slot(from, to)
+    }
+
+    fn act_step(&mut self, occupied: usize, heads: bool) -> Result<Vec<[f32; 2]>> {
+        self.slots_mut().act_step(occupied, heads)
+    }
+
+    fn read_slots(&mut self, slots: &[usize], carry: bool) -> Result<SolveOutput> {
+        self.slots_mut().read_slots(slots, carry)
     }
 }
 

@@ -36,6 +36,7 @@ pub mod error;
 pub mod gpu;
 pub mod model;
 pub mod noise;
+pub mod program;
 pub mod rng;
 pub mod solve;
 pub mod tasks;

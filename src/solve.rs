@@ -249,6 +249,49 @@ impl SolveOutput {
         Ok(())
     }
 
+    /// Appends puzzle `row` of `other` (an output of the same sizes).
+    pub(crate) fn append_row(&mut self, other: &SolveOutput, row: usize) -> Result<()> {
+        let mut one = other.clone_shape();
+        one.batch = 1;
+        one.steps = vec![0];
+        let (l, sd) = (
+            self.seq_len * self.vocab_size,
+            self.state_len * self.hidden_size,
+        );
+        one.logits = vec![0.0; l];
+        one.q_halt_logits = vec![0.0];
+        one.q_continue_logits = vec![0.0];
+        if !other.z_h.is_empty() {
+            one.z_h = vec![0.0; sd];
+            one.z_l = vec![0.0; sd];
+        }
+        one.set_row(0, other, row)?;
+        self.append(one)
+    }
+
+    /// Overwrites puzzle `at` with puzzle `row` of `other` (an output of
+    /// the same sizes); the carry too where both hold one.
+    pub(crate) fn set_row(&mut self, at: usize, other: &SolveOutput, row: usize) -> Result<()> {
+        let sizes = |o: &SolveOutput| (o.seq_len, o.vocab_size, o.state_len, o.hidden_size);
+        if sizes(self) != sizes(other) || at >= self.batch || row >= other.batch {
+            return Err(TrmError::Input(format!(
+                "cannot copy puzzle {row} of an output of {} to puzzle {at} of one of {}",
+                other.batch, self.batch
+            )));
+        }
+        let l = self.seq_len * self.vocab_size;
+        self.logits[at * l..(at + 1) * l].copy_from_slice(&other.logits[row * l..(row + 1) * l]);
+        self.q_halt_logits[at] = other.q_halt_logits[row];
+        self.q_continue_logits[at] = other.q_continue_logits[row];
+        self.steps[at] = other.steps[row];
+        let sd = self.state_len * self.hidden_size;
+        if !self.z_h.is_empty() && !other.z_h.is_empty() {
+            self.z_h[at * sd..(at + 1) * sd].copy_from_slice(&other.z_h[row * sd..(row + 1) * sd]);
+            self.z_l[at * sd..(at + 1) * sd].copy_from_slice(&other.z_l[row * sd..(row + 1) * sd]);
+        }
+        Ok(())
+    }
+
     /// Drops the carry (what [`SolveOptions::carry`] off returns).
     pub(crate) fn without_carry(mut self) -> Self {
         self.z_h = Vec::new();

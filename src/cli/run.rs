@@ -4,8 +4,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use trm_wgpu::augment::{self, AugmentOptions, AugmentTask, Selection};
+use trm_wgpu::program::{self, StreamStats};
 use trm_wgpu::{
-    Backend, Engine, EngineOptions, GpuSchedule, PuzzleBatch, Result, SolveOptions, TrmError,
+    Backend, Engine, EngineOptions, GpuSchedule, PuzzleBatch, Result, SolveOptions, SolveOutput,
+    TrmError,
 };
 
 use super::ModelArgs;
@@ -65,6 +67,15 @@ pub struct RunArgs {
     /// Seed of the --augment variants.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Continuous batching (with --halt): at most N puzzles in flight, a
+    /// halted puzzle's slot refilled with the next puzzle at once. Each
+    /// puzzle's outputs are those the plain solve with --halt gives it.
+    #[arg(long, requires = "halt", conflicts_with_all = ["augment", "batch"])]
+    slots: Option<usize>,
+    /// Solve the input in fixed batches of N puzzles, one after another
+    /// (default: the whole input as one batch).
+    #[arg(long, conflicts_with = "augment")]
+    batch: Option<usize>,
 }
 
 /// The largest --steps accepted: the ACT loop's counters are 32-bit, and a
@@ -91,8 +102,15 @@ pub fn run(args: RunArgs) -> Result<()> {
     if let Some(reason) = engine.gpu_unavailable() {
         eprintln!("note: running on the CPU: {reason}");
     }
-    let out = match args.augment {
-        Some(variants) => {
+    let started = std::time::Instant::now();
+    let mut program_stats = None;
+    let out = match (args.augment, args.slots, args.batch) {
+        (_, Some(0), _) | (_, _, Some(0)) => {
+            return Err(TrmError::Input(
+                "--slots and --batch take at least one puzzle".into(),
+            ));
+        }
+        (Some(variants), _, _) => {
             let augment = AugmentOptions {
                 task: args.task.expect("clap requires --task"),
                 variants,
@@ -107,14 +125,74 @@ pub fn run(args: RunArgs) -> Result<()> {
             })?;
             augmented.output
         }
-        None => {
+        (None, Some(slots), _) => {
+            let (out, stats) =
+                program::solve_streaming(&mut engine, &batch, None, slots, &options)?;
+            out.save(&args.output)?;
+            program_stats = Some(stats);
+            out
+        }
+        (None, None, Some(size)) => {
+            // fixed batches one after another: network calls add up
+            let per_act = engine.config().recursion_steps_per_act_step() as u64;
+            let mut stats = StreamStats {
+                slots: size as u64,
+                ..StreamStats::default()
+            };
+            let mut all: Option<SolveOutput> = None;
+            for start in (0..batch.len()).step_by(size) {
+                let part = batch.slice(start..(start + size).min(batch.len()));
+                let out = engine.solve(&part, &options)?;
+                let most = u64::from(out.steps.iter().copied().max().unwrap_or(0));
+                stats.act_steps += most;
+                stats.recursion_steps += most * per_act;
+                stats.puzzle_recursion_steps +=
+                    out.steps.iter().map(|&s| u64::from(s)).sum::<u64>() * per_act;
+                stats.puzzles += out.batch as u64;
+                match &mut all {
+                    None => all = Some(out),
+                    Some(all) => all.append(out)?,
+                }
+            }
+            let out = all.ok_or_else(|| TrmError::Input("the batch holds no puzzles".into()))?;
+            out.save(&args.output)?;
+            program_stats = Some(stats);
+            out
+        }
+        (None, None, None) => {
             let out = engine.solve(&batch, &options)?;
             out.save(&args.output)?;
             out
         }
     };
     if args.stats {
-        println!("{}", engine.stats_json(&out));
+        let seconds = started.elapsed().as_secs_f64();
+        let mut json = engine.stats_json(&out);
+        if let Some(map) = json.as_object_mut() {
+            if let Some(stats) = program_stats {
+                // the program's counts over the whole run (the engine's
+                // cover its last solve)
+                map.insert("recursion_steps".into(), stats.recursion_steps.into());
+                map.insert("act_steps".into(), stats.act_steps.into());
+                map.insert(
+                    "puzzle_recursion_steps".into(),
+                    stats.puzzle_recursion_steps.into(),
+                );
+                let key = if args.slots.is_some() {
+                    "slots"
+                } else {
+                    "batch"
+                };
+                map.insert(key.into(), stats.slots.into());
+            }
+            map.insert("puzzles".into(), out.batch.into());
+            map.insert("seconds".into(), seconds.into());
+            map.insert(
+                "puzzles_per_second".into(),
+                (out.batch as f64 / seconds.max(1e-9)).into(),
+            );
+        }
+        println!("{json}");
     }
     Ok(())
 }

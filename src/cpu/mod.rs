@@ -19,8 +19,10 @@
 //! - weights are laid out once, when the engine is made (`packed.rs`);
 //! - nothing is allocated inside the recursion loop.
 //!
-//! With early halting, a puzzle that halts leaves the lockstep group at the
-//! end of that ACT step and costs nothing afterwards.
+//! The ACT loop is the solve program's (`crate::program`): this engine
+//! provides its slots, keeping the occupied ones at the front of its
+//! buffers, so a puzzle that halts leaves the lockstep group at the end of
+//! that ACT step and costs nothing afterwards.
 
 mod block;
 mod join;
@@ -38,6 +40,7 @@ use crate::batch::PuzzleBatch;
 use crate::config::{Level, PosEncodings, TrmConfig};
 use crate::error::{Result, TrmError};
 use crate::model::TrmModel;
+use crate::program::{self, Call, SlotEngine, act_step_calls};
 use crate::solve::{Carry, Engine, SolveOptions, SolveOutput};
 use block::TaskScratch;
 use packed::{PackedLayer, PackedMixer};
@@ -96,6 +99,8 @@ pub struct CpuEngine {
     /// Buffers of the last `recursion_step` call and its puzzle count,
     /// reused while the batch size stays the same.
     step_buffers: Mutex<Option<(usize, Buffers)>>,
+    /// The solve program's slots, once opened.
+    work: Option<Work>,
 }
 
 /// How a network call is cut into tasks for the current group of puzzles,
@@ -150,15 +155,20 @@ impl Buffers {
     }
 }
 
-/// Buffers of one solve, `[A, ...]` for the A puzzles still running.
+/// The slots of the solve program (`crate::program`): `[slots, ...]`
+/// buffers, the occupied slots at the front, a network call running on
+/// those only.
 struct Work {
+    slots: usize,
     x: Vec<f32>,
     y: Vec<f32>,
     z: Vec<f32>,
     injection: Vec<f32>,
     buffers: Buffers,
-    /// Index in the batch of each running puzzle.
-    puzzles: Vec<usize>,
+    /// `[slots, seq_len, vocab]` logits and `[slots]` Q logits of the last
+    /// heads.
+    logits: Vec<f32>,
+    q: Vec<[f32; 2]>,
 }
 
 impl CpuEngine {
@@ -207,6 +217,7 @@ impl CpuEngine {
             threads,
             scratch,
             step_buffers: Mutex::new(None),
+            work: None,
         })
     }
 
@@ -225,33 +236,38 @@ impl CpuEngine {
     /// all scaled by sqrt(D).
     pub fn embed(&self, batch: &PuzzleBatch) -> Vec<f32> {
         let config = self.model.config();
-        let w = self.model.weights();
-        let (s, d) = (config.state_len(), config.hidden_size);
-        let p = config.puzzle_emb_positions();
-        let scale = (d as f32).sqrt();
-        let mut x = vec![0.0f32; batch.len() * s * d];
-        for (b, puzzle) in x.chunks_exact_mut(s * d).enumerate() {
-            if let Some(table) = &w.puzzle_emb {
-                let n = config.puzzle_emb_ndim;
-                let id = batch.puzzle_ids()[b] as usize;
-                // zero padding: positions beyond ndim stay 0
-                puzzle[..n].copy_from_slice(&table[id * n..(id + 1) * n]);
-            }
-            for (row, &token) in puzzle[p * d..]
-                .chunks_exact_mut(d)
-                .zip(batch.puzzle_tokens(b))
-            {
-                let t = token as usize;
-                row.copy_from_slice(&w.embed_tokens[t * d..(t + 1) * d]);
-            }
-            if let Some(pos) = &w.embed_pos {
-                for (v, e) in puzzle.iter_mut().zip(pos) {
-                    *v = LEARNED_POS_SCALE * (*v + e);
-                }
-            }
-            puzzle.iter_mut().for_each(|v| *v *= scale);
+        let sd = config.state_len() * config.hidden_size;
+        let mut x = vec![0.0f32; batch.len() * sd];
+        for (b, puzzle) in x.chunks_exact_mut(sd).enumerate() {
+            self.embed_into(batch.puzzle_tokens(b), batch.puzzle_ids()[b], puzzle);
         }
         x
+    }
+
+    /// [`CpuEngine::embed`] of one puzzle into its `[S, D]` rows.
+    fn embed_into(&self, tokens: &[u32], puzzle_id: u32, puzzle: &mut [f32]) {
+        let config = self.model.config();
+        let w = self.model.weights();
+        let d = config.hidden_size;
+        let p = config.puzzle_emb_positions();
+        let scale = (d as f32).sqrt();
+        puzzle.fill(0.0);
+        if let Some(table) = &w.puzzle_emb {
+            let n = config.puzzle_emb_ndim;
+            let id = puzzle_id as usize;
+            // zero padding: positions beyond ndim stay 0
+            puzzle[..n].copy_from_slice(&table[id * n..(id + 1) * n]);
+        }
+        for (row, &token) in puzzle[p * d..].chunks_exact_mut(d).zip(tokens) {
+            let t = token as usize;
+            row.copy_from_slice(&w.embed_tokens[t * d..(t + 1) * d]);
+        }
+        if let Some(pos) = &w.embed_pos {
+            for (v, e) in puzzle.iter_mut().zip(pos) {
+                *v = LEARNED_POS_SCALE * (*v + e);
+            }
+        }
+        puzzle.iter_mut().for_each(|v| *v *= scale);
     }
 
     /// One network call (one recursion step) on a batch of states:
@@ -431,11 +447,12 @@ impl CpuEngine {
         }
     }
 
-    /// One ACT step on every running puzzle: T answer updates, each after n
-    /// latent updates, with the injection `y + x` summed first.
-    fn act_step(&self, work: &mut Work, plan: Plan) {
+    /// One ACT step on the first `occupied` slots: the calls of
+    /// [`act_step_calls`], the injection `y + x` summed before each run of
+    /// latent updates (y does not change within one).
+    fn run_act_step(&self, work: &mut Work, occupied: usize, plan: Plan) {
         let config = self.model.config();
-        let n = work.puzzles.len() * config.state_len() * config.hidden_size;
+        let n = occupied * config.state_len() * config.hidden_size;
         let Work {
             x,
             y,
@@ -445,20 +462,30 @@ impl CpuEngine {
             ..
         } = work;
         let (x, y, z, injection) = (&x[..n], &mut y[..n], &mut z[..n], &mut injection[..n]);
-        for _ in 0..config.h_cycles {
-            injection
-                .par_chunks_mut(plan.rows_per_task * config.hidden_size)
-                .zip(y.par_chunks(plan.rows_per_task * config.hidden_size))
-                .zip(x.par_chunks(plan.rows_per_task * config.hidden_size))
-                .for_each(|((i, y), x)| {
-                    for ((i, a), b) in i.iter_mut().zip(y).zip(x) {
-                        *i = a + b;
+        let rows = plan.rows_per_task * config.hidden_size;
+        let mut summed = false;
+        for call in act_step_calls(config) {
+            match call {
+                Call::Latent => {
+                    if !summed {
+                        injection
+                            .par_chunks_mut(rows)
+                            .zip(y.par_chunks(rows))
+                            .zip(x.par_chunks(rows))
+                            .for_each(|((i, y), x)| {
+                                for ((i, a), b) in i.iter_mut().zip(y).zip(x) {
+                                    *i = a + b;
+                                }
+                            });
+                        summed = true;
                     }
-                });
-            for _ in 0..config.l_cycles {
-                self.net(Level::L, z, injection, buffers, plan);
+                    self.net(Level::L, z, injection, buffers, plan);
+                }
+                Call::Answer => {
+                    self.net(Level::H, y, z, buffers, plan);
+                    summed = false;
+                }
             }
-            self.net(Level::H, y, z, buffers, plan);
         }
     }
 
@@ -499,88 +526,164 @@ impl Engine for CpuEngine {
         carry: Option<&Carry>,
         options: &SolveOptions,
     ) -> Result<SolveOutput> {
-        let config = self.model.config().clone();
-        if batch.seq_len() != config.seq_len {
-            return Err(TrmError::Input(format!(
-                "the batch has seq_len {}, the model {}",
-                batch.seq_len(),
-                config.seq_len
-            )));
-        }
-        let act_steps = options.resolved_act_steps(&config)?;
-        let b = batch.len();
+        let out = program::solve_batch(self, batch, carry, options);
+        // a solve's buffers go with it, as a batch's memory should
+        self.work = None;
+        out
+    }
+}
+
+impl SlotEngine for CpuEngine {
+    fn open_slots(&mut self, slots: usize) -> Result<usize> {
+        let config = self.model.config();
+        let slots = slots.max(1);
         let sd = config.state_len() * config.hidden_size;
-        let carry = match carry {
-            Some(c) => {
-                c.check(&config, b)?;
-                c.clone()
+        let n = slots * sd;
+        // the buffers of the last stream serve when they are large enough
+        match &mut self.work {
+            Some(work) if work.slots >= slots => {}
+            _ => {
+                self.work = Some(Work {
+                    slots,
+                    x: vec![0.0; n],
+                    y: vec![0.0; n],
+                    z: vec![0.0; n],
+                    injection: vec![0.0; n],
+                    buffers: Buffers::new(config, slots),
+                    logits: vec![0.0; slots * config.seq_len * config.vocab_size],
+                    q: vec![[0.0; 2]; slots],
+                })
+            }
+        }
+        Ok(slots)
+    }
+
+    fn fill_slot(
+        &mut self,
+        slot: usize,
+        tokens: &[u32],
+        puzzle_id: u32,
+        carry: Option<(&[f32], &[f32])>,
+    ) -> Result<()> {
+        let model = Arc::clone(&self.model);
+        let config = model.config();
+        let sd = config.state_len() * config.hidden_size;
+        let mut work = self.take_work(slot)?;
+        self.embed_into(tokens, puzzle_id, &mut work.x[slot * sd..(slot + 1) * sd]);
+        let w = model.weights();
+        let (y, z) = (
+            &mut work.y[slot * sd..(slot + 1) * sd],
+            &mut work.z[slot * sd..(slot + 1) * sd],
+        );
+        match carry {
+            Some((z_h, z_l)) if z_h.len() == sd && z_l.len() == sd => {
+                y.copy_from_slice(z_h);
+                z.copy_from_slice(z_l);
+            }
+            Some(_) => {
+                self.work = Some(work);
+                return Err(TrmError::Input(format!(
+                    "a slot's carry must hold {sd} values each"
+                )));
             }
             None => {
-                let w = self.model.weights();
-                Carry::initial(&w.h_init, &w.l_init, b, config.state_len())
+                for (y, z) in y
+                    .chunks_exact_mut(config.hidden_size)
+                    .zip(z.chunks_exact_mut(config.hidden_size))
+                {
+                    y.copy_from_slice(&w.h_init);
+                    z.copy_from_slice(&w.l_init);
+                }
             }
-        };
-        let mut work = Work {
-            x: self.embed(batch),
-            y: carry.z_h,
-            z: carry.z_l,
-            injection: vec![0.0; b * sd],
-            buffers: Buffers::new(&config, b),
-            puzzles: (0..b).collect(),
-        };
-        let mut out = SolveOutput::poisoned(&config, b);
-        let logits_len = config.seq_len * config.vocab_size;
-        let mut plan = Plan::new(&config, b, self.threads);
+        }
+        self.work = Some(work);
+        Ok(())
+    }
 
+    fn move_slot(&mut self, from: usize, to: usize) -> Result<()> {
+        let sd = self.model.config().state_len() * self.model.config().hidden_size;
+        let mut work = self.take_work(from.max(to))?;
+        for buf in [&mut work.x, &mut work.y, &mut work.z] {
+            buf.copy_within(from * sd..(from + 1) * sd, to * sd);
+        }
+        self.work = Some(work);
+        Ok(())
+    }
+
+    fn act_step(&mut self, occupied: usize, heads: bool) -> Result<Vec<[f32; 2]>> {
+        if occupied == 0 {
+            return Ok(Vec::new());
+        }
+        let mut work = self.take_work(occupied - 1)?;
+        let model = Arc::clone(&self.model);
+        let config = model.config();
+        let plan = Plan::new(config, occupied, self.threads);
+        let sd = config.state_len() * config.hidden_size;
+        let l = config.seq_len * config.vocab_size;
         self.pool.install(|| {
             join::team_awake(self.threads, || {
-                for step in 1..=act_steps {
-                    self.act_step(&mut work, plan);
-                    let last = step == act_steps;
-                    if !(options.early_halt || last) {
-                        continue;
+                self.run_act_step(&mut work, occupied, plan);
+                if heads {
+                    let Work { y, logits, q, .. } = &mut work;
+                    for slot in 0..occupied {
+                        let (h, c) = self.heads(
+                            &y[slot * sd..(slot + 1) * sd],
+                            &mut logits[slot * l..(slot + 1) * l],
+                        );
+                        q[slot] = [h, c];
                     }
-                    // heads of every running puzzle; with early halting, those
-                    // that halt (TrmConfig::halts) leave the group with this
-                    // step's outputs
-                    let mut kept = 0;
-                    for slot in 0..work.puzzles.len() {
-                        let puzzle = work.puzzles[slot];
-                        let y = &work.y[slot * sd..(slot + 1) * sd];
-                        let logits =
-                            &mut out.logits[puzzle * logits_len..(puzzle + 1) * logits_len];
-                        let (q_halt, q_continue) = self.heads(y, logits);
-                        out.q_halt_logits[puzzle] = q_halt;
-                        out.q_continue_logits[puzzle] = q_continue;
-                        out.steps[puzzle] = step as u32;
-                        if last || (options.early_halt && config.halts(q_halt, q_continue)) {
-                            out.z_h[puzzle * sd..(puzzle + 1) * sd].copy_from_slice(y);
-                            out.z_l[puzzle * sd..(puzzle + 1) * sd]
-                                .copy_from_slice(&work.z[slot * sd..(slot + 1) * sd]);
-                        } else {
-                            // still running: compact it to the front of the group
-                            if kept != slot {
-                                for buf in [&mut work.x, &mut work.y, &mut work.z] {
-                                    buf.copy_within(slot * sd..(slot + 1) * sd, kept * sd);
-                                }
-                            }
-                            work.puzzles[kept] = puzzle;
-                            kept += 1;
-                        }
-                    }
-                    work.puzzles.truncate(kept);
-                    if kept == 0 {
-                        break;
-                    }
-                    plan = Plan::new(&config, kept, self.threads);
                 }
             })
         });
-        Ok(if options.carry {
-            out
+        let q = if heads {
+            work.q[..occupied].to_vec()
         } else {
-            out.without_carry()
-        })
+            Vec::new()
+        };
+        self.work = Some(work);
+        Ok(q)
+    }
+
+    fn read_slots(&mut self, slots: &[usize], carry: bool) -> Result<SolveOutput> {
+        let config = self.model.config();
+        let Some(work) = &self.work else {
+            return Err(TrmError::Input("no slots are open".into()));
+        };
+        if let Some(&bad) = slots.iter().find(|&&s| s >= work.slots) {
+            return Err(TrmError::Input(format!(
+                "slot {bad} of {} slots",
+                work.slots
+            )));
+        }
+        let sd = config.state_len() * config.hidden_size;
+        let l = config.seq_len * config.vocab_size;
+        let mut out = SolveOutput::poisoned(config, slots.len());
+        for (i, &slot) in slots.iter().enumerate() {
+            out.logits[i * l..(i + 1) * l].copy_from_slice(&work.logits[slot * l..(slot + 1) * l]);
+            [out.q_halt_logits[i], out.q_continue_logits[i]] = work.q[slot];
+            if carry {
+                out.z_h[i * sd..(i + 1) * sd].copy_from_slice(&work.y[slot * sd..(slot + 1) * sd]);
+                out.z_l[i * sd..(i + 1) * sd].copy_from_slice(&work.z[slot * sd..(slot + 1) * sd]);
+            }
+        }
+        Ok(if carry { out } else { out.without_carry() })
+    }
+}
+
+impl CpuEngine {
+    /// The open slots, taken out while an operation works on them; `slot`
+    /// must be one of them.
+    fn take_work(&mut self, slot: usize) -> Result<Work> {
+        match self.work.take() {
+            Some(work) if slot < work.slots => Ok(work),
+            other => {
+                let slots = other.as_ref().map_or(0, |w| w.slots);
+                self.work = other;
+                Err(TrmError::Input(format!(
+                    "slot {slot} of {slots} open slots"
+                )))
+            }
+        }
     }
 }
 

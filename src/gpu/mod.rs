@@ -18,6 +18,13 @@
 //! the running count one ACT step behind. Batches beyond the device's
 //! buffer or dispatch limits are split into chunks, pipelined.
 //!
+//! That is the fast path for a fixed batch. The engine also provides the
+//! solve program's slots (`crate::program::SlotEngine`, continuous
+//! batching): a chunk's puzzles are the slots, a refill writes the new
+//! puzzle's ids and carry into its region and re-embeds on the device, an
+//! ACT step is one recording over the running list, and the host reads the
+//! Q logits after it to decide who halts (`TrmConfig::halts`).
+//!
 //! ```no_run
 //! use std::sync::Arc;
 //! use trm_wgpu::gpu::{GpuContext, GpuEngine, GpuOptions};
@@ -57,6 +64,7 @@ use crate::batch::PuzzleBatch;
 use crate::config::{Level, TrmConfig};
 use crate::error::{Result, TrmError};
 use crate::model::TrmModel;
+use crate::program::{Call, SlotEngine, act_step_calls};
 use crate::solve::{Carry, Engine, SolveOptions, SolveOutput};
 
 pub use adapters::{AdapterReport, list_adapters, list_adapters_async};
@@ -504,6 +512,12 @@ pub struct GpuEngine {
     staging_slot: usize,
     /// The running-count buffer the next count read uses.
     staging_slot_count: usize,
+    /// The solve program's slots (`crate::program`): slot i's puzzle lives
+    /// in the chunk's puzzle `slot_map[i]`, so moving a slot is a swap here
+    /// and the device's state never moves.
+    slot_map: Vec<u32>,
+    /// A slot was filled since the last embedding dispatch.
+    embed_pending: bool,
 }
 
 const F32: u64 = 4;
@@ -556,6 +570,8 @@ impl GpuEngine {
             capacity: std::sync::atomic::AtomicUsize::new(usize::MAX),
             staging_slot: 0,
             staging_slot_count: 0,
+            slot_map: Vec::new(),
+            embed_pending: false,
         })
     }
 
@@ -1267,17 +1283,15 @@ impl GpuEngine {
                 (true, false) => Active::OnDevice { at_most: known },
                 _ => Active::Known(known),
             };
-            for _ in 0..config.h_cycles {
-                for l in 0..=config.l_cycles {
-                    ops.push(Op::Step {
-                        y_update: l == config.l_cycles,
-                        active,
-                    });
-                    pending_flops += call_flops * u64::from(known);
-                    if pending_flops >= self.options.max_flops_per_submit {
-                        self.submit(chunk, &mut ops, &[])?;
-                        pending_flops = 0;
-                    }
+            for call in act_step_calls(config) {
+                ops.push(Op::Step {
+                    y_update: call == Call::Answer,
+                    active,
+                });
+                pending_flops += call_flops * u64::from(known);
+                if pending_flops >= self.options.max_flops_per_submit {
+                    self.submit(chunk, &mut ops, &[])?;
+                    pending_flops = 0;
                 }
             }
             let last = step == act_steps;
@@ -1477,14 +1491,7 @@ impl Engine for GpuEngine {
         }
         self.stats = GpuStats::default();
         self.step_groups.clear();
-        let mut capacity = self.chunk_capacity()?.min(b.max(1));
-        // the device's memory, which wgpu does not report, decides the rest
-        loop {
-            match self.ensure_chunk(capacity) {
-                Err(TrmError::OutOfMemory(_)) if capacity > 1 => capacity = capacity.div_ceil(2),
-                other => break other,
-            }
-        }?;
+        self.allocate_chunk(b)?;
         let Some(chunk) = self.chunk.take() else {
             return Err(TrmError::Gpu("the chunk buffers are missing".into()));
         };
@@ -1499,7 +1506,253 @@ impl Engine for GpuEngine {
     }
 }
 
+impl SlotEngine for GpuEngine {
+    fn open_slots(&mut self, slots: usize) -> Result<usize> {
+        self.stats = GpuStats::default();
+        self.step_groups.clear();
+        let slots = self.allocate_chunk(slots)?;
+        let model = Arc::clone(&self.model);
+        let config = model.config();
+        self.with_chunk(|e, chunk| {
+            let cap = chunk.capacity as u64;
+            if e.options.poison {
+                let (seq, vocab) = (config.seq_len as u64, config.vocab_size as u64);
+                e.upload(&chunk.xyz, 0, &vec![f32::NAN; (3 * chunk.region) as usize])?;
+                e.upload(
+                    &chunk.out,
+                    0,
+                    &vec![f32::NAN; (cap * (seq * vocab + 2)) as usize],
+                )?;
+                e.upload(
+                    &chunk.scratch,
+                    0,
+                    &vec![f32::NAN; chunk.scratch_floats as usize],
+                )?;
+            }
+            // every puzzle of the chunk is embedded when a slot is filled:
+            // free ones read these valid ids
+            let ids = vec![0u32; (cap * (config.seq_len as u64 + 1)) as usize];
+            e.upload(&chunk.ids, 0, &ids)
+        })?;
+        self.stats.chunks = 1;
+        self.slot_map = (0..slots as u32).collect();
+        self.embed_pending = false;
+        Ok(slots)
+    }
+
+    fn fill_slot(
+        &mut self,
+        slot: usize,
+        tokens: &[u32],
+        puzzle_id: u32,
+        carry: Option<(&[f32], &[f32])>,
+    ) -> Result<()> {
+        let model = Arc::clone(&self.model);
+        let config = model.config();
+        let (seq, sd) = (config.seq_len, config.state_len() * config.hidden_size);
+        let p = u64::from(self.physical(slot)?);
+        if tokens.len() != seq || carry.is_some_and(|(h, l)| h.len() != sd || l.len() != sd) {
+            return Err(TrmError::Input(format!(
+                "a slot takes {seq} token ids and a carry of {sd} values each"
+            )));
+        }
+        let initial;
+        let (z_h, z_l) = match carry {
+            Some(rows) => rows,
+            None => {
+                let w = model.weights();
+                initial = Carry::initial(&w.h_init, &w.l_init, 1, config.state_len());
+                (&initial.z_h[..], &initial.z_l[..])
+            }
+        };
+        // the puzzle's ids and carry written into its region; the
+        // embedding runs on the device before the next ACT step
+        self.with_chunk(|e, chunk| {
+            let (cap, seq, sd) = (chunk.capacity as u64, seq as u64, sd as u64);
+            e.upload(&chunk.ids, p * seq, tokens)?;
+            e.upload(&chunk.ids, cap * seq + p, &[puzzle_id])?;
+            e.upload(&chunk.xyz, chunk.region + p * sd, z_h)?;
+            e.upload(&chunk.xyz, 2 * chunk.region + p * sd, z_l)
+        })?;
+        self.embed_pending = true;
+        Ok(())
+    }
+
+    fn move_slot(&mut self, from: usize, to: usize) -> Result<()> {
+        self.physical(from.max(to))?;
+        self.slot_map.swap(from, to);
+        Ok(())
+    }
+
+    fn act_step(&mut self, occupied: usize, heads: bool) -> Result<Vec<[f32; 2]>> {
+        if occupied == 0 {
+            return Ok(Vec::new());
+        }
+        self.physical(occupied - 1)?;
+        let model = Arc::clone(&self.model);
+        let config = model.config();
+        let running: Vec<u32> = self.slot_map[..occupied].to_vec();
+        let n = occupied as u32;
+        let q = self.with_chunk(|e, chunk| {
+            e.upload(&chunk.active, 0, &running)?;
+            e.prepare_schedule(chunk, occupied)?;
+            let mut ops = Vec::new();
+            if std::mem::take(&mut e.embed_pending) {
+                // every puzzle of the chunk: the unchanged ones get the same x
+                ops.push(Op::Embed(chunk.capacity as u32));
+            }
+            // one recording for the ACT step, cut only by the FLOPs per submit
+            let call_flops = config.flops_per_recursion_step().max(1) * u64::from(n);
+            let mut pending_flops = 0u64;
+            for call in act_step_calls(config) {
+                ops.push(Op::Step {
+                    y_update: call == Call::Answer,
+                    active: Active::Known(n),
+                });
+                pending_flops += call_flops;
+                if pending_flops >= e.options.max_flops_per_submit {
+                    e.submit(chunk, &mut ops, &[])?;
+                    pending_flops = 0;
+                }
+            }
+            if !heads {
+                e.submit(chunk, &mut ops, &[])?;
+                return Ok(Vec::new());
+            }
+            ops.push(Op::Heads(Active::Known(n)));
+            let cap = chunk.capacity as u64;
+            let q_base = cap * config.seq_len as u64 * config.vocab_size as u64;
+            let copy = Copy {
+                source: &chunk.out,
+                offset: q_base * F32,
+                bytes: 2 * cap * F32,
+            };
+            let submission = e.submit(chunk, &mut ops, &[copy])?;
+            let read = e.start_read(chunk, submission, Staging::Results, 2 * cap * F32)?;
+            let bytes = e.finish_read(chunk, read)?;
+            let value = |i: usize| {
+                f32::from_le_bytes([
+                    bytes[4 * i],
+                    bytes[4 * i + 1],
+                    bytes[4 * i + 2],
+                    bytes[4 * i + 3],
+                ])
+            };
+            Ok(running
+                .iter()
+                .map(|&p| [value(2 * p as usize), value(2 * p as usize + 1)])
+                .collect())
+        })?;
+        let per_act = config.recursion_steps_per_act_step() as u64;
+        self.stats.act_steps += 1;
+        self.stats.recursion_steps += per_act;
+        self.stats.puzzle_recursion_steps += per_act * u64::from(n);
+        self.finish_stats();
+        Ok(q)
+    }
+
+    fn read_slots(&mut self, slots: &[usize], carry: bool) -> Result<SolveOutput> {
+        let model = Arc::clone(&self.model);
+        let config = model.config();
+        let physical = slots
+            .iter()
+            .map(|&s| self.physical(s).map(u64::from))
+            .collect::<Result<Vec<u64>>>()?;
+        let k = slots.len();
+        let mut out = SolveOutput::poisoned(config, k);
+        if k == 0 {
+            return Ok(out.without_carry());
+        }
+        let bytes = self.with_chunk(|e, chunk| {
+            let cap = chunk.capacity as u64;
+            let (seq, vocab) = (config.seq_len as u64, config.vocab_size as u64);
+            let sd = (config.state_len() * config.hidden_size) as u64;
+            let l = seq * vocab;
+            // logits, q, then the carry, each slot after slot
+            let mut copies = Vec::new();
+            for &p in &physical {
+                copies.push(Copy {
+                    source: &chunk.out,
+                    offset: p * l * F32,
+                    bytes: l * F32,
+                });
+            }
+            for &p in &physical {
+                copies.push(Copy {
+                    source: &chunk.out,
+                    offset: (cap * l + 2 * p) * F32,
+                    bytes: 2 * F32,
+                });
+            }
+            if carry {
+                for region in [chunk.region, 2 * chunk.region] {
+                    for &p in &physical {
+                        copies.push(Copy {
+                            source: &chunk.xyz,
+                            offset: (region + p * sd) * F32,
+                            bytes: sd * F32,
+                        });
+                    }
+                }
+            }
+            let total: u64 = copies.iter().map(|c| c.bytes).sum();
+            let submission = e.submit(chunk, &mut Vec::new(), &copies)?;
+            let read = e.start_read(chunk, submission, Staging::Results, total)?;
+            e.finish_read(chunk, read)
+        })?;
+        let values: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let (logits, rest) = values.split_at(out.logits.len());
+        out.logits.copy_from_slice(logits);
+        let (q, rest) = rest.split_at(2 * k);
+        for (i, pair) in q.chunks_exact(2).enumerate() {
+            out.q_halt_logits[i] = pair[0];
+            out.q_continue_logits[i] = pair[1];
+        }
+        if !carry {
+            return Ok(out.without_carry());
+        }
+        let (z_h, z_l) = rest.split_at(out.z_h.len());
+        out.z_h.copy_from_slice(z_h);
+        out.z_l.copy_from_slice(z_l);
+        Ok(out)
+    }
+}
+
 impl GpuEngine {
+    /// Allocates the chunk buffers for up to `puzzles` puzzles (at least
+    /// one), as many as the device holds; returns how many that is.
+    fn allocate_chunk(&mut self, puzzles: usize) -> Result<usize> {
+        let mut capacity = self.chunk_capacity()?.min(puzzles.max(1));
+        // the device's memory, which wgpu does not report, decides the rest
+        loop {
+            match self.ensure_chunk(capacity) {
+                Err(TrmError::OutOfMemory(_)) if capacity > 1 => capacity = capacity.div_ceil(2),
+                other => break other,
+            }
+        }?;
+        Ok(capacity)
+    }
+
+    /// Runs `f` with the chunk's buffers (taken out of the engine meanwhile).
+    fn with_chunk<R>(&mut self, f: impl FnOnce(&mut Self, &Chunk) -> Result<R>) -> Result<R> {
+        let Some(chunk) = self.chunk.take() else {
+            return Err(TrmError::Input("no slots are open".into()));
+        };
+        let result = f(self, &chunk);
+        self.chunk = Some(chunk);
+        result
+    }
+
+    /// The chunk puzzle holding open slot `slot`.
+    fn physical(&self, slot: usize) -> Result<u32> {
+        self.slot_map.get(slot).copied().ok_or_else(|| {
+            TrmError::Input(format!("slot {slot} of {} open slots", self.slot_map.len()))
+        })
+    }
+
     /// The per-call counters from the dispatches recorded.
     fn finish_stats(&mut self) {
         let calls = self.step_groups.len() as u64;
@@ -1514,8 +1767,7 @@ impl GpuEngine {
             _ => 1,
         };
         self.stats.dispatches_per_net_call = if calls == 0 { 0 } else { per_call };
-        self.stats.workgroups_per_dispatch =
-            WorkgroupSpread::of(std::mem::take(&mut self.step_groups));
+        self.stats.workgroups_per_dispatch = WorkgroupSpread::of(self.step_groups.clone());
     }
 
     fn solve_chunks(
