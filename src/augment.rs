@@ -226,6 +226,9 @@ impl AugmentTask {
             )
         };
         let mut out: Vec<Box<dyn Symmetry>> = vec![identity()];
+        if k == 1 {
+            return Ok(out);
+        }
         match self {
             AugmentTask::Sudoku => {
                 if seq_len != sudoku::CELLS {
@@ -386,14 +389,17 @@ pub struct VariantSolve {
     task: AugmentTask,
     variants: usize,
     puzzles: Vec<Vec<u32>>,
-    symmetries: Vec<Vec<Box<dyn Symmetry>>>,
+    symmetries: Vec<Vec<std::sync::Arc<dyn Symmetry>>>,
     /// Every variant's answer, mapped back, `[B * K][seq_len]`.
     answers: Vec<Vec<u32>>,
     out: SolveOutput,
 }
 
 /// Solves `variants` variants of every puzzle of `batch` (see
-/// [`AugmentTask::variants`]) as one batch.
+/// [`AugmentTask::variants`]) as one batch. With noisy trajectories in
+/// `options` (`noise.trajectories` = T), each variant runs T trajectories:
+/// puzzle `i`'s rows are variant-major, `i V T + v T + t`, and the chosen
+/// index is `v T + t`.
 pub fn solve_variants(
     engine: &mut dyn Engine,
     batch: &PuzzleBatch,
@@ -402,11 +408,19 @@ pub fn solve_variants(
     variants: usize,
     seed: u64,
 ) -> Result<VariantSolve> {
-    let k = variants;
+    let trajectories = options.noise.map_or(1, |n| n.trajectories.max(1) as usize);
+    let k = variants * trajectories;
     let config = engine.config().clone();
     let seq = config.seq_len;
-    let symmetries: Vec<Vec<Box<dyn Symmetry>>> = (0..batch.len())
-        .map(|i| task.variants(k, seed, i, seq))
+    let symmetries: Vec<Vec<std::sync::Arc<dyn Symmetry>>> = (0..batch.len())
+        .map(|i| {
+            let vs = task.variants(variants, seed, i, seq)?;
+            Ok(vs
+                .into_iter()
+                .map(std::sync::Arc::<dyn Symmetry>::from)
+                .flat_map(|v| std::iter::repeat_n(v, trajectories))
+                .collect())
+        })
         .collect::<Result<_>>()?;
     let puzzles: Vec<Vec<u32>> = (0..batch.len())
         .map(|i| batch.tokens()[i * seq..(i + 1) * seq].to_vec())

@@ -207,6 +207,15 @@ impl SlotEngine for AnyEngine {
     fn read_slots(&mut self, slots: &[usize], carry: bool) -> Result<SolveOutput> {
         self.slots_mut().read_slots(slots, carry)
     }
+
+    fn add_noise(
+        &mut self,
+        slot: usize,
+        state: crate::noise::State,
+        draw: &crate::noise::NoiseDraw,
+    ) -> Result<()> {
+        self.slots_mut().add_noise(slot, state, draw)
+    }
 }
 
 impl Engine for AnyEngine {

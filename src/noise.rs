@@ -37,6 +37,62 @@ impl std::str::FromStr for NoiseOn {
     }
 }
 
+/// Noisy trajectories of a solve: `sigma * N(0, 1)` added before every ACT
+/// step after a puzzle's first to the states `on` names. The puzzle and
+/// trajectory of a row of the batch are `row / trajectories` and `row %
+/// trajectories` (a batch of each puzzle's trajectories in a row), so the
+/// same seed draws the same noise on every engine, in any slot, in a
+/// stream or a fixed batch. Sigma 0 is the plain solve, bit for bit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NoiseOptions {
+    /// Standard deviation.
+    pub sigma: f32,
+    /// The generator's seed.
+    pub seed: u64,
+    /// Which states get it.
+    pub on: NoiseOn,
+    /// Trajectories per puzzle (consecutive rows of the batch).
+    pub trajectories: u32,
+}
+
+impl NoiseOptions {
+    /// The states the noise goes to.
+    pub fn states(&self) -> &'static [State] {
+        match self.on {
+            NoiseOn::ZL => &[State::ZL],
+            NoiseOn::ZH => &[State::ZH],
+            NoiseOn::Both => &[State::ZL, State::ZH],
+        }
+    }
+
+    /// The draw for batch row `row` before ACT step `step`.
+    pub fn draw(&self, row: u64, step: u32) -> NoiseDraw {
+        let k = u64::from(self.trajectories.max(1));
+        NoiseDraw {
+            seed: self.seed,
+            sigma: self.sigma,
+            puzzle: (row / k) as u32,
+            trajectory: (row % k) as u32,
+            step,
+        }
+    }
+}
+
+/// One (puzzle, trajectory, ACT step)'s noise.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NoiseDraw {
+    /// The generator's seed.
+    pub seed: u64,
+    /// Standard deviation.
+    pub sigma: f32,
+    /// The puzzle (its index in the input).
+    pub puzzle: u32,
+    /// The trajectory of that puzzle.
+    pub trajectory: u32,
+    /// The ACT step the noise comes before (from 1).
+    pub step: u32,
+}
+
 /// Which of the two states a draw is for: part of the counter, so that
 /// `NoiseOn::Both` draws independently for each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

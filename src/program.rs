@@ -37,6 +37,7 @@ use serde::Serialize;
 use crate::batch::PuzzleBatch;
 use crate::config::TrmConfig;
 use crate::error::{Result, TrmError};
+use crate::noise::{NoiseDraw, NoiseOptions, State};
 use crate::solve::{Carry, Engine, SolveOptions, SolveOutput};
 
 /// One network call of an ACT step.
@@ -93,6 +94,10 @@ pub trait SlotEngine: Engine {
     /// [`act_step_calls`], then, with `heads`, the output heads, returning
     /// each slot's `[q_halt, q_continue]` (empty without).
     fn act_step(&mut self, occupied: usize, heads: bool) -> Result<Vec<[f32; 2]>>;
+
+    /// Adds `draw`'s noise to `state` of the puzzle in `slot`
+    /// ([`crate::noise::add_noise`]'s numbers, made where the state lives).
+    fn add_noise(&mut self, slot: usize, state: State, draw: &NoiseDraw) -> Result<()>;
 
     /// The outputs of `slots` after their last heads, in that order
     /// (`steps` left 0 for the program to fill; no carry unless `carry`).
@@ -176,6 +181,7 @@ pub struct Stream<'e, E: SlotEngine + ?Sized> {
     act_steps: usize,
     early_halt: bool,
     carry: bool,
+    noise: Option<NoiseOptions>,
     capacity: usize,
     /// Slot i's puzzle, `None` once it left (until refilled or compacted).
     slots: Vec<Option<InFlight>>,
@@ -202,6 +208,7 @@ impl<'e, E: SlotEngine + ?Sized> Stream<'e, E> {
             act_steps,
             early_halt: options.early_halt,
             carry: options.carry,
+            noise: options.noise,
             capacity,
             slots: Vec::with_capacity(capacity),
             waiting: VecDeque::new(),
@@ -308,6 +315,17 @@ impl<'e, E: SlotEngine + ?Sized> Stream<'e, E> {
         self.started.get_or_insert_with(Instant::now);
         for slot in self.slots.iter_mut().flatten() {
             slot.steps += 1;
+        }
+        if let Some(noise) = self.noise {
+            // before every ACT step after a puzzle's first
+            for (i, slot) in self.slots.iter().enumerate() {
+                if let Some(s) = slot.filter(|s| s.steps > 1) {
+                    let draw = noise.draw(s.ticket, s.steps);
+                    for &state in noise.states() {
+                        self.engine.add_noise(i, state, &draw)?;
+                    }
+                }
+            }
         }
         let last = |s: &InFlight| s.steps as usize >= self.act_steps;
         let heads = self.early_halt || self.slots.iter().flatten().any(last);

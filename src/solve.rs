@@ -18,7 +18,7 @@ use crate::tensor_file::{self, OwnedTensor};
 /// assert_eq!(quick.resolved_act_steps(&config).unwrap(), 4);
 /// assert!(SolveOptions::default().act_steps(0).resolved_act_steps(&config).is_err());
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct SolveOptions {
     /// ACT steps to run (`None`: the model's `halt_max_steps`).
@@ -32,6 +32,9 @@ pub struct SolveOptions {
     /// only the logits and q logits: for Sudoku the carry is 99% of the
     /// bytes a solve would read back.
     pub carry: bool,
+    /// Noisy trajectories (none by default): Gaussian noise before every
+    /// ACT step after a puzzle's first ([`crate::noise::NoiseOptions`]).
+    pub noise: Option<crate::noise::NoiseOptions>,
 }
 
 impl Default for SolveOptions {
@@ -40,6 +43,7 @@ impl Default for SolveOptions {
             act_steps: None,
             early_halt: false,
             carry: true,
+            noise: None,
         }
     }
 }
@@ -49,6 +53,12 @@ impl SolveOptions {
     /// [`SolveOptions::carry`]).
     pub fn carry(mut self, on: bool) -> Self {
         self.carry = on;
+        self
+    }
+
+    /// Adds noisy trajectories' noise (see [`SolveOptions::noise`]).
+    pub fn noise(mut self, noise: crate::noise::NoiseOptions) -> Self {
+        self.noise = Some(noise);
         self
     }
 

@@ -82,3 +82,103 @@ fn the_device_draws_the_cpus_noise() {
         assert_eq!(zero, values, "sigma 0 is no noise, bit for bit");
     }
 }
+
+use common::gpu_checks::{RandomModel, random_batch};
+use trm_wgpu::augment::{AugmentTask, Selection, solve_variants};
+use trm_wgpu::noise::{NoiseOn, NoiseOptions};
+use trm_wgpu::{CpuEngine, Engine, PosEncodings, SolveOptions};
+
+fn small_model(seed: u64, heads: Option<usize>) -> RandomModel {
+    RandomModel {
+        seed,
+        seq_len: 9,
+        hidden: 16,
+        heads,
+        layers: 1,
+        batch: 2,
+        expansion: 2.0,
+        h_cycles: 1,
+        l_cycles: 2,
+        puzzle_emb_ndim: 16,
+        puzzle_ids: 3,
+        pos: PosEncodings::Rope,
+        act_steps: 3,
+    }
+}
+
+fn noisy(sigma: f32, on: NoiseOn, trajectories: u32, seed: u64) -> SolveOptions {
+    SolveOptions::default().carry(false).noise(NoiseOptions {
+        sigma,
+        seed,
+        on,
+        trajectories,
+    })
+}
+
+#[test]
+fn sigma_zero_is_the_plain_solve_bit_for_bit() {
+    let seed = common::test_seed();
+    let spec = small_model(seed, Some(2));
+    let model = std::sync::Arc::new(spec.model());
+    let batch = random_batch(model.config(), 3, seed);
+    let mut engine = CpuEngine::with_threads(model, 2).unwrap();
+    let plain = engine
+        .solve(&batch, &SolveOptions::default().carry(false))
+        .unwrap();
+    let zero = engine
+        .solve(&batch, &noisy(0.0, NoiseOn::Both, 1, seed))
+        .unwrap();
+    assert_eq!(zero, plain);
+    // K trajectories of no noise: every one the plain answer, the first chosen
+    let three = solve_variants(
+        &mut engine,
+        &batch,
+        &noisy(0.0, NoiseOn::ZL, 3, seed),
+        AugmentTask::Sudoku,
+        1,
+        0,
+    )
+    .unwrap()
+    .select(Selection::QHalt)
+    .unwrap();
+    assert_eq!(three.output.logits, plain.logits);
+    assert_eq!(three.selected, vec![0; 3]);
+    assert_eq!(three.agreement, vec![1.0; 3]);
+}
+
+#[test]
+fn cpu_and_gpu_trajectories_agree() {
+    let Some(context) = common::gpu::context() else {
+        return;
+    };
+    let seed = common::test_seed();
+    for (heads, on) in [(Some(2), NoiseOn::ZL), (None, NoiseOn::Both)] {
+        let spec = RandomModel {
+            seq_len: if heads.is_some() { 9 } else { 8 },
+            ..small_model(seed, heads)
+        };
+        let model = spec.model();
+        let batch = random_batch(model.config(), 2, seed);
+        let options = noisy(0.5, on, 3, seed ^ 7);
+        let mut cpu = CpuEngine::with_threads(std::sync::Arc::new(model.clone()), 2).unwrap();
+        let mut gpu = common::gpu::engine_on(&context, &model);
+        let c = solve_variants(&mut cpu, &batch, &options, AugmentTask::Sudoku, 1, 0).unwrap();
+        let g = solve_variants(&mut gpu, &batch, &options, AugmentTask::Sudoku, 1, 0).unwrap();
+        let (c, g) = (c.variant_output(), g.variant_output());
+        common::assert_close("noisy logits", &g.logits, &c.logits, 1e-5, 1e-5);
+        common::assert_close(
+            "noisy q_halt",
+            &g.q_halt_logits,
+            &c.q_halt_logits,
+            1e-5,
+            1e-5,
+        );
+        // the noise moved the trajectories apart
+        let row = c.seq_len * c.vocab_size;
+        assert_ne!(c.logits[..row], c.logits[row..2 * row], "{on:?}");
+        let plain = cpu
+            .solve(&batch, &SolveOptions::default().carry(false))
+            .unwrap();
+        assert_ne!(c.logits[..row], plain.logits[..row]);
+    }
+}

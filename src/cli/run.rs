@@ -59,22 +59,33 @@ pub struct RunArgs {
     /// output adds `predictions`, `selected` and `agreement`.
     #[arg(long, requires = "task")]
     augment: Option<usize>,
-    /// How --augment chooses: q-halt (the variant with the highest
+    /// How --augment and --trajectories choose: q-halt (the highest
     /// q_halt), vote (equal answers pooled, weighted by sigmoid(q_halt)) or
     /// verifier (a valid answer where the task has a check: sudoku).
-    #[arg(long, default_value = "q-halt", requires = "augment")]
+    #[arg(long, default_value = "q-halt")]
     select: Selection,
-    /// Seed of the --augment variants.
+    /// Seed of the --augment variants and of the --noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Noisy trajectories (Probabilistic TRM): solve K trajectories of each
+    /// puzzle (of each variant, with --augment), Gaussian noise of --noise
+    /// added before every ACT step after the first, and choose by --select.
+    #[arg(long, requires = "noise")]
+    trajectories: Option<usize>,
+    /// Standard deviation of the trajectories' noise (0: the plain solve).
+    #[arg(long, requires = "trajectories")]
+    noise: Option<f32>,
+    /// The state the noise goes to: z_L (default), z_H or both.
+    #[arg(long, default_value = "z_L", requires = "trajectories")]
+    noise_on: trm_wgpu::noise::NoiseOn,
     /// Continuous batching (with --halt): at most N puzzles in flight, a
     /// halted puzzle's slot refilled with the next puzzle at once. Each
     /// puzzle's outputs are those the plain solve with --halt gives it.
-    #[arg(long, requires = "halt", conflicts_with_all = ["augment", "batch"])]
+    #[arg(long, requires = "halt", conflicts_with_all = ["augment", "batch", "trajectories"])]
     slots: Option<usize>,
     /// Solve the input in fixed batches of N puzzles, one after another
     /// (default: the whole input as one batch).
-    #[arg(long, conflicts_with = "augment")]
+    #[arg(long, conflicts_with_all = ["augment", "trajectories"])]
     batch: Option<usize>,
 }
 
@@ -102,9 +113,31 @@ pub fn run(args: RunArgs) -> Result<()> {
     if let Some(reason) = engine.gpu_unavailable() {
         eprintln!("note: running on the CPU: {reason}");
     }
+    if let (Some(k), Some(sigma)) = (args.trajectories, args.noise) {
+        if k == 0 || u32::try_from(k).is_err() || !sigma.is_finite() || sigma < 0.0 {
+            return Err(TrmError::Input(format!(
+                "--trajectories {k} --noise {sigma}: at least one trajectory and a finite sigma >= 0"
+            )));
+        }
+        options = options.noise(trm_wgpu::noise::NoiseOptions {
+            sigma,
+            seed: args.seed,
+            on: args.noise_on,
+            trajectories: k as u32,
+        });
+    }
+    if args.select == Selection::Verifier && args.task.is_none() {
+        return Err(TrmError::Input(
+            "--select verifier needs --task (a task with a verifier: sudoku)".into(),
+        ));
+    }
     let started = std::time::Instant::now();
     let mut program_stats = None;
-    let out = match (args.augment, args.slots, args.batch) {
+    let augment_variants = match (args.augment, args.trajectories) {
+        (None, Some(_)) => Some(1),
+        (variants, _) => variants,
+    };
+    let out = match (augment_variants, args.slots, args.batch) {
         (_, Some(0), _) | (_, _, Some(0)) => {
             return Err(TrmError::Input(
                 "--slots and --batch take at least one puzzle".into(),
@@ -112,7 +145,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
         (Some(variants), _, _) => {
             let augment = AugmentOptions {
-                task: args.task.expect("clap requires --task"),
+                // trajectories alone: one variant, the identity, of any task
+                task: args.task.unwrap_or(AugmentTask::Sudoku),
                 variants,
                 select: args.select,
                 seed: args.seed,

@@ -600,6 +600,31 @@ impl SlotEngine for CpuEngine {
         Ok(())
     }
 
+    fn add_noise(
+        &mut self,
+        slot: usize,
+        state: crate::noise::State,
+        draw: &crate::noise::NoiseDraw,
+    ) -> Result<()> {
+        let sd = self.model.config().state_len() * self.model.config().hidden_size;
+        let mut work = self.take_work(slot)?;
+        let values = match state {
+            crate::noise::State::ZH => &mut work.y[slot * sd..(slot + 1) * sd],
+            crate::noise::State::ZL => &mut work.z[slot * sd..(slot + 1) * sd],
+        };
+        crate::noise::add_noise(
+            values,
+            draw.sigma,
+            draw.seed,
+            draw.puzzle,
+            draw.trajectory,
+            draw.step,
+            state,
+        );
+        self.work = Some(work);
+        Ok(())
+    }
+
     fn move_slot(&mut self, from: usize, to: usize) -> Result<()> {
         let sd = self.model.config().state_len() * self.model.config().hidden_size;
         let mut work = self.take_work(from.max(to))?;

@@ -1489,6 +1489,10 @@ impl Engine for GpuEngine {
         if let Some(c) = carry {
             c.check(config, b)?;
         }
+        if options.noise.is_some() {
+            // the noise goes in between ACT steps: the solve program's path
+            return crate::program::solve_batch(self, batch, carry, options);
+        }
         self.stats = GpuStats::default();
         self.step_groups.clear();
         self.allocate_chunk(b)?;
@@ -1576,6 +1580,64 @@ impl SlotEngine for GpuEngine {
         })?;
         self.embed_pending = true;
         Ok(())
+    }
+
+    fn add_noise(
+        &mut self,
+        slot: usize,
+        state: crate::noise::State,
+        draw: &crate::noise::NoiseDraw,
+    ) -> Result<()> {
+        let config = self.model.config();
+        let sd = (config.state_len() * config.hidden_size) as u64;
+        let p = u64::from(self.physical(slot)?);
+        self.with_chunk(|e, chunk| {
+            // z_H is region 1 of the chunk's state, z_L region 2
+            let region = match state {
+                crate::noise::State::ZH => 1,
+                crate::noise::State::ZL => 2,
+            };
+            let base = u32::try_from(region * chunk.region + p * sd).map_err(|_| {
+                TrmError::TooLarge("a state buffer beyond 2^32 floats for the noise".into())
+            })?;
+            // one row whose global row g gives g / k = puzzle, g % k =
+            // trajectory, with k = trajectory + 1
+            let k = draw.trajectory + 1;
+            let first_row = draw
+                .puzzle
+                .checked_mul(k)
+                .and_then(|g| g.checked_add(draw.trajectory))
+                .ok_or_else(|| TrmError::TooLarge("a noise key beyond 32 bits".into()))?;
+            let dispatch = noise::NoiseDispatch {
+                seed: draw.seed,
+                sigma: draw.sigma,
+                step: draw.step,
+                state,
+                first_row,
+                trajectories: k,
+                row_elems: sd as u32,
+                rows: 1,
+                base,
+            };
+            let kernel = noise::Noise::new(&e.ctx)?;
+            let words = noise::Noise::words_buffer(&e.ctx, &dispatch)?;
+            let mut encoder =
+                e.ctx
+                    .device()
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("noise"),
+                    });
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("noise"),
+                    timestamp_writes: None,
+                });
+                kernel.record(&e.ctx, &mut pass, &chunk.xyz, &words, &dispatch)?;
+            }
+            // queued before the next ACT step's submission: no wait
+            e.ctx.queue().submit([encoder.finish()]);
+            Ok(())
+        })
     }
 
     fn move_slot(&mut self, from: usize, to: usize) -> Result<()> {
