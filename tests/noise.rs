@@ -173,6 +173,12 @@ fn cpu_and_gpu_trajectories_agree() {
             1e-5,
             1e-5,
         );
+        // sigma 0 on the GPU: its plain solve, bit for bit
+        let plain_gpu = gpu
+            .solve(&batch, &SolveOptions::default().carry(false))
+            .unwrap();
+        let zero_gpu = gpu.solve(&batch, &noisy(0.0, on, 1, seed)).unwrap();
+        assert_eq!(zero_gpu.logits, plain_gpu.logits);
         // the noise moved the trajectories apart
         let row = c.seq_len * c.vocab_size;
         assert_ne!(c.logits[..row], c.logits[row..2 * row], "{on:?}");

@@ -1489,8 +1489,10 @@ impl Engine for GpuEngine {
         if let Some(c) = carry {
             c.check(config, b)?;
         }
-        if options.noise.is_some() {
+        if options.noise.is_some_and(|n| n.sigma != 0.0) {
             // the noise goes in between ACT steps: the solve program's path
+            // (sigma 0 adds exactly nothing, so it keeps the fast path and
+            // its outputs bit for bit)
             return crate::program::solve_batch(self, batch, carry, options);
         }
         self.stats = GpuStats::default();
