@@ -340,26 +340,23 @@ impl AugmentedOutput {
     /// and `agreement` (f32) added.
     pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
         let out = &self.output;
-        let (b, s, d) = (out.batch, out.state_len, out.hidden_size);
-        let steps: Vec<i32> = out.steps.iter().map(|&s| s as i32).collect();
         let predictions: Vec<i32> = self.predictions.iter().map(|&t| t as i32).collect();
-        let mut tensors = vec![
-            OwnedTensor::f32("logits", vec![b, out.seq_len, out.vocab_size], &out.logits),
-            OwnedTensor::f32("q_halt_logits", vec![b], &out.q_halt_logits),
-            OwnedTensor::f32("q_continue_logits", vec![b], &out.q_continue_logits),
-        ];
-        if !out.z_h.is_empty() {
-            tensors.push(OwnedTensor::f32("z_H", vec![b, s, d], &out.z_h));
-            tensors.push(OwnedTensor::f32("z_L", vec![b, s, d], &out.z_l));
-        }
-        tensors.push(OwnedTensor::i32("steps", vec![b], &steps));
+        let mut tensors = out.tensors();
         tensors.push(OwnedTensor::i32(
             "predictions",
-            vec![b, out.seq_len],
+            vec![out.batch, out.seq_len],
             &predictions,
         ));
-        tensors.push(OwnedTensor::i32("selected", vec![b], &self.selected));
-        tensors.push(OwnedTensor::f32("agreement", vec![b], &self.agreement));
+        tensors.push(OwnedTensor::i32(
+            "selected",
+            vec![out.batch],
+            &self.selected,
+        ));
+        tensors.push(OwnedTensor::f32(
+            "agreement",
+            vec![out.batch],
+            &self.agreement,
+        ));
         tensor_file::serialize(&tensors, None)
     }
 }
@@ -479,17 +476,8 @@ impl VariantSolve {
             });
         }
         let (seq, vocab) = (out.seq_len, out.vocab_size);
-        let b = self.puzzles.len();
-        let mut chosen = SolveOutput {
-            batch: b,
-            logits: Vec::with_capacity(b * seq * vocab),
-            q_halt_logits: Vec::new(),
-            q_continue_logits: Vec::new(),
-            z_h: Vec::new(),
-            z_l: Vec::new(),
-            steps: Vec::new(),
-            ..out.clone_shape()
-        };
+        let mut chosen = out.clone_shape();
+        chosen.batch = self.puzzles.len();
         let (mut predictions, mut selected, mut agreement) = (Vec::new(), Vec::new(), Vec::new());
         for (i, puzzle) in self.puzzles.iter().enumerate() {
             let rows = i * k..(i + 1) * k;

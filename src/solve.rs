@@ -313,6 +313,12 @@ impl SolveOutput {
     /// `q_continue_logits`, `z_H`, `z_L` (f32; absent when the solve
     /// returned no carry) and `steps` (i32).
     pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
+        tensor_file::serialize(&self.tensors(), None)
+    }
+
+    /// The tensors of [`SolveOutput::to_safetensors_bytes`], for outputs
+    /// that add their own.
+    pub(crate) fn tensors(&self) -> Vec<OwnedTensor> {
         let (b, s, d) = (self.batch, self.state_len, self.hidden_size);
         let steps: Vec<i32> = self.steps.iter().map(|&s| s as i32).collect();
         let mut tensors = vec![
@@ -329,7 +335,7 @@ impl SolveOutput {
             tensors.push(OwnedTensor::f32("z_L", vec![b, s, d], &self.z_l));
         }
         tensors.push(OwnedTensor::i32("steps", vec![b], &steps));
-        tensor_file::serialize(&tensors, None)
+        tensors
     }
 
     /// Writes [`SolveOutput::to_safetensors_bytes`] to `path`.

@@ -138,25 +138,23 @@ impl Predictions {
             )));
         }
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let mut read = |at: u64, bytes: &mut [u8]| {
+            file.seek(SeekFrom::Start(at))
+                .and_then(|_| file.read_exact(bytes))
+                .map_err(|e| TrmError::io(&self.path, e))
+        };
         let mut rows = |c: Column, width: usize| -> Result<Vec<i64>> {
             let size = if c.dtype == Dtype::I64 { 8 } else { 4 };
             let mut bytes = vec![0u8; width * size];
-            file.seek(SeekFrom::Start(c.start + (i * width * size) as u64))
-                .and_then(|_| file.read_exact(&mut bytes))
-                .map_err(|e| TrmError::io(&self.path, e))?;
+            read(c.start + (i * width * size) as u64, &mut bytes)?;
             Ok(ints(c.dtype, &bytes))
         };
         let id = rows(self.puzzle_identifiers, 1)?[0];
         let inputs = rows(self.inputs, CANVAS_TOKENS)?;
         let preds = rows(self.preds, CANVAS_TOKENS)?;
-        let q = rows(
-            Column {
-                dtype: Dtype::I32,
-                ..self.q_halt_logits
-            },
-            1,
-        )?[0];
-        Ok((id, inputs, preds, f32::from_bits(q as i32 as u32)))
+        let mut q = [0u8; 4];
+        read(self.q_halt_logits.start + 4 * i as u64, &mut q)?;
+        Ok((id, inputs, preds, f32::from_le_bytes(q)))
     }
 }
 

@@ -518,6 +518,8 @@ pub struct GpuEngine {
     slot_map: Vec<u32>,
     /// A slot was filled since the last embedding dispatch.
     embed_pending: bool,
+    /// The noise kernel of noisy trajectories, made at the first noise.
+    noise: Option<noise::Noise>,
 }
 
 const F32: u64 = 4;
@@ -572,6 +574,7 @@ impl GpuEngine {
             staging_slot_count: 0,
             slot_map: Vec::new(),
             embed_pending: false,
+            noise: None,
         })
     }
 
@@ -1621,8 +1624,10 @@ impl SlotEngine for GpuEngine {
                 rows: 1,
                 base,
             };
-            let kernel = noise::Noise::new(&e.ctx)?;
-            let words = noise::Noise::words_buffer(&e.ctx, &dispatch)?;
+            if e.noise.is_none() {
+                e.noise = Some(noise::Noise::new(&e.ctx)?);
+            }
+            let kernel = e.noise.as_ref().expect("made above");
             let mut encoder =
                 e.ctx
                     .device()
@@ -1634,7 +1639,7 @@ impl SlotEngine for GpuEngine {
                     label: Some("noise"),
                     timestamp_writes: None,
                 });
-                kernel.record(&e.ctx, &mut pass, &chunk.xyz, &words, &dispatch)?;
+                kernel.record(&e.ctx, &mut pass, &chunk.xyz, &dispatch)?;
             }
             // queued before the next ACT step's submission: no wait
             e.ctx.queue().submit([encoder.finish()]);

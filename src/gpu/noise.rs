@@ -62,9 +62,10 @@ impl NoiseDispatch {
     }
 }
 
-/// The noise kernel.
+/// The noise kernel and the words it reads, made once and reused.
 pub(crate) struct Noise {
     kernel: Kernel,
+    words: wgpu::Buffer,
 }
 
 impl Noise {
@@ -79,31 +80,23 @@ impl Noise {
                 &[Entry::ReadWrite, Entry::ReadOnly],
                 &[],
             )?,
+            words: layout::buffer(
+                ctx,
+                "noise words",
+                std::mem::size_of::<[u32; 10]>() as u64,
+                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            )?,
         })
     }
 
-    /// The words of `dispatch` as the buffer the kernel reads (16 bytes at
-    /// least, as storage bindings need).
-    pub(crate) fn words_buffer(ctx: &GpuContext, dispatch: &NoiseDispatch) -> Result<wgpu::Buffer> {
-        let words = dispatch.words();
-        let buffer = layout::buffer(
-            ctx,
-            "noise words",
-            layout::padded_size(4 * words.len() as u64),
-            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-        )?;
-        ctx.queue()
-            .write_buffer(&buffer, 0, bytemuck::cast_slice(&words));
-        Ok(buffer)
-    }
-
-    /// Records the dispatch that adds the noise to `state`.
+    /// Records the dispatch that adds `dispatch`'s noise to `state`. Its
+    /// words are written through the queue, so the pass must be submitted
+    /// before the next `record` (each noise dispatch is its own submission).
     pub(crate) fn record(
         &self,
         ctx: &GpuContext,
         pass: &mut wgpu::ComputePass<'_>,
         state: &wgpu::Buffer,
-        words: &wgpu::Buffer,
         dispatch: &NoiseDispatch,
     ) -> Result<()> {
         if dispatch.rows > ctx.limits().max_compute_workgroups_per_dimension {
@@ -113,7 +106,9 @@ impl Noise {
                 ctx.limits().max_compute_workgroups_per_dimension
             )));
         }
-        let group = self.kernel.bind_group(ctx, &[state, words])?;
+        ctx.queue()
+            .write_buffer(&self.words, 0, bytemuck::cast_slice(&dispatch.words()));
+        let group = self.kernel.bind_group(ctx, &[state, &self.words])?;
         self.kernel
             .record_grid_unparametrised(pass, &group, dispatch.grid());
         Ok(())
@@ -145,7 +140,6 @@ pub fn add_noise_on_device(
     )?;
     ctx.queue()
         .write_buffer(&state, 0, bytemuck::cast_slice(values));
-    let words = Noise::words_buffer(ctx, dispatch)?;
     let bytes = 4 * values.len() as u64;
     let staging = layout::buffer(
         ctx,
@@ -163,7 +157,7 @@ pub fn add_noise_on_device(
             label: Some("noise"),
             timestamp_writes: None,
         });
-        noise.record(ctx, &mut pass, &state, &words, dispatch)?;
+        noise.record(ctx, &mut pass, &state, dispatch)?;
     }
     encoder.copy_buffer_to_buffer(&state, 0, &staging, 0, bytes);
     let submission = ctx.queue().submit([encoder.finish()]);
