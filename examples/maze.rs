@@ -47,6 +47,9 @@ struct Args {
     /// A maze checkpoint, TRM or HRM (default: the golden random TRM).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Weight precision: f32, f16, bf16 or int8 (default: as stored).
+    #[arg(long)]
+    precision: Option<trm_wgpu::Precision>,
     /// cpu, gpu, auto, vulkan, metal, dx12 or gl.
     #[arg(long, default_value = "cpu")]
     backend: Backend,
@@ -68,14 +71,13 @@ fn main() {
 }
 
 fn run(args: Args) -> trm_wgpu::Result<()> {
+    let mut options = LoadOptions::default();
+    options.precision = args.precision;
     let model = match &args.model {
-        Some(path) => TrmModel::load(path)?,
-        None => TrmModel::from_safetensors_bytes(
-            GOLDEN_MODEL,
-            "golden maze_att_rope",
-            &LoadOptions::default(),
-            None,
-        )?,
+        Some(path) => TrmModel::load_with(path, &options, None)?,
+        None => {
+            TrmModel::from_safetensors_bytes(GOLDEN_MODEL, "golden maze_att_rope", &options, None)?
+        }
     };
     let config = model.config().clone();
     let side = (config.seq_len as f64).sqrt().round() as usize;

@@ -41,6 +41,9 @@ struct Args {
     /// TRM-MLP).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Weight precision: f32, f16, bf16 or int8 (default: as stored).
+    #[arg(long)]
+    precision: Option<trm_wgpu::Precision>,
     /// cpu, gpu, auto, vulkan, metal, dx12 or gl.
     #[arg(long, default_value = "cpu")]
     backend: Backend,
@@ -98,12 +101,14 @@ fn main() {
 }
 
 fn run(args: Args) -> trm_wgpu::Result<()> {
+    let mut options = LoadOptions::default();
+    options.precision = args.precision;
     let model = match &args.model {
-        Some(path) => TrmModel::load(path)?,
+        Some(path) => TrmModel::load_with(path, &options, None)?,
         None => TrmModel::from_safetensors_bytes(
             SAMPLE_MODEL,
             "data/sudoku-easy/model.safetensors",
-            &LoadOptions::default(),
+            &options,
             None,
         )?,
     };
@@ -160,6 +165,7 @@ fn run(args: Args) -> trm_wgpu::Result<()> {
         return Err(trm_wgpu::TrmError::Input("no puzzles to solve".into()));
     }
     let steps = args.steps.unwrap_or(config.halt_max_steps);
+    let precision = model.precision();
     let mut engine = args.backend.build(
         Arc::new(model),
         &match &args.adapter {
@@ -175,8 +181,9 @@ fn run(args: Args) -> trm_wgpu::Result<()> {
         None => "data/sudoku-easy (a small TRM-MLP trained on easy puzzles, not the paper's Sudoku-Extreme model)".to_string(),
     };
     println!(
-        "model: {model_name}, {} parameters",
-        config.parameter_count()
+        "model: {model_name}, {} parameters, {}",
+        config.parameter_count(),
+        precision
     );
     println!("engine: {}", engine.describe());
     println!(

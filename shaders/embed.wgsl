@@ -5,9 +5,11 @@
 //   x = sqrt(D) * e                                           [S, D]
 //
 // Bindings
-//   0 ids     array<u32>, read        tokens [B, SEQ] | puzzle ids [B]
-//   1 tables  array<f32>, read        embed_tokens [VOCAB, D] | puzzle_emb
-//                                     [num_ids, NDIM] (at PUZ_OFF) | embed_pos
+//   0 ids     array<u32>, read        tokens [B, SEQ] | puzzle ids [B] |
+//                                     puzzle_emb rows [B, NDIM] (f32 bits: the
+//                                     host gathers each puzzle's row, so the
+//                                     table, up to 2.5 GB, never binds)
+//   1 tables  array<f32>, read        embed_tokens [VOCAB, D] | embed_pos
 //                                     [S, D] (at POS_OFF)
 //   2 xyz     array<f32>, read_write  [3][B][S][D]; x is region 0
 //   3 params  uniform, the parameter block (params.wgsl: batch, puzzle_stride)
@@ -22,7 +24,6 @@ override D: u32;
 override P: u32;
 override SEQ: u32;
 override NDIM: u32;       // puzzle_emb_ndim (0: no puzzle embedding)
-override PUZ_OFF: u32;
 override POS_OFF: u32;
 override HAS_POS: bool;   // learned positions
 override SCALE: f32;      // sqrt(D), rounded to f32 as the CPU engine does
@@ -40,14 +41,14 @@ const WG: u32 = 256u;
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let puzzle = wid.x;
-    let pid = ids[params.batch * SEQ + puzzle];
+    let rows = params.batch * (SEQ + 1u) + puzzle * NDIM;
     for (var i = lid; i < S * D; i += WG) {
         let s = i / D;
         let d = i % D;
         var v = 0.0;
         if (s < P) {
             if (i < NDIM) {
-                v = tables[PUZ_OFF + pid * NDIM + i];
+                v = bitcast<f32>(ids[rows + i]);
             }
         } else {
             let token = ids[puzzle * SEQ + s - P];

@@ -13,6 +13,7 @@ use crate::gpu::{GpuBackend, GpuContext, GpuEngine, GpuOptions, GpuRunOptions, G
 use crate::model::TrmModel;
 use crate::program::SlotEngine;
 use crate::solve::{Carry, Engine, SolveOptions, SolveOutput};
+use crate::weights::Precision;
 
 /// The engine choice of `trm run --backend` (and of applications that offer
 /// the same choice).
@@ -79,6 +80,9 @@ pub struct EngineOptions {
     pub threads: Option<usize>,
     /// GPU schedule (default `auto`).
     pub schedule: GpuSchedule,
+    /// Weight precision of the engine's network (default: the model's; a
+    /// different one converts a copy, see [`TrmModel::to_precision`]).
+    pub precision: Option<Precision>,
 }
 
 impl EngineOptions {
@@ -97,6 +101,12 @@ impl EngineOptions {
     /// Sets [`EngineOptions::schedule`].
     pub fn schedule(mut self, schedule: GpuSchedule) -> Self {
         self.schedule = schedule;
+        self
+    }
+
+    /// Sets [`EngineOptions::precision`].
+    pub fn precision(mut self, precision: Precision) -> Self {
+        self.precision = Some(precision);
         self
     }
 }
@@ -243,6 +253,10 @@ impl Backend {
     /// falls back to the CPU when no adapter can run the model (the reason
     /// is kept in [`AnyEngine::gpu_unavailable`]).
     pub fn build(self, model: Arc<TrmModel>, options: &EngineOptions) -> Result<AnyEngine> {
+        let model = match options.precision {
+            Some(p) if p != model.precision() => Arc::new(model.to_precision(p)?),
+            _ => model,
+        };
         let cpu = |model, gpu_unavailable| -> Result<AnyEngine> {
             let engine = match options.threads {
                 Some(n) => CpuEngine::with_threads(model, n)?,

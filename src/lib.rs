@@ -41,6 +41,7 @@ pub mod rng;
 pub mod solve;
 pub mod tasks;
 mod tensor_file;
+pub mod weights;
 
 pub use backend::{AnyEngine, Backend, EngineOptions};
 pub use batch::PuzzleBatch;
@@ -52,6 +53,7 @@ pub use gpu::{
 };
 pub use model::{LoadOptions, Tensor, TrmModel};
 pub use solve::{Carry, Engine, SolveOptions, SolveOutput};
+pub use weights::{Matrix, Precision};
 /// The wgpu this crate is built on, for applications that bring their own
 /// device ([`GpuContext::from_device`]).
 pub use wgpu;

@@ -14,6 +14,17 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| TrmError::io(path, e))
 }
 
+/// Maps a whole file read-only, with the path in the error. The mapping's
+/// bytes are checked as hostile input by whoever reads them; a file
+/// truncated while mapped is the one thing no reader can guard against
+/// (SIGBUS), as with any mapped file.
+pub(crate) fn map_file(path: &Path) -> Result<memmap2::Mmap> {
+    let file = std::fs::File::open(path).map_err(|e| TrmError::io(path, e))?;
+    #[allow(unsafe_code)]
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| TrmError::io(path, e))?;
+    Ok(map)
+}
+
 /// Writes a whole file, with the path in the error.
 pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(path, bytes).map_err(|e| TrmError::io(path, e))

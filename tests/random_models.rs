@@ -300,7 +300,7 @@ fn recursion_steps_compose_into_an_act_step() {
     let out = engine
         .solve(&batch, &SolveOptions::default().act_steps(1))
         .unwrap();
-    let x = engine.embed(&batch);
+    let x = engine.embed(&batch).unwrap();
     let w = model.weights();
     let carry = trm_wgpu::Carry::initial(&w.h_init, &w.l_init, 3, config.state_len());
     let (mut y, mut z) = (carry.z_h, carry.z_l);

@@ -351,13 +351,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
 }
 
 fn map_file(path: &Path) -> Result<Mmap> {
-    let file = File::open(path).map_err(|e| TrmError::io(path, e))?;
-    // The mapping is read only and every byte of it is checked as hostile
-    // input; a file truncated under a running evaluation is the one thing
-    // no reader can guard against (SIGBUS), as with any mapped file.
-    #[allow(unsafe_code)]
-    let map = unsafe { Mmap::map(&file) }.map_err(|e| TrmError::io(path, e))?;
-    Ok(map)
+    crate::tensor_file::map_file(path)
 }
 
 /// Opens `{set}__inputs.npy`: uint8 `[N, 900]`, C order, checked by the

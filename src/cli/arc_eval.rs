@@ -50,6 +50,10 @@ pub struct ArcEvalArgs {
     /// Accept (and list) model tensors the configuration does not use.
     #[arg(long)]
     allow_unexpected: bool,
+    /// Run the network at this weight precision: f32, f16, bf16 or int8
+    /// (default: as stored).
+    #[arg(long)]
+    precision: Option<trm_wgpu::Precision>,
     /// Engine: cpu, gpu, auto, or a GPU API (vulkan, metal, dx12, gl).
     #[arg(long, default_value = "cpu")]
     backend: Backend,
@@ -156,7 +160,8 @@ fn answer_with_model(
     dataset: &ArcDataset,
     voter: &mut ArcVoter,
 ) -> Result<()> {
-    let options = LoadOptions::default().allow_unexpected(args.allow_unexpected);
+    let mut options = LoadOptions::default().allow_unexpected(args.allow_unexpected);
+    options.precision = args.precision;
     let model = TrmModel::load_with(path, &options, None)?;
     if !model.ignored_tensors().is_empty() {
         eprintln!(

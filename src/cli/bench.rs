@@ -23,9 +23,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use trm_wgpu::Arch;
 use trm_wgpu::gpu::{AdapterReport, GpuStats, list_adapters};
 use trm_wgpu::rng::SplitMix64;
+use trm_wgpu::{Arch, Precision};
 use trm_wgpu::{
     CpuEngine, GpuBackend, GpuContext, GpuEngine, GpuOptions, GpuRunOptions, GpuSchedule,
     PuzzleBatch, Result, TrmConfig, TrmError, TrmModel,
@@ -95,6 +95,11 @@ pub struct BenchArgs {
     /// one line per backend, adapter and schedule.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Weight precisions, comma-separated: f32, f16, bf16, int8 (default:
+    /// the model's own). With several, every row is measured at each and a
+    /// table of net calls/s against the first precision follows.
+    #[arg(long, value_delimiter = ',')]
+    precision: Vec<Precision>,
 }
 
 /// One measured row.
@@ -102,6 +107,8 @@ pub struct BenchArgs {
 struct Row {
     /// The model family timed (`trm`, `hrm`).
     arch: String,
+    /// The weights' precision (`f32`, `f16`, `bf16`, `int8`).
+    precision: String,
     backend: String,
     adapter: String,
     driver: String,
@@ -434,8 +441,9 @@ impl Bench<'_> {
             println!("{}", serde_json::to_string(&row).unwrap_or_default());
         } else {
             println!(
-                "{:<7} {:<40} {:<8} {:<8} {:>5} {:>12.2} {:>10.4} {:>9.1} {:>12} {:>14}",
+                "{:<7} {:<5} {:<40} {:<8} {:<8} {:>5} {:>12.2} {:>10.4} {:>9.1} {:>12} {:>14}",
                 row.backend,
+                row.precision,
                 row.adapter.chars().take(40).collect::<String>(),
                 row.api,
                 row.schedule,
@@ -473,6 +481,7 @@ impl Bench<'_> {
         let stats = gpu.map(|g| g.0);
         Row {
             arch: self.config.arch.as_str().to_string(),
+            precision: self.model.precision().to_string(),
             backend: backend.to_string(),
             adapter,
             driver,
@@ -508,7 +517,7 @@ impl Bench<'_> {
         let row_box = self.cpu_row_box();
         for batch_size in batches {
             let batch = random_batch(&self.config, batch_size)?;
-            let x = engine.embed(&batch);
+            let x = engine.embed(&batch)?;
             let mut state = x.clone();
             let timed = time_box(row_box, true, |steps| {
                 let start = Instant::now();
@@ -743,7 +752,7 @@ impl Bench<'_> {
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
-    let model = Arc::new(match &args.model {
+    let base = Arc::new(match &args.model {
         Some(path) => TrmModel::load(path)?,
         None => {
             let config = match args.arch {
@@ -753,6 +762,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             TrmModel::random(config, 0x7e57, 1.0)?
         }
     });
+    let precisions = if args.precision.is_empty() {
+        vec![base.precision()]
+    } else {
+        args.precision.clone()
+    };
+    let model = Arc::new(base.to_precision(precisions[0])?);
     let config = model.config().clone();
     let act_steps = args.act_steps.unwrap_or(config.halt_max_steps);
     if act_steps == 0 || args.batch.contains(&0) || args.max_batch == Some(0) {
@@ -795,8 +810,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     if !args.json {
         println!("model: {model_name} ({shape})");
         println!(
-            "{:<7} {:<40} {:<8} {:<8} {:>5} {:>12} {:>10} {:>9} {:>12} {:>14}",
+            "{:<7} {:<5} {:<40} {:<8} {:<8} {:>5} {:>12} {:>10} {:>9} {:>12} {:>14}",
             "backend",
+            "prec",
             "adapter",
             "api",
             "schedule",
@@ -827,7 +843,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         1
     } else {
         args.schedule.len().max(1)
-    };
+    } * precisions.len();
     let mut slices = targets
         .iter()
         .filter(|t| matches!(t, Target::Gpu(_)))
@@ -840,20 +856,30 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             Target::Cpu => args.batch.len(),
             Target::Gpu(_) => args.batch.len() * schedules,
         })
-        .sum();
-    let mut cpu_targets_left = targets.iter().filter(|t| matches!(t, Target::Cpu)).count();
-    for target in &targets {
-        match target {
-            Target::Cpu => {
-                bench.cpu()?;
-                cpu_targets_left -= 1;
-            }
-            Target::Gpu(report) => {
-                let reserve =
-                    (bench.cpu_row_box() * (cpu_rows * cpu_targets_left) as u32).mul_f64(1.3);
-                bench.gpu(report, &mut slices, reserve)?;
+        .sum::<usize>()
+        * precisions.len();
+    let mut cpu_targets_left =
+        targets.iter().filter(|t| matches!(t, Target::Cpu)).count() * precisions.len();
+    for (i, &precision) in precisions.iter().enumerate() {
+        if i > 0 {
+            bench.model = Arc::new(base.to_precision(precision)?);
+        }
+        for target in &targets {
+            match target {
+                Target::Cpu => {
+                    bench.cpu()?;
+                    cpu_targets_left -= 1;
+                }
+                Target::Gpu(report) => {
+                    let reserve =
+                        (bench.cpu_row_box() * (cpu_rows * cpu_targets_left) as u32).mul_f64(1.3);
+                    bench.gpu(report, &mut slices, reserve)?;
+                }
             }
         }
+    }
+    if precisions.len() > 1 && !args.json {
+        print_precision_ratios(&bench.rows, precisions[0]);
     }
     if let Some(path) = &args.plot {
         let name = args
@@ -875,6 +901,37 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Net calls per second of each precision over the first one's, for every
+/// row measured at both (same backend, adapter, schedule and batch).
+fn print_precision_ratios(rows: &[Row], reference: Precision) {
+    let key = |r: &Row| {
+        (
+            r.backend.clone(),
+            r.adapter.clone(),
+            r.schedule.clone(),
+            r.batch,
+        )
+    };
+    println!("\nnet calls/s against {reference} (same backend, adapter, schedule, batch):");
+    for row in rows.iter().filter(|r| r.precision != reference.as_str()) {
+        if let Some(base) = rows
+            .iter()
+            .find(|b| b.precision == reference.as_str() && key(b) == key(row))
+        {
+            println!(
+                "  {:<7} {:<8} batch {:>5}: {:<5} {:>6.2}x ({:.2} vs {:.2})",
+                row.backend,
+                row.schedule,
+                row.batch,
+                row.precision,
+                row.net_calls_per_s / base.net_calls_per_s.max(1e-12),
+                row.net_calls_per_s,
+                base.net_calls_per_s
+            );
+        }
+    }
 }
 
 /// Draws net calls per second against batch size (both on log axes), one

@@ -19,11 +19,18 @@ pub fn info(args: InfoArgs) -> Result<()> {
     let per_step = c.flops_per_recursion_step();
     let per_act = c.flops_per_act_step();
     let per_puzzle = c.flops_per_puzzle();
+    let bytes = model.stored_bytes();
     if args.json {
         let value = serde_json::json!({
             "config": serde_json::from_str::<serde_json::Value>(&c.to_json()).unwrap_or_default(),
             "arch": c.arch.as_str(),
             "parameters": model.parameter_count(),
+            "precision": model.precision().as_str(),
+            "bytes": {
+                "network": bytes.network,
+                "embeddings": bytes.embeddings,
+                "puzzle_table": bytes.puzzle_table,
+            },
             "state_len": c.state_len(),
             "puzzle_emb_positions": c.puzzle_emb_positions(),
             "channel_inter": c.channel_inter(),
@@ -87,6 +94,19 @@ pub fn info(args: InfoArgs) -> Result<()> {
         "parameters      {} ({:.2}M)",
         model.parameter_count(),
         model.parameter_count() as f64 / 1e6
+    );
+    let table_precision = model
+        .weights()
+        .puzzle_emb
+        .as_ref()
+        .map_or(String::new(), |t| format!(" ({})", t.precision()));
+    println!(
+        "bytes           {} in all: network {} ({}), embeddings {}, puzzle table {}{table_precision}",
+        bytes.network + bytes.embeddings + bytes.puzzle_table,
+        bytes.network,
+        model.precision(),
+        bytes.embeddings,
+        bytes.puzzle_table
     );
     println!(
         "cost per puzzle {:.3} GFLOP per net call, {} net calls per ACT step, {:.2} GFLOP per ACT step, {:.1} GFLOP for {} ACT steps",

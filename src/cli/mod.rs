@@ -9,7 +9,7 @@ mod run;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use trm_wgpu::{LoadOptions, Result, TrmModel};
+use trm_wgpu::{LoadOptions, Precision, Result, TrmModel};
 
 /// Tiny Recursive Model inference on CPU and GPU.
 #[derive(Parser, Debug)]
@@ -45,11 +45,16 @@ pub struct ModelArgs {
     /// Accept (and list) tensors the configuration does not use.
     #[arg(long)]
     pub allow_unexpected: bool,
+    /// Run the network at this weight precision: f32, f16, bf16 or int8
+    /// (default: as stored in the checkpoint).
+    #[arg(long)]
+    pub precision: Option<Precision>,
 }
 
 impl ModelArgs {
     pub fn load(&self) -> Result<TrmModel> {
-        let options = LoadOptions::default().allow_unexpected(self.allow_unexpected);
+        let mut options = LoadOptions::default().allow_unexpected(self.allow_unexpected);
+        options.precision = self.precision;
         let model = TrmModel::load_with(&self.model, &options, None)?;
         if !model.ignored_tensors().is_empty() {
             eprintln!(

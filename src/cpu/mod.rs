@@ -90,6 +90,9 @@ pub struct CpuEngine {
     layers: Vec<PackedLayer>,
     /// `(cos, sin)`, each `[S, head_dim]`, for RoPE attention models.
     rope: Option<(Vec<f32>, Vec<f32>)>,
+    /// The embeddings and heads widened to f32 (the puzzle table stays in
+    /// the model, which reads the rows a solve needs).
+    tables: Tables,
     pool: rayon::ThreadPool,
     threads: usize,
     /// One scratch per pool thread, indexed by rayon's thread index. A task
@@ -171,6 +174,14 @@ struct Work {
     q: Vec<[f32; 2]>,
 }
 
+/// What the CPU engine reads outside the blocks, widened to f32 once.
+struct Tables {
+    embed_tokens: Vec<f32>,
+    embed_pos: Option<Vec<f32>>,
+    lm_head: Vec<f32>,
+    q_head: Vec<f32>,
+}
+
 impl CpuEngine {
     /// An engine on all available cores.
     pub fn new(model: Arc<TrmModel>) -> Result<Self> {
@@ -209,10 +220,18 @@ impl CpuEngine {
                 })
             })
             .collect();
+        let w = model.weights();
+        let tables = Tables {
+            embed_tokens: w.embed_tokens.to_f32(),
+            embed_pos: w.embed_pos.as_ref().map(|m| m.to_f32()),
+            lm_head: w.lm_head.to_f32(),
+            q_head: w.q_head_weight.to_f32(),
+        };
         Ok(CpuEngine {
             layers,
             model,
             rope,
+            tables,
             pool,
             threads,
             scratch,
@@ -234,40 +253,41 @@ impl CpuEngine {
     /// The embedded input x, `[B, S, D]`: puzzle embedding (zero-padded to P
     /// positions) before the token embeddings, learned positions if any,
     /// all scaled by sqrt(D).
-    pub fn embed(&self, batch: &PuzzleBatch) -> Vec<f32> {
+    ///
+    /// Fails when a puzzle's row of the table is not finite (a table in a
+    /// file mapping is checked as its rows are read).
+    pub fn embed(&self, batch: &PuzzleBatch) -> Result<Vec<f32>> {
         let config = self.model.config();
         let sd = config.state_len() * config.hidden_size;
         let mut x = vec![0.0f32; batch.len() * sd];
         for (b, puzzle) in x.chunks_exact_mut(sd).enumerate() {
-            self.embed_into(batch.puzzle_tokens(b), batch.puzzle_ids()[b], puzzle);
+            self.embed_into(batch.puzzle_tokens(b), batch.puzzle_ids()[b], puzzle)?;
         }
-        x
+        Ok(x)
     }
 
     /// [`CpuEngine::embed`] of one puzzle into its `[S, D]` rows.
-    fn embed_into(&self, tokens: &[u32], puzzle_id: u32, puzzle: &mut [f32]) {
+    fn embed_into(&self, tokens: &[u32], puzzle_id: u32, puzzle: &mut [f32]) -> Result<()> {
         let config = self.model.config();
-        let w = self.model.weights();
         let d = config.hidden_size;
         let p = config.puzzle_emb_positions();
         let scale = (d as f32).sqrt();
         puzzle.fill(0.0);
-        if let Some(table) = &w.puzzle_emb {
-            let n = config.puzzle_emb_ndim;
-            let id = puzzle_id as usize;
-            // zero padding: positions beyond ndim stay 0
-            puzzle[..n].copy_from_slice(&table[id * n..(id + 1) * n]);
-        }
+        // zero padding: positions beyond ndim stay 0
+        let row = self.model.puzzle_rows(&[puzzle_id])?;
+        puzzle[..row.len()].copy_from_slice(&row);
+        let embed_tokens = &self.tables.embed_tokens;
         for (row, &token) in puzzle[p * d..].chunks_exact_mut(d).zip(tokens) {
             let t = token as usize;
-            row.copy_from_slice(&w.embed_tokens[t * d..(t + 1) * d]);
+            row.copy_from_slice(&embed_tokens[t * d..(t + 1) * d]);
         }
-        if let Some(pos) = &w.embed_pos {
+        if let Some(pos) = &self.tables.embed_pos {
             for (v, e) in puzzle.iter_mut().zip(pos) {
                 *v = LEARNED_POS_SCALE * (*v + e);
             }
         }
         puzzle.iter_mut().for_each(|v| *v *= scale);
+        Ok(())
     }
 
     /// One network call (one recursion step) on a batch of states:
@@ -500,13 +520,14 @@ impl CpuEngine {
         ops::matmul_into(
             ops::mat_mut(logits, seq, vocab),
             ops::mat(&y[p * d..], seq, d),
-            ops::mat(&w.lm_head, vocab, d).transpose(),
+            ops::mat(&self.tables.lm_head, vocab, d).transpose(),
             faer::Par::Seq,
         );
         let dot = |row: &[f32]| -> f32 { row.iter().zip(&y[..d]).map(|(a, b)| a * b).sum() };
+        let q = &self.tables.q_head;
         (
-            dot(&w.q_head_weight[..d]) + w.q_head_bias[0],
-            dot(&w.q_head_weight[d..2 * d]) + w.q_head_bias[1],
+            dot(&q[..d]) + w.q_head_bias[0],
+            dot(&q[d..2 * d]) + w.q_head_bias[1],
         )
     }
 }
@@ -569,7 +590,11 @@ impl SlotEngine for CpuEngine {
         let config = model.config();
         let sd = config.state_len() * config.hidden_size;
         let mut work = self.take_work(slot)?;
-        self.embed_into(tokens, puzzle_id, &mut work.x[slot * sd..(slot + 1) * sd]);
+        if let Err(e) = self.embed_into(tokens, puzzle_id, &mut work.x[slot * sd..(slot + 1) * sd])
+        {
+            self.work = Some(work);
+            return Err(e);
+        }
         let w = model.weights();
         let (y, z) = (
             &mut work.y[slot * sd..(slot + 1) * sd],

@@ -53,18 +53,18 @@ impl PackedLayer {
             .map(|layer| PackedLayer {
                 mixer: match &layer.mixer {
                     TokenMixer::Mlp { gate_up, down } => PackedMixer::Mlp(TokenMlp::new(
-                        gate_up,
-                        down,
+                        &gate_up.to_f32(),
+                        &down.to_f32(),
                         model.config().state_len(),
                         model.config().token_inter(),
                     )),
                     TokenMixer::Attention { qkv, o_proj } => PackedMixer::Attention {
-                        qkv_t: transpose(qkv, 3 * d, d),
-                        o_t: transpose(o_proj, d, d),
+                        qkv_t: transpose(&qkv.to_f32(), 3 * d, d),
+                        o_t: transpose(&o_proj.to_f32(), d, d),
                     },
                 },
-                gate_up: PanelWeights::swiglu(&layer.gate_up, ci, d),
-                down: PanelWeights::plain(&layer.down, d, ci),
+                gate_up: PanelWeights::swiglu(&layer.gate_up.to_f32(), ci, d),
+                down: PanelWeights::plain(&layer.down.to_f32(), d, ci),
             })
             .collect()
     }

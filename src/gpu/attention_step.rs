@@ -55,16 +55,15 @@ pub(crate) fn weight_floats(config: &TrmConfig) -> usize {
 /// `None` for an MLP-mixer model.
 pub(crate) fn pack_weights(model: &TrmModel) -> Option<Vec<f32>> {
     let config = model.config();
-    let (d, ci) = (config.hidden_size, config.channel_inter());
     let mut packed = Vec::with_capacity(weight_floats(config));
     for layer in &model.weights().layers {
         let TokenMixer::Attention { qkv, o_proj } = &layer.mixer else {
             return None;
         };
-        push_rows(&mut packed, qkv, d);
-        push_rows(&mut packed, o_proj, d);
-        push_rows(&mut packed, &layer.gate_up, d);
-        push_rows(&mut packed, &layer.down, ci);
+        push_rows(&mut packed, qkv);
+        push_rows(&mut packed, o_proj);
+        push_rows(&mut packed, &layer.gate_up);
+        push_rows(&mut packed, &layer.down);
     }
     if config.pos_encodings == PosEncodings::Rope {
         let (cos, sin) = rope_tables(config.state_len(), config.head_dim(), config.rope_theta);
@@ -115,6 +114,7 @@ mod tests {
         let TokenMixer::Attention { qkv, o_proj } = &model.weights().layers[0].mixer else {
             unreachable!()
         };
+        let (qkv, o_proj) = (qkv.to_f32(), o_proj.to_f32());
         // qkv rows: 18 weights then 2 zeros
         assert_eq!(&packed[..18], &qkv[..18]);
         assert_eq!(&packed[18..20], &[0.0; 2]);

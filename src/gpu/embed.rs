@@ -22,18 +22,16 @@ pub(crate) struct Embed {
 }
 
 impl Embed {
-    /// Uploads `embed_tokens | puzzle_emb | embed_pos` and builds the pipeline.
+    /// Uploads `embed_tokens | embed_pos` (widened to f32) and builds the
+    /// pipeline. The puzzle-embedding table stays on the host: the rows of
+    /// a chunk's puzzles travel with their token ids ([`Embed::ids_words`]).
     pub(crate) fn new(ctx: &GpuContext, model: &TrmModel) -> Result<Self> {
         let config = model.config();
         let w = model.weights();
-        let mut tables = w.embed_tokens.clone();
-        let puzzle_offset = tables.len();
-        if let Some(p) = &w.puzzle_emb {
-            tables.extend_from_slice(p);
-        }
+        let mut tables = w.embed_tokens.to_f32();
         let pos_offset = tables.len();
         if let Some(p) = &w.embed_pos {
-            tables.extend_from_slice(p);
+            tables.extend_from_slice(&p.to_f32());
         }
         let tables = layout::upload_f32(ctx, "embedding tables", &tables)?;
         // ids, tables, xyz, params
@@ -49,7 +47,6 @@ impl Embed {
             ("P", config.puzzle_emb_positions() as f64),
             ("SEQ", config.seq_len as f64),
             ("NDIM", config.puzzle_emb_ndim as f64),
-            ("PUZ_OFF", puzzle_offset as f64),
             ("POS_OFF", pos_offset as f64),
             ("HAS_POS", if w.embed_pos.is_some() { 1.0 } else { 0.0 }),
             ("SCALE", (config.hidden_size as f32).sqrt() as f64),
@@ -57,6 +54,13 @@ impl Embed {
         ];
         let kernel = Kernel::new(ctx, KERNEL, SOURCE, &entries, &constants)?;
         Ok(Embed { kernel, tables })
+    }
+
+    /// 32-bit words of a chunk's ids buffer per puzzle: its token ids, its
+    /// puzzle id and its row of the puzzle-embedding table (f32 bits),
+    /// laid out `tokens [cap, SEQ] | ids [cap] | rows [cap, NDIM]`.
+    pub(crate) fn ids_words(config: &crate::config::TrmConfig) -> u64 {
+        (config.seq_len + 1 + config.puzzle_emb_ndim) as u64
     }
 
     /// The bind group of a chunk.

@@ -23,8 +23,8 @@ impl Heads {
     pub(crate) fn new(ctx: &GpuContext, model: &TrmModel) -> Result<Self> {
         let config = model.config();
         let w = model.weights();
-        let mut packed = w.lm_head.clone();
-        packed.extend_from_slice(&w.q_head_weight);
+        let mut packed = w.lm_head.to_f32();
+        packed.extend_from_slice(&w.q_head_weight.to_f32());
         packed.extend_from_slice(&w.q_head_bias);
         let weights = layout::upload_f32(ctx, "head weights", &packed)?;
         // xyz, weights, out, active, params

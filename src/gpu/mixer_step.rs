@@ -29,17 +29,15 @@ pub(crate) fn scratch_floats(config: &TrmConfig) -> usize {
 /// to a multiple of 4 floats. `None` for an attention model.
 pub(crate) fn pack_weights(model: &TrmModel) -> Option<Vec<f32>> {
     let config = model.config();
-    let (s, d) = (config.state_len(), config.hidden_size);
-    let (ti, ci) = (config.token_inter(), config.channel_inter());
     let mut packed = Vec::with_capacity(layer_floats(config) * config.stored_layers());
     for layer in &model.weights().layers {
         let TokenMixer::Mlp { gate_up, down } = &layer.mixer else {
             return None;
         };
-        push_rows(&mut packed, gate_up, s);
-        push_rows(&mut packed, down, ti);
-        push_rows(&mut packed, &layer.gate_up, d);
-        push_rows(&mut packed, &layer.down, ci);
+        push_rows(&mut packed, gate_up);
+        push_rows(&mut packed, down);
+        push_rows(&mut packed, &layer.gate_up);
+        push_rows(&mut packed, &layer.down);
     }
     Some(packed)
 }
@@ -84,6 +82,7 @@ mod tests {
         let TokenMixer::Mlp { gate_up, .. } = &model.weights().layers[0].mixer else {
             unreachable!()
         };
+        let gate_up = gate_up.to_f32();
         assert_eq!(&packed[..13], &gate_up[..13]);
         assert_eq!(&packed[13..16], &[0.0; 3]);
         assert_eq!(&packed[16..29], &gate_up[13..26]);

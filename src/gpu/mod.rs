@@ -712,7 +712,7 @@ impl GpuEngine {
                 binding,
             ),
             ("outputs", (seq * vocab + 2) * F32, binding),
-            ("token ids", (seq + 1) * F32, binding),
+            ("token ids", Embed::ids_words(config) * F32, binding),
             ("staging", (seq * vocab + 3 + 2 * sd) * F32, buffer),
         ];
         let mut capacity = u64::from(limits.max_compute_workgroups_per_dimension);
@@ -809,7 +809,7 @@ impl GpuEngine {
         let ids = layout::buffer(
             ctx,
             "token ids",
-            cap * (seq + 1) * F32,
+            cap * Embed::ids_words(config) * F32,
             U::STORAGE | U::COPY_DST,
         )?;
         let active = layout::buffer(ctx, "active puzzles", cap * F32, U::STORAGE | U::COPY_DST)?;
@@ -1250,6 +1250,8 @@ impl GpuEngine {
         }
         self.upload(&chunk.ids, 0, batch.tokens())?;
         self.upload(&chunk.ids, cap * seq, batch.puzzle_ids())?;
+        let rows = model.puzzle_rows(batch.puzzle_ids())?;
+        self.upload(&chunk.ids, cap * (seq + 1), &rows)?;
         match carry {
             Some((z_h, z_l)) => {
                 self.upload(&chunk.xyz, region, z_h)?;
@@ -1441,9 +1443,8 @@ fn check_weights_fit(ctx: &GpuContext, model: &TrmModel) -> Result<()> {
         .min(limits.max_buffer_size)
         .saturating_sub(16);
     let w = model.weights();
-    let tables = w.embed_tokens.len()
-        + w.puzzle_emb.as_ref().map_or(0, Vec::len)
-        + w.embed_pos.as_ref().map_or(0, Vec::len);
+    // the puzzle table is not among them: its rows travel with the ids
+    let tables = w.embed_tokens.len() + w.embed_pos.as_ref().map_or(0, |m| m.len());
     let layers = StepKernel::weight_floats(config);
     for (what, floats) in [
         ("layer weights", layers),
@@ -1540,7 +1541,7 @@ impl SlotEngine for GpuEngine {
             }
             // every puzzle of the chunk is embedded when a slot is filled:
             // free ones read these valid ids
-            let ids = vec![0u32; (cap * (config.seq_len as u64 + 1)) as usize];
+            let ids = vec![0u32; (cap * Embed::ids_words(config)) as usize];
             e.upload(&chunk.ids, 0, &ids)
         })?;
         self.stats.chunks = 1;
@@ -1574,12 +1575,14 @@ impl SlotEngine for GpuEngine {
                 (&initial.z_h[..], &initial.z_l[..])
             }
         };
-        // the puzzle's ids and carry written into its region; the
-        // embedding runs on the device before the next ACT step
+        let row = model.puzzle_rows(&[puzzle_id])?;
+        // the puzzle's ids, table row and carry written into its region;
+        // the embedding runs on the device before the next ACT step
         self.with_chunk(|e, chunk| {
             let (cap, seq, sd) = (chunk.capacity as u64, seq as u64, sd as u64);
             e.upload(&chunk.ids, p * seq, tokens)?;
             e.upload(&chunk.ids, cap * seq + p, &[puzzle_id])?;
+            e.upload(&chunk.ids, cap * (seq + 1) + p * row.len() as u64, &row)?;
             e.upload(&chunk.xyz, chunk.region + p * sd, z_h)?;
             e.upload(&chunk.xyz, 2 * chunk.region + p * sd, z_l)
         })?;

@@ -9,6 +9,7 @@
 
 use crate::config::TrmConfig;
 use crate::error::{Result, TrmError};
+use crate::weights::Matrix;
 
 use super::context::GpuContext;
 use super::layout::{self, Entry, Kernel, Workgroups};
@@ -37,13 +38,15 @@ pub(crate) fn pad4(n: usize) -> usize {
     n.div_ceil(4) * 4
 }
 
-/// Appends the `[rows, cols]` matrix `data` to `packed`, every row padded
-/// with zeros to a multiple of 4 floats (the kernels read weights as vec4).
-pub(crate) fn push_rows(packed: &mut Vec<f32>, data: &[f32], cols: usize) {
+/// Appends `matrix`, widened to f32, to `packed`, every row padded with
+/// zeros to a multiple of 4 floats (the kernels read weights as vec4).
+pub(crate) fn push_rows(packed: &mut Vec<f32>, matrix: &Matrix) {
+    let cols = matrix.cols();
     let padded = pad4(cols);
-    for row in data.chunks_exact(cols.max(1)) {
-        packed.extend_from_slice(row);
-        packed.extend(std::iter::repeat_n(0.0, padded - cols));
+    for r in 0..matrix.rows() {
+        let start = packed.len();
+        packed.resize(start + padded, 0.0);
+        matrix.row_into(r, &mut packed[start..start + cols]);
     }
 }
 

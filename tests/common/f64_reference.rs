@@ -170,23 +170,27 @@ impl Ref<'_> {
                     let t = rms_norm(
                         &t.add(&swiglu(
                             &t,
-                            &M::from(gate_up, 2 * ti, s),
-                            &M::from(down, s, ti),
+                            &M::from(&gate_up.to_f32(), 2 * ti, s),
+                            &M::from(&down.to_f32(), s, ti),
                         )),
                         eps,
                     );
                     t.transpose()
                 }
                 TokenMixer::Attention { qkv, o_proj } => {
-                    let a = self.attention(&h, &M::from(qkv, 3 * d, d), &M::from(o_proj, d, d));
+                    let a = self.attention(
+                        &h,
+                        &M::from(&qkv.to_f32(), 3 * d, d),
+                        &M::from(&o_proj.to_f32(), d, d),
+                    );
                     rms_norm(&h.add(&a), eps)
                 }
             };
             let ci = c.channel_inter();
             let mlp = swiglu(
                 &h,
-                &M::from(&layer.gate_up, 2 * ci, d),
-                &M::from(&layer.down, d, ci),
+                &M::from(&layer.gate_up.to_f32(), 2 * ci, d),
+                &M::from(&layer.down.to_f32(), d, ci),
             );
             h = rms_norm(&h.add(&mlp), eps);
         }
@@ -200,20 +204,24 @@ impl Ref<'_> {
         let p = c.puzzle_emb_positions();
         let mut e = M::zeros(s, d);
         if let Some(table) = &w.puzzle_emb {
-            let n = c.puzzle_emb_ndim;
-            for k in 0..n {
-                e.v[k] = table[pid as usize * n + k] as f64;
+            // one row: the table may be a 2.5 GB mapping
+            let mut row = vec![0.0f32; c.puzzle_emb_ndim];
+            table.row_into(pid as usize, &mut row);
+            for (k, v) in row.iter().enumerate() {
+                e.v[k] = *v as f64;
             }
         }
+        let mut row = vec![0.0f32; d];
         for (i, &t) in tokens.iter().enumerate() {
+            w.embed_tokens.row_into(t as usize, &mut row);
             for k in 0..d {
-                e.v[(p + i) * d + k] = w.embed_tokens[t as usize * d + k] as f64;
+                e.v[(p + i) * d + k] = row[k] as f64;
             }
         }
-        if let Some(pos) = &w.embed_pos {
+        if let Some(pos) = w.embed_pos.as_ref().map(|m| m.to_f32()) {
             // the authors' literal, kept as written
             #[allow(clippy::approx_constant)]
-            for (v, &q) in e.v.iter_mut().zip(pos) {
+            for (v, &q) in e.v.iter_mut().zip(&pos) {
                 *v = 0.707106781 * (*v + q as f64);
             }
         }
@@ -262,7 +270,7 @@ pub fn solve(
         }
     }
     let r = Ref { model, cos, sin };
-    let lm_head = M::from(&w.lm_head, c.vocab_size, d);
+    let lm_head = M::from(&w.lm_head.to_f32(), c.vocab_size, d);
     let mut out = RefOutput {
         logits: vec![],
         q_halt_logits: vec![],
@@ -296,9 +304,10 @@ pub fn solve(
                 v: y.v[c.puzzle_emb_positions() * d..].to_vec(),
             };
             logits = seq.linear(&lm_head);
+            let q_head = w.q_head_weight.to_f32();
             let q = |row: usize| -> f64 {
                 (0..d)
-                    .map(|k| y.v[k] * w.q_head_weight[row * d + k] as f64)
+                    .map(|k| y.v[k] * q_head[row * d + k] as f64)
                     .sum::<f64>()
                     + w.q_head_bias[row] as f64
             };
