@@ -96,6 +96,12 @@ impl std::str::FromStr for PosEncodings {
 /// overflow a `u64` and a lying header cannot ask for absurd allocations.
 const MAX_DIM: usize = 1 << 20;
 
+/// Upper bound on the puzzle identifiers (rows of the puzzle-embedding
+/// table): the ARC-AGI-2 checkpoints have about 1.2M, one per augmented
+/// puzzle; 16M leaves room for larger augmentations while a lying header
+/// is still refused by the tensor shapes and file sizes it must agree with.
+const MAX_PUZZLE_IDENTIFIERS: usize = 1 << 24;
+
 /// Upper bound on the element count of the whole parameter set (16 GiB of
 /// f32): far above any TRM, far below what would overflow.
 const MAX_PARAMETERS: u64 = 1 << 32;
@@ -326,7 +332,6 @@ impl TrmConfig {
         for (name, value) in [
             ("seq_len", self.seq_len),
             ("vocab_size", self.vocab_size),
-            ("num_puzzle_identifiers", self.num_puzzle_identifiers),
             ("hidden_size", self.hidden_size),
             ("num_heads", self.num_heads),
             ("H_cycles", self.h_cycles),
@@ -353,6 +358,15 @@ impl TrmConfig {
                 return bad(format!("H_layers exceeds the limit {MAX_DIM}"));
             }
             _ => {}
+        }
+        if self.num_puzzle_identifiers == 0 {
+            return bad("num_puzzle_identifiers must be positive".into());
+        }
+        if self.num_puzzle_identifiers > MAX_PUZZLE_IDENTIFIERS {
+            return bad(format!(
+                "num_puzzle_identifiers = {} exceeds the limit {MAX_PUZZLE_IDENTIFIERS}",
+                self.num_puzzle_identifiers
+            ));
         }
         if self.puzzle_emb_ndim > MAX_DIM || self.puzzle_emb_len > MAX_DIM {
             return bad(format!("puzzle embedding sizes exceed the limit {MAX_DIM}"));

@@ -127,20 +127,12 @@ pub fn arc_eval(args: ArcEvalArgs) -> Result<()> {
                 results.without_answers.len()
             )
         },
-        match peak_resident_mib() {
+        match super::peak_resident_mib() {
             Some(mib) => format!("; peak resident memory {mib:.1} MiB"),
             None => String::new(),
         }
     );
     Ok(())
-}
-
-/// This process's peak resident memory (VmHWM), where the OS says it.
-fn peak_resident_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
 }
 
 fn vote_predictions(voter: &mut ArcVoter, preds: &Predictions) -> Result<()> {

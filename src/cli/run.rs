@@ -95,6 +95,7 @@ const MAX_ACT_STEPS: usize = 1 << 16;
 
 pub fn run(args: RunArgs) -> Result<()> {
     let model = Arc::new(args.model.load()?);
+    let engine_precision = model.precision();
     let batch = PuzzleBatch::load(&args.input, model.config())?;
     let mut options = SolveOptions::default().early_halt(args.halt);
     if let Some(steps) = args.steps {
@@ -225,6 +226,10 @@ pub fn run(args: RunArgs) -> Result<()> {
                 "puzzles_per_second".into(),
                 (out.batch as f64 / seconds.max(1e-9)).into(),
             );
+            map.insert("precision".into(), engine_precision.as_str().into());
+            if let Some(mib) = super::peak_resident_mib() {
+                map.insert("peak_resident_mib".into(), mib.into());
+            }
         }
         println!("{json}");
     }
