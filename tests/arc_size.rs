@@ -67,7 +67,7 @@ fn write_sparse_checkpoint(path: &Path, small: &TrmModel) {
             "data_offsets": [table_start, table_start + table_bytes]}),
     );
     let mut json = serde_json::to_vec(&header).unwrap();
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let mut file = std::fs::File::create(path).unwrap();
@@ -131,30 +131,13 @@ fn an_arc_size_table_runs_in_little_memory_on_the_cpu_and_on_lavapipe() {
     }
     for backend in backends {
         let output = dir.join(format!("out-{backend}.safetensors"));
-        let out = common::trm_env(
-            &[
-                "run",
-                "--model",
-                model_path.to_str().unwrap(),
-                "--input",
-                input_path.to_str().unwrap(),
-                "--output",
-                output.to_str().unwrap(),
-                "--backend",
-                backend,
-                "--stats",
-            ],
+        let (bytes, stats) = common::trm_run_stats(
+            &model_path,
+            &input_path,
+            &output,
+            backend,
             &[("TRM_POISON_GPU", "1")],
         );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "trm run --backend {backend}: {}{stdout}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stats: serde_json::Value =
-            serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
-        eprintln!("{backend}: {stats}");
         let peak = stats["peak_resident_mib"].as_f64().unwrap();
         if backend == "cpu" {
             assert!(
@@ -164,7 +147,6 @@ fn an_arc_size_table_runs_in_little_memory_on_the_cpu_and_on_lavapipe() {
         } else {
             assert_eq!(stats["engine"], "gpu", "{stats}");
         }
-        let bytes = std::fs::read(&output).unwrap();
         let what = |name: &str| format!("{backend} {name}");
         assert_close(
             &what("logits"),
@@ -207,7 +189,10 @@ fn a_header_that_claims_more_than_the_file_holds_is_refused() {
         .set_len(len - 4)
         .unwrap();
     let err = TrmModel::load(&path).unwrap_err().to_string();
-    assert!(err.contains("data_offsets") || err.contains("safetensors"), "{err}");
+    assert!(
+        err.contains("data_offsets") || err.contains("safetensors"),
+        "{err}"
+    );
     // and more identifiers than the limit are refused by the configuration
     let err = TrmConfig::from_json(&config(IDS).to_json().replace(
         &format!("\"num_puzzle_identifiers\":{IDS}"),

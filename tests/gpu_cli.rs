@@ -26,8 +26,8 @@ fn config() -> TrmConfig {
     .unwrap()
 }
 
-/// `trm run --stats` with `backend`; returns the output file's bytes and
-/// the stats line.
+/// `trm run --stats` with `backend`, writing `out-{backend}.safetensors`
+/// in `dir`; returns the output file's bytes and the stats line.
 fn run(
     dir: &Path,
     model: &Path,
@@ -36,32 +36,7 @@ fn run(
     env: &[(&str, &str)],
 ) -> (Vec<u8>, serde_json::Value) {
     let output = dir.join(format!("out-{backend}.safetensors"));
-    let out = trm_env(
-        &[
-            "run",
-            "--model",
-            model.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            output.to_str().unwrap(),
-            "--backend",
-            backend,
-            "--stats",
-        ],
-        env,
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "trm run --backend {backend}: {}{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let last = stdout.lines().last().unwrap_or("");
-    let stats: serde_json::Value = serde_json::from_str(last)
-        .unwrap_or_else(|e| panic!("the last line is not one JSON object ({e}): {last}"));
-    eprintln!("{stats}");
-    (std::fs::read(&output).unwrap(), stats)
+    common::trm_run_stats(model, input, &output, backend, env)
 }
 
 fn stat(stats: &serde_json::Value, name: &str) -> u64 {

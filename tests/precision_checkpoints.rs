@@ -74,7 +74,8 @@ fn each_precision_round_trips_as_stored() {
         let scale = format!("{gate_up}_scale");
         assert_eq!(
             tensors.get(&scale).map(|t| (t.0, t.1.clone())),
-            (precision == Precision::Int8).then(|| (Dtype::F32, vec![2 * config().channel_inter()])),
+            (precision == Precision::Int8)
+                .then(|| (Dtype::F32, vec![2 * config().channel_inter()])),
         );
 
         // mapped from a file, or from bytes: the same model, at its precision
@@ -92,9 +93,12 @@ fn each_precision_round_trips_as_stored() {
         // and a bf16 file loads without widening: same bytes per part
         assert_eq!(mapped.stored_bytes(), converted.stored_bytes());
         // --precision at load converts the network only
-        let widened =
-            TrmModel::load_with(&path, &LoadOptions::default().precision(Precision::F32), None)
-                .unwrap();
+        let widened = TrmModel::load_with(
+            &path,
+            &LoadOptions::default().precision(Precision::F32),
+            None,
+        )
+        .unwrap();
         assert_eq!(widened.precision(), Precision::F32);
         assert_eq!(
             widened.weights().puzzle_emb.as_ref().unwrap().precision(),
@@ -109,7 +113,10 @@ fn each_precision_round_trips_as_stored() {
     // f32 : f16 : bf16 : int8 = 4 : 2 : 2 : 1 (+ 4 bytes a row)
     assert_eq!(sizes[1] * 2, sizes[0]);
     assert_eq!(sizes[2], sizes[1]);
-    assert!(sizes[3] * 4 > sizes[0] && sizes[3] * 3 < sizes[0], "{sizes:?}");
+    assert!(
+        sizes[3] * 4 > sizes[0] && sizes[3] * 3 < sizes[0],
+        "{sizes:?}"
+    );
 }
 
 #[test]
@@ -170,7 +177,10 @@ fn malformed_int8_files_are_refused() {
 
     let missing = rewrite(&good, |t| t.retain(|t| t.name != scale));
     let err = load(&missing).unwrap_err();
-    assert!(matches!(&err, TrmError::MissingTensor { name, .. } if *name == scale), "{err}");
+    assert!(
+        matches!(&err, TrmError::MissingTensor { name, .. } if *name == scale),
+        "{err}"
+    );
 
     let wrong_shape = rewrite(&good, |t| {
         let s = t.iter_mut().find(|t| t.name == scale).unwrap();
@@ -188,16 +198,26 @@ fn malformed_int8_files_are_refused() {
     assert!(matches!(err, TrmError::NonFinite { .. }), "{err}");
 
     // a scale beside a float tensor
-    let stray = rewrite(&model.to_precision(Precision::F32).unwrap().to_safetensors_bytes().unwrap(), |t| {
-        let rows = 2 * config().channel_inter();
-        t.push(RawTensor::f32(&scale, vec![rows], &vec![1.0; rows]));
-    });
+    let stray = rewrite(
+        &model
+            .to_precision(Precision::F32)
+            .unwrap()
+            .to_safetensors_bytes()
+            .unwrap(),
+        |t| {
+            let rows = 2 * config().channel_inter();
+            t.push(RawTensor::f32(&scale, vec![rows], &vec![1.0; rows]));
+        },
+    );
     let err = load(&stray).unwrap_err();
     assert!(matches!(err, TrmError::TensorDtype { .. }), "{err}");
 
     // an int8 vector: the vectors are f32 at every precision
     let int8_vector = rewrite(&good, |t| {
-        let b = t.iter_mut().find(|t| t.name == "inner.q_head.bias").unwrap();
+        let b = t
+            .iter_mut()
+            .find(|t| t.name == "inner.q_head.bias")
+            .unwrap();
         b.dtype = Dtype::I8;
         b.bytes = vec![1, 2];
     });
@@ -233,7 +253,10 @@ fn a_non_finite_puzzle_row_is_refused_when_read() {
     let loaded = std::sync::Arc::new(TrmModel::load(&path).unwrap());
     assert!(loaded.puzzle_rows(&[0, 2, 4]).is_ok());
     let err = loaded.puzzle_rows(&[3]).unwrap_err();
-    assert!(matches!(err, TrmError::NonFinite { index: 36, .. }), "{err}");
+    assert!(
+        matches!(err, TrmError::NonFinite { index: 36, .. }),
+        "{err}"
+    );
     let mut engine = trm_wgpu::CpuEngine::new(loaded).unwrap();
     let tokens = vec![1i64; 9];
     use trm_wgpu::Engine;

@@ -224,13 +224,14 @@ fn load(
             continue;
         };
         let matrix = read_matrix(name, canonical, shape, view, &views, bytes, map)?;
-        if !crate::model::is_puzzle_table(canonical) || matrix.precision() == Precision::Int8 {
-            if let Some(index) = matrix.first_non_finite() {
-                return Err(TrmError::NonFinite {
-                    name: canonical.to_string(),
-                    index,
-                });
-            }
+        // the table's float rows are checked as they are read
+        let checked_now =
+            !crate::model::is_puzzle_table(canonical) || matrix.precision() == Precision::Int8;
+        if checked_now && let Some(index) = matrix.first_non_finite() {
+            return Err(TrmError::NonFinite {
+                name: canonical.to_string(),
+                index,
+            });
         }
         matrices.push((name.to_string(), Some(matrix)));
     }

@@ -214,8 +214,8 @@ impl Ref<'_> {
         let mut row = vec![0.0f32; d];
         for (i, &t) in tokens.iter().enumerate() {
             w.embed_tokens.row_into(t as usize, &mut row);
-            for k in 0..d {
-                e.v[(p + i) * d + k] = row[k] as f64;
+            for (k, v) in row.iter().enumerate() {
+                e.v[(p + i) * d + k] = *v as f64;
             }
         }
         if let Some(pos) = w.embed_pos.as_ref().map(|m| m.to_f32()) {

@@ -391,3 +391,41 @@ pub fn write_run_case(
     let batch = PuzzleBatch::new(c, &tokens, Some(&ids)).unwrap();
     (model_path, input_path, batch)
 }
+
+/// `trm run --stats` of `model` on `input` with `backend`, writing
+/// `output`; returns the output file's bytes and the stats line (the last
+/// line of stdout, one JSON object).
+pub fn trm_run_stats(
+    model: &std::path::Path,
+    input: &std::path::Path,
+    output: &std::path::Path,
+    backend: &str,
+    env: &[(&str, &str)],
+) -> (Vec<u8>, serde_json::Value) {
+    let out = trm_env(
+        &[
+            "run",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--backend",
+            backend,
+            "--stats",
+        ],
+        env,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "trm run --backend {backend}: {}{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().unwrap_or("");
+    let stats: serde_json::Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("the last line is not one JSON object ({e}): {last}"));
+    eprintln!("{stats}");
+    (std::fs::read(output).unwrap(), stats)
+}
