@@ -15,6 +15,10 @@
 //! waits for the device inside the timed region, after a warm-up that
 //! compiles the pipelines. Without an adapter the GPU groups are skipped.
 //!
+//! `cpu/recursion_step_{f32,f16,bf16,int8}` time the CPU's recursion step
+//! at the official shape at each weight precision, side by side in one run
+//! (batch 1 and 8).
+//!
 //! `cargo bench --bench recursion` (add `-- cpu/` or `-- gpu/` to filter).
 
 use std::sync::Arc;
@@ -26,8 +30,8 @@ use criterion::{
 };
 use trm_wgpu::rng::SplitMix64;
 use trm_wgpu::{
-    CpuEngine, Engine, GpuContext, GpuEngine, GpuOptions, PuzzleBatch, SolveOptions, TrmConfig,
-    TrmModel,
+    CpuEngine, Engine, GpuContext, GpuEngine, GpuOptions, Precision, PuzzleBatch, SolveOptions,
+    TrmConfig, TrmModel,
 };
 
 const BATCHES: [usize; 3] = [1, 8, 64];
@@ -104,6 +108,32 @@ fn cpu(c: &mut Criterion) {
             b.iter(|| engine.recursion_step(&mut state, &injection).expect("step"))
         });
     });
+
+    // each precision's recursion step, interleaved batch by batch so that
+    // the machine's drift falls on all of them alike
+    let engines: Vec<(Precision, CpuEngine)> = Precision::ALL
+        .into_iter()
+        .map(|p| {
+            let model = Arc::new(full.to_precision(p).expect("precision"));
+            (p, CpuEngine::new(model).expect("engine"))
+        })
+        .collect();
+    for batch in [1, 8] {
+        let mut group = c.benchmark_group("cpu/recursion_step_precision");
+        group
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(5))
+            .throughput(Throughput::Elements(batch as u64));
+        let injection = random_state(batch * sd, 3);
+        for (precision, engine) in &engines {
+            let mut state = random_state(batch * sd, 4);
+            group.bench_function(BenchmarkId::new(precision.as_str(), batch), |b| {
+                b.iter(|| engine.recursion_step(&mut state, &injection).expect("step"))
+            });
+        }
+        group.finish();
+    }
+    drop(engines);
 
     let mut engine = CpuEngine::new(full).expect("engine");
     over_batches(c, "cpu/act_step", 10, steps_per_act, |group, batch| {
