@@ -671,6 +671,12 @@ impl GpuContext {
         &self.inner.info
     }
 
+    /// How many compute pipelines the context has compiled (each kernel
+    /// and specialisation once).
+    pub fn pipelines_compiled(&self) -> usize {
+        lock(&self.inner.pipelines).len()
+    }
+
     /// The device's limits.
     pub fn limits(&self) -> wgpu::Limits {
         self.inner.device.limits()

@@ -658,6 +658,26 @@ impl GpuEngine {
         }
     }
 
+    /// Compiles now every pipeline this engine may run (the step kernel,
+    /// embedding, heads and halting were at [`GpuEngine::new`]; the spread
+    /// schedule's and the noise kernel otherwise wait for their first use),
+    /// so that a browser, whose WGSL compiler is not naga, is checked on
+    /// all of them at once ([`GpuContext::flush_errors`] reports the
+    /// faults there).
+    pub fn prepare_pipelines(&mut self) -> Result<()> {
+        if self.spread.is_none() {
+            self.spread = Some(SpreadKernels::new(
+                &self.ctx,
+                self.model.config(),
+                &self.resident.step.pipeline,
+            )?);
+        }
+        if self.noise.is_none() {
+            self.noise = Some(noise::Noise::new(&self.ctx)?);
+        }
+        Ok(())
+    }
+
     /// Counters of the last solve.
     pub fn last_stats(&self) -> &GpuStats {
         &self.stats
