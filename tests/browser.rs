@@ -238,11 +238,27 @@ fn devtools_get(port: u16, path: &str) -> String {
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text.split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default()
+    // Chromium keeps the connection open: read the headers, then exactly
+    // Content-Length bytes
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 /// The DevTools protocol on one page.
@@ -279,6 +295,17 @@ impl Page {
     /// Sends `method` and waits up to `limit` for its answer (events are
     /// skipped; console messages are printed).
     fn call(&mut self, method: &str, params: Value, limit: Duration) -> Value {
+        self.try_call(method, params, limit)
+            .unwrap_or_else(|error| panic!("{method} failed: {error}"))
+    }
+
+    /// [`Page::call`], its protocol error returned.
+    fn try_call(
+        &mut self,
+        method: &str,
+        params: Value,
+        limit: Duration,
+    ) -> Result<Value, String> {
         let id = self.next_id;
         self.next_id += 1;
         let message = json!({"id": id, "method": method, "params": params});
@@ -312,11 +339,14 @@ impl Page {
                     .unwrap_or_default();
                 eprintln!("console: {}", args.join(" "));
             }
+            if value["method"] == "Runtime.exceptionThrown" {
+                eprintln!("page exception: {}", value["params"]["exceptionDetails"]);
+            }
             if value["id"] == id {
                 if let Some(error) = value.get("error") {
-                    panic!("{method} failed: {error}");
+                    return Err(error.to_string());
                 }
-                return value["result"].clone();
+                return Ok(value["result"].clone());
             }
         }
     }
@@ -406,6 +436,7 @@ fn the_page_solves_benches_and_builds_every_pipeline_in_chromium() {
     assert!(build.success(), "web/build.sh failed");
     let built = started.elapsed();
 
+    eprintln!("browser test: page built in {:.1} s", built.as_secs_f64());
     let port = serve(repo().join("web"));
     let url = format!("http://127.0.0.1:{port}/");
     let browser = launch(&binary, &url);
@@ -413,12 +444,33 @@ fn the_page_solves_benches_and_builds_every_pipeline_in_chromium() {
     page.call("Runtime.enable", json!({}), Duration::from_secs(30));
 
     // the page opens the GPU and loads the bundled model by itself
-    let adapter = page.evaluate(
-        "new Promise((ok) => { const wait = () => window.trmTest ? ok(true) : setTimeout(wait, 50); wait(); })",
-        Duration::from_secs(60),
-    );
-    assert_eq!(adapter, json!(true));
+    let wait_ready = json!({
+        "expression": "new Promise((ok) => { const wait = () => window.trmReady ? ok(window.trmReady) : setTimeout(wait, 50); wait(); })",
+        "awaitPromise": true,
+        "returnByValue": true,
+    });
+    // the first document may still be replaced by the page's: ask again
+    let mut ready = String::from("no answer");
+    for _ in 0..20 {
+        match page.try_call("Runtime.evaluate", wait_ready.clone(), Duration::from_secs(120)) {
+            Ok(value) => {
+                ready = value["result"]["value"].as_str().unwrap_or("no answer").to_string();
+                break;
+            }
+            Err(e) if e.contains("context") => std::thread::sleep(Duration::from_millis(250)),
+            Err(e) => panic!("waiting for the page: {e}"),
+        }
+    }
+    if ready != "ok" {
+        // no WebGPU or no adapter in this browser: a missing tool, unless
+        // the page failed for another reason
+        if ready.contains("WebGPU") || ready.to_lowercase().contains("adapter") {
+            return missing(&format!("Chromium has no WebGPU adapter here: {ready}"));
+        }
+        panic!("the page did not start: {ready}");
+    }
     let options = json!({"puzzles": PUZZLES, "act_steps": ACT_STEPS, "batches": [1, 2], "seconds": 1.0});
+    eprintln!("browser test: the page is ready; running it");
     let run_started = Instant::now();
     let text = page.evaluate(&format!("window.trmTest({options})"), PAGE_LIMIT);
     let ran = run_started.elapsed();

@@ -24,6 +24,7 @@ async function busy(label, work) {
       $("progress-bar").max = total;
       $("progress-bar").value = done;
       $("progress-text").textContent = `${label}: ${text ?? `${done}/${total}`}`;
+      console.log(`${label}: ${text ?? `${done}/${total}`}`); // the browser test prints these
     });
   } finally {
     $("progress").hidden = true;
@@ -328,6 +329,7 @@ const ready = (async () => {
   return adapter;
 })();
 ready.catch((e) => { status(`not available: ${e.message ?? e}`); });
+window.trmReady = ready.then(() => "ok", (e) => `not ready: ${e.message ?? e}`);
 
 // The browser test's entry (tests/browser.rs): everything the page does,
 // sized by `options`, in one JSON answer.
