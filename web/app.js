@@ -46,14 +46,18 @@ async function showAdapter() {
   // features as the browser's adapter reports them (the engine asks only
   // for timestamp-query)
   let offered = [];
+  let described = "";
   try {
     const adapter = await navigator.gpu.requestAdapter();
     offered = adapter ? [...adapter.features].sort() : [];
+    // what WebGPU tells of the adapter (wgpu gets no name from it)
+    const i = adapter?.info ?? {};
+    described = [i.description, i.vendor, i.architecture, i.device].filter(Boolean).join(", ");
   } catch (_) { /* shown as none */ }
   const l = info.limits;
   const mib = (b) => `${(b / 2 ** 20).toFixed(0)} MiB`;
   const rows = [
-    ["adapter", `${info.name || "(unnamed)"} ${info.driver ? `(${info.driver})` : ""}`],
+    ["adapter", `${info.name || described || "(unnamed)"}${info.name && described ? ` (${described})` : ""}`],
     ["backend", `${info.backend}, device type ${info.device_type}${info.driver_info ? `, ${info.driver_info}` : ""}`],
     ["limits the engine uses",
       `buffer ${mib(l.max_buffer_size)}, storage binding ${mib(l.max_storage_buffer_binding_size)}, ` +
@@ -71,7 +75,7 @@ async function showAdapter() {
     tr.insertCell().textContent = k;
     tr.insertCell().textContent = v;
   }
-  return { ...info, adapter_features: offered };
+  return { ...info, adapter_described: described, adapter_features: offered };
 }
 
 // ---- the model ----------------------------------------------------------
@@ -254,14 +258,15 @@ async function bench(batches, seconds) {
 async function checkPipelines() {
   showError("pipelines-error", null);
   const table = $("pipeline-rows");
-  table.innerHTML = "<tr><th>device</th><th>model</th><th>pipelines</th><th>fused vs spread</th></tr>";
+  table.innerHTML = "<tr><th>device</th><th>model</th><th>pipelines on the device</th><th>fused vs spread</th></tr>";
   try {
     const all = await busy("building every pipeline", (progress) => {
       let done = 0;
       return session.check_pipelines((json) => {
         const c = JSON.parse(json);
         const tr = table.insertRow();
-        for (const v of [c.device, c.model, c.pipelines, c.fused_vs_spread.toExponential(1)]) tr.insertCell().textContent = v;
+        const agree = c.fused_vs_spread == null ? "built only" : c.fused_vs_spread.toExponential(1);
+        for (const v of [c.device, c.model, c.pipelines, agree]) tr.insertCell().textContent = v;
         progress(++done, 8, `${c.model} on ${c.device}`);
       });
     });
@@ -325,7 +330,7 @@ const ready = (async () => {
   const adapter = await showAdapter();
   await loadSamples();
   await loadBundled();
-  status(`ready on ${adapter.name || adapter.backend}`);
+  status(`ready on ${adapter.name || adapter.adapter_described || adapter.backend}`);
   return adapter;
 })();
 ready.catch((e) => { status(`not available: ${e.message ?? e}`); });

@@ -7,12 +7,12 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
-use std::str::FromStr;
 use std::future::Future;
-#[cfg(target_arch = "wasm32")]
-use std::sync::atomic::AtomicUsize;
+use std::str::FromStr;
 #[cfg(not(target_arch = "wasm32"))]
 use std::sync::atomic::AtomicU64;
+#[cfg(target_arch = "wasm32")]
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 #[cfg(not(target_arch = "wasm32"))]
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -425,10 +425,7 @@ pub(crate) fn map_channel() -> (impl FnOnce(MapResult) + Send + 'static, MapRece
 /// Runs `future` to its end for the blocking API: natively by blocking the
 /// thread; on the web, where nothing may block, a future that is not ready
 /// at once fails with [`TrmError::Gpu`] naming the async call to use.
-pub(crate) fn block_on<T>(
-    instead: &str,
-    future: impl Future<Output = Result<T>>,
-) -> Result<T> {
+pub(crate) fn block_on<T>(instead: &str, future: impl Future<Output = Result<T>>) -> Result<T> {
     #[cfg(not(target_arch = "wasm32"))]
     {
         let _ = instead;
@@ -747,7 +744,11 @@ impl GpuContext {
             return Err(self.classify(&what, error));
         }
         #[cfg(target_arch = "wasm32")]
-        self.later(async move { popped.await.map(|e| format!("{what}: {}", e.to_string().trim_end())) });
+        self.later(async move {
+            popped
+                .await
+                .map(|e| format!("{what}: {}", e.to_string().trim_end()))
+        });
         Ok(())
     }
 

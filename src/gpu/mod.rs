@@ -1930,15 +1930,16 @@ impl GpuEngine {
             };
             let part_carry =
                 carry.map(|c| (&c.z_h[start * sd..end * sd], &c.z_l[start * sd..end * sd]));
-            let submitted = self.solve_chunk(
-                chunk,
-                &part,
-                part_carry,
-                act_steps,
-                options.early_halt,
-                options.carry,
-            )
-            .await?;
+            let submitted = self
+                .solve_chunk(
+                    chunk,
+                    &part,
+                    part_carry,
+                    act_steps,
+                    options.early_halt,
+                    options.carry,
+                )
+                .await?;
             self.stats.chunks += 1;
             if let Some(previous) = pending.take() {
                 add(self.finish_chunk(chunk, previous).await?)?;
