@@ -7,6 +7,11 @@
 //! lets a page block on it; results come back as JSON strings, and errors
 //! as `Error`s whose message is trm-wgpu's `TrmError` text.
 
+// Each call holds the session's state across its awaits on purpose: that
+// borrow is the lock that refuses a second call while one runs (`take`
+// uses `try_borrow_mut`, so nothing can panic on it).
+#![allow(clippy::await_holding_refcell_ref)]
+
 use std::cell::{RefCell, RefMut};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -152,7 +157,7 @@ const BENCH_SEED: u64 = 0x7e57;
 
 #[wasm_bindgen]
 impl Session {
-    /// Opens the browser's GPU. `options`: JSON, see [`gpu_options`]
+    /// Opens the browser's GPU. `options`: JSON, see `gpu_options`
     /// (without them the device gets the adapter's largest buffers and
     /// workgroup memory, as natively).
     pub async fn open(options: Option<String>) -> Result<Session, JsValue> {
@@ -203,7 +208,7 @@ impl Session {
     /// Solves the puzzles of `text` (81 characters a line, `.` or `0` for
     /// blanks) with the loaded model, one ACT step at a time from the
     /// carry for `act_steps` steps, calling `on_step` with each step's
-    /// [`SolveStep`] (JSON); resolves to all of them (a JSON array).
+    /// `SolveStep` (JSON); resolves to all of them (a JSON array).
     pub fn solve(&self, text: String, act_steps: u32, on_step: Function) -> Promise {
         let state = Rc::clone(&self.state);
         future_to_promise(async move {
@@ -270,7 +275,7 @@ impl Session {
     /// Times the recursion on the official Sudoku-Extreme shape (random
     /// weights, D = 512, S = 97, as `trm bench`) at each batch size of
     /// `batches`, about `seconds` each after a warm-up step, calling
-    /// `on_row` with each [`BenchRow`] (JSON); resolves to all rows.
+    /// `on_row` with each `BenchRow` (JSON); resolves to all rows.
     /// Batch sizes beyond what one chunk of this device holds are skipped.
     pub fn bench(&self, batches: Vec<u32>, seconds: f64, on_row: Function) -> Promise {
         let state = Rc::clone(&self.state);
@@ -394,7 +399,7 @@ fn random_batch(config: &TrmConfig, batch: usize) -> trm_wgpu::Result<PuzzleBatc
     PuzzleBatch::new(config, &tokens, None)
 }
 
-/// The small random models of [`Session::check_pipelines`]: one of each
+/// The small random models of `Session::check_pipelines`: one of each
 /// kind of kernel the engine specialises.
 fn check_models() -> Vec<(&'static str, TrmConfig)> {
     let config = |extra: Value| {
