@@ -41,7 +41,10 @@ fn missing(what: &str) {
     if std::env::var_os("TRM_REQUIRE_BROWSER").is_some_and(|v| !v.is_empty() && v != "0") {
         panic!("TRM_REQUIRE_BROWSER is set and {what}");
     }
-    eprintln!(
+    // straight to stderr, past the harness's capture: a passing test's
+    // output is otherwise hidden, and this note should be seen
+    let _ = writeln!(
+        std::io::stderr(),
         "note: the browser test did not run: {what} (install Chromium, \
          `rustup target add wasm32-unknown-unknown` and wasm-bindgen-cli at the version in \
          web/Cargo.toml; TRM_REQUIRE_BROWSER=1 makes this a failure)"
