@@ -30,7 +30,7 @@
 //! behind. Its network calls come from [`act_step_calls`] too.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use web_time::Instant;
 
 use serde::Serialize;
 

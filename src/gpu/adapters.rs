@@ -53,7 +53,8 @@ impl AdapterReport {
 }
 
 /// Every adapter on the chosen API(s), most capable first as wgpu lists
-/// them (blocking).
+/// them (blocking; on the web use [`list_adapters_async`]).
+#[cfg(not(target_arch = "wasm32"))]
 pub fn list_adapters(backend: GpuBackend) -> Vec<AdapterReport> {
     pollster::block_on(list_adapters_async(backend))
 }

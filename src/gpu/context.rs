@@ -7,8 +7,14 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(not(target_arch = "wasm32"))]
+use std::sync::atomic::AtomicU64;
+#[cfg(target_arch = "wasm32")]
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
+#[cfg(not(target_arch = "wasm32"))]
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
@@ -232,6 +238,7 @@ fn seconds(d: Duration) -> String {
 }
 
 /// What one bounded wait for the GPU came to.
+#[cfg(not(target_arch = "wasm32"))]
 #[derive(Debug, PartialEq)]
 enum Polled {
     /// The submission finished.
@@ -244,6 +251,7 @@ enum Polled {
     Panicked(String),
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl Polled {
     fn of(polled: std::thread::Result<Result<wgpu::PollStatus, wgpu::PollError>>) -> Self {
         match polled {
@@ -382,7 +390,75 @@ struct Inner {
     wait_limit: Duration,
     /// Waits that saw their submission finish, by any thread: a wait that
     /// times out while this moves is behind other work that is progressing.
+    #[cfg(not(target_arch = "wasm32"))]
     finished_waits: AtomicU64,
+    /// Error scopes and compilation reports not yet resolved (the web's
+    /// are promises; [`GpuContext::flush_errors`] waits for them).
+    #[cfg(target_arch = "wasm32")]
+    unresolved: Arc<AtomicUsize>,
+}
+
+/// The outcome of a `map_async`, as its callback delivers it.
+pub(crate) type MapResult = std::result::Result<(), wgpu::BufferAsyncError>;
+
+/// Where a `map_async` callback delivers: natively a channel the blocking
+/// wait reads; on the web a oneshot the async read-back awaits.
+pub(crate) struct MapReceiver {
+    #[cfg(not(target_arch = "wasm32"))]
+    receiver: std::sync::mpsc::Receiver<MapResult>,
+    #[cfg(target_arch = "wasm32")]
+    receiver: futures_intrusive::channel::shared::OneshotReceiver<MapResult>,
+}
+
+/// A `map_async` callback and the receiver of its outcome.
+pub(crate) fn map_channel() -> (impl FnOnce(MapResult) + Send + 'static, MapReceiver) {
+    #[cfg(not(target_arch = "wasm32"))]
+    let (sender, receiver) = std::sync::mpsc::channel();
+    #[cfg(target_arch = "wasm32")]
+    let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+    let send = move |result: MapResult| {
+        let _ = sender.send(result);
+    };
+    (send, MapReceiver { receiver })
+}
+
+/// Runs `future` to its end for the blocking API: natively by blocking the
+/// thread; on the web, where nothing may block, a future that is not ready
+/// at once fails with [`TrmError::Gpu`] naming the async call to use.
+pub(crate) fn block_on<T>(instead: &str, future: impl Future<Output = Result<T>>) -> Result<T> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = instead;
+        pollster::block_on(future)
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        let mut future = std::pin::pin!(future);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match future.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(value) => value,
+            std::task::Poll::Pending => Err(TrmError::Gpu(format!(
+                "the browser cannot block on the GPU: use {instead}"
+            ))),
+        }
+    }
+}
+
+/// Yields to the browser's event loop once (a zero-delay timer), so that
+/// promises it resolves in its own tasks (error scopes, mappings) can.
+#[cfg(target_arch = "wasm32")]
+pub(crate) async fn next_task() {
+    use wasm_bindgen::{JsCast, JsValue};
+    let promise = js_sys::Promise::new(&mut |resolve, _reject| {
+        let timer = js_sys::Reflect::get(&js_sys::global(), &JsValue::from_str("setTimeout"))
+            .ok()
+            .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+        let _ = match timer {
+            Some(set_timeout) => set_timeout.call2(&JsValue::NULL, &resolve, &JsValue::from(0)),
+            None => resolve.call0(&JsValue::NULL),
+        };
+    });
+    let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
 }
 
 /// A wgpu device and queue ready for the TRM kernels.
@@ -408,9 +484,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl GpuContext {
-    /// Chooses an adapter and creates a device (blocking).
+    /// Chooses an adapter and creates a device (blocking; on the web use
+    /// [`GpuContext::new_async`]).
     pub fn new(options: &GpuOptions) -> Result<Self> {
-        pollster::block_on(Self::new_async(options))
+        block_on("GpuContext::new_async", Self::new_async(options))
     }
 
     /// Chooses an adapter and creates a device.
@@ -562,7 +639,10 @@ impl GpuContext {
                 layouts: Mutex::new(HashMap::new()),
                 resident: Mutex::new(Vec::new()),
                 wait_limit,
+                #[cfg(not(target_arch = "wasm32"))]
                 finished_waits: AtomicU64::new(0),
+                #[cfg(target_arch = "wasm32")]
+                unresolved: Arc::new(AtomicUsize::new(0)),
             }),
         }
     }
@@ -586,6 +666,12 @@ impl GpuContext {
     /// The adapter: name, backend, driver.
     pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
         &self.inner.info
+    }
+
+    /// How many compute pipelines the context has compiled (each kernel
+    /// and specialisation once).
+    pub fn pipelines_compiled(&self) -> usize {
+        lock(&self.inner.pipelines).len()
     }
 
     /// The device's limits.
@@ -635,17 +721,121 @@ impl GpuContext {
         let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let value = f();
-        let memory = pollster::block_on(memory.pop());
-        let validation = pollster::block_on(validation.pop());
-        let internal = pollster::block_on(internal.pop());
-        if let Some(error) = memory.or(validation).or(internal) {
-            return Err(self.classify(what, error));
-        }
+        let (memory, validation, internal) = (memory.pop(), validation.pop(), internal.pop());
+        self.report(what.to_string(), async move {
+            let (memory, validation, internal) = (memory.await, validation.await, internal.await);
+            memory.or(validation).or(internal)
+        })?;
         self.check()?;
         Ok(value)
     }
 
+    /// Turns what an error scope caught (`popped`) into an error naming
+    /// `what`: natively at once; on the web, where the pop is a promise,
+    /// once it resolves, into the faults that [`GpuContext::check`] reports
+    /// ([`GpuContext::flush_errors`] waits for it).
+    fn report(
+        &self,
+        what: String,
+        popped: impl Future<Output = Option<wgpu::Error>> + 'static,
+    ) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(error) = pollster::block_on(popped) {
+            return Err(self.classify(&what, error));
+        }
+        #[cfg(target_arch = "wasm32")]
+        self.later(async move {
+            popped
+                .await
+                .map(|e| format!("{what}: {}", e.to_string().trim_end()))
+        });
+        Ok(())
+    }
+
+    /// Runs `report` once the browser resolves it, recording the fault it
+    /// returns (web only: the browser runs the future).
+    #[cfg(target_arch = "wasm32")]
+    fn later(&self, report: impl Future<Output = Option<String>> + 'static) {
+        let unresolved = Arc::clone(&self.inner.unresolved);
+        let faults = Arc::clone(&self.inner.faults);
+        unresolved.fetch_add(1, Ordering::AcqRel);
+        wasm_bindgen_futures::spawn_local(async move {
+            if let Some(fault) = report.await {
+                lock(&faults).uncaptured.push(fault);
+            }
+            unresolved.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+
+    /// Waits until every error scope and shader compilation report of the
+    /// context has resolved, then [`GpuContext::check`]s: on the web, the
+    /// faults of pipelines and buffers made so far (the browser reports
+    /// them as promises); natively the same as `check`, since they were
+    /// reported where they happened.
+    pub async fn flush_errors(&self) -> Result<()> {
+        #[cfg(target_arch = "wasm32")]
+        {
+            let start = web_time::Instant::now();
+            while self.inner.unresolved.load(Ordering::Acquire) > 0 {
+                if start.elapsed() > self.inner.wait_limit {
+                    return Err(TrmError::Gpu(format!(
+                        "the browser did not report on the GPU work within {}",
+                        seconds(self.inner.wait_limit)
+                    )));
+                }
+                next_task().await;
+            }
+        }
+        self.check()
+    }
+
+    /// Waits for `submission` (all work when `None`): natively the bounded
+    /// blocking wait; on the web the queue's done callback, awaited.
+    pub(crate) async fn wait_async(&self, submission: Option<wgpu::SubmissionIndex>) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            self.poll_wait(submission)
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = submission;
+            let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+            self.inner.queue.on_submitted_work_done(move || {
+                let _ = sender.send(());
+            });
+            if receiver.receive().await.is_none() {
+                self.mark_lost("the queue dropped its work");
+            }
+            self.flush_errors().await
+        }
+    }
+
+    /// The outcome of a `map_async` whose callback delivers to `receiver`,
+    /// once `submission` (all work when `None`) is done: natively a
+    /// blocking wait (see [`GpuContext::mapped`]); on the web the callback,
+    /// awaited. `what` names the data in the error.
+    pub(crate) async fn read_mapped(
+        &self,
+        submission: Option<wgpu::SubmissionIndex>,
+        receiver: MapReceiver,
+        what: &str,
+    ) -> Result<MapResult> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            self.poll_wait(submission)?;
+            self.mapped(&receiver.receiver, what)
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = submission;
+            let result = receiver.receiver.receive().await;
+            self.flush_errors().await?;
+            result.ok_or_else(|| TrmError::Gpu(format!("{what} were never mapped for reading")))
+        }
+    }
+
     /// Maps a wgpu error to the matching [`TrmError`].
+    #[cfg(not(target_arch = "wasm32"))]
     fn classify(&self, what: &str, error: wgpu::Error) -> TrmError {
         // A destroyed or lost device reports through its callback from the
         // next poll: give it that chance before judging the error.
@@ -720,24 +910,45 @@ impl GpuContext {
             label: Some(kernel),
             source: wgpu::ShaderSource::Wgsl(source.into()),
         });
-        let error = pollster::block_on(scope.pop());
-        let info = pollster::block_on(module.get_compilation_info());
-        let messages: Vec<String> = info
-            .messages
-            .iter()
-            .filter(|m| m.message_type == wgpu::CompilationMessageType::Error)
-            .map(|m| describe_message(source, m))
-            .collect();
-        if !messages.is_empty() {
-            return Err(TrmError::Shader {
-                kernel: kernel.to_string(),
-                reason: messages.join("\n"),
-            });
+        let popped = scope.pop();
+        let info = module.get_compilation_info();
+        let errors = |info: wgpu::CompilationInfo, source: &str| -> Vec<String> {
+            info.messages
+                .iter()
+                .filter(|m| m.message_type == wgpu::CompilationMessageType::Error)
+                .map(|m| describe_message(source, m))
+                .collect()
+        };
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let error = pollster::block_on(popped);
+            let messages = errors(pollster::block_on(info), source);
+            if !messages.is_empty() {
+                return Err(TrmError::Shader {
+                    kernel: kernel.to_string(),
+                    reason: messages.join("\n"),
+                });
+            }
+            if let Some(error) = error {
+                return Err(TrmError::Shader {
+                    kernel: kernel.to_string(),
+                    reason: error.to_string(),
+                });
+            }
         }
-        if let Some(error) = error {
-            return Err(TrmError::Shader {
-                kernel: kernel.to_string(),
-                reason: error.to_string(),
+        // The browser compiles (Tint) and reports later: the messages are
+        // recorded as faults for `flush_errors`.
+        #[cfg(target_arch = "wasm32")]
+        {
+            let (kernel, source) = (kernel.to_string(), source.to_string());
+            self.later(async move {
+                let error = popped.await;
+                let messages = errors(info.await, &source);
+                if !messages.is_empty() {
+                    Some(format!("shader `{kernel}`: {}", messages.join("\n")))
+                } else {
+                    error.map(|e| format!("shader `{kernel}`: {e}"))
+                }
             });
         }
         Ok(module)
@@ -820,7 +1031,9 @@ impl GpuContext {
             },
             cache: None,
         });
-        if let Some(error) = pollster::block_on(scope.pop()) {
+        let popped = scope.pop();
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(error) = pollster::block_on(popped) {
             return Err(TrmError::Shader {
                 kernel: kernel.to_string(),
                 reason: format!(
@@ -829,18 +1042,22 @@ impl GpuContext {
                 ),
             });
         }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let what = format!("shader `{kernel}`: pipeline with constants {constants:?}");
+            self.later(async move {
+                popped
+                    .await
+                    .map(|e| format!("{what}: {}", e.to_string().trim_end()))
+            });
+        }
         self.check()?;
         lock(&self.inner.pipelines).insert(key, pipeline.clone());
         Ok(pipeline)
     }
 
-    /// Waits for `submission` to finish, turning a lost device or a wedged
-    /// driver into an error instead of a panic or a hang.
-    pub(crate) fn wait(&self, submission: wgpu::SubmissionIndex) -> Result<()> {
-        self.poll_wait(Some(submission))
-    }
-
     /// Waits until the queue is idle.
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn wait_idle(&self) -> Result<()> {
         self.poll_wait(None)
     }
@@ -851,6 +1068,7 @@ impl GpuContext {
     /// thread's poll may still be running it after this thread's wait has
     /// returned, so wait for it (polling again meanwhile) rather than assume
     /// it has run. `what` names the data in the error, after 5 s.
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn mapped<T>(&self, receiver: &Receiver<T>, what: &str) -> Result<T> {
         const TRIES: usize = 200;
         const EACH: Duration = Duration::from_millis(25);
@@ -870,6 +1088,7 @@ impl GpuContext {
     /// time: a wait that times out while other waits on the context finish
     /// is behind work that progresses, and waits again; one that saw
     /// nothing finish fails with [`TrmError::Gpu`] saying it timed out.
+    #[cfg(not(target_arch = "wasm32"))]
     fn poll_wait(&self, submission: Option<wgpu::SubmissionIndex>) -> Result<()> {
         self.check()?;
         let device = &self.inner.device;
@@ -977,10 +1196,12 @@ fn on_backend(backend: GpuBackend) -> String {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s).trim()
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         s.to_string()

@@ -56,7 +56,6 @@ mod step_common;
 mod timing;
 
 use std::sync::Arc;
-use std::sync::mpsc;
 
 use serde::Serialize;
 
@@ -67,7 +66,9 @@ use crate::model::TrmModel;
 use crate::program::{Call, SlotEngine, act_step_calls};
 use crate::solve::{Carry, Engine, SolveOptions, SolveOutput};
 
-pub use adapters::{AdapterReport, list_adapters, list_adapters_async};
+#[cfg(not(target_arch = "wasm32"))]
+pub use adapters::list_adapters;
+pub use adapters::{AdapterReport, list_adapters_async};
 pub use context::{GpuBackend, GpuContext, GpuOptions};
 pub use timing::RecursionTiming;
 
@@ -463,7 +464,7 @@ struct PendingRead {
     staging: Staging,
     slot: usize,
     bytes: u64,
-    receiver: mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
+    receiver: context::MapReceiver,
 }
 
 /// A chunk submitted whole, its outputs not yet read.
@@ -655,6 +656,26 @@ impl GpuEngine {
             }
             chosen => chosen,
         }
+    }
+
+    /// Compiles now every pipeline this engine may run (the step kernel,
+    /// embedding, heads and halting were at [`GpuEngine::new`]; the spread
+    /// schedule's and the noise kernel otherwise wait for their first use),
+    /// so that a browser, whose WGSL compiler is not naga, is checked on
+    /// all of them at once ([`GpuContext::flush_errors`] reports the
+    /// faults there).
+    pub fn prepare_pipelines(&mut self) -> Result<()> {
+        if self.spread.is_none() {
+            self.spread = Some(SpreadKernels::new(
+                &self.ctx,
+                self.model.config(),
+                &self.resident.step.pipeline,
+            )?);
+        }
+        if self.noise.is_none() {
+            self.noise = Some(noise::Noise::new(&self.ctx)?);
+        }
+        Ok(())
     }
 
     /// Counters of the last solve.
@@ -1159,16 +1180,12 @@ impl GpuEngine {
             Staging::Results => self.staging_slot,
             Staging::Count => self.staging_slot_count,
         };
-        let (sender, receiver) = mpsc::channel();
+        let (send, receiver) = context::map_channel();
         if bytes > 0 {
             self.ctx.scoped("mapping the results", || {
-                chunk.staging_buffer(staging, slot).map_async(
-                    wgpu::MapMode::Read,
-                    0..bytes,
-                    move |result| {
-                        let _ = sender.send(result);
-                    },
-                )
+                chunk
+                    .staging_buffer(staging, slot)
+                    .map_async(wgpu::MapMode::Read, 0..bytes, send)
             })?;
         }
         Ok(PendingRead {
@@ -1180,15 +1197,20 @@ impl GpuEngine {
         })
     }
 
-    /// Waits for `read` and returns its bytes.
-    fn finish_read(&mut self, chunk: &Chunk, read: PendingRead) -> Result<Vec<u8>> {
+    /// Waits for `read` and returns its bytes: the one read-back of every
+    /// solve, async so that the web awaits the browser where native code
+    /// polls the device ([`GpuContext::read_mapped`]).
+    async fn finish_read(&mut self, chunk: &Chunk, read: PendingRead) -> Result<Vec<u8>> {
         let ctx = self.ctx.clone();
         self.stats.host_waits += 1;
-        ctx.wait(read.submission)?;
         if read.bytes == 0 {
+            ctx.wait_async(Some(read.submission)).await?;
             return Ok(Vec::new());
         }
-        if let Err(e) = ctx.mapped(&read.receiver, "the results")? {
+        let mapped = ctx
+            .read_mapped(Some(read.submission), read.receiver, "the results")
+            .await?;
+        if let Err(e) = mapped {
             ctx.check()?;
             let reason = format!("reading the results back failed: {e}");
             ctx.mark_lost(&reason);
@@ -1204,9 +1226,14 @@ impl GpuEngine {
         Ok(bytes)
     }
 
+    /// [`GpuEngine::finish_read`] for the blocking slot API.
+    fn finish_read_blocking(&mut self, chunk: &Chunk, read: PendingRead) -> Result<Vec<u8>> {
+        context::block_on("GpuEngine::solve_async", self.finish_read(chunk, read))
+    }
+
     /// Waits for a running count.
-    fn finish_count_read(&mut self, chunk: &Chunk, read: PendingRead) -> Result<u32> {
-        let bytes = self.finish_read(chunk, read)?;
+    async fn finish_count_read(&mut self, chunk: &Chunk, read: PendingRead) -> Result<u32> {
+        let bytes = self.finish_read(chunk, read).await?;
         Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
     }
 
@@ -1221,7 +1248,7 @@ impl GpuEngine {
     /// count one ACT step behind, while the next step runs: to stop once
     /// every puzzle has halted, and to shrink the spread schedule's plan
     /// (whose surplus columns compute on the spare slot meanwhile).
-    fn solve_chunk(
+    async fn solve_chunk(
         &mut self,
         chunk: &Chunk,
         batch: &PuzzleBatch,
@@ -1322,7 +1349,7 @@ impl GpuEngine {
             pending_flops = 0;
             let this = self.start_read(chunk, submission, Staging::Count, F32)?;
             if let Some(previous) = count_read.replace(this) {
-                let running = self.finish_count_read(chunk, previous)?;
+                let running = self.finish_count_read(chunk, previous).await?;
                 if running == 0 {
                     break;
                 }
@@ -1333,7 +1360,7 @@ impl GpuEngine {
             }
         }
         if let Some(unread) = count_read.take() {
-            self.finish_count_read(chunk, unread)?;
+            self.finish_count_read(chunk, unread).await?;
         }
 
         let nn = n as u64;
@@ -1384,14 +1411,14 @@ impl GpuEngine {
     }
 
     /// Waits for a chunk's results and returns its outputs.
-    fn finish_chunk(&mut self, chunk: &Chunk, pending: PendingChunk) -> Result<SolveOutput> {
+    async fn finish_chunk(&mut self, chunk: &Chunk, pending: PendingChunk) -> Result<SolveOutput> {
         let PendingChunk {
             read,
             puzzles: n,
             steps,
             with_carry,
         } = pending;
-        let bytes = self.finish_read(chunk, read)?;
+        let bytes = self.finish_read(chunk, read).await?;
         let values: Vec<f32> = bytes
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -1473,7 +1500,36 @@ impl Engine for GpuEngine {
         format!("gpu: {}", self.ctx.describe())
     }
 
+    /// Blocking: natively [`GpuEngine::solve_from_async`] waited for; on
+    /// the web it fails (use the async call there).
     fn solve_from(
+        &mut self,
+        batch: &PuzzleBatch,
+        carry: Option<&Carry>,
+        options: &SolveOptions,
+    ) -> Result<SolveOutput> {
+        context::block_on(
+            "GpuEngine::solve_from_async",
+            self.solve_from_async(batch, carry, options),
+        )
+    }
+}
+
+impl GpuEngine {
+    /// [`Engine::solve`], async: the web's way (the browser runs the GPU
+    /// and resolves the read-back), and what the blocking call waits for.
+    pub async fn solve_async(
+        &mut self,
+        batch: &PuzzleBatch,
+        options: &SolveOptions,
+    ) -> Result<SolveOutput> {
+        self.solve_from_async(batch, None, options).await
+    }
+
+    /// [`Engine::solve_from`], async (see [`GpuEngine::solve_async`]).
+    /// Noise runs the solve program's path, which is blocking: natively
+    /// only.
+    pub async fn solve_from_async(
         &mut self,
         batch: &PuzzleBatch,
         carry: Option<&Carry>,
@@ -1505,7 +1561,9 @@ impl Engine for GpuEngine {
         let Some(chunk) = self.chunk.take() else {
             return Err(TrmError::Gpu("the chunk buffers are missing".into()));
         };
-        let result = self.solve_chunks(&chunk, batch, carry, act_steps, options);
+        let result = self
+            .solve_chunks(&chunk, batch, carry, act_steps, options)
+            .await;
         self.chunk = Some(chunk);
         let out = result?;
         let most = out.steps.iter().copied().max().unwrap_or(0) as u64;
@@ -1701,7 +1759,7 @@ impl SlotEngine for GpuEngine {
             };
             let submission = e.submit(chunk, &mut ops, &[copy])?;
             let read = e.start_read(chunk, submission, Staging::Results, 2 * cap * F32)?;
-            let bytes = e.finish_read(chunk, read)?;
+            let bytes = e.finish_read_blocking(chunk, read)?;
             let value = |i: usize| {
                 f32::from_le_bytes([
                     bytes[4 * i],
@@ -1770,7 +1828,7 @@ impl SlotEngine for GpuEngine {
             let total: u64 = copies.iter().map(|c| c.bytes).sum();
             let submission = e.submit(chunk, &mut Vec::new(), &copies)?;
             let read = e.start_read(chunk, submission, Staging::Results, total)?;
-            e.finish_read(chunk, read)
+            e.finish_read_blocking(chunk, read)
         })?;
         let values: Vec<f32> = bytes
             .chunks_exact(4)
@@ -1842,7 +1900,7 @@ impl GpuEngine {
         self.stats.workgroups_per_dispatch = WorkgroupSpread::of(self.step_groups.clone());
     }
 
-    fn solve_chunks(
+    async fn solve_chunks(
         &mut self,
         chunk: &Chunk,
         batch: &PuzzleBatch,
@@ -1875,24 +1933,26 @@ impl GpuEngine {
             };
             let part_carry =
                 carry.map(|c| (&c.z_h[start * sd..end * sd], &c.z_l[start * sd..end * sd]));
-            let submitted = self.solve_chunk(
-                chunk,
-                &part,
-                part_carry,
-                act_steps,
-                options.early_halt,
-                options.carry,
-            )?;
+            let submitted = self
+                .solve_chunk(
+                    chunk,
+                    &part,
+                    part_carry,
+                    act_steps,
+                    options.early_halt,
+                    options.carry,
+                )
+                .await?;
             self.stats.chunks += 1;
             if let Some(previous) = pending.take() {
-                add(self.finish_chunk(chunk, previous)?)?;
+                add(self.finish_chunk(chunk, previous).await?)?;
             }
             pending = Some(submitted);
             self.staging_slot = 1 - self.staging_slot;
             start = end;
         }
         if let Some(last) = pending.take() {
-            add(self.finish_chunk(chunk, last)?)?;
+            add(self.finish_chunk(chunk, last).await?)?;
         }
         total.ok_or_else(|| TrmError::Input("the batch holds no puzzles".into()))
     }

@@ -2,8 +2,6 @@
 //! N(0, 1)` added to a state buffer's rows, the numbers of
 //! [`crate::noise`] made where the state lives, never uploaded.
 
-use std::sync::mpsc;
-
 use crate::error::{Result, TrmError};
 use crate::noise::State;
 
@@ -161,15 +159,13 @@ pub fn add_noise_on_device(
     }
     encoder.copy_buffer_to_buffer(&state, 0, &staging, 0, bytes);
     let submission = ctx.queue().submit([encoder.finish()]);
-    let (sender, receiver) = mpsc::channel();
-    staging
-        .slice(0..bytes)
-        .map_async(wgpu::MapMode::Read, move |r| {
-            let _ = sender.send(r);
-        });
-    ctx.wait(submission)?;
-    ctx.mapped(&receiver, "the noise")?
-        .map_err(|e| TrmError::Gpu(format!("mapping the noise: {e}")))?;
+    let (send, receiver) = super::context::map_channel();
+    staging.slice(0..bytes).map_async(wgpu::MapMode::Read, send);
+    super::context::block_on(
+        "the solve's async API",
+        ctx.read_mapped(Some(submission), receiver, "the noise"),
+    )?
+    .map_err(|e| TrmError::Gpu(format!("mapping the noise: {e}")))?;
     let view = staging
         .slice(0..bytes)
         .get_mapped_range()

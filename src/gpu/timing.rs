@@ -9,7 +9,9 @@
 //! batch) into one compute pass. Where the device has timestamp queries, the pass's start
 //! and end are stamped, so the GPU time excludes submission and the wait.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use web_time::Instant;
 
 use super::{Active, Chunk, GpuEngine, Op};
 use crate::batch::PuzzleBatch;
@@ -70,6 +72,18 @@ impl GpuEngine {
         batch: &PuzzleBatch,
         steps: usize,
     ) -> Result<RecursionTiming> {
+        super::context::block_on(
+            "GpuEngine::time_recursion_steps_async",
+            self.time_recursion_steps_async(batch, steps),
+        )
+    }
+
+    /// [`GpuEngine::time_recursion_steps`], async (the web's way).
+    pub async fn time_recursion_steps_async(
+        &mut self,
+        batch: &PuzzleBatch,
+        steps: usize,
+    ) -> Result<RecursionTiming> {
         let config = self.model.config().clone();
         let n = batch.len();
         let capacity = self.chunk_capacity()?;
@@ -84,13 +98,13 @@ impl GpuEngine {
         };
         self.stats = super::GpuStats::default();
         self.step_groups.clear();
-        let result = self.time_chunk(&chunk, batch, steps, &config);
+        let result = self.time_chunk(&chunk, batch, steps, &config).await;
         self.chunk = Some(chunk);
         self.finish_stats();
         result
     }
 
-    fn time_chunk(
+    async fn time_chunk(
         &mut self,
         chunk: &Chunk,
         batch: &PuzzleBatch,
@@ -112,7 +126,7 @@ impl GpuEngine {
         // embed first, untimed
         let mut ops = vec![Op::Embed(n as u32)];
         let embedded = self.submit(chunk, &mut ops, &[])?;
-        self.ctx.wait(embedded)?;
+        self.ctx.wait_async(Some(embedded)).await?;
         self.stats.host_waits += 1;
         self.step_groups.clear();
 
@@ -132,11 +146,11 @@ impl GpuEngine {
             super::Staging::Results,
             stamps.as_ref(),
         )?;
-        self.ctx.wait(submission)?;
+        self.ctx.wait_async(Some(submission)).await?;
         self.stats.host_waits += 1;
         let wall = start.elapsed();
         let gpu = match &stamps {
-            Some(stamps) => Some(self.read_stamps(stamps)?),
+            Some(stamps) => Some(self.read_stamps(stamps).await?),
             None => None,
         };
         Ok(RecursionTiming {
@@ -181,15 +195,16 @@ impl GpuEngine {
         Ok(Some(Stamps { set, resolve, read }))
     }
 
-    fn read_stamps(&self, stamps: &Stamps) -> Result<Duration> {
-        let (sender, receiver) = std::sync::mpsc::channel();
+    async fn read_stamps(&self, stamps: &Stamps) -> Result<Duration> {
+        let (send, receiver) = super::context::map_channel();
         self.ctx.scoped("mapping the timestamps", || {
-            stamps.read.map_async(wgpu::MapMode::Read, 0..16, move |r| {
-                let _ = sender.send(r);
-            })
+            stamps.read.map_async(wgpu::MapMode::Read, 0..16, send)
         })?;
-        self.ctx.wait_idle()?;
-        if let Err(e) = self.ctx.mapped(&receiver, "the timestamps")? {
+        let mapped = self
+            .ctx
+            .read_mapped(None, receiver, "the timestamps")
+            .await?;
+        if let Err(e) = mapped {
             return Err(TrmError::Gpu(format!(
                 "the timestamps could not be read: {e}"
             )));

@@ -1,0 +1,492 @@
+//! Browser bindings of trm-wgpu: what `web/index.html` calls, through the
+//! JavaScript that wasm-bindgen writes into `web/pkg/` (`web/build.sh`).
+//!
+//! One [`Session`] holds the browser's GPU device (trm-wgpu's
+//! `GpuContext` on wgpu's WebGPU backend) and the engines made on it. Every
+//! call that touches the GPU returns a promise, since the browser never
+//! lets a page block on it; results come back as JSON strings, and errors
+//! as `Error`s whose message is trm-wgpu's `TrmError` text.
+
+// Each call holds the session's state across its awaits on purpose: that
+// borrow is the lock that refuses a second call while one runs (`take`
+// uses `try_borrow_mut`, so nothing can panic on it).
+#![allow(clippy::await_holding_refcell_ref)]
+
+use std::cell::{RefCell, RefMut};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use js_sys::{Function, Promise};
+use serde::Serialize;
+use serde_json::{Value, json};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
+use web_time::Instant;
+
+use trm_wgpu::rng::SplitMix64;
+use trm_wgpu::tasks::sudoku::Grid;
+use trm_wgpu::{
+    Carry, Engine, GpuContext, GpuEngine, GpuOptions, GpuSchedule, LoadOptions, PuzzleBatch,
+    SolveOptions, TrmConfig, TrmError, TrmModel,
+};
+
+/// A `TrmError` as the `Error` a promise rejects with.
+fn js_error(e: TrmError) -> JsValue {
+    JsError::new(&e.to_string()).into()
+}
+
+fn js_message(message: &str) -> JsValue {
+    JsError::new(message).into()
+}
+
+/// What a session holds between calls.
+struct State {
+    ctx: GpuContext,
+    /// The loaded model's engine (the solver).
+    engine: Option<GpuEngine>,
+    /// The bench's engine on the random Sudoku-Extreme model, made once.
+    bench: Option<GpuEngine>,
+}
+
+/// The browser's GPU with the engines on it.
+#[wasm_bindgen]
+pub struct Session {
+    state: Rc<RefCell<State>>,
+    /// The adapter and the device's limits, as JSON (fixed at open).
+    adapter: String,
+}
+
+/// The state for one call; a second call while one runs (they await the
+/// GPU) is refused rather than interleaved.
+fn take(state: &Rc<RefCell<State>>) -> Result<RefMut<'_, State>, JsValue> {
+    state
+        .try_borrow_mut()
+        .map_err(|_| js_message("the GPU is busy with another call; wait for it to finish"))
+}
+
+/// `{"max_workgroup_memory": bytes, "max_buffer_bytes": bytes}`, both
+/// optional, as [`GpuOptions`].
+fn gpu_options(options: Option<String>) -> Result<GpuOptions, JsValue> {
+    let mut chosen = GpuOptions::default();
+    let Some(text) = options.filter(|t| !t.trim().is_empty()) else {
+        return Ok(chosen);
+    };
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| js_message(&format!("GPU options are not JSON: {e}")))?;
+    if let Some(bytes) = value.get("max_workgroup_memory").and_then(Value::as_u64) {
+        chosen = chosen.max_workgroup_memory(u32::try_from(bytes).unwrap_or(u32::MAX));
+    }
+    if let Some(bytes) = value.get("max_buffer_bytes").and_then(Value::as_u64) {
+        chosen = chosen.max_buffer_bytes(bytes);
+    }
+    Ok(chosen)
+}
+
+/// The adapter, the limits the device was created with (those the
+/// kernels use) and its features.
+fn describe_adapter(ctx: &GpuContext) -> String {
+    let info = ctx.adapter_info();
+    let limits = ctx.limits();
+    let features = ctx.device().features();
+    json!({
+        "name": info.name,
+        "vendor": info.vendor,
+        "device": info.device,
+        "device_type": format!("{:?}", info.device_type),
+        "backend": format!("{:?}", info.backend),
+        "driver": info.driver,
+        "driver_info": info.driver_info,
+        "describe": ctx.describe(),
+        "limits": {
+            "max_buffer_size": limits.max_buffer_size,
+            "max_storage_buffer_binding_size": limits.max_storage_buffer_binding_size,
+            "max_compute_workgroup_storage_size": limits.max_compute_workgroup_storage_size,
+            "max_compute_invocations_per_workgroup": limits.max_compute_invocations_per_workgroup,
+            "max_compute_workgroup_size_x": limits.max_compute_workgroup_size_x,
+            "max_compute_workgroups_per_dimension": limits.max_compute_workgroups_per_dimension,
+            "max_storage_buffers_per_shader_stage": limits.max_storage_buffers_per_shader_stage,
+            "min_uniform_buffer_offset_alignment": limits.min_uniform_buffer_offset_alignment,
+        },
+        "features": {
+            "timestamp_query": features.contains(trm_wgpu::wgpu::Features::TIMESTAMP_QUERY),
+        },
+    })
+    .to_string()
+}
+
+/// Calls `callback` with `value` as JSON text (progress reports; a
+/// callback that throws is ignored, the work goes on).
+fn report(callback: &Function, value: &impl Serialize) {
+    if let Ok(text) = serde_json::to_string(value) {
+        let _ = callback.call1(&JsValue::NULL, &JsValue::from_str(&text));
+    }
+}
+
+/// One ACT step of a solve, as the page shows it.
+#[derive(Serialize)]
+struct SolveStep {
+    step: usize,
+    /// The answer of each puzzle (81 digits).
+    answers: Vec<String>,
+    /// The answer tokens of all puzzles, puzzle after puzzle (tokens 2..10
+    /// are the digits 1..9), for comparison with PyTorch's.
+    tokens: Vec<u32>,
+    q_halt: Vec<f32>,
+    /// Whether each answer is a valid Sudoku keeping the puzzle's givens.
+    valid: Vec<bool>,
+    /// Cells of each answer that changed since the previous step.
+    changed: Vec<usize>,
+    /// Seconds since the solve started.
+    seconds: f64,
+}
+
+/// A bench row: throughput of one batch size.
+#[derive(Serialize)]
+struct BenchRow {
+    batch: usize,
+    schedule: String,
+    net_calls: u64,
+    wall_seconds: f64,
+    gpu_seconds: Option<f64>,
+    net_calls_per_second: f64,
+    gflops: f64,
+}
+
+/// The random official-shape model's seed (as `trm bench`'s).
+const BENCH_SEED: u64 = 0x7e57;
+
+#[wasm_bindgen]
+impl Session {
+    /// Opens the browser's GPU. `options`: JSON, see `gpu_options`
+    /// (without them the device gets the adapter's largest buffers and
+    /// workgroup memory, as natively).
+    pub async fn open(options: Option<String>) -> Result<Session, JsValue> {
+        let options = gpu_options(options)?;
+        let ctx = GpuContext::new_async(&options).await.map_err(js_error)?;
+        let adapter = describe_adapter(&ctx);
+        Ok(Session {
+            state: Rc::new(RefCell::new(State {
+                ctx,
+                engine: None,
+                bench: None,
+            })),
+            adapter,
+        })
+    }
+
+    /// The adapter, the device's limits and features (JSON).
+    pub fn adapter(&self) -> String {
+        self.adapter.clone()
+    }
+
+    /// Loads a model from the bytes of its safetensors file (`name` for
+    /// messages), uploads it and compiles its kernels; resolves to its
+    /// configuration and size (JSON). A file that is not a model rejects
+    /// with the reason and keeps the model loaded before.
+    pub fn load_model(&self, bytes: Vec<u8>, name: String) -> Promise {
+        let state = Rc::clone(&self.state);
+        future_to_promise(async move {
+            let mut state = take(&state)?;
+            let model =
+                TrmModel::from_safetensors_bytes(&bytes, &name, &LoadOptions::default(), None)
+                    .map_err(js_error)?;
+            let config = model.config().clone();
+            let parameters = model.parameter_count();
+            let engine = GpuEngine::new(&state.ctx, Arc::new(model)).map_err(js_error)?;
+            state.ctx.flush_errors().await.map_err(js_error)?;
+            state.engine = Some(engine);
+            let info = json!({
+                "name": name,
+                "parameters": parameters,
+                "config": serde_json::from_str::<Value>(&config.to_json()).unwrap_or(Value::Null),
+                "sudoku": config.seq_len == 81 && config.vocab_size == 11,
+            });
+            Ok(JsValue::from_str(&info.to_string()))
+        })
+    }
+
+    /// Solves the puzzles of `text` (81 characters a line, `.` or `0` for
+    /// blanks) with the loaded model, one ACT step at a time from the
+    /// carry for `act_steps` steps, calling `on_step` with each step's
+    /// `SolveStep` (JSON); resolves to all of them (a JSON array).
+    pub fn solve(&self, text: String, act_steps: u32, on_step: Function) -> Promise {
+        let state = Rc::clone(&self.state);
+        future_to_promise(async move {
+            let mut state = take(&state)?;
+            let engine = state
+                .engine
+                .as_mut()
+                .ok_or_else(|| js_message("no model is loaded"))?;
+            let puzzles = Grid::parse_many(&text).map_err(js_error)?;
+            if puzzles.is_empty() {
+                return Err(js_message(
+                    "no puzzle given: 81 characters a line, . or 0 for blanks",
+                ));
+            }
+            let tokens: Vec<i64> = puzzles.iter().flat_map(|p| p.tokens()).collect();
+            let batch = PuzzleBatch::new(engine.config(), &tokens, None).map_err(js_error)?;
+            let seq = engine.config().seq_len;
+            let start = Instant::now();
+            let mut carry: Option<Carry> = None;
+            let mut previous: Option<Vec<u32>> = None;
+            let mut steps = Vec::new();
+            for step in 1..=act_steps.max(1) as usize {
+                let out = engine
+                    .solve_from_async(
+                        &batch,
+                        carry.as_ref(),
+                        &SolveOptions::default().act_steps(1),
+                    )
+                    .await
+                    .map_err(js_error)?;
+                let predicted = out.predictions();
+                let grids: Vec<Grid> = predicted.chunks(seq).map(Grid::from_tokens).collect();
+                let changed = match &previous {
+                    Some(before) => before
+                        .chunks(seq)
+                        .zip(predicted.chunks(seq))
+                        .map(|(a, b)| a.iter().zip(b).filter(|(x, y)| x != y).count())
+                        .collect(),
+                    None => vec![0; puzzles.len()],
+                };
+                let row = SolveStep {
+                    step,
+                    answers: grids.iter().map(Grid::to_line).collect(),
+                    valid: grids
+                        .iter()
+                        .zip(&puzzles)
+                        .map(|(g, p)| g.solves(p))
+                        .collect(),
+                    q_halt: out.q_halt_logits.clone(),
+                    tokens: predicted.clone(),
+                    changed,
+                    seconds: start.elapsed().as_secs_f64(),
+                };
+                report(&on_step, &row);
+                steps.push(row);
+                carry = Some(out.carry());
+                previous = Some(predicted);
+            }
+            let text = serde_json::to_string(&steps).map_err(|e| js_message(&e.to_string()))?;
+            Ok(JsValue::from_str(&text))
+        })
+    }
+
+    /// Times the recursion on the official Sudoku-Extreme shape (random
+    /// weights, D = 512, S = 97, as `trm bench`) at each batch size of
+    /// `batches`, about `seconds` each after a warm-up step, calling
+    /// `on_row` with each `BenchRow` (JSON); resolves to all rows.
+    /// Batch sizes beyond what one chunk of this device holds are skipped.
+    pub fn bench(&self, batches: Vec<u32>, seconds: f64, on_row: Function) -> Promise {
+        let state = Rc::clone(&self.state);
+        future_to_promise(async move {
+            let mut state = take(&state)?;
+            let state = &mut *state;
+            if state.bench.is_none() {
+                let model = TrmModel::random(TrmConfig::sudoku_extreme(), BENCH_SEED, 1.0)
+                    .map_err(js_error)?;
+                let engine = GpuEngine::new(&state.ctx, Arc::new(model)).map_err(js_error)?;
+                state.ctx.flush_errors().await.map_err(js_error)?;
+                state.bench = Some(engine);
+            }
+            let Some(engine) = state.bench.as_mut() else {
+                return Err(js_message("the bench engine is missing"));
+            };
+            let config = engine.config().clone();
+            let capacity = engine.chunk_capacity().map_err(js_error)?;
+            let budget = seconds.max(0.01);
+            let mut rows = Vec::new();
+            for &b in &batches {
+                let b = b.max(1) as usize;
+                if b > capacity {
+                    continue;
+                }
+                let batch = random_batch(&config, b).map_err(js_error)?;
+                // pipelines, the plan of this batch size
+                engine
+                    .time_recursion_steps_async(&batch, 1)
+                    .await
+                    .map_err(js_error)?;
+                let (mut calls, mut wall, mut gpu) = (0u64, 0.0f64, Some(0.0f64));
+                let mut k = 1;
+                let started = Instant::now();
+                while calls == 0 || started.elapsed().as_secs_f64() < budget {
+                    let t = engine
+                        .time_recursion_steps_async(&batch, k)
+                        .await
+                        .map_err(js_error)?;
+                    calls += k as u64;
+                    let w = t.wall.as_secs_f64();
+                    wall += w;
+                    gpu = gpu.zip(t.gpu).map(|(a, g)| a + g.as_secs_f64());
+                    if w < budget / 8.0 {
+                        k *= 2;
+                    }
+                }
+                let net_calls = calls * b as u64;
+                let row = BenchRow {
+                    batch: b,
+                    schedule: engine.last_stats().schedule.clone(),
+                    net_calls,
+                    wall_seconds: wall,
+                    gpu_seconds: gpu.filter(|&g| g > 0.0),
+                    net_calls_per_second: net_calls as f64 / wall.max(1e-9),
+                    gflops: net_calls as f64 * config.flops_per_recursion_step() as f64
+                        / b as f64
+                        / wall.max(1e-9)
+                        / 1e9,
+                };
+                report(&on_row, &row);
+                rows.push(row);
+            }
+            let text = serde_json::to_string(&rows).map_err(|e| js_message(&e.to_string()))?;
+            Ok(JsValue::from_str(&text))
+        })
+    }
+
+    /// Builds every pipeline the engine has, on small random models of
+    /// each kind (TRM-MLP with a puzzle embedding, TRM attention with RoPE
+    /// and with learned positions, HRM), each on two devices: WebGPU's
+    /// default limits (16 KiB of workgroup memory, 128 MiB bindings) and
+    /// 16352 bytes (the 8-deep tiles, as on Apple GPUs). On the first it
+    /// also runs a two-step solve with early halting in both schedules,
+    /// which must agree (`fused_vs_spread`: their largest logit
+    /// difference relative to the largest logit; null where only built).
+    /// Calls `on_case` per case; resolves to all (JSON).
+    pub fn check_pipelines(&self, on_case: Function) -> Promise {
+        future_to_promise(async move {
+            let mut cases = Vec::new();
+            for (device, options, solve) in [
+                (
+                    "WebGPU default limits",
+                    GpuOptions::default()
+                        .max_workgroup_memory(16384)
+                        .max_buffer_bytes(128 << 20),
+                    true,
+                ),
+                (
+                    "16352 B workgroup memory",
+                    GpuOptions::default().max_workgroup_memory(16352),
+                    false,
+                ),
+            ] {
+                let ctx = GpuContext::new_async(&options).await.map_err(js_error)?;
+                for (label, config) in check_models() {
+                    let case = check_case(&ctx, label, config, solve)
+                        .await
+                        .map_err(|e| js_message(&format!("{label} on {device}: {e}")))?;
+                    let row = json!({
+                        "device": device,
+                        "model": label,
+                        "pipelines": ctx.pipelines_compiled(),
+                        "fused_vs_spread": case,
+                    });
+                    report(&on_case, &row);
+                    cases.push(row);
+                }
+            }
+            Ok(JsValue::from_str(&Value::Array(cases).to_string()))
+        })
+    }
+}
+
+/// `batch` random puzzles (as `trm bench`'s).
+fn random_batch(config: &TrmConfig, batch: usize) -> trm_wgpu::Result<PuzzleBatch> {
+    let mut rng = SplitMix64::new(batch as u64);
+    let tokens: Vec<i64> = (0..batch * config.seq_len)
+        .map(|_| rng.below(config.vocab_size as u64) as i64)
+        .collect();
+    PuzzleBatch::new(config, &tokens, None)
+}
+
+/// The small random models of `Session::check_pipelines`: one of each
+/// kind of kernel the engine specialises.
+fn check_models() -> Vec<(&'static str, TrmConfig)> {
+    let config = |extra: Value| {
+        let mut base = json!({
+            "seq_len": 13,
+            "vocab_size": 7,
+            "num_puzzle_identifiers": 3,
+            "hidden_size": 40,
+            "expansion": 2.5,
+            "num_heads": 2,
+            "H_cycles": 2,
+            "L_cycles": 2,
+            "L_layers": 2,
+            "halt_max_steps": 2,
+            "mlp_t": true,
+            "pos_encodings": "none",
+            "puzzle_emb_ndim": 40,
+        });
+        if let (Some(base), Some(extra)) = (base.as_object_mut(), extra.as_object()) {
+            for (k, v) in extra {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+        TrmConfig::from_json(&base.to_string())
+    };
+    [
+        ("TRM-MLP", json!({})),
+        (
+            "TRM attention, RoPE",
+            json!({"mlp_t": false, "pos_encodings": "rope"}),
+        ),
+        (
+            "TRM attention, learned positions",
+            json!({"mlp_t": false, "pos_encodings": "learned", "puzzle_emb_ndim": 0}),
+        ),
+        (
+            "HRM attention, RoPE",
+            json!({"arch": "hrm", "mlp_t": false, "pos_encodings": "rope", "H_layers": 1}),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(label, extra)| config(extra).ok().map(|c| (label, c)))
+    .collect()
+}
+
+/// Builds every pipeline of a random model of `config` on `ctx`, then,
+/// when `solve`, solves a small batch with early halting in both
+/// schedules: their largest logit difference relative to the largest
+/// logit.
+async fn check_case(
+    ctx: &GpuContext,
+    label: &str,
+    config: TrmConfig,
+    solve: bool,
+) -> trm_wgpu::Result<Option<f64>> {
+    let model = Arc::new(TrmModel::random(config, 0x5eed ^ label.len() as u64, 0.5)?);
+    let mut engine = GpuEngine::new(ctx, model.clone())?;
+    engine.prepare_pipelines()?;
+    ctx.flush_errors().await?;
+    if !solve {
+        return Ok(None);
+    }
+    let batch = random_batch(model.config(), 2)?;
+    let options = SolveOptions::default().early_halt(true).carry(false);
+    engine.set_schedule(GpuSchedule::Fused);
+    let fused = engine.solve_async(&batch, &options).await?;
+    engine.set_schedule(GpuSchedule::Spread);
+    let spread = engine.solve_async(&batch, &options).await?;
+    let scale = fused
+        .logits
+        .iter()
+        .fold(0.0f32, |m, v| m.max(v.abs()))
+        .max(1e-6);
+    let worst = fused
+        .logits
+        .iter()
+        .zip(&spread.logits)
+        .map(|(a, b)| (a - b).abs())
+        .fold(
+            0.0f32,
+            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+        );
+    if fused.steps != spread.steps {
+        return Err(TrmError::Gpu(format!(
+            "the schedules halted differently: fused {:?}, spread {:?}",
+            fused.steps, spread.steps
+        )));
+    }
+    Ok(Some(f64::from(worst / scale)))
+}
