@@ -5,16 +5,19 @@
 //! Both variants (MLP-mixer; attention with RoPE and with learned
 //! positions), HRM, both schedules, odd sizes (D not a multiple of 4, S
 //! odd), NaN-poisoned buffers; and the device's weight buffer shrinks with
-//! the precision. f32 is what every other GPU test runs.
+//! the precision, as the binding limit counts it. f32 is what every other
+//! GPU test runs.
 //!
 //! Small models only: CI runs these on lavapipe (the kernels on the CPU),
 //! where compiling a pipeline per precision costs more than running it.
 
 mod common;
 
+use std::sync::Arc;
+
 use common::gpu;
-use common::gpu_checks::{RandomModel, matches_the_cpu_engine, random_batch};
-use trm_wgpu::{PosEncodings, Precision, TrmConfig, TrmModel};
+use common::gpu_checks::{RandomModel, compare, cpu_solve, matches_the_cpu_engine, random_batch};
+use trm_wgpu::{Engine, GpuEngine, PosEncodings, Precision, SolveOptions, TrmConfig, TrmModel};
 
 /// The reduced precisions: f32 is every other GPU test's.
 const REDUCED: [Precision; 3] = [Precision::F16, Precision::Bf16, Precision::Int8];
@@ -121,6 +124,25 @@ fn hrm_at_reduced_precisions_matches_the_cpu_engine() {
     }
 }
 
+/// S = 16, D = 32 (2 heads of 16 for attention), two layers: rows of
+/// multiples of 4, so the packed layout has no padding.
+fn small_config(mlp_t: bool, pos: PosEncodings) -> TrmConfig {
+    let json = serde_json::json!({
+        "seq_len": 16,
+        "vocab_size": 7,
+        "hidden_size": 32,
+        "num_heads": 2,
+        "expansion": 2.0,
+        "H_cycles": 1,
+        "L_cycles": 1,
+        "L_layers": 2,
+        "halt_max_steps": 1,
+        "mlp_t": mlp_t,
+        "pos_encodings": pos.as_str(),
+    });
+    TrmConfig::from_json(&json.to_string()).unwrap()
+}
+
 /// Bytes of the block weights at `precision` as the model stores them
 /// (scales included), for sizes whose rows need no padding.
 fn stored_layer_bytes(model: &TrmModel) -> u64 {
@@ -139,20 +161,7 @@ fn stored_layer_bytes(model: &TrmModel) -> u64 {
 #[test]
 fn the_weight_buffer_shrinks_with_the_precision() {
     for (mlp_t, pos) in [(true, PosEncodings::None), (false, PosEncodings::Rope)] {
-        let json = serde_json::json!({
-            "seq_len": 16,
-            "vocab_size": 7,
-            "hidden_size": 32,
-            "num_heads": 2,
-            "expansion": 2.0,
-            "H_cycles": 1,
-            "L_cycles": 1,
-            "L_layers": 2,
-            "halt_max_steps": 1,
-            "mlp_t": mlp_t,
-            "pos_encodings": pos.as_str(),
-        });
-        let config = TrmConfig::from_json(&json.to_string()).unwrap();
+        let config = small_config(mlp_t, pos);
         let model = TrmModel::random(config.clone(), 85, 0.5).unwrap();
         // cos and sin [S, HD] in f32
         let tables = if mlp_t { 0 } else { 2 * 16 * 16 * 4 };
@@ -184,4 +193,34 @@ fn the_weight_buffer_shrinks_with_the_precision() {
             .sum();
         assert_eq!(int8, f32 / 4 + 4 * rows);
     }
+}
+
+/// The weights' binding limit counts the stored bytes: a device whose
+/// storage bindings hold the blocks at bf16 but not at f32 refuses the f32
+/// model, naming the layer weights, and runs the bf16 one as the CPU does.
+#[test]
+fn the_binding_limit_counts_the_stored_bytes() {
+    let Some(context) = gpu::context() else {
+        return;
+    };
+    let config = small_config(true, PosEncodings::None);
+    let model = TrmModel::random(config.clone(), 86, 0.5).unwrap();
+    let f32_bytes = gpu::engine_on(&context, &model).layer_weight_bytes();
+    let cap = (f32_bytes * 3 / 4) & !255;
+    let small = gpu::limited_context(|o| o.max_buffer_bytes(cap));
+    let Err(e) = GpuEngine::new(&small, Arc::new(model.clone())) else {
+        panic!("{f32_bytes} bytes of f32 weights under a {cap}-byte binding limit");
+    };
+    assert!(e.to_string().contains("layer weights"), "{e}");
+    let bf16 = model.to_precision(Precision::Bf16).unwrap();
+    let batch = random_batch(&config, 2, 86);
+    let options = SolveOptions::default();
+    let want = cpu_solve(&bf16, &batch, &options);
+    let mut engine = gpu::engine_on(&small, &bf16);
+    assert!(engine.layer_weight_bytes() < cap);
+    compare(
+        "bf16 under the binding limit",
+        &engine.solve(&batch, &options).unwrap(),
+        &want,
+    );
 }
