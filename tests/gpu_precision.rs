@@ -224,3 +224,31 @@ fn the_binding_limit_counts_the_stored_bytes() {
         &want,
     );
 }
+
+/// The official Sudoku-Extreme shape (D = 512, S = 97, TI = 512, CI = 1536:
+/// many tiles and K steps, split-K on the spread schedule) at bf16 and int8,
+/// one ACT step of two puzzles on both schedules, against the CPU engine
+/// (about 15 GFLOP a schedule: a minute or two on lavapipe).
+#[test]
+#[ignore = "the official shape: a few minutes on lavapipe"]
+fn official_shape_at_bf16_and_int8_matches_the_cpu_engine() {
+    let config = TrmConfig::sudoku_extreme();
+    let model = TrmModel::random(config.clone(), 87, 0.5).unwrap();
+    let batch = random_batch(&config, 2, 87);
+    let options = SolveOptions::default().act_steps(1);
+    for precision in [Precision::Bf16, Precision::Int8] {
+        let model = model.to_precision(precision).unwrap();
+        let want = cpu_solve(&model, &batch, &options);
+        let Some(engines) = gpu::engines(&model) else {
+            return;
+        };
+        for (schedule, mut engine) in engines {
+            let got = engine.solve(&batch, &options).unwrap();
+            compare(
+                &format!("official shape, {precision}, {schedule}"),
+                &got,
+                &want,
+            );
+        }
+    }
+}
