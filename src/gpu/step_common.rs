@@ -212,7 +212,6 @@ impl StepPipeline {
     /// words) and builds the pipeline of `kernel` at that precision with
     /// the prelude's constants (S, D, DP, CI, LAYERS, EPS, SK) followed by
     /// the kernel's own `constants`.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         ctx: &GpuContext,
         config: &TrmConfig,
