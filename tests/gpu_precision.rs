@@ -1,7 +1,8 @@
 //! The GPU engine with its block weights stored at f16, bf16 and int8
 //! (packed in `u32` words, widened in the shader), against the CPU engine
 //! on the same model: the CPU engine widens the same stored weights, so the
-//! two must agree within the f32 tests' bounds (`gpu_checks::compare`).
+//! two must agree within the f32 tests' bounds (`gpu_checks::compare`), and
+//! both with the float64 implementation run on those weights.
 //! Both variants (MLP-mixer; attention with RoPE and with learned
 //! positions), HRM, both schedules, odd sizes (D not a multiple of 4, S
 //! odd), NaN-poisoned buffers; and the device's weight buffer shrinks with
@@ -15,15 +16,18 @@ mod common;
 
 use std::sync::Arc;
 
-use common::gpu;
-use common::gpu_checks::{RandomModel, compare, cpu_solve, matches_the_cpu_engine, random_batch};
+use common::gpu_checks::{
+    MAX_ABS, REL_L2, RandomModel, compare, cpu_solve, matches_the_cpu_engine, random_batch,
+};
+use common::{assert_close, f64_reference, gpu};
 use trm_wgpu::{Engine, GpuEngine, PosEncodings, Precision, SolveOptions, TrmConfig, TrmModel};
 
 /// The reduced precisions: f32 is every other GPU test's.
 const REDUCED: [Precision; 3] = [Precision::F16, Precision::Bf16, Precision::Int8];
 
 /// `random` at each reduced precision against the CPU engine on both
-/// schedules (from the start and one step from a carry). `false` when
+/// schedules (from the start and one step from a carry), and against the
+/// float64 implementation on the same dequantized weights. `false` when
 /// there is no GPU (`TRM_SKIP_GPU=1`).
 fn every_precision_matches(random: &RandomModel) -> bool {
     let model = random.model();
@@ -36,6 +40,13 @@ fn every_precision_matches(random: &RandomModel) -> bool {
         if !matches_the_cpu_engine(&label, &model, &batch) {
             return false;
         }
+        // and the float64 implementation on the same dequantized weights
+        let reference = f64_reference::solve(&model, &batch, random.act_steps, false);
+        let mut engine = gpu::engine(&model).unwrap();
+        let got = engine.solve(&batch, &SolveOptions::default()).unwrap();
+        let label = format!("{label}, GPU vs float64");
+        assert_close(&label, &got.logits, &reference.logits, REL_L2, MAX_ABS);
+        assert_close(&label, &got.z_h, &reference.z_h, REL_L2, MAX_ABS);
     }
     true
 }
