@@ -21,12 +21,15 @@
 // that file's header.
 //
 // Bindings (those of the prelude)
-//   0 weights  array<vec4<f32>>, read   per layer, row-major [out, in] with
-//              every row padded with zeros to a multiple of 4 floats:
+//   0 weights  read, at the model's precision (the weight prelude's binding:
+//              f32, f16, bf16, or int8 with each matrix's row scales after
+//              it) per layer, row-major [out, in] with every row padded with
+//              zeros to a multiple of 4 weights:
 //                qkv [3 D, DP] | o [D, DP] | ch_gu [2 CI, DP] | ch_dn [D, CI]
 //              then, after the LAYERS stored layers, the RoPE tables cos [S, HD] |
-//              sin [S, HD] (RoPE models only), computed on the host exactly
-//              as the CPU engine's (PyTorch's float32 table computation)
+//              sin [S, HD] (RoPE models only) in f32 at every precision,
+//              computed on the host exactly as the CPU engine's (PyTorch's
+//              float32 table computation)
 //   1 xyz      array<f32>, read_write   [3][B][S][D]: x, y = z_H, z = z_L
 //   2 scratch  array<f32>, read_write   per puzzle max(4 S D, CI S) floats:
 //              qkv [S, 3D] at 0 and the concatenated head outputs a [S, D]
@@ -82,8 +85,12 @@
 //          key tiles, and of HD up to a multiple of 64), plus O(L S D) for
 //          the injection, RoPE, softmax, SiLU, gating and norms. ARC / Maze
 //          size (S 916, D 512, 8 heads, CI 1536, L 2): 15.9 GFLOP.
-//   bytes  weights 4 L Q (3D DP + D DP + 2 CI DP + D CI) (ARC: 409 MB read,
-//          27 MB distinct, after the first workgroup from cache); q, k and v
+//   bytes  weights E L Q (3D DP + D DP + 2 CI DP + D CI), E the bytes of a
+//          weight: 4 (f32), 2 (f16, bf16), 1 (int8, plus 4 per row read for
+//          its scale); ARC: 409 MB read, 27.3 MB distinct at f32, 204 MB and
+//          13.6 MB at f16 and bf16, 102 MB and 6.86 MB at int8, after the
+//          first workgroup from cache, plus the RoPE tables, 8 S HD bytes
+//          (0.47 MB) at every precision; q, k and v
 //          each read Q HB times per head: 12 L Q HB S D (ARC: 169 MB, from
 //          cache); plus about 4 L (12 S D + 3 CI S) for the products'
 //          activations.
@@ -163,15 +170,15 @@ fn multiply_tile(ty: u32, tx: u32) {
     }
 }
 
-// A float of the RoPE tables (cos at 0, sin at S HD, from `tables`).
+// A float of the RoPE tables (cos at 0, sin at S HD), which start at group
+// `tables` of the weights, f32 at every precision.
 fn table(tables: u32, i: u32) -> f32 {
-    let at = tables + i;
-    return weights[at / 4u][at % 4u];
+    return weight_f32(tables, i);
 }
 
 // RoPE on one (position, head, j < HD/2) pair of the q and k heads of
 // qkv [S, 3D] at `qkv`, in place: element i of the S x 2 HEADS HD/2 pairs;
-// `tables` is the first float of cos. rotate_half([a | b]) = [-b | a].
+// `tables` is the first group of cos. rotate_half([a | b]) = [-b | a].
 fn rope_pair(qkv: u32, tables: u32, i: u32) {
     let half = HD / 2u;
     let per_row = 2u * HEADS * half;      // q heads then k heads: 2D / 2 pairs
@@ -378,11 +385,12 @@ fn attention_tile(lid: u32, qkv: u32, out: u32, t: u32) {
     }
 }
 
-// First float of the RoPE tables: after the LAYERS stored layers of
+// First group of the RoPE tables: after the LAYERS stored layers of
 // qkv [3D, DP] | o [D, DP] | ch_gu | ch_dn.
 fn rope_tables() -> u32 {
-    let layer_len = 4u * D * DP / 4u + channel_gate_up_vec4s() + channel_down_vec4s();
-    return 4u * LAYERS * layer_len;
+    let layer_len = matrix_len(3u * D, DP) + matrix_len(D, DP) + channel_gate_up_len()
+        + channel_down_len();
+    return LAYERS * layer_len;
 }
 
 @compute @workgroup_size(256)
@@ -397,10 +405,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     inject(lid, state, inj_a, inj_b);
     storageBarrier();
 
-    // weight offsets in vec4s
-    let qkv_len = 3u * D * DP / 4u;
-    let o_len = D * DP / 4u;
-    let layer_len = qkv_len + o_len + channel_gate_up_vec4s() + channel_down_vec4s();
+    // weight offsets in groups of 4 weights
+    let qkv_len = matrix_len(3u * D, DP);
+    let o_len = matrix_len(D, DP);
+    let layer_len = qkv_len + o_len + channel_gate_up_len() + channel_down_len();
     let tables = rope_tables();
 
     for (var layer = params.layer_first; layer < params.layer_first + params.layer_count; layer++) {
@@ -421,7 +429,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                     op = channel_gate_up(state, work, ch);
                 }
                 default: {
-                    op = channel_down(state, work, ch + channel_gate_up_vec4s());
+                    op = channel_down(state, work, ch + channel_gate_up_len());
                 }
             }
             product(lid, op);

@@ -16,8 +16,10 @@
 // that file's header.
 //
 // Bindings (4 storage buffers, 1 uniform: fits downlevel limits)
-//   0 weights  array<vec4<f32>>, read   per layer, row-major [out, in] with
-//              every row padded with zeros to a multiple of 4 floats:
+//   0 weights  read, at the model's precision (the weight prelude's binding:
+//              f32, f16, bf16, or int8 with each matrix's row scales after
+//              it) per layer, row-major [out, in] with every row padded with
+//              zeros to a multiple of 4 weights:
 //                tok_gu [2 TI, SP] | tok_dn [S, TI] | ch_gu [2 CI, DP] | ch_dn [D, CI]
 //              (SP, DP: S, D rounded up to 4; TI, CI are multiples of 256)
 //   1 xyz      array<f32>, read_write   [3][B][S][D]: x, y = z_H, z = z_L
@@ -48,10 +50,20 @@
 //   FLOPs  L (6 S D TI + 6 S D CI) for the products, plus O(L S D) for the
 //          injection, SiLU, gating and norms. Sudoku (S 97, D 512, TI 512,
 //          CI 1536, L 2): 1.22 GFLOP.
-//   bytes  weights 4 L (ceil(D/64) (2 TI SP + S TI) + ceil(S/64) (2 CI DP + D CI))
-//          (Sudoku: 47 MB read, 20 MB of them distinct), plus about
-//          4 L (8 S D + 3 TI D + 3 CI S) of activation traffic through the
-//          per-puzzle state and scratch (L2-resident at small batch).
+//   bytes  weights E L (ceil(D/64) (2 TI SP + S TI) + ceil(S/64) (2 CI DP + D CI)),
+//          E the bytes of a weight: 4 (f32), 2 (f16, bf16), 1 (int8, whose
+//          row scales add 4 bytes per row read: 1.1% at Sudoku, 2.7% at
+//          sudoku-easy). Sudoku: 47.5 MB
+//          read (20.1 MB distinct) at f32, 23.7 MB (10.0 MB) at f16 and
+//          bf16, 11.9 MB (5.06 MB) at int8; sudoku-easy (S 81, D 128, TI
+//          256, CI 512, L 2): 4.17 MB read (2.08 MB distinct) at f32, 2.08
+//          MB (1.04 MB) at f16 and bf16, 1.04 MB (0.535 MB) at int8. Plus about 4 L (8 S D + 3 TI D + 3 CI S) of
+//          activation traffic through the per-puzzle state and scratch
+//          (L2-resident at small batch), the same at every precision. At
+//          batch 1 the weights dominate the traffic; at large batch the
+//          products' FMAs do, and the precision changes only the loads
+//          (widening is 2 to 4 ALU operations per 4 weights, each weight
+//          then used in 64 FMAs).
 //   barriers  L (ceil(TI/32) ceil(D/64) (ceil(SP/SK) + 1) + ceil(S/64) ceil(D/64) (TI/SK + 1)
 //          + ceil(CI/32) ceil(S/64) (ceil(DP/SK) + 1) + ceil(D/64) ceil(S/64) (CI/SK + 1))
 //          + L (6 + 2 ceil(S/64)) + 1 (Sudoku at SK 16: 12 565, which is why lavapipe, where a barrier costs
@@ -91,10 +103,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     inject(lid, state, inj_a, inj_b);
     storageBarrier();
 
-    // weight offsets in vec4s
-    let tok_gu_len = 2u * TI * SP / 4u;
-    let tok_dn_len = S * TI / 4u;
-    let layer_len = tok_gu_len + tok_dn_len + channel_gate_up_vec4s() + channel_down_vec4s();
+    // weight offsets in groups of 4 weights
+    let tok_gu_len = matrix_len(2u * TI, SP);
+    let tok_dn_len = matrix_len(S, TI);
+    let layer_len = tok_gu_len + tok_dn_len + channel_gate_up_len() + channel_down_len();
 
     for (var layer = params.layer_first; layer < params.layer_first + params.layer_count; layer++) {
         let w = layer * layer_len;
@@ -115,7 +127,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                     op = channel_gate_up(state, work, ch);
                 }
                 default: {
-                    op = channel_down(state, work, ch + channel_gate_up_vec4s());
+                    op = channel_down(state, work, ch + channel_gate_up_len());
                 }
             }
             product(lid, op);

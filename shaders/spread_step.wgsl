@@ -27,7 +27,9 @@
 //
 // spread_product: the operands and their layout (Params fields); the tile
 // code is the prelude's `product_tile`, the fused kernels' own
-//   W        weights, vec4 rows of kp floats from vec4 w_off; rows beyond m
+//   W        weights at the model's precision, rows of kp weights from
+//            group w_off (a group: 4 weights, widened by the weight
+//            prelude's weight4); rows beyond m
 //            are not read. paired: W holds 2m rows, gate rows then up rows,
 //            and out[r] = silu(W[r] . B) * (W[m + r] . B)
 //   B[k, n]  n in 0..n_total is (active puzzle p = n / n_inner, c = n %
@@ -43,15 +45,19 @@
 // tile are consecutive, so a weight tile is read by neighbouring workgroups
 // (from L2 after the first) and once per step for the whole batch.
 //   FLOPs   2 M N K (4 M N K paired), per workgroup 2 x 64 x 64 x k_chunk.
-//   bytes   per workgroup 4 x 64 x (k_chunk (A) + k_chunk (B)) read, 4 x 64 x 64
+//   bytes   per workgroup 64 x k_chunk x E (A; E the bytes of a weight: 4 f32,
+//           2 f16 and bf16, 1 int8, whose rows add a 4-byte scale) plus
+//           4 x 64 x k_chunk (B) read, 4 x 64 x 64
 //           written; the A tile is shared by the n_total / 64 workgroups of
 //           a row tile.
 //   barriers  ceil(k_chunk / SK) + 1 per workgroup.
 //   Designed for: about 50% of FMA peak once a phase has a few workgroups
 //   per compute unit (16 FMAs per 2 vec4 workgroup loads, as the best
 //   WebGPU GEMMs with 4 x 4 register tiles); at batch 1 the channel and
-//   token-down phases are bound by the weight bytes (20 MB per call at the
-//   Sudoku shape) and by the dispatch count, not by FMAs.
+//   token-down phases are bound by the weight bytes (per call at the Sudoku
+//   shape 20.1 MB at f32, 10.0 MB at f16 and bf16, 5.06 MB at int8: each
+//   weight read once for the whole batch) and by the dispatch count, not
+//   by FMAs.
 //
 // norms: sums of squares reduced through workgroup memory (a tree over the
 // 256 invocations for a row, 8 lanes per column), so no subgroup size is

@@ -2,12 +2,15 @@
 // mixer_step.wgsl (MLP-mixer) and attention_step.wgsl (attention).
 //
 // WGSL has no includes. The Rust side prepends this file to each kernel,
-// visibly and nowhere else: `step_source!` in src/gpu/step_common.rs is
+// visibly and nowhere else: `step_source!` in src/gpu/step_common.rs is,
+// for each weight precision P,
 // `concat!(include_str!("shaders/common/params.wgsl"),
+// include_str!("shaders/common/weights_P.wgsl"),
 // include_str!("shaders/common/step_common.wgsl"),
 // include_str!("shaders/<kernel>.wgsl"))`. A kernel as compiled (and as
 // `TRM_DUMP_KERNELS=1` prints it, with line numbers in compile errors) is
-// the parameter block, this file, then the kernel's own.
+// the parameter block, the weight prelude of the model's precision, this
+// file, then the kernel's own.
 //
 // It holds what both kernels run identically:
 //   - the bindings (both kernels bind the same five; the parameter block
@@ -23,8 +26,13 @@
 //     (`rms_norm_rows`), and the injection `h = state + injection`.
 //
 // Bindings (4 storage buffers, 1 uniform: fits downlevel limits)
-//   0 weights  array<vec4<f32>>, read   the kernel's weights, every row padded
-//              with zeros to a multiple of 4 floats (layout: the kernel's header)
+//   0 weights  read                     the kernel's weights at the model's
+//              precision, every row padded with zeros to a multiple of 4
+//              weights (layout: the kernel's header). Declared by the weight
+//              prelude (shaders/common/weights_<precision>.wgsl, prepended
+//              before this file): array<vec4<f32>> at f32, array<vec2<u32>>
+//              at f16 and bf16, array<u32> at int8 (its row scales after each
+//              matrix); offsets are in groups of 4 weights at every precision
 //   1 xyz      array<f32>, read_write   [3][B][S][D]: x, y = z_H, z = z_L
 //   2 scratch  array<f32>, read_write   per-puzzle scratch (the kernel's header)
 //   3 running  array<u32>, read         workgroup -> puzzle of the chunk (the
@@ -47,9 +55,10 @@
 // XOR-swizzled by k, so the 16 invocations reading a row read 16 distinct
 // vec4s and the transposing stores (A's vec4 of 4 k; B's columns when its k
 // stride is 1) spread over 16 banks (at most 2-way) instead of 8- or
-// 32-way. Weights are read as vec4 along k, four invocations a row; B with
-// scalar loads, consecutive invocations reading consecutive addresses. Every
-// loop bound is uniform.
+// 32-way. Weights are read as groups of 4 along k (one vec4, vec2<u32> or
+// u32 by precision, widened to a vec4 by the weight prelude's `weight4`),
+// four invocations a row; B with scalar loads, consecutive invocations
+// reading consecutive addresses. Every loop bound is uniform.
 
 override S: u32;          // state length, seq_len + P
 override D: u32;          // hidden size
@@ -58,7 +67,7 @@ override CI: u32;         // channel SwiGLU width, inter(D)
 override LAYERS: u32;     // blocks stored: TRM's L_layers; HRM's L level then H level
 override EPS: f32;        // rms_norm_eps
 
-@group(0) @binding(0) var<storage, read> weights: array<vec4<f32>>;
+// binding 0, `weights`: the weight prelude's
 @group(0) @binding(1) var<storage, read_write> xyz: array<f32>;
 @group(0) @binding(2) var<storage, read_write> scratch: array<f32>;
 @group(0) @binding(3) var<storage, read> running: array<u32>;
@@ -100,7 +109,7 @@ const OUT_ADD_STATE: u32 = 1u;  // xyz[at] += value (the residual add)
 // One matrix product out[M, N] (+)= W[M, K] @ B[K, N] and where its
 // operands live (element indices into the bound buffers).
 struct Product {
-    w_off: u32,      // first vec4 of W; W rows hold KP floats
+    w_off: u32,      // first group of W (4 weights); W rows hold KP weights
     m: u32,          // output rows (gated rows when paired)
     n: u32,          // output columns
     k: u32,          // reduction length
@@ -197,7 +206,7 @@ fn load_tiles(lid: u32, op: Product, buf: u32, m0: u32, k0: u32, kend: u32) {
         }
         var v = vec4<f32>(0.0);
         if (valid && k < min(op.kp, kend)) {
-            v = weights[op.w_off + grow * (op.kp / 4u) + k / 4u];
+            v = weight4(op, grow, k);
         }
         let g = row / 4u;
         let c = row % 4u;
@@ -322,13 +331,13 @@ fn channel_down(state: u32, work: u32, w_off: u32) -> Product {
     return Product(w_off, D, S, CI, CI, false, false, work, S, 1u, OUT_ADD_STATE, state, 1u, D, false, 0u);
 }
 
-// Floats (vec4s) of the channel SwiGLU weights of one layer:
-// ch_gu [2CI, DP] | ch_dn [D, CI].
-fn channel_gate_up_vec4s() -> u32 {
-    return 2u * CI * DP / 4u;
+// Groups (of 4 weights, the weight prelude's matrix_len) of the channel
+// SwiGLU weights of one layer: ch_gu [2CI, DP] | ch_dn [D, CI].
+fn channel_gate_up_len() -> u32 {
+    return matrix_len(2u * CI, DP);
 }
-fn channel_down_vec4s() -> u32 {
-    return D * CI / 4u;
+fn channel_down_len() -> u32 {
+    return matrix_len(D, CI);
 }
 
 // rms_norm over D of every row s, four invocations a row (64 rows a

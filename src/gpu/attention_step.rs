@@ -12,13 +12,18 @@ use crate::config::{PosEncodings, TrmConfig};
 use crate::cpu::rope_tables;
 use crate::error::{Result, TrmError};
 use crate::model::{TokenMixer, TrmModel};
+use crate::weights::Precision;
 
 use super::context::GpuContext;
-use super::step_common::{StepPipeline, channel_floats, pad4, push_rows, step_source};
+use super::step_common::{
+    PerPrecision, StepPipeline, channel_groups, f32_groups, group_bytes, matrix_groups, pad4,
+    precision_names, push_f32, push_rows, step_source,
+};
 
-const SOURCE: &str = step_source!("attention_step.wgsl");
-/// Name of the kernel (pipeline cache, labels, error messages).
-pub(crate) const KERNEL: &str = "attention_step.wgsl";
+const SOURCE: PerPrecision = step_source!("attention_step.wgsl");
+/// Name of the kernel at each precision (pipeline cache, labels, error
+/// messages).
+pub(crate) const KERNEL: PerPrecision = precision_names!("attention_step.wgsl");
 
 /// Floats of per-puzzle scratch: `qkv [S, 3D]` and the head outputs
 /// `[S, D]`, or later in the block the channel SwiGLU's gated activations
@@ -28,11 +33,13 @@ pub(crate) fn scratch_floats(config: &TrmConfig) -> usize {
     (4 * s * d).max(config.channel_inter() * s)
 }
 
-/// Floats of one layer in the packed layout: `qkv [3D, DP] | o [D, DP] |
-/// ch_gu [2CI, DP] | ch_dn [D, CI]`.
-pub(crate) fn layer_floats(config: &TrmConfig) -> usize {
+/// Groups (of 4 weights) of one layer in the packed layout at `precision`:
+/// `qkv [3D, DP] | o [D, DP] | ch_gu [2CI, DP] | ch_dn [D, CI]`.
+pub(crate) fn layer_groups(config: &TrmConfig, precision: Precision) -> usize {
     let d = config.hidden_size;
-    4 * d * pad4(d) + channel_floats(config)
+    matrix_groups(3 * d, pad4(d), precision)
+        + matrix_groups(d, pad4(d), precision)
+        + channel_groups(config, precision)
 }
 
 /// Floats of the RoPE tables (`cos [S, HD] | sin [S, HD]`; none without RoPE).
@@ -44,41 +51,48 @@ pub(crate) fn table_floats(config: &TrmConfig) -> usize {
     }
 }
 
-/// Floats of everything the kernel binds as weights.
-pub(crate) fn weight_floats(config: &TrmConfig) -> usize {
-    layer_floats(config) * config.stored_layers() + table_floats(config)
+/// Bytes of everything the kernel binds as weights at `precision`: the
+/// layers, then the RoPE tables in f32 (whole groups).
+pub(crate) fn weight_bytes(config: &TrmConfig, precision: Precision) -> u64 {
+    let groups = layer_groups(config, precision) * config.stored_layers()
+        + f32_groups(table_floats(config), precision);
+    (groups * group_bytes(precision)) as u64
 }
 
-/// The weights in the kernel's layout: per layer `qkv [3D, DP] | o [D, DP] |
-/// ch_gu [2CI, DP] | ch_dn [D, CI]`, every row zero-padded to a multiple of
-/// 4 floats, then the RoPE tables `cos [S, HD] | sin [S, HD]` (RoPE only).
-/// `None` for an MLP-mixer model.
-pub(crate) fn pack_weights(model: &TrmModel) -> Option<Vec<f32>> {
+/// The weights in the kernel's layout at the model's precision, as words:
+/// per layer `qkv [3D, DP] | o [D, DP] | ch_gu [2CI, DP] | ch_dn [D, CI]`,
+/// every row zero-padded to a multiple of 4 weights, each int8 matrix
+/// followed by its row scales (`push_rows`), then the RoPE tables
+/// `cos [S, HD] | sin [S, HD]` in f32 (RoPE only), padded to a whole group.
+pub(crate) fn pack_weights(model: &TrmModel) -> Result<Vec<u32>> {
     let config = model.config();
-    let mut packed = Vec::with_capacity(weight_floats(config));
+    let precision = model.precision();
+    let mut packed = Vec::with_capacity(weight_bytes(config, precision) as usize / 4);
     for layer in &model.weights().layers {
         let TokenMixer::Attention { qkv, o_proj } = &layer.mixer else {
-            return None;
+            return Err(TrmError::Gpu(
+                "attention_step: the model's blocks are not attention blocks".into(),
+            ));
         };
-        push_rows(&mut packed, qkv);
-        push_rows(&mut packed, o_proj);
-        push_rows(&mut packed, &layer.gate_up);
-        push_rows(&mut packed, &layer.down);
+        for matrix in [qkv, o_proj, &layer.gate_up, &layer.down] {
+            push_rows(&mut packed, matrix, precision)?;
+        }
     }
     if config.pos_encodings == PosEncodings::Rope {
         let (cos, sin) = rope_tables(config.state_len(), config.head_dim(), config.rope_theta);
-        packed.extend_from_slice(&cos);
-        packed.extend_from_slice(&sin);
+        let start = packed.len();
+        push_f32(&mut packed, &cos, precision);
+        push_f32(&mut packed, &sin, precision);
+        let words = f32_groups(cos.len() + sin.len(), precision) * group_bytes(precision) / 4;
+        packed.resize(start + words, 0);
     }
-    Some(packed)
+    Ok(packed)
 }
 
 /// Uploads the weights and RoPE tables and builds the pipeline.
 pub(crate) fn new(ctx: &GpuContext, model: &TrmModel) -> Result<StepPipeline> {
     let config = model.config();
-    let packed = pack_weights(model).ok_or_else(|| {
-        TrmError::Gpu("attention_step: the model's blocks are not attention blocks".into())
-    })?;
+    let packed = pack_weights(model)?;
     let head_dim = config.head_dim();
     let rope = config.pos_encodings == PosEncodings::Rope;
     let constants = [
@@ -88,7 +102,15 @@ pub(crate) fn new(ctx: &GpuContext, model: &TrmModel) -> Result<StepPipeline> {
         // as block::attention_head rounds it
         ("SCALE", (1.0 / (head_dim as f32).sqrt()) as f64),
     ];
-    StepPipeline::new(ctx, config, KERNEL, SOURCE, &packed, &constants)
+    StepPipeline::new(
+        ctx,
+        config,
+        model.precision(),
+        KERNEL,
+        SOURCE,
+        &packed,
+        &constants,
+    )
 }
 
 #[cfg(test)]
@@ -109,8 +131,11 @@ mod tests {
         let config = config("rope");
         let model = TrmModel::random(config.clone(), 1, 0.5).unwrap();
         let packed = pack_weights(&model).unwrap();
-        assert_eq!(packed.len(), weight_floats(&config));
-        assert_eq!(layer_floats(&config) % 4, 0);
+        assert_eq!(
+            4 * packed.len() as u64,
+            weight_bytes(&config, Precision::F32)
+        );
+        let packed: Vec<f32> = packed.iter().map(|&w| f32::from_bits(w)).collect();
         let TokenMixer::Attention { qkv, o_proj } = &model.weights().layers[0].mixer else {
             unreachable!()
         };
@@ -122,9 +147,21 @@ mod tests {
         let o_at = 3 * 18 * 20;
         assert_eq!(&packed[o_at..o_at + 18], &o_proj[..18]);
         let (cos, sin) = rope_tables(13, 6, 10000.0);
-        let tables = 2 * layer_floats(&config);
+        let tables = 2 * 4 * layer_groups(&config, Precision::F32);
         assert_eq!(&packed[tables..tables + cos.len()], &cos[..]);
         assert_eq!(&packed[tables + cos.len()..], &sin[..]);
+        // at every precision the tables follow the layers' groups, in f32
+        for precision in [Precision::F16, Precision::Bf16, Precision::Int8] {
+            let words = pack_weights(&model.to_precision(precision).unwrap()).unwrap();
+            assert_eq!(4 * words.len() as u64, weight_bytes(&config, precision));
+            let at = 2 * layer_groups(&config, precision) * group_bytes(precision) / 4;
+            let got: Vec<f32> = words[at..at + cos.len() + sin.len()]
+                .iter()
+                .map(|&w| f32::from_bits(w))
+                .collect();
+            assert_eq!(&got[..cos.len()], &cos[..], "{precision}");
+            assert_eq!(&got[cos.len()..], &sin[..], "{precision}");
+        }
     }
 
     #[test]
@@ -135,7 +172,7 @@ mod tests {
             assert_eq!(table_floats(&config), 0);
             assert_eq!(
                 pack_weights(&model).unwrap().len(),
-                2 * layer_floats(&config)
+                2 * 4 * layer_groups(&config, Precision::F32)
             );
         }
     }

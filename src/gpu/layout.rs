@@ -94,7 +94,15 @@ pub(crate) fn padded_size(bytes: u64) -> u64 {
 
 /// A storage buffer holding `data` (at least 16 bytes).
 pub(crate) fn upload_f32(ctx: &GpuContext, label: &str, data: &[f32]) -> Result<wgpu::Buffer> {
-    let bytes: &[u8] = bytemuck::cast_slice(data);
+    upload_bytes(ctx, label, bytemuck::cast_slice(data))
+}
+
+/// A storage buffer holding the words `data` (packed weights).
+pub(crate) fn upload_u32(ctx: &GpuContext, label: &str, data: &[u32]) -> Result<wgpu::Buffer> {
+    upload_bytes(ctx, label, bytemuck::cast_slice(data))
+}
+
+fn upload_bytes(ctx: &GpuContext, label: &str, bytes: &[u8]) -> Result<wgpu::Buffer> {
     let buffer = ctx.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
         size: padded_size(bytes.len() as u64),

@@ -10,12 +10,18 @@ use crate::config::TrmConfig;
 use crate::error::{Result, TrmError};
 use crate::model::{TokenMixer, TrmModel};
 
-use super::context::GpuContext;
-use super::step_common::{StepPipeline, channel_floats, pad4, push_rows, step_source};
+use crate::weights::Precision;
 
-const SOURCE: &str = step_source!("mixer_step.wgsl");
-/// Name of the kernel (pipeline cache, labels, error messages).
-pub(crate) const KERNEL: &str = "mixer_step.wgsl";
+use super::context::GpuContext;
+use super::step_common::{
+    PerPrecision, StepPipeline, channel_groups, group_bytes, matrix_groups, pad4, precision_names,
+    push_rows, step_source,
+};
+
+const SOURCE: PerPrecision = step_source!("mixer_step.wgsl");
+/// Name of the kernel at each precision (pipeline cache, labels, error
+/// messages).
+pub(crate) const KERNEL: PerPrecision = precision_names!("mixer_step.wgsl");
 
 /// Floats of per-puzzle scratch: the gated activations of the larger
 /// SwiGLU, `max(TI D, CI S)`.
@@ -24,42 +30,58 @@ pub(crate) fn scratch_floats(config: &TrmConfig) -> usize {
     (config.token_inter() * d).max(config.channel_inter() * s)
 }
 
-/// The layer weights in the kernel's layout: per layer `tok_gu [2TI, SP] |
-/// tok_dn [S, TI] | ch_gu [2CI, DP] | ch_dn [D, CI]`, every row zero-padded
-/// to a multiple of 4 floats. `None` for an attention model.
-pub(crate) fn pack_weights(model: &TrmModel) -> Option<Vec<f32>> {
+/// The layer weights in the kernel's layout at the model's precision, as
+/// words: per layer `tok_gu [2TI, SP] | tok_dn [S, TI] | ch_gu [2CI, DP] |
+/// ch_dn [D, CI]`, every row zero-padded to a multiple of 4 weights, each
+/// int8 matrix followed by its row scales (`push_rows`).
+pub(crate) fn pack_weights(model: &TrmModel) -> Result<Vec<u32>> {
     let config = model.config();
-    let mut packed = Vec::with_capacity(layer_floats(config) * config.stored_layers());
+    let precision = model.precision();
+    let mut packed = Vec::with_capacity(weight_bytes(config, precision) as usize / 4);
     for layer in &model.weights().layers {
         let TokenMixer::Mlp { gate_up, down } = &layer.mixer else {
-            return None;
+            return Err(TrmError::Gpu(
+                "mixer_step: the model's blocks are not MLP-mixer blocks".into(),
+            ));
         };
-        push_rows(&mut packed, gate_up);
-        push_rows(&mut packed, down);
-        push_rows(&mut packed, &layer.gate_up);
-        push_rows(&mut packed, &layer.down);
+        for matrix in [gate_up, down, &layer.gate_up, &layer.down] {
+            push_rows(&mut packed, matrix, precision)?;
+        }
     }
-    Some(packed)
+    Ok(packed)
 }
 
-/// Floats of one layer in the packed layout.
-pub(crate) fn layer_floats(config: &TrmConfig) -> usize {
+/// Groups (of 4 weights) of one layer in the packed layout at `precision`.
+pub(crate) fn layer_groups(config: &TrmConfig, precision: Precision) -> usize {
     let s = config.state_len();
     let ti = config.token_inter();
-    2 * ti * pad4(s) + s * pad4(ti) + channel_floats(config)
+    matrix_groups(2 * ti, pad4(s), precision)
+        + matrix_groups(s, pad4(ti), precision)
+        + channel_groups(config, precision)
+}
+
+/// Bytes of everything the kernel binds as weights at `precision`.
+pub(crate) fn weight_bytes(config: &TrmConfig, precision: Precision) -> u64 {
+    (layer_groups(config, precision) * config.stored_layers() * group_bytes(precision)) as u64
 }
 
 /// Uploads the layer weights and builds the pipeline.
 pub(crate) fn new(ctx: &GpuContext, model: &TrmModel) -> Result<StepPipeline> {
     let config = model.config();
-    let packed = pack_weights(model).ok_or_else(|| {
-        TrmError::Gpu("mixer_step: the model's blocks are not MLP-mixer blocks".into())
-    })?;
+    let packed = pack_weights(model)?;
     let constants = [
         ("TI", config.token_inter() as f64),
         ("SP", pad4(config.state_len()) as f64),
     ];
-    StepPipeline::new(ctx, config, KERNEL, SOURCE, &packed, &constants)
+    StepPipeline::new(
+        ctx,
+        config,
+        model.precision(),
+        KERNEL,
+        SOURCE,
+        &packed,
+        &constants,
+    )
 }
 
 #[cfg(test)]
@@ -76,22 +98,56 @@ mod tests {
         .unwrap();
         let model = TrmModel::random(config.clone(), 1, 0.5).unwrap();
         let packed = pack_weights(&model).unwrap();
-        assert_eq!(packed.len(), 2 * layer_floats(&config));
-        assert_eq!(layer_floats(&config) % 4, 0);
+        let f32_groups = layer_groups(&config, Precision::F32);
+        assert_eq!(packed.len(), 2 * 4 * f32_groups);
         // first row of tok_gu: 13 weights then 3 zeros
         let TokenMixer::Mlp { gate_up, .. } = &model.weights().layers[0].mixer else {
             unreachable!()
         };
         let gate_up = gate_up.to_f32();
+        let packed: Vec<f32> = packed.iter().map(|&w| f32::from_bits(w)).collect();
         assert_eq!(&packed[..13], &gate_up[..13]);
         assert_eq!(&packed[13..16], &[0.0; 3]);
         assert_eq!(&packed[16..29], &gate_up[13..26]);
+        // bf16 is half the words; int8 a quarter, plus a scale per row
+        let rows = 2 * (2 * config.token_inter() + 13) + 2 * (2 * config.channel_inter() + 18);
+        for (precision, words) in [
+            (Precision::Bf16, packed.len() / 2),
+            (Precision::F16, packed.len() / 2),
+            (Precision::Int8, packed.len() / 4 + rows),
+        ] {
+            let model = model.to_precision(precision).unwrap();
+            let got = pack_weights(&model).unwrap();
+            assert_eq!(got.len(), words, "{precision}");
+            assert_eq!(4 * got.len() as u64, weight_bytes(&config, precision));
+        }
     }
 
     #[test]
-    fn the_kernel_source_is_prelude_then_kernel() {
-        assert!(SOURCE.starts_with(include_str!("../../shaders/common/params.wgsl")));
-        assert!(SOURCE.contains(include_str!("../../shaders/common/step_common.wgsl")));
-        assert!(SOURCE.ends_with(include_str!("../../shaders/mixer_step.wgsl")));
+    fn the_kernel_source_is_preludes_then_kernel() {
+        for (precision, prelude) in [
+            (
+                Precision::F32,
+                include_str!("../../shaders/common/weights_f32.wgsl"),
+            ),
+            (
+                Precision::F16,
+                include_str!("../../shaders/common/weights_f16.wgsl"),
+            ),
+            (
+                Precision::Bf16,
+                include_str!("../../shaders/common/weights_bf16.wgsl"),
+            ),
+            (
+                Precision::Int8,
+                include_str!("../../shaders/common/weights_int8.wgsl"),
+            ),
+        ] {
+            let source = SOURCE.get(precision);
+            assert!(source.starts_with(include_str!("../../shaders/common/params.wgsl")));
+            assert!(source.contains(prelude));
+            assert!(source.contains(include_str!("../../shaders/common/step_common.wgsl")));
+            assert!(source.ends_with(include_str!("../../shaders/mixer_step.wgsl")));
+        }
     }
 }

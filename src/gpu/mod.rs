@@ -65,6 +65,7 @@ use crate::error::{Result, TrmError};
 use crate::model::TrmModel;
 use crate::program::{Call, SlotEngine, act_step_calls};
 use crate::solve::{Carry, Engine, SolveOptions, SolveOutput};
+use crate::weights::Precision;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use adapters::list_adapters;
@@ -326,12 +327,13 @@ impl StepKernel {
         }
     }
 
-    /// Floats of the weights the variant's kernel binds.
-    fn weight_floats(config: &TrmConfig) -> usize {
+    /// Bytes of the weights the variant's kernel binds, stored at
+    /// `precision`.
+    fn weight_bytes(config: &TrmConfig, precision: Precision) -> u64 {
         if config.mlp_t {
-            mixer_step::layer_floats(config) * config.stored_layers()
+            mixer_step::weight_bytes(config, precision)
         } else {
-            attention_step::weight_floats(config)
+            attention_step::weight_bytes(config, precision)
         }
     }
 
@@ -698,6 +700,13 @@ impl GpuEngine {
     /// on a device once.
     pub fn shares_weights_with(&self, other: &GpuEngine) -> bool {
         Arc::ptr_eq(&self.resident, &other.resident)
+    }
+
+    /// Bytes of the blocks' weights on the device: the step kernels' weight
+    /// buffer, packed at the model's precision (with int8's row scales and,
+    /// for RoPE, its f32 tables). The embeddings and heads are f32 beside it.
+    pub fn layer_weight_bytes(&self) -> u64 {
+        self.resident.step.pipeline.weight_bytes()
     }
 
     /// Puzzles one chunk holds at most on this device and schedule; larger
@@ -1149,7 +1158,8 @@ impl GpuEngine {
         let config = self.model.config();
         let sk = self.resident.step.pipeline.depth();
         let [z, y] = &chunk.bases;
-        let plan = SpreadPlan::new(config, batch, [z, y], chunk.part_base, sk);
+        let precision = self.resident.step.pipeline.precision();
+        let plan = SpreadPlan::new(config, precision, batch, [z, y], chunk.part_base, sk);
         let stride = self.params_stride as usize;
         let mut bytes = vec![0u8; plan.blocks().count() * stride];
         for (block, at) in plan.blocks().zip(bytes.chunks_exact_mut(stride)) {
@@ -1461,7 +1471,9 @@ impl GpuEngine {
     }
 }
 
-/// The weights of each kernel must fit one storage binding.
+/// The weights of each kernel must fit one storage binding: the layers at
+/// the model's precision (as the step kernels store them), the embeddings
+/// and heads widened to f32.
 fn check_weights_fit(ctx: &GpuContext, model: &TrmModel) -> Result<()> {
     let config = model.config();
     let limits = ctx.limits();
@@ -1472,13 +1484,15 @@ fn check_weights_fit(ctx: &GpuContext, model: &TrmModel) -> Result<()> {
     let w = model.weights();
     // the puzzle table is not among them: its rows travel with the ids
     let tables = w.embed_tokens.len() + w.embed_pos.as_ref().map_or(0, |m| m.len());
-    let layers = StepKernel::weight_floats(config);
-    for (what, floats) in [
+    let layers = StepKernel::weight_bytes(config, model.precision());
+    for (what, bytes) in [
         ("layer weights", layers),
-        ("embedding tables", tables),
-        ("head weights", w.lm_head.len() + 2 * config.hidden_size + 2),
+        ("embedding tables", tables as u64 * F32),
+        (
+            "head weights",
+            (w.lm_head.len() + 2 * config.hidden_size + 2) as u64 * F32,
+        ),
     ] {
-        let bytes = floats as u64 * F32;
         if bytes > limit {
             return Err(TrmError::AdapterUnsuitable {
                 adapter: ctx.adapter_info().name.clone(),

@@ -30,13 +30,16 @@
 
 use crate::config::{Level, PosEncodings, TrmConfig};
 use crate::error::Result;
+use crate::weights::Precision;
 
 use super::context::GpuContext;
 use super::layout::{Kernel, Params};
-use super::step_common::{StepPipeline, pad4, step_source};
+use super::step_common::{
+    PerPrecision, StepPipeline, matrix_groups, pad4, precision_names, step_source,
+};
 
-const SOURCE: &str = step_source!("spread_step.wgsl");
-const ATTENTION_SOURCE: &str = step_source!("attention_step.wgsl");
+const SOURCE: PerPrecision = step_source!("spread_step.wgsl");
+const ATTENTION_SOURCE: PerPrecision = step_source!("attention_step.wgsl");
 
 /// Workgroups a phase aims for at small batch: enough for a large GPU
 /// (an H200 has 132 SMs, an integrated GPU 8 to 96 units) without cutting
@@ -118,19 +121,31 @@ impl SpreadKernels {
         let attention = |name, entry| step.sibling(ctx, name, entry, ATTENTION_SOURCE, true, &[]);
         let rope = config.pos_encodings == PosEncodings::Rope;
         Ok(SpreadKernels {
-            inject: kernel("spread_step.wgsl:spread_inject", "spread_inject")?,
-            product: kernel("spread_step.wgsl:spread_product", "spread_product")?,
-            norm_rows: kernel("spread_step.wgsl:spread_norm_rows", "spread_norm_rows")?,
+            inject: kernel(
+                precision_names!("spread_step.wgsl:spread_inject"),
+                "spread_inject",
+            )?,
+            product: kernel(
+                precision_names!("spread_step.wgsl:spread_product"),
+                "spread_product",
+            )?,
+            norm_rows: kernel(
+                precision_names!("spread_step.wgsl:spread_norm_rows"),
+                "spread_norm_rows",
+            )?,
             norm_cols: if config.mlp_t {
                 Some(kernel(
-                    "spread_step.wgsl:spread_norm_cols",
+                    precision_names!("spread_step.wgsl:spread_norm_cols"),
                     "spread_norm_cols",
                 )?)
             } else {
                 None
             },
             rope: if !config.mlp_t && rope {
-                Some(attention("attention_step.wgsl:spread_rope", "spread_rope")?)
+                Some(attention(
+                    precision_names!("attention_step.wgsl:spread_rope"),
+                    "spread_rope",
+                )?)
             } else {
                 None
             },
@@ -138,7 +153,7 @@ impl SpreadKernels {
                 None
             } else {
                 Some(attention(
-                    "attention_step.wgsl:spread_attention",
+                    precision_names!("attention_step.wgsl:spread_attention"),
                     "spread_attention",
                 )?)
             },
@@ -189,8 +204,9 @@ enum Operand {
     Scratch { base: u32, ks: u32, ns: u32 },
 }
 
-/// One product of a block: W [m, k] (vec4 rows of kp floats from vec4
-/// `w_off`; `paired`: gate then up rows), B, and where the output goes
+/// One product of a block: W [m, k] (rows of kp weights from group
+/// `w_off`, a group being 4 weights at the model's precision; `paired`:
+/// gate then up rows), B, and where the output goes
 /// (`o_ms`, `o_ns` strides from `o_base`); `split` allows split-K.
 struct ProductSpec {
     w_off: u32,
@@ -205,6 +221,16 @@ struct ProductSpec {
     o_ms: u32,
     o_ns: u32,
     split: bool,
+}
+
+/// What a plan is made for: the model, its weights' precision, the batch,
+/// where the split partials go, the K step.
+struct Shape<'a> {
+    config: &'a TrmConfig,
+    precision: Precision,
+    batch: u32,
+    part_base: u32,
+    sk: u32,
 }
 
 /// Builds the dispatches of a network call (see the module doc).
@@ -298,20 +324,29 @@ pub(crate) fn most_blocks(config: &TrmConfig) -> u64 {
 }
 
 impl SpreadPlan {
-    /// The plans of the two network calls for `batch` active puzzles.
+    /// The plans of the two network calls for `batch` active puzzles, on
+    /// weights packed at `precision` (which sets the weight offsets).
     /// `bases` hold the z update's and the y update's state and injection
     /// regions (the fused blocks); the work region of the scratch starts at
     /// 0 and the split partials at `part_base`.
     pub(crate) fn new(
         config: &TrmConfig,
+        precision: Precision,
         batch: u32,
         bases: [&Params; 2],
         part_base: u32,
         sk: u32,
     ) -> SpreadPlan {
         let [z, y] = bases;
-        let (z, z_partials) = Self::call_plan(config, Level::L, batch, z, part_base, sk);
-        let (y, y_partials) = Self::call_plan(config, Level::H, batch, y, part_base, sk);
+        let shape = Shape {
+            config,
+            precision,
+            batch,
+            part_base,
+            sk,
+        };
+        let (z, z_partials) = Self::call_plan(&shape, Level::L, z);
+        let (y, y_partials) = Self::call_plan(&shape, Level::H, y);
         SpreadPlan {
             batch,
             calls: [z, y],
@@ -332,14 +367,16 @@ impl SpreadPlan {
     /// The plan of one network call of `level` (its blocks from
     /// [`TrmConfig::level_layers`]) on the regions of `base`; returns it with
     /// the floats of split partials it needs.
-    fn call_plan(
-        config: &TrmConfig,
-        level: Level,
-        batch: u32,
-        base: &Params,
-        part_base: u32,
-        sk: u32,
-    ) -> (CallPlan, u64) {
+    fn call_plan(shape: &Shape<'_>, level: Level, base: &Params) -> (CallPlan, u64) {
+        let &Shape {
+            config,
+            precision,
+            batch,
+            part_base,
+            sk,
+        } = shape;
+        // a weight matrix's groups in the packed layout (u32 offsets)
+        let len = |rows: u32, kp: u32| matrix_groups(rows as usize, kp as usize, precision) as u32;
         let (s, d) = (config.state_len() as u32, config.hidden_size as u32);
         let (dp, ci) = (pad4(d as usize) as u32, config.channel_inter() as u32);
         let tokens = batch * s;
@@ -355,8 +392,8 @@ impl SpreadPlan {
         plan.push(Phase::Inject, (tokens * d).div_ceil(256), |p| {
             p.n_total = batch;
         });
-        let ch_gu_len = 2 * ci * dp / 4;
-        let ch_dn_len = d * ci / 4;
+        let ch_gu_len = len(2 * ci, dp);
+        let ch_dn_len = len(d, ci);
         // the gated channel activations [CI, B S] at 0, partials at part_base
         let channel = |plan: &mut Planner<'_>, ch: u32| {
             plan.product(ProductSpec {
@@ -396,8 +433,8 @@ impl SpreadPlan {
         if config.mlp_t {
             let ti = config.token_inter() as u32;
             let sp = pad4(s as usize) as u32;
-            let tok_gu_len = 2 * ti * sp / 4;
-            let tok_dn_len = s * ti / 4;
+            let tok_gu_len = len(2 * ti, sp);
+            let tok_dn_len = len(s, ti);
             let layer_len = tok_gu_len + tok_dn_len + ch_gu_len + ch_dn_len;
             let columns = batch * d;
             for layer in layers.clone() {
@@ -444,8 +481,8 @@ impl SpreadPlan {
                 channel(&mut plan, w + tok_gu_len + tok_dn_len);
             }
         } else {
-            let qkv_len = 3 * d * dp / 4;
-            let o_len = d * dp / 4;
+            let qkv_len = len(3 * d, dp);
+            let o_len = len(d, dp);
             let layer_len = qkv_len + o_len + ch_gu_len + ch_dn_len;
             let (heads, hd) = (config.num_heads as u32, config.head_dim() as u32);
             let tiles = heads * s.div_ceil(64) * hd.div_ceil(64);
@@ -510,6 +547,7 @@ impl SpreadPlan {
         (CallPlan { dispatches, blocks }, partial_floats)
     }
     /// Floats of split partials any batch of 1 to `capacity` puzzles needs.
+    /// (The weights' precision moves offsets only, not the partials.)
     pub(crate) fn partial_floats_up_to(config: &TrmConfig, capacity: u32, sk: u32) -> u64 {
         let base = Params::default();
         // beyond TARGET_GROUPS puzzles every product has a tile per
@@ -517,7 +555,7 @@ impl SpreadPlan {
         // batch, and the largest batch needs the most
         let mut most = 0;
         for batch in (1..=capacity.min(TARGET_GROUPS)).chain([capacity]) {
-            let plan = SpreadPlan::new(config, batch, [&base, &base], 0, sk);
+            let plan = SpreadPlan::new(config, Precision::F32, batch, [&base, &base], 0, sk);
             most = most.max(plan.partial_floats);
         }
         most
@@ -546,7 +584,7 @@ mod tests {
     fn sudoku_at_batch_1_spreads_every_phase() {
         let config = TrmConfig::sudoku_extreme();
         let base = Params::default();
-        let plan = SpreadPlan::new(&config, 1, [&base, &base], 0, 16);
+        let plan = SpreadPlan::new(&config, Precision::F32, 1, [&base, &base], 0, 16);
         let call = plan.call(false);
         assert_eq!(call.dispatches.len(), 1 + 6 * config.l_layers);
         assert_eq!(plan.blocks().count(), 2 * call.dispatches.len());

@@ -1,28 +1,63 @@
 //! What the two recursion-step kernels share: the WGSL prelude
-//! `shaders/common/step_common.wgsl` (bindings, the tiled matrix product,
-//! the channel SwiGLU, the RMSNorm over D) and, on the Rust side, the
-//! pipeline with its common specialisation constants, the bind group and
-//! the recording of one step.
+//! `shaders/common/step_common.wgsl` (the tiled matrix product, the channel
+//! SwiGLU, the RMSNorm over D), the weight prelude of each precision
+//! (`shaders/common/weights_{f32,f16,bf16,int8}.wgsl`: the weight binding
+//! and how a group of 4 weights is widened) and, on the Rust side, the
+//! weights packed at the model's precision, the pipeline with its common
+//! specialisation constants, the bind group and the recording of one step.
 //!
-//! WGSL has no includes: [`step_source!`] prepends the prelude to a
-//! kernel's own file at compile time, and nothing else assembles WGSL.
+//! WGSL has no includes: [`step_source!`] prepends the preludes to a
+//! kernel's own file at compile time, once per precision, and nothing else
+//! assembles WGSL.
 
 use crate::config::TrmConfig;
 use crate::error::{Result, TrmError};
-use crate::weights::Matrix;
+use crate::weights::{Matrix, Precision};
 
 use super::context::GpuContext;
 use super::layout::{self, Entry, Kernel, Workgroups};
 
-/// The WGSL of a recursion-step kernel: the parameter block
-/// (`shaders/common/params.wgsl`), the prelude
+/// One `&'static str` per weight precision, in [`Precision::ALL`] order: a
+/// kernel's WGSL (each with its precision's weight prelude) or its name in
+/// the pipeline cache (pipelines of one kernel at two precisions differ in
+/// their source, not in their constants).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PerPrecision(pub(crate) [&'static str; 4]);
+
+impl PerPrecision {
+    /// The one for `precision`.
+    pub(crate) fn get(self, precision: Precision) -> &'static str {
+        self.0[match precision {
+            Precision::F32 => 0,
+            Precision::F16 => 1,
+            Precision::Bf16 => 2,
+            Precision::Int8 => 3,
+        }]
+    }
+}
+
+/// The WGSL of a recursion-step kernel at each precision
+/// ([`PerPrecision`]): the parameter block (`shaders/common/params.wgsl`),
+/// the weight prelude `shaders/common/weights_$p.wgsl`, the prelude
 /// `shaders/common/step_common.wgsl`, then `shaders/$kernel`, concatenated
 /// at compile time.
 macro_rules! step_source {
     ($kernel:literal) => {
+        $crate::gpu::step_common::PerPrecision([
+            step_source!(@ $kernel, "f32"),
+            step_source!(@ $kernel, "f16"),
+            step_source!(@ $kernel, "bf16"),
+            step_source!(@ $kernel, "int8"),
+        ])
+    };
+    (@ $kernel:literal, $precision:literal) => {
         concat!(
             include_str!("../../shaders/common/params.wgsl"),
             "\n// ---- end of shaders/common/params.wgsl ----\n\n",
+            include_str!(concat!("../../shaders/common/weights_", $precision, ".wgsl")),
+            "\n// ---- end of shaders/common/weights_",
+            $precision,
+            ".wgsl ----\n\n",
             include_str!("../../shaders/common/step_common.wgsl"),
             "\n// ---- end of shaders/common/step_common.wgsl; ",
             $kernel,
@@ -33,28 +68,100 @@ macro_rules! step_source {
 }
 pub(crate) use step_source;
 
-/// Rounds up to a multiple of 4 (a vec4).
+/// A kernel's pipeline-cache names at each precision ([`PerPrecision`]):
+/// `$name`, then `$name (f16)` and so on.
+macro_rules! precision_names {
+    ($name:literal) => {
+        $crate::gpu::step_common::PerPrecision([
+            $name,
+            concat!($name, " (f16)"),
+            concat!($name, " (bf16)"),
+            concat!($name, " (int8)"),
+        ])
+    };
+}
+pub(crate) use precision_names;
+
+/// Rounds up to a multiple of 4 (a group of weights).
 pub(crate) fn pad4(n: usize) -> usize {
     n.div_ceil(4) * 4
 }
 
-/// Appends `matrix`, widened to f32, to `packed`, every row padded with
-/// zeros to a multiple of 4 floats (the kernels read weights as vec4).
-pub(crate) fn push_rows(packed: &mut Vec<f32>, matrix: &Matrix) {
-    let cols = matrix.cols();
-    let padded = pad4(cols);
-    for r in 0..matrix.rows() {
-        let start = packed.len();
-        packed.resize(start + padded, 0.0);
-        matrix.row_into(r, &mut packed[start..start + cols]);
-    }
+/// Groups (of 4 weights) a `[rows, kp]` matrix takes in the step kernels'
+/// weight buffer at `precision`: the WGSL `matrix_len` of its weight
+/// prelude (int8 adds one word per row for its scale).
+pub(crate) fn matrix_groups(rows: usize, kp: usize, precision: Precision) -> usize {
+    let scales = if precision == Precision::Int8 {
+        rows
+    } else {
+        0
+    };
+    rows * (kp / 4) + scales
 }
 
-/// Floats of the channel SwiGLU weights of one layer in the kernels'
+/// Bytes of one group at `precision`: 16 (a vec4 of f32), 8 (four f16 or
+/// bf16 in two words) or 4 (four int8 in a word; a scale is one group).
+pub(crate) fn group_bytes(precision: Precision) -> usize {
+    4 * precision.element_bytes()
+}
+
+/// Words one group takes.
+fn group_words(precision: Precision) -> usize {
+    precision.element_bytes()
+}
+
+/// Appends `matrix` to `packed` (u32 words, little-endian) at `precision`,
+/// every row padded with zero weights to a multiple of 4 (the kernels read
+/// weights in groups of 4), then for int8 the rows' scales as f32 bit
+/// patterns: the layout the weight preludes read. The weights are copied
+/// as stored, not widened, so the device holds what the CPU engine widens.
+pub(crate) fn push_rows(
+    packed: &mut Vec<u32>,
+    matrix: &Matrix,
+    precision: Precision,
+) -> Result<()> {
+    if matrix.precision() != precision {
+        return Err(TrmError::Gpu(format!(
+            "a {} x {} matrix is at {}, the rest of the network at {precision}",
+            matrix.rows(),
+            matrix.cols(),
+            matrix.precision()
+        )));
+    }
+    let row_words = pad4(matrix.cols()) * precision.element_bytes() / 4;
+    for r in 0..matrix.rows() {
+        let start = packed.len();
+        for chunk in matrix.raw_row(r).chunks(4) {
+            let mut word = [0u8; 4];
+            word[..chunk.len()].copy_from_slice(chunk);
+            packed.push(u32::from_le_bytes(word));
+        }
+        packed.resize(start + row_words, 0);
+    }
+    if precision == Precision::Int8 {
+        packed.extend(matrix.scales().iter().map(|s| s.to_bits()));
+    }
+    Ok(())
+}
+
+/// Appends f32 `data` (the RoPE tables) to `packed` as bit patterns,
+/// starting at a group boundary (`packed` ends on one: matrices fill whole
+/// groups).
+pub(crate) fn push_f32(packed: &mut Vec<u32>, data: &[f32], precision: Precision) {
+    debug_assert_eq!(packed.len() % group_words(precision), 0);
+    packed.extend(data.iter().map(|v| v.to_bits()));
+}
+
+/// Groups a run of `floats` f32 values takes at `precision`.
+pub(crate) fn f32_groups(floats: usize, precision: Precision) -> usize {
+    floats.div_ceil(group_words(precision))
+}
+
+/// Groups of the channel SwiGLU weights of one layer in the kernels'
 /// layout: `ch_gu [2CI, DP] | ch_dn [D, CI]`.
-pub(crate) fn channel_floats(config: &TrmConfig) -> usize {
+pub(crate) fn channel_groups(config: &TrmConfig, precision: Precision) -> usize {
     let (d, ci) = (config.hidden_size, config.channel_inter());
-    2 * ci * pad4(d) + d * pad4(ci)
+    matrix_groups(2 * ci, pad4(d), precision) + matrix_groups(d, pad4(ci), precision)
 }
 
 /// Depth SK of a product's K step for `workgroup_bytes` of workgroup
@@ -83,11 +190,16 @@ const STEP_ENTRIES: [Entry; 5] = [
 pub(crate) struct StepPipeline {
     kernel: Kernel,
     weights: wgpu::Buffer,
+    /// The precision the weights are stored at (and the weight prelude the
+    /// kernel and its siblings are built with).
+    precision: Precision,
+    /// Bytes of the weights as packed (the buffer is padded to 16).
+    weight_bytes: u64,
     /// SK, the K depth of a product step this kernel (and every sibling)
     /// was built with.
     depth: u32,
-    /// Name of the kernel: the key of its bind group layout, which the
-    /// spread schedule's kernels share.
+    /// Name of the kernel at its precision: the key of its bind group
+    /// layout, which the spread schedule's kernels share.
     name: &'static str,
     /// The prelude's specialisation constants.
     prelude: Vec<(&'static str, f64)>,
@@ -96,17 +208,20 @@ pub(crate) struct StepPipeline {
 }
 
 impl StepPipeline {
-    /// Uploads `packed` (the kernel's weight layout) and builds the pipeline
-    /// of `kernel` with the prelude's constants (S, D, DP, CI, LAYERS,
-    /// EPS, SK) followed by the kernel's own `constants`.
+    /// Uploads `packed` (the kernel's weight layout at `precision`, as
+    /// words) and builds the pipeline of `kernel` at that precision with
+    /// the prelude's constants (S, D, DP, CI, LAYERS, EPS, SK) followed by
+    /// the kernel's own `constants`.
     pub(crate) fn new(
         ctx: &GpuContext,
         config: &TrmConfig,
-        kernel: &'static str,
-        source: &'static str,
-        packed: &[f32],
+        precision: Precision,
+        kernel: PerPrecision,
+        source: PerPrecision,
+        packed: &[u32],
         constants: &[(&'static str, f64)],
     ) -> Result<Self> {
+        let (kernel, source) = (kernel.get(precision), source.get(precision));
         let limits = ctx.limits();
         let tile_depth =
             tile_depth(limits.max_compute_workgroup_storage_size).ok_or_else(|| {
@@ -115,7 +230,7 @@ impl StepPipeline {
                     reason: "less than 8 KiB of workgroup memory".into(),
                 }
             })?;
-        let weights = layout::upload_f32(ctx, &format!("{kernel} weights"), packed)?;
+        let weights = layout::upload_u32(ctx, &format!("{kernel} weights"), packed)?;
         let entries = STEP_ENTRIES;
         let (s, d) = (config.state_len(), config.hidden_size);
         let mut all = vec![
@@ -134,6 +249,8 @@ impl StepPipeline {
         Ok(StepPipeline {
             kernel,
             weights,
+            precision,
+            weight_bytes: 4 * packed.len() as u64,
             depth: tile_depth,
             name,
             prelude,
@@ -147,20 +264,32 @@ impl StepPipeline {
         self.depth
     }
 
+    /// The precision the weights are stored and read at.
+    pub(crate) fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Bytes of the weights on the device (at their stored precision).
+    pub(crate) fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
+    }
+
     /// Another kernel on this one's bind group layout: entry point `entry`
-    /// of `source` (which starts with the prelude), cached as `name`, with
-    /// the prelude's constants, this kernel's own where `with_own` (the
-    /// source is this kernel's), and `extra`. The spread schedule's kernels
-    /// are built so and bind the same groups.
+    /// of `source` (which starts with the preludes) at this kernel's
+    /// precision, cached as `name`, with the prelude's constants, this
+    /// kernel's own where `with_own` (the source is this kernel's), and
+    /// `extra`. The spread schedule's kernels are built so and bind the
+    /// same groups.
     pub(crate) fn sibling(
         &self,
         ctx: &GpuContext,
-        name: &'static str,
+        name: PerPrecision,
         entry: &'static str,
-        source: &str,
+        source: PerPrecision,
         with_own: bool,
         extra: &[(&'static str, f64)],
     ) -> Result<Kernel> {
+        let (name, source) = (name.get(self.precision), source.get(self.precision));
         let mut constants = self.prelude.clone();
         if with_own {
             constants.extend_from_slice(&self.own);
@@ -218,11 +347,152 @@ mod tests {
     }
 
     #[test]
-    fn kernels_start_with_the_prelude() {
-        const MIXER: &str = step_source!("mixer_step.wgsl");
-        assert!(MIXER.starts_with("// params.wgsl"));
-        assert!(MIXER.contains("\n// step_common.wgsl: "));
-        assert!(MIXER.contains("\n// mixer_step.wgsl: "));
-        assert_eq!(MIXER.matches("fn product(").count(), 1);
+    fn kernels_start_with_the_preludes() {
+        const MIXER: PerPrecision = step_source!("mixer_step.wgsl");
+        for precision in Precision::ALL {
+            let source = MIXER.get(precision);
+            assert!(source.starts_with("// params.wgsl"));
+            let prelude = format!("\n// weights_{precision}.wgsl: ");
+            let at = source.find(&prelude).expect("the weight prelude");
+            assert_eq!(source.matches("@binding(0)").count(), 1);
+            assert!(at < source.find("\n// step_common.wgsl: ").unwrap());
+            assert!(source.contains("\n// mixer_step.wgsl: "));
+            assert_eq!(source.matches("fn product(").count(), 1);
+            assert_eq!(source.matches("fn weight4(").count(), 1);
+        }
+        let names = precision_names!("mixer_step.wgsl");
+        let mut distinct: Vec<&str> = Precision::ALL.iter().map(|&p| names.get(p)).collect();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 4);
+        assert_eq!(names.get(Precision::F32), "mixer_step.wgsl");
+    }
+
+    fn matrix(rows: usize, cols: usize, precision: Precision) -> Matrix {
+        let data: Vec<f32> = (0..rows * cols)
+            .map(|i| (i as f32 * 0.37 - 1.9).sin() * 3.0)
+            .collect();
+        Matrix::from_f32(rows, cols, &data)
+            .unwrap()
+            .convert(precision, "w")
+            .unwrap()
+    }
+
+    /// What the weight preludes read back: group g of a row widened as the
+    /// WGSL does it (unpack2x16float, the bf16 shifts, the int8 sign
+    /// extension times the row scale), here on the host.
+    fn weight4(
+        packed: &[u32],
+        precision: Precision,
+        rows: usize,
+        kp: usize,
+        row: usize,
+        k: usize,
+    ) -> [f32; 4] {
+        let groups = kp / 4;
+        let g = row * groups + k / 4;
+        match precision {
+            Precision::F32 => std::array::from_fn(|j| f32::from_bits(packed[4 * g + j])),
+            Precision::F16 => {
+                let w = [packed[2 * g], packed[2 * g + 1]];
+                std::array::from_fn(|j| {
+                    half::f16::from_bits((w[j / 2] >> (16 * (j % 2))) as u16).to_f32()
+                })
+            }
+            Precision::Bf16 => {
+                let w = [packed[2 * g], packed[2 * g + 1]];
+                std::array::from_fn(|j| {
+                    f32::from_bits(if j % 2 == 0 {
+                        w[j / 2] << 16
+                    } else {
+                        w[j / 2] & 0xffff_0000
+                    })
+                })
+            }
+            Precision::Int8 => {
+                let w = packed[g];
+                let scale = f32::from_bits(packed[rows * groups + row]);
+                std::array::from_fn(|j| {
+                    let q = ((w << (24 - 8 * j)) as i32) >> 24;
+                    q as f32 * scale
+                })
+            }
+        }
+    }
+
+    #[test]
+    fn packed_groups_widen_to_the_cpu_engines_weights() {
+        // 7 columns: every row has a padded tail (and int8 a partial word)
+        let (rows, cols) = (5, 7);
+        for precision in Precision::ALL {
+            let m = matrix(rows, cols, precision);
+            let mut packed = Vec::new();
+            push_rows(&mut packed, &m, precision).unwrap();
+            let kp = pad4(cols);
+            let groups = matrix_groups(rows, kp, precision);
+            assert_eq!(packed.len(), groups * group_words(precision), "{precision}");
+            let wide = m.to_f32();
+            for row in 0..rows {
+                for k in (0..kp).step_by(4) {
+                    let got = weight4(&packed, precision, rows, kp, row, k);
+                    for (j, g) in got.iter().enumerate() {
+                        let want = if k + j < cols {
+                            wide[row * cols + k + j]
+                        } else {
+                            0.0
+                        };
+                        assert_eq!(
+                            g.to_bits(),
+                            want.to_bits(),
+                            "{precision} row {row} k {}",
+                            k + j
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn packed_bytes_fall_with_the_precision() {
+        let (rows, cols) = (64, 256);
+        let bytes = |precision| {
+            let mut packed = Vec::new();
+            push_rows(&mut packed, &matrix(rows, cols, precision), precision).unwrap();
+            4 * packed.len()
+        };
+        assert_eq!(bytes(Precision::F32), 4 * rows * cols);
+        assert_eq!(bytes(Precision::F16), 2 * rows * cols);
+        assert_eq!(bytes(Precision::Bf16), 2 * rows * cols);
+        assert_eq!(bytes(Precision::Int8), rows * cols + 4 * rows);
+        for precision in Precision::ALL {
+            assert_eq!(
+                bytes(precision),
+                matrix_groups(rows, cols, precision) * group_bytes(precision)
+            );
+            assert_eq!(
+                precision.matrix_bytes(rows, cols),
+                bytes(precision) as u64,
+                "cols a multiple of 4: as Precision::matrix_bytes counts"
+            );
+        }
+    }
+
+    #[test]
+    fn a_matrix_at_another_precision_is_refused() {
+        let mut packed = Vec::new();
+        let m = matrix(2, 4, Precision::Bf16);
+        assert!(push_rows(&mut packed, &m, Precision::F32).is_err());
+    }
+
+    #[test]
+    fn f32_data_fills_whole_groups() {
+        for (precision, groups) in [
+            (Precision::F32, 3),
+            (Precision::F16, 5),
+            (Precision::Bf16, 5),
+            (Precision::Int8, 10),
+        ] {
+            assert_eq!(f32_groups(10, precision), groups, "{precision}");
+        }
     }
 }

@@ -1,0 +1,25 @@
+// weights_bf16.wgsl: the step kernels' weight binding at bfloat16,
+// widened in the shader by shifts (a bfloat16 is the top half of an f32,
+// so widening is exact and needs no feature). See weights_f32.wgsl for the
+// three functions every weight prelude defines.
+//
+// bf16: a group is one vec2<u32> (8 bytes), weights k, k + 1 in the first
+// word (k in the low half, little-endian as stored), k + 2, k + 3 in the
+// second. f32 data (the RoPE tables) is stored as its bit patterns, two
+// floats a group.
+
+@group(0) @binding(0) var<storage, read> weights: array<vec2<u32>>;
+
+fn matrix_len(rows: u32, kp: u32) -> u32 {
+    return rows * (kp / 4u);
+}
+
+fn weight4(op: Product, row: u32, k: u32) -> vec4<f32> {
+    let w = weights[op.w_off + row * (op.kp / 4u) + k / 4u];
+    return bitcast<vec4<f32>>(vec4<u32>(w.x << 16u, w.x & 0xffff0000u,
+                                        w.y << 16u, w.y & 0xffff0000u));
+}
+
+fn weight_f32(base: u32, i: u32) -> f32 {
+    return bitcast<f32>(weights[base + i / 2u][i % 2u]);
+}
