@@ -499,7 +499,16 @@ fn the_page_solves_benches_and_builds_every_pipeline_in_chromium() {
 
     // every pipeline compiled in Tint and both schedules agree
     let cases = result["pipelines"].as_array().unwrap();
-    assert_eq!(cases.len(), 8, "{cases:?}");
+    // 4 models on 2 devices, and the two step kernels at 3 reduced
+    // precisions on the first
+    assert_eq!(cases.len(), 14, "{cases:?}");
+    for precision in ["f16", "bf16", "int8"] {
+        assert_eq!(
+            cases.iter().filter(|c| c["precision"] == precision).count(),
+            2,
+            "{precision}: {cases:?}"
+        );
+    }
     let solved = cases
         .iter()
         .filter(|c| !c["fused_vs_spread"].is_null())

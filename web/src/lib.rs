@@ -26,8 +26,8 @@ use web_time::Instant;
 use trm_wgpu::rng::SplitMix64;
 use trm_wgpu::tasks::sudoku::Grid;
 use trm_wgpu::{
-    Carry, Engine, GpuContext, GpuEngine, GpuOptions, GpuSchedule, LoadOptions, PuzzleBatch,
-    SolveOptions, TrmConfig, TrmError, TrmModel,
+    Carry, Engine, GpuContext, GpuEngine, GpuOptions, GpuSchedule, LoadOptions, Precision,
+    PuzzleBatch, SolveOptions, TrmConfig, TrmError, TrmModel,
 };
 
 /// A `TrmError` as the `Error` a promise rejects with.
@@ -371,13 +371,29 @@ impl Session {
                 ),
             ] {
                 let ctx = GpuContext::new_async(&options).await.map_err(js_error)?;
-                for (label, config) in check_models() {
-                    let case = check_case(&ctx, label, config, solve)
+                // every model at f32; on the first device, the two step
+                // kernels (MLP-mixer, attention) at each reduced precision,
+                // whose weight preludes differ (built, not solved: the
+                // native tests compare their numbers)
+                let mut runs: Vec<(String, TrmConfig, Precision, bool)> = check_models()
+                    .into_iter()
+                    .map(|(label, config)| (label.to_string(), config, Precision::F32, solve))
+                    .collect();
+                if solve {
+                    for precision in &Precision::ALL[1..] {
+                        for (label, config) in check_models().into_iter().take(2) {
+                            runs.push((format!("{label}, {precision}"), config, *precision, false));
+                        }
+                    }
+                }
+                for (label, config, precision, solve) in runs {
+                    let case = check_case(&ctx, &label, config, precision, solve)
                         .await
                         .map_err(|e| js_message(&format!("{label} on {device}: {e}")))?;
                     let row = json!({
                         "device": device,
                         "model": label,
+                        "precision": precision.as_str(),
                         "pipelines": ctx.pipelines_compiled(),
                         "fused_vs_spread": case,
                     });
@@ -453,9 +469,11 @@ async fn check_case(
     ctx: &GpuContext,
     label: &str,
     config: TrmConfig,
+    precision: Precision,
     solve: bool,
 ) -> trm_wgpu::Result<Option<f64>> {
-    let model = Arc::new(TrmModel::random(config, 0x5eed ^ label.len() as u64, 0.5)?);
+    let model = TrmModel::random(config, 0x5eed ^ label.len() as u64, 0.5)?;
+    let model = Arc::new(model.to_precision(precision)?);
     let mut engine = GpuEngine::new(ctx, model.clone())?;
     engine.prepare_pipelines()?;
     ctx.flush_errors().await?;
