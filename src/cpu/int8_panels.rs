@@ -243,47 +243,96 @@ impl Int8Panels {
     /// w^T`, or the gated SwiGLU of it.
     pub fn apply(&self, a: &QuantizedRows<'_>, out: &mut [f32]) {
         let rows = a.scales.len();
-        let row_bytes = self.row_bytes();
         assert!(
-            a.bytes.len() == rows * row_bytes && out.len() == rows * self.outputs,
+            a.bytes.len() == rows * self.row_bytes() && out.len() == rows * self.outputs,
             "int8 product of [{rows}, {}] into {} outputs",
             self.inputs,
             out.len()
         );
-        let per_panel = per_panel(self.pairing);
-        let panel_bytes = self.groups * PANEL * 4;
-        let packed: &[u8] = bytemuck::cast_slice(&self.memory[self.start..]);
-        for panel in 0..self.outputs.div_ceil(per_panel) {
-            let weights = &packed[panel * panel_bytes..][..panel_bytes];
-            let first_col = panel * per_panel;
-            let cols = per_panel.min(self.outputs - first_col);
-            let scales = &self.scales[panel * PANEL..][..PANEL];
-            let offsets = &self.offsets[panel * PANEL..][..PANEL];
-            for (first, height) in tiles(rows, MAX_ROWS) {
-                let mut sums = [[0i32; PANEL]; MAX_ROWS];
-                let rows_bytes = &a.bytes[first * row_bytes..(first + height) * row_bytes];
-                tile_sums(self.kernel, rows_bytes, weights, &mut sums[..height]);
-                for (t, sums) in sums[..height].iter().enumerate() {
-                    let row = first + t;
-                    let mut values = [0f32; PANEL];
-                    let s_a = a.scales[row];
-                    for (((v, &s), &o), &w) in values.iter_mut().zip(sums).zip(offsets).zip(scales)
-                    {
-                        *v = ((s - o) as f32) * (s_a * w);
-                    }
-                    let dst = &mut out[row * self.outputs + first_col..][..cols];
-                    match self.pairing {
-                        Pairing::Plain => dst.copy_from_slice(&values[..cols]),
-                        Pairing::SwiGlu => {
-                            let (gate, up) = values.split_at(per_panel);
-                            for ((o, &g), &u) in dst.iter_mut().zip(gate).zip(up) {
-                                *o = silu(g) * u;
-                            }
-                        }
+        // the epilogue (dequantization, gate) compiled for the kernel's
+        // vector unit too: as plain x86-64 code it took half as long as
+        // the integer products themselves
+        match self.kernel {
+            #[cfg(target_arch = "x86_64")]
+            Int8Kernel::Vnni512 => {
+                // SAFETY: `Vnni512` is chosen only where the CPU has
+                // AVX-512 F, BW and VNNI (`Int8Kernel::detect`).
+                #[allow(unsafe_code)]
+                unsafe {
+                    apply_avx512(self, a, out)
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Int8Kernel::Avx2 => {
+                // SAFETY: `Avx2` is chosen only where the CPU has AVX2.
+                #[allow(unsafe_code)]
+                unsafe {
+                    apply_avx2(self, a, out)
+                }
+            }
+            _ => apply_rows(self, a, out),
+        }
+    }
+}
+
+/// [`apply_rows`] compiled for AVX-512.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn apply_avx512(w: &Int8Panels, a: &QuantizedRows<'_>, out: &mut [f32]) {
+    apply_rows(w, a, out)
+}
+
+/// [`apply_rows`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn apply_avx2(w: &Int8Panels, a: &QuantizedRows<'_>, out: &mut [f32]) {
+    apply_rows(w, a, out)
+}
+
+/// [`Int8Panels::apply`] on checked lengths: for each panel (it stays in
+/// L1/L2), every tile of rows, then the epilogue of each row.
+#[inline(always)]
+fn apply_rows(w: &Int8Panels, a: &QuantizedRows<'_>, out: &mut [f32]) {
+    let rows = a.scales.len();
+    let row_bytes = w.row_bytes();
+    let per_panel = per_panel(w.pairing);
+    let panel_bytes = w.groups * PANEL * 4;
+    let packed: &[u8] = bytemuck::cast_slice(&w.memory[w.start..]);
+    for panel in 0..w.outputs.div_ceil(per_panel) {
+        let weights = &packed[panel * panel_bytes..][..panel_bytes];
+        let first_col = panel * per_panel;
+        let cols = per_panel.min(w.outputs - first_col);
+        let scales: &[f32; PANEL] = slot_array(&w.scales, panel);
+        let offsets: &[i32; PANEL] = slot_array(&w.offsets, panel);
+        for (first, height) in tiles(rows, MAX_ROWS) {
+            let mut sums = [[0i32; PANEL]; MAX_ROWS];
+            let rows_bytes = &a.bytes[first * row_bytes..(first + height) * row_bytes];
+            tile_sums(w.kernel, rows_bytes, weights, &mut sums[..height]);
+            for (t, sums) in sums[..height].iter().enumerate() {
+                let row = first + t;
+                let s_a = a.scales[row];
+                let values: [f32; PANEL] =
+                    core::array::from_fn(|i| ((sums[i] - offsets[i]) as f32) * (s_a * scales[i]));
+                let dst = &mut out[row * w.outputs + first_col..][..cols];
+                match w.pairing {
+                    Pairing::Plain => dst.copy_from_slice(&values[..cols]),
+                    Pairing::SwiGlu => {
+                        let gated: [f32; PANEL / 2] =
+                            core::array::from_fn(|i| silu(values[i]) * values[PANEL / 2 + i]);
+                        dst.copy_from_slice(&gated[..cols]);
                     }
                 }
             }
         }
+    }
+}
+
+/// The `PANEL` slots of panel `panel` in `[panels][PANEL]`.
+#[inline(always)]
+fn slot_array<T>(slots: &[T], panel: usize) -> &[T; PANEL] {
+    match slots[panel * PANEL..][..PANEL].try_into() {
+        Ok(a) => a,
+        Err(_) => unreachable!("PANEL slots"),
     }
 }
 
@@ -304,6 +353,44 @@ fn quantize_rows(
     bytes: &mut [u8],
     scales: &mut [f32],
 ) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Int8Kernel::Vnni512 => {
+            // SAFETY: `Vnni512` is chosen only where the CPU has AVX-512 F,
+            // BW and VNNI (`Int8Kernel::detect`).
+            #[allow(unsafe_code)]
+            unsafe {
+                quantize_rows_avx512(a, inputs, bytes, scales)
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Int8Kernel::Avx2 => {
+            // SAFETY: `Avx2` is chosen only where the CPU has AVX2.
+            #[allow(unsafe_code)]
+            unsafe {
+                quantize_rows_avx2(a, inputs, bytes, scales)
+            }
+        }
+        _ => quantize_rows_portable(a, inputs, bytes, scales),
+    }
+}
+
+/// [`quantize_rows_portable`] compiled for AVX-512.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn quantize_rows_avx512(a: &[f32], inputs: usize, bytes: &mut [u8], scales: &mut [f32]) {
+    quantize_rows_portable(a, inputs, bytes, scales)
+}
+
+/// [`quantize_rows_portable`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn quantize_rows_avx2(a: &[f32], inputs: usize, bytes: &mut [u8], scales: &mut [f32]) {
+    quantize_rows_portable(a, inputs, bytes, scales)
+}
+
+#[inline(always)]
+fn quantize_rows_portable(a: &[f32], inputs: usize, bytes: &mut [u8], scales: &mut [f32]) {
     let row_bytes = inputs.div_ceil(4) * 4;
     for ((row, dst), scale) in a
         .chunks_exact(inputs)
@@ -311,8 +398,8 @@ fn quantize_rows(
         .zip(scales.iter_mut())
     {
         let max = max_abs(row);
-        // a row of zeros quantizes to zeros; a non-finite one to zeros
-        // with a NaN scale, so that its outputs are NaN
+        // a row of zeros quantizes to zeros; a non-finite one gets a NaN
+        // scale, so that its outputs are NaN as in f32
         let (s, inv) = if max > 0.0 && max.is_finite() {
             (max / 127.0, 127.0 / max)
         } else if max == 0.0 {
@@ -321,28 +408,16 @@ fn quantize_rows(
             (f32::NAN, 0.0)
         };
         *scale = s;
-        match kernel {
-            #[cfg(target_arch = "x86_64")]
-            Int8Kernel::Vnni512 | Int8Kernel::Avx2 => {
-                // SAFETY: both kernels are chosen only where the CPU has
-                // AVX2 (`Int8Kernel::detect`, or a caller that asked for
-                // the portable code gets `Portable`).
-                #[allow(unsafe_code)]
-                unsafe {
-                    quantize_row_avx2(row, inv, dst)
-                }
-            }
-            _ => quantize_row(row, inv, dst),
-        }
+        quantize_row(row, inv, dst);
     }
 }
 
-/// Largest `|v|`, in eight lanes so that it vectorizes; NaN if any is
-/// (the row's scale is then NaN, and so are its outputs, as in f32).
+/// Largest `|v|`, in 16 lanes so that it vectorizes; NaN if any is.
+#[inline(always)]
 fn max_abs(row: &[f32]) -> f32 {
     let larger = |m: f32, v: f32| if v <= m { m } else { v };
-    let mut lanes = [0f32; 8];
-    let mut chunks = row.chunks_exact(8);
+    let mut lanes = [0f32; 16];
+    let mut chunks = row.chunks_exact(16);
     for c in &mut chunks {
         for (m, &v) in lanes.iter_mut().zip(c) {
             *m = larger(*m, v.abs());
@@ -355,27 +430,21 @@ fn max_abs(row: &[f32]) -> f32 {
     lanes.iter().fold(tail, |m, &v| larger(m, v))
 }
 
-/// One row: `round_ties_even(v * inv) + 128`, clamped to 1..=255; the
-/// rounding by adding and subtracting 1.5 * 2^23 (exact for |x| < 2^22),
-/// which vectorizes where `round_ties_even` would call libm.
+/// One row: `round_ties_even(v * inv) + 128`, in 1..=255. Adding 1.5 *
+/// 2^23 rounds to an integer (ties to even) and leaves it in the low
+/// mantissa bits, read with integer arithmetic: this vectorizes where
+/// `round_ties_even` and a saturating `as i32` would not.
 #[inline(always)]
 fn quantize_row(row: &[f32], inv: f32, dst: &mut [u8]) {
     const ROUND: f32 = 12_582_912.0;
+    let bias = ROUND.to_bits() as i32 - 128;
     for (d, &v) in dst.iter_mut().zip(row) {
         let x = (v * inv).clamp(-127.0, 127.0);
-        let r = (x + ROUND) - ROUND;
-        *d = (r as i32 + 128) as u8;
+        *d = ((x + ROUND).to_bits() as i32 - bias) as u8;
     }
     for d in &mut dst[row.len()..] {
         *d = 128;
     }
-}
-
-/// [`quantize_row`] compiled for AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn quantize_row_avx2(row: &[f32], inv: f32, dst: &mut [u8]) {
-    quantize_row(row, inv, dst)
 }
 
 /// The integer sums of one tile: `sums[t][slot] += sum_k (a_t[k] - 128 +
