@@ -17,10 +17,10 @@
 //! about 66,000 inputs, with the offset below); the output is
 //! `(sum as f32) * (s_a * s_w[o])`, then the SwiGLU gate as in `panels.rs`.
 //! Against the same product on the dequantized weights and f32
-//! activations, each input's rounding moves the output by at most half a
-//! step of `s_a`: relative to `|a| |w|` the error is below `1 / 254`
-//! (per input, not accumulated in one direction; `tests/cpu_precision.rs`
-//! states the bound on whole network calls).
+//! activations, rounding moves each input by at most half a step, `max |a|
+//! / 254`, independently from input to input, so the errors partly cancel
+//! in a sum (`tests/cpu_precision.rs` states and holds the bound on whole
+//! solves).
 //!
 //! `vpdpbusd` multiplies unsigned by signed bytes: activations are stored
 //! as `q_a + 128` (1..=255) and the kernel subtracts `128 * sum_k q_w`, a
@@ -38,8 +38,10 @@
 //! VNNI (`vpdpbusd` on zmm, a register tile of 4 vectors by up to 6 rows,
 //! each row's four bytes broadcast); otherwise the portable integer code,
 //! compiled once more for AVX2 where the CPU has it (LLVM vectorizes its
-//! lane loops). Both compute the same integers, so every kernel gives the
-//! same outputs bit for bit.
+//! lane loops; AVX-VNNI's 256-bit `vpdpbusd` would be the next step for
+//! CPUs without AVX-512). The epilogue and the quantization are the same
+//! code compiled for each kernel's vector unit, and the integers are
+//! exact, so every kernel gives the same outputs bit for bit.
 
 use super::ops::silu;
 use super::panels::{CacheLine, huge_page_aligned, tiles};
