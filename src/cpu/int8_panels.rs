@@ -514,7 +514,7 @@ mod vnni {
         let groups = row_bytes / 4;
         assert!(
             rows.len() == height * row_bytes
-                && row_bytes % 4 == 0
+                && row_bytes.is_multiple_of(4)
                 && panel.len() == groups * PANEL * 4,
             "int8 tile of {height} rows of {row_bytes} bytes over a {} byte panel",
             panel.len()
@@ -568,18 +568,18 @@ mod vnni {
             });
             _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(g * 256 + PREFETCH_AHEAD).cast());
             _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(g * 256 + PREFETCH_AHEAD + 128).cast());
-            for t in 0..ROWS {
+            for (t, acc) in acc.iter_mut().enumerate() {
                 let four = unsafe { a.add(t * row_bytes + 4 * g).cast::<i32>().read_unaligned() };
                 let b = _mm512_set1_epi32(four);
-                for v in 0..4 {
-                    acc[t][v] = _mm512_dpbusd_epi32(acc[t][v], b, weights[v]);
+                for (acc, &weights) in acc.iter_mut().zip(&weights) {
+                    *acc = _mm512_dpbusd_epi32(*acc, b, weights);
                 }
             }
         }
-        for t in 0..ROWS {
-            for v in 0..4 {
-                // SAFETY: 16 i32 at `out[t][16 v..]`, inside the array.
-                unsafe { _mm512_storeu_si512(out[t][16 * v..].as_mut_ptr().cast(), acc[t][v]) };
+        for (out, acc) in out.iter_mut().zip(&acc) {
+            for (v, &acc) in acc.iter().enumerate() {
+                // SAFETY: 16 i32 at `out[16 v..]`, inside the array.
+                unsafe { _mm512_storeu_si512(out[16 * v..].as_mut_ptr().cast(), acc) };
             }
         }
     }
