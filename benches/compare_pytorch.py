@@ -34,6 +34,12 @@ def main():
     p.add_argument("--threads", type=int, default=0, help="0: all cores for both")
     p.add_argument("--trm", default=os.path.join(ROOT, "target", "release", "trm"))
     p.add_argument("--python", default=sys.executable)
+    # trm at a reduced precision against PyTorch at its own: e.g.
+    # --precision int8 --activations matched --torch-mode bf16-eager
+    p.add_argument("--precision", default=None, help="trm's weight precision (default: f32)")
+    p.add_argument("--activations", default=None, help="trm's CPU activations: f32 or matched")
+    p.add_argument("--torch-mode", default="f32-eager", choices=["f32-eager", "bf16-eager"],
+                   help="PyTorch's precision: float32, or bfloat16 weights and states")
     args = p.parse_args()
     threads = args.threads or os.cpu_count()
     cpu = "unknown CPU"
@@ -46,10 +52,16 @@ def main():
     rates = {(who, b): [] for who in ("trm", "torch") for b in args.batch}
     for r in range(args.rounds):
         for b in args.batch:
-            trm = run_json([args.trm, "bench", "--backend", "cpu", "--batch", str(b),
-                            "--seconds", str(args.seconds), "--threads", str(threads), "--json"])
+            trm_cmd = [args.trm, "bench", "--backend", "cpu", "--batch", str(b),
+                       "--seconds", str(args.seconds), "--threads", str(threads), "--json"]
+            if args.precision:
+                trm_cmd += ["--precision", args.precision]
+            if args.activations:
+                trm_cmd += ["--activations", args.activations]
+            trm = run_json(trm_cmd)
             torch = run_json([args.python, os.path.join(HERE, "pytorch_reference.py"), "--batch", str(b),
-                              "--seconds", str(args.seconds), "--threads", str(threads)])
+                              "--seconds", str(args.seconds), "--threads", str(threads),
+                              "--modes", args.torch_mode])
             rates[("trm", b)].append(trm[0]["net_calls_per_s"])
             rates[("torch", b)].append(torch[0]["net_calls_per_s"])
             print(f"round {r + 1} batch {b}: trm {trm[0]['net_calls_per_s']:.1f}, "
@@ -62,7 +74,9 @@ def main():
         ratios = [a / c for a, c in zip(rates[("trm", b)], rates[("torch", b)])]
         print(f"| {b} | {t:.1f} | {q:.1f} | {t / q:.2f} (per round {min(ratios):.2f}..{max(ratios):.2f}) |")
         summary.append({"batch": b, "trm_net_calls_per_s": t, "pytorch_net_calls_per_s": q, "ratio": t / q})
-    print(json.dumps({"cpu": cpu, "threads": threads, "rounds": args.rounds, "summary": summary}))
+    print(json.dumps({"cpu": cpu, "threads": threads, "rounds": args.rounds,
+                      "trm_precision": args.precision or "f32", "trm_activations": args.activations or "f32",
+                      "torch_mode": args.torch_mode, "summary": summary}))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,10 @@ struct Args {
     /// Weight precision: f32, f16, bf16 or int8 (default: as stored).
     #[arg(long)]
     precision: Option<trm_wgpu::Precision>,
+    /// What the CPU engine's products multiply the weights with: f32, or
+    /// matched (int8 weights: per-token int8 activations).
+    #[arg(long, default_value_t)]
+    activations: trm_wgpu::ActivationPrecision,
     /// cpu, gpu, auto, vulkan, metal, dx12 or gl.
     #[arg(long, default_value = "cpu")]
     backend: Backend,
@@ -171,7 +175,8 @@ fn run(args: Args) -> trm_wgpu::Result<()> {
         &match &args.adapter {
             Some(name) => EngineOptions::default().adapter(name.clone()),
             None => EngineOptions::default(),
-        },
+        }
+        .activations(args.activations),
     )?;
     if let Some(reason) = engine.gpu_unavailable() {
         eprintln!("note: running on the CPU: {reason}");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::batch::PuzzleBatch;
 use crate::config::TrmConfig;
-use crate::cpu::CpuEngine;
+use crate::cpu::{ActivationPrecision, CpuEngine, CpuOptions};
 use crate::error::{Result, TrmError};
 use crate::gpu::{GpuBackend, GpuContext, GpuEngine, GpuOptions, GpuRunOptions, GpuSchedule};
 use crate::model::TrmModel;
@@ -83,6 +83,9 @@ pub struct EngineOptions {
     /// Weight precision of the engine's network (default: the model's; a
     /// different one converts a copy, see [`TrmModel::to_precision`]).
     pub precision: Option<Precision>,
+    /// What the CPU engine's products multiply the weights with (see
+    /// [`ActivationPrecision`]).
+    pub activations: ActivationPrecision,
 }
 
 impl EngineOptions {
@@ -107,6 +110,12 @@ impl EngineOptions {
     /// Sets [`EngineOptions::precision`].
     pub fn precision(mut self, precision: Precision) -> Self {
         self.precision = Some(precision);
+        self
+    }
+
+    /// Sets [`EngineOptions::activations`].
+    pub fn activations(mut self, activations: ActivationPrecision) -> Self {
+        self.activations = activations;
         self
     }
 }
@@ -258,10 +267,9 @@ impl Backend {
             _ => model,
         };
         let cpu = |model, gpu_unavailable| -> Result<AnyEngine> {
-            let engine = match options.threads {
-                Some(n) => CpuEngine::with_threads(model, n)?,
-                None => CpuEngine::new(model)?,
-            };
+            let mut cpu_options = CpuOptions::default().activations(options.activations);
+            cpu_options.threads = options.threads;
+            let engine = CpuEngine::with_options(model, cpu_options)?;
             Ok(AnyEngine::Cpu {
                 engine: Box::new(engine),
                 gpu_unavailable,

@@ -46,7 +46,7 @@ pub mod weights;
 pub use backend::{AnyEngine, Backend, EngineOptions};
 pub use batch::PuzzleBatch;
 pub use config::{Arch, Level, PosEncodings, TrmConfig};
-pub use cpu::CpuEngine;
+pub use cpu::{ActivationPrecision, CpuEngine, CpuOptions, Int8Kernel};
 pub use error::{Result, TrmError};
 pub use gpu::{
     GpuBackend, GpuContext, GpuEngine, GpuOptions, GpuRunOptions, GpuSchedule, GpuStats,

@@ -25,11 +25,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use trm_wgpu::gpu::{AdapterReport, GpuStats, list_adapters};
 use trm_wgpu::rng::SplitMix64;
-use trm_wgpu::{Arch, Precision};
 use trm_wgpu::{
-    CpuEngine, GpuBackend, GpuContext, GpuEngine, GpuOptions, GpuRunOptions, GpuSchedule,
-    PuzzleBatch, Result, TrmConfig, TrmError, TrmModel,
+    ActivationPrecision, CpuEngine, CpuOptions, GpuBackend, GpuContext, GpuEngine, GpuOptions,
+    GpuRunOptions, GpuSchedule, PuzzleBatch, Result, TrmConfig, TrmError, TrmModel,
 };
+use trm_wgpu::{Arch, Precision};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -100,6 +100,11 @@ pub struct BenchArgs {
     /// table of net calls/s against the first precision follows.
     #[arg(long, value_delimiter = ',')]
     precision: Vec<Precision>,
+    /// What the CPU engine's products multiply the weights with: f32, or
+    /// matched (int8 weights: per-token int8 activations on integer
+    /// products).
+    #[arg(long, default_value_t)]
+    activations: ActivationPrecision,
 }
 
 /// One measured row.
@@ -109,6 +114,12 @@ struct Row {
     arch: String,
     /// The weights' precision (`f32`, `f16`, `bf16`, `int8`).
     precision: String,
+    /// CPU rows: the activations asked for (`f32`, `matched`) and the
+    /// integer kernel, when the products ran on one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    activations: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    int8_kernel: Option<String>,
     backend: String,
     adapter: String,
     driver: String,
@@ -396,6 +407,9 @@ struct Bench<'a> {
     /// Adapter labels, for the plot's title.
     adapters: Vec<String>,
     cpu_label: Option<String>,
+    /// The CPU engine's activations and integer kernel (if any), for its
+    /// rows.
+    cpu_activations: Option<(String, Option<String>)>,
 }
 
 impl Bench<'_> {
@@ -479,9 +493,12 @@ impl Bench<'_> {
         let calls = timed.steps * batch as u64;
         let rate = calls as f64 / timed.wall.as_secs_f64().max(1e-12);
         let stats = gpu.map(|g| g.0);
+        let cpu = self.cpu_activations.as_ref().filter(|_| backend == "cpu");
         Row {
             arch: self.config.arch.as_str().to_string(),
             precision: self.model.precision().to_string(),
+            activations: cpu.map(|c| c.0.clone()),
+            int8_kernel: cpu.and_then(|c| c.1.clone()),
             backend: backend.to_string(),
             adapter,
             driver,
@@ -507,11 +524,14 @@ impl Bench<'_> {
     }
 
     fn cpu(&mut self) -> Result<()> {
-        let engine = match self.args.threads {
-            Some(n) => CpuEngine::with_threads(self.model.clone(), n)?,
-            None => CpuEngine::new(self.model.clone())?,
-        };
+        let mut options = CpuOptions::default().activations(self.args.activations);
+        options.threads = self.args.threads;
+        let engine = CpuEngine::with_options(self.model.clone(), options)?;
         let name = format!("{} ({} threads)", cpu_name(), engine.threads());
+        self.cpu_activations = Some((
+            self.args.activations.to_string(),
+            engine.int8_kernel().map(|k| k.as_str().to_string()),
+        ));
         self.cpu_label = Some(name.clone());
         let batches = self.cpu_batches();
         let row_box = self.cpu_row_box();
@@ -528,7 +548,8 @@ impl Bench<'_> {
                 "cpu",
                 name.clone(),
                 String::new(),
-                "-".into(),
+                // the integer kernel, where the products ran on one
+                engine.int8_kernel().map_or("-", |k| k.as_str()).into(),
                 batch_size,
                 timed,
                 None,
@@ -838,6 +859,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         rows: Vec::new(),
         adapters: Vec::new(),
         cpu_label: None,
+        cpu_activations: None,
     };
     let schedules = if args.tune {
         1

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use trm_wgpu::augment::{self, AugmentOptions, AugmentTask, Selection};
 use trm_wgpu::program::{self, StreamStats};
 use trm_wgpu::{
-    Backend, Engine, EngineOptions, GpuSchedule, PuzzleBatch, Result, SolveOptions, SolveOutput,
-    TrmError,
+    ActivationPrecision, Backend, Engine, EngineOptions, GpuSchedule, PuzzleBatch, Result,
+    SolveOptions, SolveOutput, TrmError,
 };
 
 use super::ModelArgs;
@@ -42,6 +42,11 @@ pub struct RunArgs {
     /// CPU worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// What the CPU engine's products multiply the weights with: f32, or
+    /// matched (int8 weights: per-token int8 activations on integer
+    /// products).
+    #[arg(long, default_value_t)]
+    activations: ActivationPrecision,
     /// GPU schedule: fused (one workgroup per puzzle), spread (every phase
     /// over the whole device, for small batches) or auto (by batch size).
     #[arg(long, default_value = "auto", env = "TRM_GPU_SCHEDULE")]
@@ -110,6 +115,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     engine_options.adapter = args.adapter.clone();
     engine_options.threads = args.threads;
     engine_options.schedule = args.schedule;
+    engine_options.activations = args.activations;
     let mut engine = args.backend.build(model, &engine_options)?;
     if let Some(reason) = engine.gpu_unavailable() {
         eprintln!("note: running on the CPU: {reason}");

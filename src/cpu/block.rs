@@ -16,18 +16,21 @@ use faer::reborrow::ReborrowMut;
 use faer::{MatMut, Par};
 
 use super::ops::{add_rms_norm_rows, exp_clamped, mat, mat_mut, mat_strided, matmul_into};
-use super::panels::PanelWeights;
+use super::packed::ChannelWeights;
 use super::token_panels::TokenScratch;
 
 /// Scratch memory of one worker thread, sized for the largest task: `wide`
 /// for attention scores, `gated` for the channel SwiGLU's gated
 /// activations, `update` for its second product (or o_proj's), `token` for
-/// the token-mixing MLP.
+/// the token-mixing MLP, `quantized` and `row_scales` for the int8
+/// products' quantized inputs (empty unless the engine has them).
 pub(super) struct TaskScratch {
     pub wide: Vec<f32>,
     pub gated: Vec<f32>,
     pub update: Vec<f32>,
     pub token: TokenScratch,
+    pub quantized: Vec<u8>,
+    pub row_scales: Vec<f32>,
 }
 
 /// Channel SwiGLU on a block of rows (tokens of any puzzles), `[r, D]`:
@@ -35,20 +38,33 @@ pub(super) struct TaskScratch {
 /// Both products run on weights packed at load (`panels.rs`), the gate in
 /// the first product's epilogue; the block's gated activations
 /// (`[r, inter(D)]`, 1.5 MiB at 256 rows) and update stay in L2 for the
-/// second product and the norm.
+/// second product and the norm. On int8 weights (`int8_panels.rs`) each
+/// product's input rows are quantized first, per token.
 pub(super) fn channel_swiglu_rows(
-    gate_up: &PanelWeights,
-    down: &PanelWeights,
+    weights: &ChannelWeights,
     rows: &mut [f32],
     eps: f32,
     s: &mut TaskScratch,
 ) {
-    let (d, ci) = (gate_up.inputs(), gate_up.outputs());
+    let (d, ci) = match weights {
+        ChannelWeights::F32 { gate_up, .. } => (gate_up.inputs(), gate_up.outputs()),
+        ChannelWeights::Int8 { gate_up, .. } => (gate_up.inputs(), gate_up.outputs()),
+    };
     let r = rows.len() / d;
     let gated = &mut s.gated[..r * ci];
-    gate_up.apply(rows, gated);
     let update = &mut s.update[..r * d];
-    down.apply(gated, update);
+    match weights {
+        ChannelWeights::F32 { gate_up, down } => {
+            gate_up.apply(rows, gated);
+            down.apply(gated, update);
+        }
+        ChannelWeights::Int8 { gate_up, down } => {
+            let a = gate_up.quantize(rows, &mut s.quantized, &mut s.row_scales);
+            gate_up.apply(&a, gated);
+            let a = down.quantize(gated, &mut s.quantized, &mut s.row_scales);
+            down.apply(&a, update);
+        }
+    }
     add_rms_norm_rows(rows, update, d, eps);
 }
 

@@ -37,7 +37,7 @@ const MAX_VECS: usize = 4;
 /// panel's vectors are aligned.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct CacheLine([f32; 16]);
+pub(super) struct CacheLine([f32; 16]);
 
 /// How a panel's vectors map to output features.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,7 +199,7 @@ const HUGE_PAGE: usize = 2 << 20;
 /// with `madvise`): the panels are streamed whole on every network call,
 /// several MiB per layer, and with 4 KiB pages their loads also missed the
 /// TLB (a fifth slower, measured on the channel products alone).
-fn huge_page_aligned(lines: usize) -> (Vec<CacheLine>, usize) {
+pub(super) fn huge_page_aligned(lines: usize) -> (Vec<CacheLine>, usize) {
     const LINE: usize = std::mem::size_of::<CacheLine>();
     if lines * LINE < HUGE_PAGE {
         return (vec![CacheLine([0.0; 16]); lines], 0);

@@ -1,0 +1,694 @@
+//! The channel SwiGLU's two products on int8 weights with int8 activations
+//! (the engine's `matched` activations at int8 weights): integer dot
+//! products, `vpdpbusd` (AVX-512 VNNI) where the CPU has it.
+//!
+//! Why int8 activations: measured on this project's machine (a Sapphire
+//! Rapids-class Xeon), one core does about 170 GFLOP/s of f32 FMA, 60-70 of
+//! `vdpbf16ps` (bf16 pairs: it issues far more slowly than an FMA there)
+//! and 450-700 GOP/s of `vpdpbusd` (u8 x s8, four products per lane). So
+//! bf16 arithmetic would be slower than f32, and only integer products can
+//! outrun the f32 kernel (`panels.rs`).
+//!
+//! Numerics: the weights are the model's int8 rows, `w = q_w * s_w[o]`
+//! (one scale per output feature). Each product's input row (one token) is
+//! quantized when the product runs: `s_a = max |a| / 127`, `q_a =
+//! round_ties_even(a / s_a)` (as `a * (127 / max)`), in -127..=127. The
+//! integer sum `sum_k q_a q_w` is exact in i32 (up to [`MAX_INPUTS`],
+//! about 66,000 inputs, with the offset below); the output is
+//! `(sum as f32) * (s_a * s_w[o])`, then the SwiGLU gate as in `panels.rs`.
+//! Against the same product on the dequantized weights and f32
+//! activations, rounding moves each input by at most half a step, `max |a|
+//! / 254`, independently from input to input, so the errors partly cancel
+//! in a sum (`tests/cpu_precision.rs` states and holds the bound on whole
+//! solves).
+//!
+//! `vpdpbusd` multiplies unsigned by signed bytes: activations are stored
+//! as `q_a + 128` (1..=255) and the kernel subtracts `128 * sum_k q_w`, a
+//! constant of each output feature computed at packing.
+//!
+//! Layout: as in `panels.rs` a panel is four vectors of 16 output features
+//! (for a SwiGLU, 32 gate then the same 32 up features); for each group of
+//! four inputs, each feature's four weights are one i32 lane, so a panel is
+//! `[inputs / 4][64 features][4 inputs]` bytes, one forward stream of
+//! `inputs * 64` bytes (32 KiB at 512 inputs, 96 KiB at 1536: no input
+//! blocking, the panel stays in L1/L2 while every tile of rows passes).
+//! Inputs are padded to a multiple of four with zero weights.
+//!
+//! Kernels, chosen at engine creation ([`Int8Kernel::detect`]): AVX-512
+//! VNNI (`vpdpbusd` on zmm, a register tile of 4 vectors by up to 6 rows,
+//! each row's four bytes broadcast); otherwise the portable integer code,
+//! compiled once more for AVX2 where the CPU has it (LLVM vectorizes its
+//! lane loops; AVX-VNNI's 256-bit `vpdpbusd` would be the next step for
+//! CPUs without AVX-512). The epilogue and the quantization are the same
+//! code compiled for each kernel's vector unit, and the integers are
+//! exact, so every kernel gives the same outputs bit for bit.
+
+use super::ops::silu;
+use super::panels::{CacheLine, huge_page_aligned, tiles};
+
+/// Output features of one panel (four vectors of 16 i32 lanes).
+const PANEL: usize = 64;
+
+/// Rows of a register tile at most (24 accumulators of 32 registers).
+const MAX_ROWS: usize = 6;
+
+/// Inputs at most: a sum of `inputs` products of at most 255 * 127 stays
+/// within i32.
+pub(super) const MAX_INPUTS: usize = (i32::MAX as usize) / (255 * 127);
+
+/// The integer kernel in use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Int8Kernel {
+    /// `vpdpbusd` on 512-bit vectors (AVX-512 VNNI).
+    Vnni512,
+    /// The portable integer code compiled for AVX2.
+    Avx2,
+    /// The portable integer code as the crate is compiled.
+    Portable,
+}
+
+impl Int8Kernel {
+    /// The fastest kernel this CPU runs.
+    pub fn detect() -> Int8Kernel {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+            {
+                return Int8Kernel::Vnni512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return Int8Kernel::Avx2;
+            }
+        }
+        Int8Kernel::Portable
+    }
+
+    /// The kernel's name, as `trm bench` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Int8Kernel::Vnni512 => "avx512-vnni",
+            Int8Kernel::Avx2 => "avx2",
+            Int8Kernel::Portable => "portable",
+        }
+    }
+}
+
+/// How a panel's features map to outputs (as in `panels.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pairing {
+    Plain,
+    SwiGlu,
+}
+
+/// An int8 weight packed for [`Int8Panels::apply`].
+pub(super) struct Int8Panels {
+    kernel: Int8Kernel,
+    inputs: usize,
+    /// `inputs.div_ceil(4)`.
+    groups: usize,
+    outputs: usize,
+    pairing: Pairing,
+    /// `[panels][groups][PANEL][4]` bytes (i8) from `memory[start..]`, on
+    /// huge pages as in `panels.rs`.
+    memory: Vec<CacheLine>,
+    start: usize,
+    /// Per panel slot, `[panels][PANEL]`: the weight scale and `128 *
+    /// sum_k q_w`; zero for padding slots.
+    scales: Vec<f32>,
+    offsets: Vec<i32>,
+}
+
+/// A block of rows quantized for [`Int8Panels::apply`]: `[rows][groups *
+/// 4]` bytes `q_a + 128` and one scale per row.
+pub(super) struct QuantizedRows<'a> {
+    pub bytes: &'a [u8],
+    pub scales: &'a [f32],
+}
+
+impl Int8Panels {
+    /// `q` (`[outputs, inputs]` i8 as bytes, official layout) with one
+    /// scale per row, for `out = a @ w^T`.
+    pub fn plain(
+        q: &[u8],
+        scales: &[f32],
+        outputs: usize,
+        inputs: usize,
+        kernel: Int8Kernel,
+    ) -> Self {
+        Self::pack(q, scales, outputs, inputs, Pairing::Plain, kernel)
+    }
+
+    /// `q` (`[2 outputs, inputs]`: gate rows then up rows) for `out =
+    /// silu(a @ gate^T) * (a @ up^T)`.
+    pub fn swiglu(
+        q: &[u8],
+        scales: &[f32],
+        outputs: usize,
+        inputs: usize,
+        kernel: Int8Kernel,
+    ) -> Self {
+        Self::pack(q, scales, outputs, inputs, Pairing::SwiGlu, kernel)
+    }
+
+    fn pack(
+        q: &[u8],
+        scales: &[f32],
+        outputs: usize,
+        inputs: usize,
+        pairing: Pairing,
+        kernel: Int8Kernel,
+    ) -> Self {
+        let per_panel = per_panel(pairing);
+        let panels = outputs.div_ceil(per_panel);
+        let groups = inputs.div_ceil(4);
+        let panel_bytes = groups * PANEL * 4;
+        assert!(
+            inputs <= MAX_INPUTS,
+            "{inputs} inputs: i32 sums may overflow"
+        );
+        let (mut memory, start) = huge_page_aligned((panels * panel_bytes).div_ceil(64));
+        let mut slot_scales = vec![0.0; panels * PANEL];
+        let mut offsets = vec![0; panels * PANEL];
+        let packed: &mut [u8] = bytemuck::cast_slice_mut(&mut memory[start..]);
+        for panel in 0..panels {
+            for slot in 0..PANEL {
+                let feature = panel * per_panel + slot % per_panel;
+                if feature >= outputs {
+                    continue; // zero padding
+                }
+                let row = if slot < per_panel {
+                    feature
+                } else {
+                    outputs + feature
+                };
+                let source = &q[row * inputs..][..inputs];
+                let base = panel * panel_bytes + slot * 4;
+                for (k, &v) in source.iter().enumerate() {
+                    packed[base + k / 4 * PANEL * 4 + k % 4] = v;
+                }
+                slot_scales[panel * PANEL + slot] = scales[row];
+                offsets[panel * PANEL + slot] =
+                    128 * source.iter().map(|&v| i32::from(v as i8)).sum::<i32>();
+            }
+        }
+        Int8Panels {
+            kernel,
+            inputs,
+            groups,
+            outputs,
+            pairing,
+            memory,
+            start,
+            scales: slot_scales,
+            offsets,
+        }
+    }
+
+    /// Inputs of a row.
+    pub fn inputs(&self) -> usize {
+        self.inputs
+    }
+
+    /// Output features of a row.
+    pub fn outputs(&self) -> usize {
+        self.outputs
+    }
+
+    /// Bytes of one quantized input row.
+    pub fn row_bytes(&self) -> usize {
+        self.groups * 4
+    }
+
+    /// The kernel the products run on.
+    pub fn kernel(&self) -> Int8Kernel {
+        self.kernel
+    }
+
+    /// Quantizes `a` (`[r, inputs]` f32) into `bytes` (`[r, row_bytes]`)
+    /// and `scales` (`[r]`) for [`Int8Panels::apply`].
+    pub fn quantize<'a>(
+        &self,
+        a: &[f32],
+        bytes: &'a mut [u8],
+        scales: &'a mut [f32],
+    ) -> QuantizedRows<'a> {
+        let rows = a.len() / self.inputs.max(1);
+        let bytes = &mut bytes[..rows * self.row_bytes()];
+        let scales = &mut scales[..rows];
+        quantize_rows(self.kernel, a, self.inputs, bytes, scales);
+        QuantizedRows { bytes, scales }
+    }
+
+    /// `out` (`[r, outputs]`) from quantized rows: the dequantized `a @
+    /// w^T`, or the gated SwiGLU of it.
+    pub fn apply(&self, a: &QuantizedRows<'_>, out: &mut [f32]) {
+        let rows = a.scales.len();
+        assert!(
+            a.bytes.len() == rows * self.row_bytes() && out.len() == rows * self.outputs,
+            "int8 product of [{rows}, {}] into {} outputs",
+            self.inputs,
+            out.len()
+        );
+        // the epilogue (dequantization, gate) compiled for the kernel's
+        // vector unit too: as plain x86-64 code it took half as long as
+        // the integer products themselves
+        match self.kernel {
+            #[cfg(target_arch = "x86_64")]
+            Int8Kernel::Vnni512 => {
+                // SAFETY: `Vnni512` is chosen only where the CPU has
+                // AVX-512 F, BW and VNNI (`Int8Kernel::detect`).
+                #[allow(unsafe_code)]
+                unsafe {
+                    apply_avx512(self, a, out)
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Int8Kernel::Avx2 => {
+                // SAFETY: `Avx2` is chosen only where the CPU has AVX2.
+                #[allow(unsafe_code)]
+                unsafe {
+                    apply_avx2(self, a, out)
+                }
+            }
+            _ => apply_rows(self, a, out),
+        }
+    }
+}
+
+/// [`apply_rows`] compiled for AVX-512.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn apply_avx512(w: &Int8Panels, a: &QuantizedRows<'_>, out: &mut [f32]) {
+    apply_rows(w, a, out)
+}
+
+/// [`apply_rows`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn apply_avx2(w: &Int8Panels, a: &QuantizedRows<'_>, out: &mut [f32]) {
+    apply_rows(w, a, out)
+}
+
+/// [`Int8Panels::apply`] on checked lengths: for each panel (it stays in
+/// L1/L2), every tile of rows, then the epilogue of each row.
+#[inline(always)]
+fn apply_rows(w: &Int8Panels, a: &QuantizedRows<'_>, out: &mut [f32]) {
+    let rows = a.scales.len();
+    let row_bytes = w.row_bytes();
+    let per_panel = per_panel(w.pairing);
+    let panel_bytes = w.groups * PANEL * 4;
+    let packed: &[u8] = bytemuck::cast_slice(&w.memory[w.start..]);
+    for panel in 0..w.outputs.div_ceil(per_panel) {
+        let weights = &packed[panel * panel_bytes..][..panel_bytes];
+        let first_col = panel * per_panel;
+        let cols = per_panel.min(w.outputs - first_col);
+        let scales: &[f32; PANEL] = slot_array(&w.scales, panel);
+        let offsets: &[i32; PANEL] = slot_array(&w.offsets, panel);
+        for (first, height) in tiles(rows, MAX_ROWS) {
+            let mut sums = [[0i32; PANEL]; MAX_ROWS];
+            let rows_bytes = &a.bytes[first * row_bytes..(first + height) * row_bytes];
+            tile_sums(w.kernel, rows_bytes, weights, &mut sums[..height]);
+            for (t, sums) in sums[..height].iter().enumerate() {
+                let row = first + t;
+                let s_a = a.scales[row];
+                let values: [f32; PANEL] =
+                    core::array::from_fn(|i| ((sums[i] - offsets[i]) as f32) * (s_a * scales[i]));
+                let dst = &mut out[row * w.outputs + first_col..][..cols];
+                match w.pairing {
+                    Pairing::Plain => dst.copy_from_slice(&values[..cols]),
+                    Pairing::SwiGlu => {
+                        let gated: [f32; PANEL / 2] =
+                            core::array::from_fn(|i| silu(values[i]) * values[PANEL / 2 + i]);
+                        dst.copy_from_slice(&gated[..cols]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The `PANEL` slots of panel `panel` in `[panels][PANEL]`.
+#[inline(always)]
+fn slot_array<T>(slots: &[T], panel: usize) -> &[T; PANEL] {
+    match slots[panel * PANEL..][..PANEL].try_into() {
+        Ok(a) => a,
+        Err(_) => unreachable!("PANEL slots"),
+    }
+}
+
+/// Output features of one panel.
+fn per_panel(pairing: Pairing) -> usize {
+    match pairing {
+        Pairing::Plain => PANEL,
+        Pairing::SwiGlu => PANEL / 2,
+    }
+}
+
+/// Per-row quantization of `a` (`[r, inputs]`) into `bytes` (`[r,
+/// groups * 4]`, padding bytes 128 = zero) and `scales`.
+fn quantize_rows(
+    kernel: Int8Kernel,
+    a: &[f32],
+    inputs: usize,
+    bytes: &mut [u8],
+    scales: &mut [f32],
+) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Int8Kernel::Vnni512 => {
+            // SAFETY: `Vnni512` is chosen only where the CPU has AVX-512 F,
+            // BW and VNNI (`Int8Kernel::detect`).
+            #[allow(unsafe_code)]
+            unsafe {
+                quantize_rows_avx512(a, inputs, bytes, scales)
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Int8Kernel::Avx2 => {
+            // SAFETY: `Avx2` is chosen only where the CPU has AVX2.
+            #[allow(unsafe_code)]
+            unsafe {
+                quantize_rows_avx2(a, inputs, bytes, scales)
+            }
+        }
+        _ => quantize_rows_portable(a, inputs, bytes, scales),
+    }
+}
+
+/// [`quantize_rows_portable`] compiled for AVX-512.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn quantize_rows_avx512(a: &[f32], inputs: usize, bytes: &mut [u8], scales: &mut [f32]) {
+    quantize_rows_portable(a, inputs, bytes, scales)
+}
+
+/// [`quantize_rows_portable`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn quantize_rows_avx2(a: &[f32], inputs: usize, bytes: &mut [u8], scales: &mut [f32]) {
+    quantize_rows_portable(a, inputs, bytes, scales)
+}
+
+#[inline(always)]
+fn quantize_rows_portable(a: &[f32], inputs: usize, bytes: &mut [u8], scales: &mut [f32]) {
+    let row_bytes = inputs.div_ceil(4) * 4;
+    for ((row, dst), scale) in a
+        .chunks_exact(inputs)
+        .zip(bytes.chunks_exact_mut(row_bytes))
+        .zip(scales.iter_mut())
+    {
+        let max = max_abs(row);
+        // a row of zeros quantizes to zeros; a non-finite one gets a NaN
+        // scale, so that its outputs are NaN as in f32
+        let (s, inv) = if max > 0.0 && max.is_finite() {
+            (max / 127.0, 127.0 / max)
+        } else if max == 0.0 {
+            (0.0, 0.0)
+        } else {
+            (f32::NAN, 0.0)
+        };
+        *scale = s;
+        quantize_row(row, inv, dst);
+    }
+}
+
+/// Largest `|v|`, in 16 lanes so that it vectorizes; NaN if any is.
+#[inline(always)]
+fn max_abs(row: &[f32]) -> f32 {
+    let larger = |m: f32, v: f32| if v <= m { m } else { v };
+    let mut lanes = [0f32; 16];
+    let mut chunks = row.chunks_exact(16);
+    for c in &mut chunks {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = larger(*m, v.abs());
+        }
+    }
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(0f32, |m, &v| larger(m, v.abs()));
+    lanes.iter().fold(tail, |m, &v| larger(m, v))
+}
+
+/// One row: `round_ties_even(v * inv) + 128`, in 1..=255. Adding 1.5 *
+/// 2^23 rounds to an integer (ties to even) and leaves it in the low
+/// mantissa bits, read with integer arithmetic: this vectorizes where
+/// `round_ties_even` and a saturating `as i32` would not.
+#[inline(always)]
+fn quantize_row(row: &[f32], inv: f32, dst: &mut [u8]) {
+    const ROUND: f32 = 12_582_912.0;
+    let bias = ROUND.to_bits() as i32 - 128;
+    for (d, &v) in dst.iter_mut().zip(row) {
+        let x = (v * inv).clamp(-127.0, 127.0);
+        *d = ((x + ROUND).to_bits() as i32 - bias) as u8;
+    }
+    for d in &mut dst[row.len()..] {
+        *d = 128;
+    }
+}
+
+/// The integer sums of one tile: `sums[t][slot] += sum_k (a_t[k] - 128 +
+/// 128) q_w[slot][k]` over all of the panel's inputs (the offset is taken
+/// off in the epilogue), for the `sums.len()` rows of `rows` (`[h][groups
+/// * 4]`).
+fn tile_sums(kernel: Int8Kernel, rows: &[u8], panel: &[u8], sums: &mut [[i32; PANEL]]) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Int8Kernel::Vnni512 => vnni::tile_sums(rows, panel, sums),
+        #[cfg(target_arch = "x86_64")]
+        Int8Kernel::Avx2 => {
+            // SAFETY: `Avx2` is chosen only where the CPU has AVX2.
+            #[allow(unsafe_code)]
+            unsafe {
+                tile_sums_avx2(rows, panel, sums)
+            }
+        }
+        _ => tile_sums_portable(rows, panel, sums),
+    }
+}
+
+/// [`tile_sums_portable`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn tile_sums_avx2(rows: &[u8], panel: &[u8], sums: &mut [[i32; PANEL]]) {
+    tile_sums_portable(rows, panel, sums)
+}
+
+/// The tile's sums in plain integer code, one row at a time.
+#[inline(always)]
+fn tile_sums_portable(rows: &[u8], panel: &[u8], sums: &mut [[i32; PANEL]]) {
+    let row_bytes = rows.len() / sums.len().max(1);
+    for (row, sums) in rows.chunks_exact(row_bytes).zip(sums.iter_mut()) {
+        for (group, weights) in row.chunks_exact(4).zip(panel.chunks_exact(PANEL * 4)) {
+            let a: [i32; 4] = core::array::from_fn(|j| i32::from(group[j]));
+            for (s, w) in sums.iter_mut().zip(weights.chunks_exact(4)) {
+                *s += a[0] * i32::from(w[0] as i8)
+                    + a[1] * i32::from(w[1] as i8)
+                    + a[2] * i32::from(w[2] as i8)
+                    + a[3] * i32::from(w[3] as i8);
+            }
+        }
+    }
+}
+
+/// The AVX-512 VNNI tile.
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use super::{MAX_ROWS, PANEL};
+    use core::arch::x86_64::{
+        __m512i, _MM_HINT_T0, _mm_prefetch, _mm512_dpbusd_epi32, _mm512_loadu_si512,
+        _mm512_set1_epi32, _mm512_setzero_si512, _mm512_storeu_si512,
+    };
+
+    /// How far ahead in the panel the kernel asks for weights (bytes).
+    const PREFETCH_AHEAD: usize = 2048;
+
+    /// See `super::tile_sums`; only called where `Int8Kernel::detect`
+    /// found AVX-512 F, BW and VNNI.
+    pub(super) fn tile_sums(rows: &[u8], panel: &[u8], sums: &mut [[i32; PANEL]]) {
+        let height = sums.len();
+        assert!((1..=MAX_ROWS).contains(&height), "tile of {height} rows");
+        let row_bytes = rows.len() / height;
+        let groups = row_bytes / 4;
+        assert!(
+            rows.len() == height * row_bytes
+                && row_bytes.is_multiple_of(4)
+                && panel.len() == groups * PANEL * 4,
+            "int8 tile of {height} rows of {row_bytes} bytes over a {} byte panel",
+            panel.len()
+        );
+        macro_rules! by_rows {
+            ($($h:literal)*) => {
+                match height {
+                    $($h => {
+                        let out: &mut [[i32; PANEL]; $h] = match sums.try_into() {
+                            Ok(out) => out,
+                            Err(_) => unreachable!(),
+                        };
+                        // SAFETY: the CPU has AVX-512 F, BW and VNNI (the
+                        // only way to this kernel is `Int8Kernel::Vnni512`,
+                        // chosen by run-time detection); the lengths were
+                        // checked above, which is all `tile` relies on.
+                        #[allow(unsafe_code)]
+                        unsafe { tile::<$h>(rows, row_bytes, groups, panel, out) }
+                    })*
+                    _ => unreachable!(),
+                }
+            };
+        }
+        by_rows!(1 2 3 4 5 6)
+    }
+
+    /// `ROWS` rows by one panel, all 4 x `ROWS` accumulators in registers.
+    ///
+    /// Safety: the CPU has AVX-512 F, BW and VNNI; `rows` holds `ROWS *
+    /// row_bytes` bytes with `row_bytes = 4 * groups`, `panel` `groups *
+    /// 256`.
+    #[allow(unsafe_code)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn tile<const ROWS: usize>(
+        rows: &[u8],
+        row_bytes: usize,
+        groups: usize,
+        panel: &[u8],
+        out: &mut [[i32; PANEL]; ROWS],
+    ) {
+        let mut acc = [[_mm512_setzero_si512(); 4]; ROWS];
+        let a = rows.as_ptr();
+        let w = panel.as_ptr();
+        for g in 0..groups {
+            // SAFETY (loads): `g < groups`, so the four vectors at `w + 256
+            // g` lie in `panel` and the four bytes at `a + t * row_bytes +
+            // 4 g` in row `t` of `rows`; unaligned loads are allowed. The
+            // prefetch is a hint and never faults, wherever it points.
+            let weights: [__m512i; 4] = core::array::from_fn(|v| unsafe {
+                _mm512_loadu_si512(w.add(g * 256 + v * 64).cast())
+            });
+            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(g * 256 + PREFETCH_AHEAD).cast());
+            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(g * 256 + PREFETCH_AHEAD + 128).cast());
+            for (t, acc) in acc.iter_mut().enumerate() {
+                let four = unsafe { a.add(t * row_bytes + 4 * g).cast::<i32>().read_unaligned() };
+                let b = _mm512_set1_epi32(four);
+                for (acc, &weights) in acc.iter_mut().zip(&weights) {
+                    *acc = _mm512_dpbusd_epi32(*acc, b, weights);
+                }
+            }
+        }
+        for (out, acc) in out.iter_mut().zip(&acc) {
+            for (v, &acc) in acc.iter().enumerate() {
+                // SAFETY: 16 i32 at `out[16 v..]`, inside the array.
+                unsafe { _mm512_storeu_si512(out[16 * v..].as_mut_ptr().cast(), acc) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::test_values::values;
+    use crate::weights::quantize_row as quantize_weights;
+
+    /// `w` quantized by rows: (bytes, scales, dequantized values).
+    fn int8_weights(w: &[f32], inputs: usize) -> (Vec<u8>, Vec<f32>, Vec<f32>) {
+        let mut bytes = Vec::new();
+        let mut scales = Vec::new();
+        let mut dequantized = Vec::new();
+        for row in w.chunks_exact(inputs) {
+            let (s, q) = quantize_weights(row);
+            bytes.extend(q.iter().map(|&v| v as u8));
+            dequantized.extend(q.iter().map(|&v| f32::from(v) * s));
+            scales.push(s);
+        }
+        (bytes, scales, dequantized)
+    }
+
+    fn kernels() -> Vec<Int8Kernel> {
+        let mut k = vec![Int8Kernel::Portable];
+        let detected = Int8Kernel::detect();
+        if detected == Int8Kernel::Vnni512 {
+            k.push(Int8Kernel::Avx2);
+        }
+        if detected != Int8Kernel::Portable {
+            k.push(detected);
+        }
+        k
+    }
+
+    #[test]
+    fn products_match_float64_on_the_quantized_values_and_kernels_agree_bit_for_bit() {
+        // odd inputs (padding of the groups), outputs not a multiple of a
+        // panel, rows covering every tile height
+        for (outputs, inputs) in [(37, 19), (64, 40), (5, 3), (40, 1203)] {
+            let w = values(2 * outputs * inputs, 11);
+            let (q, scales, wd) = int8_weights(&w, inputs);
+            for rows in (1..=14).chain([97]) {
+                let a = values(rows * inputs, rows as u32 + 3);
+                let mut first: Option<(Vec<f32>, Vec<f32>)> = None;
+                for kernel in kernels() {
+                    let plain = Int8Panels::plain(&q, &scales, outputs, inputs, kernel);
+                    let swiglu = Int8Panels::swiglu(&q, &scales, outputs, inputs, kernel);
+                    let mut bytes = vec![0; rows * plain.row_bytes()];
+                    let mut row_scales = vec![0.0; rows];
+                    let qa = plain.quantize(&a, &mut bytes, &mut row_scales);
+                    // the activations as the kernel saw them
+                    let ad: Vec<f64> = (0..rows * inputs)
+                        .map(|i| {
+                            let (r, k) = (i / inputs, i % inputs);
+                            (f64::from(qa.bytes[r * plain.row_bytes() + k]) - 128.0)
+                                * f64::from(qa.scales[r])
+                        })
+                        .collect();
+                    let dot = |r: usize, o: usize| -> f64 {
+                        (0..inputs)
+                            .map(|k| ad[r * inputs + k] * f64::from(wd[o * inputs + k]))
+                            .sum()
+                    };
+                    let mut out_plain = vec![f32::NAN; rows * outputs];
+                    plain.apply(&qa, &mut out_plain);
+                    let mut out_swiglu = vec![f32::NAN; rows * outputs];
+                    swiglu.apply(&qa, &mut out_swiglu);
+                    for i in 0..rows * outputs {
+                        let (r, o) = (i / outputs, i % outputs);
+                        let want = dot(r, o);
+                        let got = f64::from(out_plain[i]);
+                        assert!(
+                            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "{kernel:?} plain {rows}x{outputs}x{inputs} at {i}: {got} vs {want}"
+                        );
+                        let g = dot(r, o);
+                        let want = g / (1.0 + (-g).exp()) * dot(r, outputs + o);
+                        let got = f64::from(out_swiglu[i]);
+                        assert!(
+                            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "{kernel:?} swiglu {rows}x{outputs}x{inputs} at {i}: {got} vs {want}"
+                        );
+                    }
+                    match &first {
+                        None => first = Some((out_plain, out_swiglu)),
+                        Some((p, s)) => {
+                            assert!(p == &out_plain && s == &out_swiglu, "{kernel:?} differs");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn quantization_rounds_to_nearest_and_keeps_zero_rows() {
+        let a = [0.0, 1.0, -0.5, 0.25, 0.0, 0.0, 0.0];
+        let mut bytes = [0u8; 16];
+        let mut scales = [0.0f32; 2];
+        for kernel in kernels() {
+            quantize_rows(kernel, &a[..4], 4, &mut bytes[..4], &mut scales[..1]);
+            assert_eq!(scales[0], 1.0 / 127.0);
+            // 0, 127, -63.5 -> -64 (ties to even), 31.75 -> 32
+            assert_eq!(&bytes[..4], &[128, 255, 64, 160]);
+            quantize_rows(kernel, &a[4..], 3, &mut bytes[..4], &mut scales[..1]);
+            assert_eq!((scales[0], &bytes[..4]), (0.0, &[128u8, 128, 128, 128][..]));
+        }
+    }
+}
