@@ -193,6 +193,17 @@ for s in $schedules; do
   fi
 done
 
+echo "== trm bench at each weight precision (auto schedule)"
+set +e
+timeout 150 .device/trm bench --json --backend "$backend" --batch "$batches" \
+  --precision f16,bf16,int8 --seconds "$seconds" >>"$out/rows.jsonl" 2>>"$out/bench.log"
+rc=$?
+set -e
+if [ "$rc" != 0 ]; then
+  failed+=("trm bench --precision (exit status $rc)")
+  tail -5 "$out/bench.log"
+fi
+
 echo "== PyTorch reference (CUDA)"
 if python3 -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
   set +e

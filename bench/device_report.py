@@ -93,12 +93,12 @@ def tables(rows, tests):
     out += [
         "## All rows",
         "",
-        "| backend | adapter | api | schedule | batch | net calls/s | GFLOP/s | GPU ms/step | workgroups |",
+        "| backend | adapter | api | precision | schedule | batch | net calls/s | GFLOP/s | GPU ms/step | workgroups |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         out.append(
-            f"| {r.get('backend')} | {r.get('adapter')} | {r.get('api', '-')} | {r.get('schedule', '-')} "
+            f"| {r.get('backend')} | {r.get('adapter')} | {r.get('api', '-')} | {r.get('precision', 'f32')} | {r.get('schedule', '-')} "
             f"| {r.get('batch')} | {num(r.get('net_calls_per_s'))} | {num(r.get('gflops'))} "
             f"| {num(r.get('gpu_ms_per_step'), 3)} | {workgroups(r)} |"
         )
@@ -108,7 +108,10 @@ def tables(rows, tests):
     trm = {}
     for r in rows:
         if is_trm_gpu(r):
-            trm.setdefault((r.get("api"), r.get("schedule")), {})[r["batch"]] = r["net_calls_per_s"]
+            schedule = r.get("schedule")
+            if r.get("precision", "f32") != "f32":
+                schedule = f"{schedule} {r['precision']}"
+            trm.setdefault((r.get("api"), schedule), {})[r["batch"]] = r["net_calls_per_s"]
     torch = {}
     for r in rows:
         if is_torch(r) and r.get("api") == "cuda":
