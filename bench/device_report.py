@@ -94,7 +94,7 @@ def tables(rows, tests):
         "## All rows",
         "",
         "| backend | adapter | api | precision | schedule | batch | net calls/s | GFLOP/s | GPU ms/step | workgroups |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         out.append(
