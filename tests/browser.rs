@@ -15,7 +15,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -379,27 +378,6 @@ impl Page {
     }
 }
 
-/// PyTorch's answers of the sample puzzles: `answer.step{k}` (tokens),
-/// `q_halt_logits.step{k}`.
-fn reference() -> HashMap<String, Vec<f32>> {
-    let bytes =
-        std::fs::read(repo().join("data/sudoku-easy/reference_answers.safetensors")).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    file.iter()
-        .map(|(name, view)| {
-            let values = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| match view.dtype() {
-                    safetensors::Dtype::I32 => i32::from_le_bytes(b.try_into().unwrap()) as f32,
-                    _ => f32::from_le_bytes(b.try_into().unwrap()),
-                })
-                .collect();
-            (name.to_string(), values)
-        })
-        .collect()
-}
-
 /// The spread of the screenshot's luminance (0 for a blank page) and its
 /// distinct colours.
 fn picture_spread(png_bytes: &[u8]) -> (f64, usize) {
@@ -526,7 +504,7 @@ fn the_page_solves_benches_and_builds_every_pipeline_in_chromium() {
     }
 
     // the answers PyTorch gives, at every ACT step
-    let reference = reference();
+    let reference = common::sudoku_easy_reference();
     let steps = result["solve"].as_array().unwrap();
     assert_eq!(steps.len(), ACT_STEPS);
     for (k, step) in steps.iter().enumerate() {

@@ -1,7 +1,8 @@
 //! Reduced precisions keep the trained model's answers: on the 100 sample
 //! puzzles of sudoku-easy after 16 ACT steps (and after 1), f16 and bf16
 //! give the f32 answer on at least 99.9% of cells, and int8's valid-solution
-//! rate is within one point of f32's. The README's accuracy table (from
+//! rate is within one point of f32's, with f32 activations (the default)
+//! and with matched ones (`ActivationPrecision::Matched`). The README's accuracy table (from
 //! `cargo run --release --example precision`) has the figures these hold.
 
 mod common;
@@ -9,13 +10,21 @@ mod common;
 use std::sync::Arc;
 
 use trm_wgpu::tasks::sudoku::Grid;
-use trm_wgpu::{CpuEngine, Engine, Precision, PuzzleBatch, SolveOptions, TrmModel};
+use trm_wgpu::{
+    ActivationPrecision, CpuEngine, CpuOptions, Engine, Precision, PuzzleBatch, SolveOptions,
+    TrmModel,
+};
 
 /// Answers after 1 and 16 ACT steps (the second solve continues the first).
-fn answers(model: &TrmModel, puzzles: &[Grid]) -> (Vec<u32>, Vec<u32>) {
+fn answers(
+    model: &TrmModel,
+    activations: ActivationPrecision,
+    puzzles: &[Grid],
+) -> (Vec<u32>, Vec<u32>) {
     let tokens: Vec<i64> = puzzles.iter().flat_map(|g| g.tokens()).collect();
     let batch = PuzzleBatch::new(model.config(), &tokens, None).unwrap();
-    let mut engine = CpuEngine::new(Arc::new(model.clone())).unwrap();
+    let options = CpuOptions::default().activations(activations);
+    let mut engine = CpuEngine::with_options(Arc::new(model.clone()), options).unwrap();
     let first = engine
         .solve(&batch, &SolveOptions::default().act_steps(1))
         .unwrap();
@@ -48,30 +57,36 @@ fn reduced_precisions_keep_the_sample_answers() {
     let text = std::fs::read_to_string(dir.join("puzzles.txt")).unwrap();
     let puzzles = Grid::parse_many(&text).unwrap();
     assert_eq!(puzzles.len(), 100);
-    let (f32_1, f32_16) = answers(&base, &puzzles);
+    let (f32_1, f32_16) = answers(&base, ActivationPrecision::F32, &puzzles);
     let f32_valid = valid(&puzzles, &f32_16);
     eprintln!("f32: {f32_valid}/100 valid after 16 ACT steps");
+    assert_eq!(f32_valid, 94);
     for precision in [Precision::F16, Precision::Bf16, Precision::Int8] {
         let model = base.to_precision(precision).unwrap();
         assert_eq!(model.precision(), precision);
-        let (after_1, after_16) = answers(&model, &puzzles);
-        let (same_1, same_16) = (
-            equal_cells(&after_1, &f32_1),
-            equal_cells(&after_16, &f32_16),
-        );
-        let v = valid(&puzzles, &after_16);
-        eprintln!(
-            "{precision}: {v}/100 valid after 16 ACT steps; cells equal to f32: {:.2}% after 1, {:.2}% after 16",
-            100.0 * same_1,
-            100.0 * same_16
-        );
-        if precision == Precision::Int8 {
-            assert!(
-                v.abs_diff(f32_valid) <= 1,
-                "int8: {v} valid against f32's {f32_valid}"
+        for activations in [ActivationPrecision::F32, ActivationPrecision::Matched] {
+            let (after_1, after_16) = answers(&model, activations, &puzzles);
+            let (same_1, same_16) = (
+                equal_cells(&after_1, &f32_1),
+                equal_cells(&after_16, &f32_16),
             );
-        } else {
-            assert!(same_1 >= 0.999 && same_16 >= 0.999, "{precision}");
+            let v = valid(&puzzles, &after_16);
+            eprintln!(
+                "{precision}, {activations} activations: {v}/100 valid after 16 ACT steps; cells equal to f32: {:.2}% after 1, {:.2}% after 16",
+                100.0 * same_1,
+                100.0 * same_16
+            );
+            if precision == Precision::Int8 {
+                assert!(
+                    v.abs_diff(f32_valid) <= 1,
+                    "int8, {activations}: {v} valid against f32's {f32_valid}"
+                );
+            } else {
+                assert!(
+                    same_1 >= 0.999 && same_16 >= 0.999,
+                    "{precision}, {activations}: {same_1} and {same_16} of the cells"
+                );
+            }
         }
     }
 }

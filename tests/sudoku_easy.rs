@@ -5,36 +5,15 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use common::{assert_close_floor, one_act_step_at_a_time};
-use safetensors::SafeTensors;
 use trm_wgpu::tasks::sudoku::Grid;
 use trm_wgpu::{CpuEngine, PuzzleBatch, TrmModel};
 
 fn data(file: &str) -> PathBuf {
     common::repo_dir().join("data/sudoku-easy").join(file)
-}
-
-/// `answer.step{k}` (tokens) and `q_halt_logits.step{k}` of PyTorch.
-fn reference() -> HashMap<String, Vec<f32>> {
-    let bytes = std::fs::read(data("reference_answers.safetensors")).unwrap();
-    let file = SafeTensors::deserialize(&bytes).unwrap();
-    file.iter()
-        .map(|(name, view)| {
-            let values = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| match view.dtype() {
-                    safetensors::Dtype::I32 => i32::from_le_bytes(b.try_into().unwrap()) as f32,
-                    _ => f32::from_le_bytes(b.try_into().unwrap()),
-                })
-                .collect();
-            (name.to_string(), values)
-        })
-        .collect()
 }
 
 /// Valid-solution rate per ACT step from `accuracy.json`.
@@ -54,7 +33,7 @@ fn cpu_answers_equal_pytorch_at_every_act_step() {
     let model = Arc::new(TrmModel::load(data("model.safetensors")).unwrap());
     let puzzles = Grid::parse_many(&std::fs::read_to_string(data("puzzles.txt")).unwrap()).unwrap();
     assert_eq!(puzzles.len(), 100);
-    let reference = reference();
+    let reference = common::sudoku_easy_reference();
     let tokens: Vec<i64> = puzzles.iter().flat_map(|p| p.tokens()).collect();
     let ref_inputs: Vec<i64> = reference["inputs"].iter().map(|&t| t as i64).collect();
     assert_eq!(

@@ -429,3 +429,25 @@ pub fn trm_run_stats(
     eprintln!("{stats}");
     (std::fs::read(output).unwrap(), stats)
 }
+
+/// PyTorch's answers of sudoku-easy's sample puzzles
+/// (`data/sudoku-easy/reference_answers.safetensors`): `answer.step{k}`
+/// (tokens) and `q_halt_logits.step{k}`, as f32.
+pub fn sudoku_easy_reference() -> HashMap<String, Vec<f32>> {
+    let path = repo_dir().join("data/sudoku-easy/reference_answers.safetensors");
+    let bytes = std::fs::read(path).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    file.iter()
+        .map(|(name, view)| {
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| match view.dtype() {
+                    Dtype::I32 => i32::from_le_bytes(b.try_into().unwrap()) as f32,
+                    _ => f32::from_le_bytes(b.try_into().unwrap()),
+                })
+                .collect();
+            (name.to_string(), values)
+        })
+        .collect()
+}
