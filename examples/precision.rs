@@ -145,10 +145,19 @@ fn run(args: Args) -> trm_wgpu::Result<()> {
             continue;
         }
         let tokens: Vec<i64> = puzzles.iter().flat_map(|g| g.tokens()).collect();
-        let mut reference: Option<Answers> = None;
+        let reference = solve(&base, args.backend, &tokens, args.batch)?;
         for precision in Precision::ALL {
-            let model = base.to_precision(precision)?;
-            let answers = solve(&model, args.backend, &tokens, args.batch)?;
+            let answers = if precision == base.precision() {
+                None
+            } else {
+                Some(solve(
+                    &base.to_precision(precision)?,
+                    args.backend,
+                    &tokens,
+                    args.batch,
+                )?)
+            };
+            let answers = answers.as_ref().unwrap_or(&reference);
             let valid = |preds: &[u32]| {
                 puzzles
                     .iter()
@@ -156,12 +165,6 @@ fn run(args: Args) -> trm_wgpu::Result<()> {
                     .filter(|(p, a)| Grid::from_tokens(a).solves(p))
                     .count()
             };
-            let reference = reference.get_or_insert_with(|| Answers {
-                after_1: answers.after_1.clone(),
-                after_16: answers.after_16.clone(),
-                logits_1: Vec::new(),
-                logits_16: Vec::new(),
-            });
             let same = |a: &[u32], b: &[u32]| {
                 100.0 * a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64
             };

@@ -31,8 +31,8 @@ pub const CONFIG_METADATA_KEY: &str = "config";
 /// Suffix of the tensor that holds an int8 matrix's per-row scales.
 pub const SCALE_SUFFIX: &str = "_scale";
 
-/// Whether the header metadata marks the file as written by this crate
-/// with the precision of its network (informational only).
+/// Header metadata key naming the network's precision, written for people
+/// and other tools to read; loading goes by the tensors' dtypes.
 const PRECISION_METADATA_KEY: &str = "precision";
 
 impl TrmModel {

@@ -44,7 +44,7 @@
 //! exact, so every kernel gives the same outputs bit for bit.
 
 use super::ops::silu;
-use super::panels::{CacheLine, huge_page_aligned, tiles};
+use super::panels::{CacheLine, huge_page_aligned, source_row, tiles};
 
 /// Output features of one panel (four vectors of 16 i32 lanes).
 const PANEL: usize = 64;
@@ -174,14 +174,8 @@ impl Int8Panels {
         let packed: &mut [u8] = bytemuck::cast_slice_mut(&mut memory[start..]);
         for panel in 0..panels {
             for slot in 0..PANEL {
-                let feature = panel * per_panel + slot % per_panel;
-                if feature >= outputs {
+                let Some(row) = source_row(panel, slot, per_panel, outputs) else {
                     continue; // zero padding
-                }
-                let row = if slot < per_panel {
-                    feature
-                } else {
-                    outputs + feature
                 };
                 let source = &q[row * inputs..][..inputs];
                 let base = panel * panel_bytes + slot * 4;

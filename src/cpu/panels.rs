@@ -126,15 +126,8 @@ impl PanelWeights {
         let packed: &mut [f32] = bytemuck::cast_slice_mut(&mut memory[start..]);
         for panel in 0..panels {
             for slot in 0..width {
-                let feature = panel * per_panel + slot % per_panel;
-                if feature >= outputs {
+                let Some(row) = source_row(panel, slot, per_panel, outputs) else {
                     continue; // zero padding
-                }
-                // SwiGLU: slots past the first half are the up features
-                let row = if slot < per_panel {
-                    feature
-                } else {
-                    outputs + feature
                 };
                 let source = &w[row * inputs..][..inputs];
                 let base = panel * inputs * width + slot;
@@ -183,6 +176,26 @@ impl PanelWeights {
 }
 
 /// Output features of one panel.
+/// The weight row that slot `slot` of panel `panel` holds, for panels of
+/// `per_panel` output features out of `outputs` (`None`: zero padding past
+/// the last). A slot past `per_panel` is a SwiGLU panel's second half: the
+/// up row of the same feature, `outputs` rows further.
+pub(super) fn source_row(
+    panel: usize,
+    slot: usize,
+    per_panel: usize,
+    outputs: usize,
+) -> Option<usize> {
+    let feature = panel * per_panel + slot % per_panel;
+    (feature < outputs).then(|| {
+        if slot < per_panel {
+            feature
+        } else {
+            outputs + feature
+        }
+    })
+}
+
 fn cols_per_panel(pairing: Pairing, width: usize) -> usize {
     match pairing {
         Pairing::Plain => width,
