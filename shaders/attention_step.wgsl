@@ -401,6 +401,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let inj_b = params.inj_b_base + puzzle * params.puzzle_stride;
     let work = puzzle * max(4u * S * D, CI * S);
     let heads_out = work + 3u * S * D;
+    let lanes = lanes_setup(lid);
 
     inject(lid, state, inj_a, inj_b);
     storageBarrier();
@@ -443,7 +444,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 storageBarrier();
             }
             if (kind == O_PROJ || kind == CHANNEL_DOWN) {
-                rms_norm_rows(lid, state);
+                rms_norm_rows(lid, state, lanes);
                 storageBarrier();
             }
         }

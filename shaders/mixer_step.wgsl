@@ -99,6 +99,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let inj_a = params.inj_a_base + puzzle * params.puzzle_stride;
     let inj_b = params.inj_b_base + puzzle * params.puzzle_stride;
     let work = puzzle * max(TI * D, CI * S);
+    let lanes = lanes_setup(lid);
 
     inject(lid, state, inj_a, inj_b);
     storageBarrier();
@@ -149,7 +150,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 storageBarrier();
             }
             if (kind == CHANNEL_DOWN) {
-                rms_norm_rows(lid, state);
+                rms_norm_rows(lid, state, lanes);
                 storageBarrier();
             }
         }

@@ -59,9 +59,15 @@
 //   weight read once for the whole batch) and by the dispatch count, not
 //   by FMAs.
 //
-// norms: sums of squares reduced through workgroup memory (a tree over the
-// 256 invocations for a row, 8 lanes per column), so no subgroup size is
-// assumed. FLOPs 3 S D + splits S D, bytes 4 S D (2 + splits) per puzzle.
+// norms: spread_norm_rows sums a row's squares by lane shuffles within
+// clusters of `lanes` invocations (lanes_setup: checked, never assumed;
+// 1 without subgroups) and the WG / lanes cluster sums through workgroup
+// memory in a fixed order (2 barriers with the setup's) where lanes >= 8,
+// else by a tree over the 256 invocations (9 barriers). spread_norm_cols
+// keeps its 8 partials per column in workgroup memory: its consecutive
+// invocations read consecutive columns (coalesced), so a column's 8 lanes
+// are 32 invocations apart, never in one cluster. FLOPs 3 S D + splits S D,
+// bytes 4 S D (2 + splits) per puzzle.
 
 var<workgroup> red: array<f32, 256>;                      // the norms' partial sums
 
@@ -126,6 +132,7 @@ fn spread_norm_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     if (t >= params.groups) {
         return;
     }
+    let lanes = lanes_setup(lid);
     let row = puzzle_base(t / S) + (t % S) * D;
     let parts = params.part_base + t * D;
     var ss = 0.0;
@@ -137,9 +144,24 @@ fn spread_norm_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         xyz[row + d] = v;
         ss = fma(v, v, ss);
     }
-    red[lid] = ss;
-    reduce_256(lid);
-    let scale = inverseSqrt(red[0] / f32(D) + EPS);
+    var total = 0.0;
+    if (lanes >= 8u) {
+        // a sum per cluster of lanes, then the WG / lanes cluster sums in
+        // a fixed order by every invocation: one barrier
+        let part = lane_sum(ss, lanes);
+        if (lid % lanes == 0u) {
+            red[lid / lanes] = part;
+        }
+        workgroupBarrier();
+        for (var c = 0u; c < WG / lanes; c++) {
+            total = total + red[c];
+        }
+    } else {
+        red[lid] = ss;
+        reduce_256(lid);
+        total = red[0];
+    }
+    let scale = inverseSqrt(total / f32(D) + EPS);
     for (var d = lid; d < D; d += WG) {
         xyz[row + d] = xyz[row + d] * scale;
     }

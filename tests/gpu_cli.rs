@@ -210,6 +210,50 @@ fn run_gpu_hrm_matches_float64_on_both_schedules() {
     }
 }
 
+/// The kernels' reductions (the norms over D, the attention's softmax) on
+/// every path: subgroup shuffles where the adapter has subgroups, at the
+/// cluster widths the kernels find (lavapipe's subgroups are its SIMD
+/// width / 32: 4 at `LP_NATIVE_VECTOR_WIDTH=128`, 8 by default, 16 at 512;
+/// other drivers ignore the variable), and workgroup memory alone with
+/// `TRM_GPU_SUBGROUPS=off`; fresh random models of both variants, both
+/// schedules, against float64. `--stats` says which path ran.
+#[test]
+fn run_gpu_reductions_match_float64_at_every_lane_width() {
+    let Some(context) = gpu::context() else {
+        return;
+    };
+    let offered = context.subgroups();
+    for (mlp, pos) in [(true, PosEncodings::None), (false, PosEncodings::Rope)] {
+        let seed = common::test_seed();
+        let config = if mlp { config() } else { attention_config(pos) };
+        let model = TrmModel::random(config, seed, 0.5).unwrap();
+        let dir = temp_dir(&format!("gpu-cli-lanes-{mlp}"));
+        let (model_path, input_path, batch) =
+            common::write_run_case(&dir, &model, PUZZLES, seed ^ 0x1a5e);
+        let reference = f64_reference::solve(&model, &batch, ACT_STEPS, false);
+        let lane_cases: [(&str, &str, bool); 4] = [
+            ("TRM_GPU_SUBGROUPS", "off", false),
+            ("LP_NATIVE_VECTOR_WIDTH", "128", offered),
+            ("LP_NATIVE_VECTOR_WIDTH", "256", offered),
+            ("LP_NATIVE_VECTOR_WIDTH", "512", offered),
+        ];
+        for (variable, value, subgroups) in lane_cases {
+            for schedule in ["fused", "spread"] {
+                eprintln!("mlp_t {mlp}, {variable}={value}, --schedule {schedule}");
+                let env = [
+                    ("TRM_GPU_SCHEDULE", schedule),
+                    ("TRM_POISON_GPU", "1"),
+                    (variable, value),
+                ];
+                let (bytes, stats) = run(&dir, &model_path, &input_path, "gpu", &env);
+                assert_eq!(stats["schedule"], schedule);
+                assert_eq!(stats["subgroups"], subgroups, "{variable}={value}");
+                check_against_float64(&model, &reference, &bytes, &stats);
+            }
+        }
+    }
+}
+
 /// `auto` takes the GPU when there is one; it and `gl` (llvmpipe through
 /// EGL on a machine without a GPU) give the CPU engine's answers.
 #[test]

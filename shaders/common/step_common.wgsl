@@ -253,10 +253,29 @@ fn store_row(op: Product, o: u32, r: u32, n: u32, v: vec4<f32>) {
 // One output tile of `op` from rows m0 and columns n0, over the K range
 // [kbeg, kend) (kend a multiple of SK, or op.kp), written at o_base + o:
 // the double-buffered K loop, one barrier per step. Uniform control flow.
+//
+// Padding: a tile that sticks out of the output (S = 97 fills two 64-wide
+// tiles, the second with 33 columns or rows) skips the FMAs of the
+// register blocks wholly outside it. The skip goes by ty (lid / 16), so
+// that whole warps and SIMD groups skip rather than diverge: where the
+// tile's columns stick out, the invocations are transposed for the tile
+// (ty picks the block of columns, tx the block of rows; the reads stay
+// conflict-free, A's turning into 16 distinct slots and B's into one
+// broadcast). At S = 97 a product over S computes 100 of every 128
+// padded columns or rows (was 128); they still load their tiles.
 fn product_tile(lid: u32, op: Product, m0: u32, n0: u32, kbeg: u32, kend: u32, o: u32) {
     let steps = (kend - kbeg + SK - 1u) / SK;
     let ty = lid / 16u;
     let tx = lid % 16u;
+    let tile_rows = select(TM, TM / 2u, op.paired);
+    let rows = min(tile_rows, op.m - m0);         // output rows that exist
+    let cols = min(TN, op.n - n0);                 // output columns that exist
+    let transposed = cols < TN;
+    let rb = select(ty, tx, transposed);           // this block: A rows 4 rb ..
+    let cb = select(tx, ty, transposed);           // and columns 4 cb ..
+    // outputs of the block's A rows: 4 rb .. (2 rb .. gated when paired)
+    let first_row = select(4u * rb, 2u * rb, op.paired);
+    let live = first_row < rows && 4u * cb < cols;
     b_columns(lid, op, n0);
     zero_acc();
     load_tiles(lid, op, 0u, m0, kbeg, kend);
@@ -266,26 +285,28 @@ fn product_tile(lid: u32, op: Product, m0: u32, n0: u32, kbeg: u32, kend: u32, o
         if (st + 1u < steps) {
             load_tiles(lid, op, 1u - cur, m0, kbeg + (st + 1u) * SK, kend);
         }
-        for (var kk = 0u; kk < SK; kk++) {
-            let a = sa[slot(cur, kk, ty)];
-            let b = sb[slot(cur, kk, tx)];
-            acc0 = fma(vec4<f32>(a.x), b, acc0);
-            acc1 = fma(vec4<f32>(a.y), b, acc1);
-            acc2 = fma(vec4<f32>(a.z), b, acc2);
-            acc3 = fma(vec4<f32>(a.w), b, acc3);
+        if (live) {
+            for (var kk = 0u; kk < SK; kk++) {
+                let a = sa[slot(cur, kk, rb)];
+                let b = sb[slot(cur, kk, cb)];
+                acc0 = fma(vec4<f32>(a.x), b, acc0);
+                acc1 = fma(vec4<f32>(a.y), b, acc1);
+                acc2 = fma(vec4<f32>(a.z), b, acc2);
+                acc3 = fma(vec4<f32>(a.w), b, acc3);
+            }
         }
         workgroupBarrier();
     }
-    let n = n0 + 4u * tx;
+    let n = n0 + 4u * cb;
     if (op.paired) {
-        // rows 4 ty, 4 ty + 1: gates of outputs 2 ty, 2 ty + 1; then their ups
-        store_row(op, o, m0 + 2u * ty, n, gated(acc0, acc2));
-        store_row(op, o, m0 + 2u * ty + 1u, n, gated(acc1, acc3));
+        // rows 4 rb, 4 rb + 1: gates of outputs 2 rb, 2 rb + 1; then their ups
+        store_row(op, o, m0 + 2u * rb, n, gated(acc0, acc2));
+        store_row(op, o, m0 + 2u * rb + 1u, n, gated(acc1, acc3));
     } else {
-        store_row(op, o, m0 + 4u * ty, n, acc0);
-        store_row(op, o, m0 + 4u * ty + 1u, n, acc1);
-        store_row(op, o, m0 + 4u * ty + 2u, n, acc2);
-        store_row(op, o, m0 + 4u * ty + 3u, n, acc3);
+        store_row(op, o, m0 + 4u * rb, n, acc0);
+        store_row(op, o, m0 + 4u * rb + 1u, n, acc1);
+        store_row(op, o, m0 + 4u * rb + 2u, n, acc2);
+        store_row(op, o, m0 + 4u * rb + 3u, n, acc3);
     }
 }
 
@@ -340,12 +361,25 @@ fn channel_down_len() -> u32 {
     return matrix_len(D, CI);
 }
 
+// The sum of v over the cluster of `width` consecutive invocations that
+// holds this one (width a power of two, at most `lanes`), returned to all
+// of them: a butterfly of XOR shuffles (the lane prelude's lane_xor), with
+// the same bits in every invocation (float addition is commutative).
+fn lane_sum(v: f32, width: u32) -> f32 {
+    var s = v;
+    for (var m = 1u; m < width; m *= 2u) {
+        s = s + lane_xor(s, m);
+    }
+    return s;
+}
+
 // rms_norm over D of every row s, four invocations a row (64 rows a
 // pass): each sums the squares of every fourth element, the four partials
-// meet in workgroup memory (the product tiles' memory, free between
-// phases), and each scales its own elements. The caller puts a
+// meet by lane shuffles where `lanes` (lanes_setup) is at least 4, else in
+// workgroup memory (the product tiles' memory, free between phases; 2
+// barriers a pass), and each scales its own elements. The caller puts a
 // storageBarrier after it.
-fn rms_norm_rows(lid: u32, state: u32) {
+fn rms_norm_rows(lid: u32, state: u32, lanes: u32) {
     let q = lid % 4u;
     for (var s0 = 0u; s0 < S; s0 += 64u) {
         let s = s0 + lid / 4u;
@@ -357,12 +391,18 @@ fn rms_norm_rows(lid: u32, state: u32) {
                 ss = fma(v, v, ss);
             }
         }
-        workgroupBarrier();
-        sa[lid / 4u][q] = ss;
-        workgroupBarrier();
-        if (s < S) {
+        var total = 0.0;
+        if (lanes >= 4u) {
+            total = lane_sum(ss, 4u);
+        } else {
+            workgroupBarrier();
+            sa[lid / 4u][q] = ss;
+            workgroupBarrier();
             let p = sa[lid / 4u];
-            let scale = inverseSqrt((p.x + p.y + p.z + p.w) / f32(D) + EPS);
+            total = p.x + p.y + p.z + p.w;
+        }
+        if (s < S) {
+            let scale = inverseSqrt(total / f32(D) + EPS);
             for (var d = q; d < D; d += 4u) {
                 xyz[row + d] = xyz[row + d] * scale;
             }

@@ -141,6 +141,8 @@ struct Row {
     workgroups_per_dispatch: Option<trm_wgpu::gpu::WorkgroupSpread>,
     submits: Option<u64>,
     host_waits: Option<u64>,
+    /// Whether the reductions used subgroup shuffles (GPU rows).
+    subgroups: Option<bool>,
     /// The schedule asked for (`auto`, `fused`, `spread`; GPU rows).
     schedule_requested: Option<String>,
     /// With `auto`: batches below this ran spread, others fused.
@@ -518,6 +520,7 @@ impl Bench<'_> {
             workgroups_per_dispatch: stats.map(|s| s.workgroups_per_dispatch.clone()),
             submits: stats.map(|s| s.submits),
             host_waits: stats.map(|s| s.host_waits),
+            subgroups: stats.map(|s| s.subgroups),
             schedule_requested: gpu.map(|g| g.1.to_string()),
             spread_below: gpu.and_then(|g| g.2),
         }

@@ -16,14 +16,14 @@ use crate::weights::Precision;
 
 use super::context::GpuContext;
 use super::step_common::{
-    PerPrecision, StepPipeline, channel_groups, f32_groups, group_bytes, matrix_groups, pad4,
+    StepPipeline, Variants, channel_groups, f32_groups, group_bytes, matrix_groups, pad4,
     precision_names, push_f32, push_rows, step_source,
 };
 
-const SOURCE: PerPrecision = step_source!("attention_step.wgsl");
+const SOURCE: Variants = step_source!("attention_step.wgsl");
 /// Name of the kernel at each precision (pipeline cache, labels, error
 /// messages).
-pub(crate) const KERNEL: PerPrecision = precision_names!("attention_step.wgsl");
+pub(crate) const KERNEL: Variants = precision_names!("attention_step.wgsl");
 
 /// Floats of per-puzzle scratch: `qkv [S, 3D]` and the head outputs
 /// `[S, D]`, or later in the block the channel SwiGLU's gated activations

@@ -122,6 +122,12 @@ pub struct GpuOptions {
     /// software adapter (lavapipe, llvmpipe), where one submission of the
     /// engine (at most 200 GFLOP) can take minutes.
     pub wait_timeout: Option<Duration>,
+    /// Do not use subgroup operations even where the adapter offers them:
+    /// the kernels' reductions then meet in workgroup memory everywhere, as
+    /// on adapters without subgroups (also the environment variable
+    /// `TRM_GPU_SUBGROUPS=off`, read by [`GpuOptions::with_env`]). This
+    /// lets any adapter run and test that path.
+    pub disable_subgroups: bool,
 }
 
 impl GpuOptions {
@@ -163,10 +169,18 @@ impl GpuOptions {
         self
     }
 
+    /// Turns subgroup operations off (see [`GpuOptions::disable_subgroups`]).
+    pub fn disable_subgroups(mut self) -> Self {
+        self.disable_subgroups = true;
+        self
+    }
+
     /// Applies the environment, as wgpu's own tools do: `WGPU_BACKEND`
     /// (when the backend is still [`GpuBackend::Any`]), `WGPU_ADAPTER_NAME`
-    /// (when no name is set) and `WGPU_POWER_PREF` (`low`, `high`, `none`).
-    /// Fails on a `WGPU_BACKEND` it cannot read.
+    /// (when no name is set) and `WGPU_POWER_PREF` (`low`, `high`, `none`);
+    /// and `TRM_GPU_SUBGROUPS` (`off` or `0` sets
+    /// [`GpuOptions::disable_subgroups`]). Fails on a `WGPU_BACKEND` or a
+    /// `TRM_GPU_SUBGROUPS` it cannot read.
     pub fn with_env(mut self) -> Result<Self> {
         if self.backend == GpuBackend::Any
             && let Some(value) = env_var("WGPU_BACKEND")
@@ -183,12 +197,40 @@ impl GpuOptions {
         if let Some(preference) = wgpu::PowerPreference::from_env() {
             self.power_preference = preference;
         }
+        if let Some(value) = env_var(SUBGROUPS_ENV) {
+            self.disable_subgroups |= match value.trim().to_ascii_lowercase().as_str() {
+                "off" | "0" => true,
+                "on" | "1" => false,
+                _ => {
+                    return Err(TrmError::Gpu(format!(
+                        "{SUBGROUPS_ENV} must be on or off (1 or 0), got `{value}`"
+                    )));
+                }
+            };
+        }
         Ok(self)
     }
 }
 
 fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The environment variable that can turn subgroup operations off
+/// ([`GpuOptions::disable_subgroups`]).
+const SUBGROUPS_ENV: &str = "TRM_GPU_SUBGROUPS";
+
+/// The features a context asks for, of those `offered`: timestamps (for
+/// `trm bench`) and, natively unless `disable_subgroups`, subgroups (the
+/// kernels' reductions). On the web naga's WGSL and the browser's disagree
+/// on `enable subgroups;` (naga refuses the directive, Tint requires it),
+/// so the web build does without.
+fn wanted_features(offered: wgpu::Features, disable_subgroups: bool) -> wgpu::Features {
+    let mut wanted = wgpu::Features::TIMESTAMP_QUERY;
+    if !disable_subgroups && cfg!(not(target_arch = "wasm32")) {
+        wanted |= wgpu::Features::SUBGROUP;
+    }
+    offered & wanted
 }
 
 /// The environment variable that sets [`GpuOptions::wait_timeout`] (seconds)
@@ -555,8 +597,7 @@ impl GpuContext {
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("trm-wgpu"),
-                // timestamps only, and only where offered: for `trm bench`
-                required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
+                required_features: wanted_features(adapter.features(), options.disable_subgroups),
                 required_limits,
                 experimental_features: wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: wgpu::MemoryHints::Performance,
@@ -677,6 +718,19 @@ impl GpuContext {
     /// The device's limits.
     pub fn limits(&self) -> wgpu::Limits {
         self.inner.device.limits()
+    }
+
+    /// Whether the kernels may use subgroup operations: the device has
+    /// them (asked for where the adapter offers them, unless
+    /// [`GpuOptions::disable_subgroups`]; an application's own device as
+    /// it was created). Native only (see `wanted_features`).
+    pub fn subgroups(&self) -> bool {
+        cfg!(not(target_arch = "wasm32"))
+            && self
+                .inner
+                .device
+                .features()
+                .contains(wgpu::Features::SUBGROUP)
     }
 
     /// One line: adapter name, API, driver.

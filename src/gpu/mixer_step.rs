@@ -14,14 +14,14 @@ use crate::weights::Precision;
 
 use super::context::GpuContext;
 use super::step_common::{
-    PerPrecision, StepPipeline, channel_groups, group_bytes, matrix_groups, pad4, precision_names,
+    StepPipeline, Variants, channel_groups, group_bytes, matrix_groups, pad4, precision_names,
     push_rows, step_source,
 };
 
-const SOURCE: PerPrecision = step_source!("mixer_step.wgsl");
+const SOURCE: Variants = step_source!("mixer_step.wgsl");
 /// Name of the kernel at each precision (pipeline cache, labels, error
 /// messages).
-pub(crate) const KERNEL: PerPrecision = precision_names!("mixer_step.wgsl");
+pub(crate) const KERNEL: Variants = precision_names!("mixer_step.wgsl");
 
 /// Floats of per-puzzle scratch: the gated activations of the larger
 /// SwiGLU, `max(TI D, CI S)`.
@@ -87,6 +87,7 @@ pub(crate) fn new(ctx: &GpuContext, model: &TrmModel) -> Result<StepPipeline> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gpu::step_common::Lanes;
 
     #[test]
     fn packed_rows_are_padded_to_vec4() {
@@ -143,9 +144,10 @@ mod tests {
                 include_str!("../../shaders/common/weights_int8.wgsl"),
             ),
         ] {
-            let source = SOURCE.get(precision);
+            let source = SOURCE.get(precision, Lanes::Workgroup);
             assert!(source.starts_with(include_str!("../../shaders/common/params.wgsl")));
             assert!(source.contains(prelude));
+            assert!(source.contains(include_str!("../../shaders/common/lanes_workgroup.wgsl")));
             assert!(source.contains(include_str!("../../shaders/common/step_common.wgsl")));
             assert!(source.ends_with(include_str!("../../shaders/mixer_step.wgsl")));
         }

@@ -78,7 +78,7 @@ use halt::Halt;
 use heads::Heads;
 use layout::{PARAMS_BYTES, Params, Workgroups};
 use spread::{SpreadKernels, SpreadPlan};
-use step_common::StepPipeline;
+use step_common::{Lanes, StepPipeline};
 
 /// What the engine did in its last solve, counted by the engine itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -112,6 +112,11 @@ pub struct GpuStats {
     /// Times the host waited for the device (read-backs and early-halting
     /// decisions).
     pub host_waits: u64,
+    /// Whether the kernels' reductions (the norms over D, the attention's
+    /// softmax) ran through subgroup shuffles: the device has subgroups and
+    /// they were not turned off ([`GpuOptions::disable_subgroups`]).
+    /// Otherwise they meet in workgroup memory.
+    pub subgroups: bool,
 }
 
 /// Workgroups per dispatch of a solve's network calls.
@@ -1142,6 +1147,7 @@ impl GpuEngine {
             self.ensure_plan(chunk, batch as u32)?;
         }
         self.stats.schedule = self.running.as_str().to_string();
+        self.stats.subgroups = self.resident.step.pipeline.lanes() == Lanes::Subgroup;
         Ok(())
     }
 

@@ -35,11 +35,11 @@ use crate::weights::Precision;
 use super::context::GpuContext;
 use super::layout::{Kernel, Params};
 use super::step_common::{
-    PerPrecision, StepPipeline, matrix_groups, pad4, precision_names, step_source,
+    StepPipeline, Variants, matrix_groups, pad4, precision_names, step_source,
 };
 
-const SOURCE: PerPrecision = step_source!("spread_step.wgsl");
-const ATTENTION_SOURCE: PerPrecision = step_source!("attention_step.wgsl");
+const SOURCE: Variants = step_source!("spread_step.wgsl");
+const ATTENTION_SOURCE: Variants = step_source!("attention_step.wgsl");
 
 /// Workgroups a phase aims for at small batch: enough for a large GPU
 /// (an H200 has 132 SMs, an integrated GPU 8 to 96 units) without cutting

@@ -17,33 +17,50 @@ use crate::weights::{Matrix, Precision};
 use super::context::GpuContext;
 use super::layout::{self, Entry, Kernel, Workgroups};
 
-/// One `&'static str` per weight precision, in [`Precision::ALL`] order: a
-/// kernel's WGSL (each with its precision's weight prelude) or its name in
-/// the pipeline cache (pipelines of one kernel at two precisions differ in
-/// their source, not in their constants).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct PerPrecision(pub(crate) [&'static str; 4]);
+/// How a kernel's reductions meet across invocations: the lane prelude it
+/// is built with (`shaders/common/lanes_{workgroup,subgroup}.wgsl`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lanes {
+    /// Through workgroup memory only (no subgroup operations).
+    Workgroup,
+    /// By subgroup shuffles within clusters the kernel checks at run time,
+    /// through workgroup memory beyond them.
+    Subgroup,
+}
 
-impl PerPrecision {
-    /// The one for `precision`.
-    pub(crate) fn get(self, precision: Precision) -> &'static str {
-        self.0[match precision {
+/// One `&'static str` per weight precision (in [`Precision::ALL`] order)
+/// and lane prelude ([`Lanes`]): a kernel's WGSL (each with its
+/// precision's weight prelude and its lane prelude) or its name in the
+/// pipeline cache (the variants of one kernel differ in their source, not
+/// in their constants).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Variants(pub(crate) [[&'static str; 2]; 4]);
+
+impl Variants {
+    /// The one for `precision` and `lanes`.
+    pub(crate) fn get(self, precision: Precision, lanes: Lanes) -> &'static str {
+        let by_precision = self.0[match precision {
             Precision::F32 => 0,
             Precision::F16 => 1,
             Precision::Bf16 => 2,
             Precision::Int8 => 3,
+        }];
+        by_precision[match lanes {
+            Lanes::Workgroup => 0,
+            Lanes::Subgroup => 1,
         }]
     }
 }
 
-/// The WGSL of a recursion-step kernel at each precision
-/// ([`PerPrecision`]): the parameter block (`shaders/common/params.wgsl`),
-/// the weight prelude `shaders/common/weights_$p.wgsl`, the prelude
+/// The WGSL of a recursion-step kernel in every variant ([`Variants`]):
+/// the parameter block (`shaders/common/params.wgsl`), the weight prelude
+/// `shaders/common/weights_$p.wgsl`, the lane prelude
+/// `shaders/common/lanes_$l.wgsl`, the prelude
 /// `shaders/common/step_common.wgsl`, then `shaders/$kernel`, concatenated
 /// at compile time.
 macro_rules! step_source {
     ($kernel:literal) => {
-        $crate::gpu::step_common::PerPrecision([
+        $crate::gpu::step_common::Variants([
             step_source!(@ $kernel, "f32"),
             step_source!(@ $kernel, "f16"),
             step_source!(@ $kernel, "bf16"),
@@ -51,12 +68,22 @@ macro_rules! step_source {
         ])
     };
     (@ $kernel:literal, $precision:literal) => {
+        [
+            step_source!(@ $kernel, $precision, "workgroup"),
+            step_source!(@ $kernel, $precision, "subgroup"),
+        ]
+    };
+    (@ $kernel:literal, $precision:literal, $lanes:literal) => {
         concat!(
             include_str!("../../shaders/common/params.wgsl"),
             "\n// ---- end of shaders/common/params.wgsl ----\n\n",
             include_str!(concat!("../../shaders/common/weights_", $precision, ".wgsl")),
             "\n// ---- end of shaders/common/weights_",
             $precision,
+            ".wgsl ----\n\n",
+            include_str!(concat!("../../shaders/common/lanes_", $lanes, ".wgsl")),
+            "\n// ---- end of shaders/common/lanes_",
+            $lanes,
             ".wgsl ----\n\n",
             include_str!("../../shaders/common/step_common.wgsl"),
             "\n// ---- end of shaders/common/step_common.wgsl; ",
@@ -68,16 +95,22 @@ macro_rules! step_source {
 }
 pub(crate) use step_source;
 
-/// A kernel's pipeline-cache names at each precision ([`PerPrecision`]):
-/// `$name`, then `$name (f16)` and so on.
+/// A kernel's pipeline-cache names in every variant ([`Variants`]):
+/// `$name`, `$name (subgroups)`, then `$name (f16)` and so on.
 macro_rules! precision_names {
     ($name:literal) => {
-        $crate::gpu::step_common::PerPrecision([
-            $name,
-            concat!($name, " (f16)"),
-            concat!($name, " (bf16)"),
-            concat!($name, " (int8)"),
+        $crate::gpu::step_common::Variants([
+            precision_names!(@ $name, ""),
+            precision_names!(@ $name, " (f16)"),
+            precision_names!(@ $name, " (bf16)"),
+            precision_names!(@ $name, " (int8)"),
         ])
+    };
+    (@ $name:literal, $precision:literal) => {
+        [
+            concat!($name, $precision),
+            concat!($name, $precision, " (subgroups)"),
+        ]
     };
 }
 pub(crate) use precision_names;
@@ -168,11 +201,32 @@ pub(crate) fn channel_groups(config: &TrmConfig, precision: Precision) -> usize 
 /// memory, which holds the double-buffered A and B tiles (2 x 2 x 64 x SK
 /// floats): 16 (16 KiB) where the adapter has the WebGPU default, 8 (8 KiB)
 /// where it has less (Apple's 16352 bytes). The attention's own tiles use
-/// the same memory, 2 SK deep.
+/// the same memory.
 pub(crate) fn tile_depth(workgroup_bytes: u32) -> Option<u32> {
     [16u32, 8]
         .into_iter()
-        .find(|sk| 2 * 2 * 64 * sk * 4 <= workgroup_bytes)
+        .find(|&sk| tile_bytes(sk) <= workgroup_bytes)
+}
+
+/// Bytes of the double-buffered tiles at depth `sk`.
+fn tile_bytes(sk: u32) -> u32 {
+    2 * 2 * 64 * sk * 4
+}
+
+/// Workgroup memory the subgroup lane prelude adds to a kernel
+/// (`lane_faults` and `lane_width` in `shaders/common/lanes_subgroup.wgsl`).
+const LANE_SETUP_BYTES: u32 = 8;
+
+/// The lane prelude for a device with or without subgroup operations and
+/// `workgroup_bytes` of workgroup memory at tile depth `sk`: subgroups
+/// where offered, unless their 8 bytes do not fit beside the tiles (an
+/// adapter with exactly 16 KiB keeps SK = 16 rather than halve it).
+pub(crate) fn lanes_for(subgroups: bool, workgroup_bytes: u32, sk: u32) -> Lanes {
+    if subgroups && tile_bytes(sk) + LANE_SETUP_BYTES <= workgroup_bytes {
+        Lanes::Subgroup
+    } else {
+        Lanes::Workgroup
+    }
 }
 
 /// The bindings of every recursion-step kernel: weights, xyz, scratch,
@@ -198,6 +252,8 @@ pub(crate) struct StepPipeline {
     /// SK, the K depth of a product step this kernel (and every sibling)
     /// was built with.
     depth: u32,
+    /// The lane prelude this kernel (and every sibling) was built with.
+    lanes: Lanes,
     /// Name of the kernel at its precision: the key of its bind group
     /// layout, which the spread schedule's kernels share.
     name: &'static str,
@@ -216,20 +272,20 @@ impl StepPipeline {
         ctx: &GpuContext,
         config: &TrmConfig,
         precision: Precision,
-        kernel: PerPrecision,
-        source: PerPrecision,
+        kernel: Variants,
+        source: Variants,
         packed: &[u32],
         constants: &[(&'static str, f64)],
     ) -> Result<Self> {
-        let (kernel, source) = (kernel.get(precision), source.get(precision));
         let limits = ctx.limits();
+        let workgroup_bytes = limits.max_compute_workgroup_storage_size;
         let tile_depth =
-            tile_depth(limits.max_compute_workgroup_storage_size).ok_or_else(|| {
-                TrmError::AdapterUnsuitable {
-                    adapter: ctx.adapter_info().name.clone(),
-                    reason: "less than 8 KiB of workgroup memory".into(),
-                }
+            tile_depth(workgroup_bytes).ok_or_else(|| TrmError::AdapterUnsuitable {
+                adapter: ctx.adapter_info().name.clone(),
+                reason: "less than 8 KiB of workgroup memory".into(),
             })?;
+        let lanes = lanes_for(ctx.subgroups(), workgroup_bytes, tile_depth);
+        let (kernel, source) = (kernel.get(precision, lanes), source.get(precision, lanes));
         let weights = layout::upload_u32(ctx, &format!("{kernel} weights"), packed)?;
         let entries = STEP_ENTRIES;
         let (s, d) = (config.state_len(), config.hidden_size);
@@ -252,6 +308,7 @@ impl StepPipeline {
             precision,
             weight_bytes: 4 * packed.len() as u64,
             depth: tile_depth,
+            lanes,
             name,
             prelude,
             own: constants.to_vec(),
@@ -262,6 +319,11 @@ impl StepPipeline {
     /// are multiples of it).
     pub(crate) fn depth(&self) -> u32 {
         self.depth
+    }
+
+    /// The lane prelude the kernels are built with.
+    pub(crate) fn lanes(&self) -> Lanes {
+        self.lanes
     }
 
     /// The precision the weights are stored and read at.
@@ -283,13 +345,16 @@ impl StepPipeline {
     pub(crate) fn sibling(
         &self,
         ctx: &GpuContext,
-        name: PerPrecision,
+        name: Variants,
         entry: &'static str,
-        source: PerPrecision,
+        source: Variants,
         with_own: bool,
         extra: &[(&'static str, f64)],
     ) -> Result<Kernel> {
-        let (name, source) = (name.get(self.precision), source.get(self.precision));
+        let (name, source) = (
+            name.get(self.precision, self.lanes),
+            source.get(self.precision, self.lanes),
+        );
         let mut constants = self.prelude.clone();
         if with_own {
             constants.extend_from_slice(&self.own);
@@ -347,24 +412,53 @@ mod tests {
     }
 
     #[test]
+    fn subgroups_never_cost_tile_depth() {
+        assert_eq!(lanes_for(true, 32768, 16), Lanes::Subgroup);
+        assert_eq!(lanes_for(true, 16384, 16), Lanes::Workgroup);
+        assert_eq!(lanes_for(true, 16352, 8), Lanes::Subgroup);
+        assert_eq!(lanes_for(false, 32768, 16), Lanes::Workgroup);
+    }
+
+    #[test]
     fn kernels_start_with_the_preludes() {
-        const MIXER: PerPrecision = step_source!("mixer_step.wgsl");
-        for precision in Precision::ALL {
-            let source = MIXER.get(precision);
+        const MIXER: Variants = step_source!("mixer_step.wgsl");
+        for (precision, lanes) in Precision::ALL
+            .into_iter()
+            .flat_map(|p| [(p, Lanes::Workgroup), (p, Lanes::Subgroup)])
+        {
+            let source = MIXER.get(precision, lanes);
             assert!(source.starts_with("// params.wgsl"));
             let prelude = format!("\n// weights_{precision}.wgsl: ");
             let at = source.find(&prelude).expect("the weight prelude");
             assert_eq!(source.matches("@binding(0)").count(), 1);
-            assert!(at < source.find("\n// step_common.wgsl: ").unwrap());
+            let lane_prelude = match lanes {
+                Lanes::Workgroup => "\n// lanes_workgroup.wgsl: ",
+                Lanes::Subgroup => "\n// lanes_subgroup.wgsl: ",
+            };
+            let lanes_at = source.find(lane_prelude).expect("the lane prelude");
+            assert!(at < lanes_at);
+            assert!(lanes_at < source.find("\n// step_common.wgsl: ").unwrap());
+            assert_eq!(source.matches("fn lanes_setup(").count(), 1);
             assert!(source.contains("\n// mixer_step.wgsl: "));
             assert_eq!(source.matches("fn product(").count(), 1);
             assert_eq!(source.matches("fn weight4(").count(), 1);
         }
         let names = precision_names!("mixer_step.wgsl");
-        let mut distinct: Vec<&str> = Precision::ALL.iter().map(|&p| names.get(p)).collect();
+        let mut distinct: Vec<&str> = Precision::ALL
+            .iter()
+            .flat_map(|&p| [Lanes::Workgroup, Lanes::Subgroup].map(|l| names.get(p, l)))
+            .collect();
+        distinct.sort();
         distinct.dedup();
-        assert_eq!(distinct.len(), 4);
-        assert_eq!(names.get(Precision::F32), "mixer_step.wgsl");
+        assert_eq!(distinct.len(), 8);
+        assert_eq!(
+            names.get(Precision::F32, Lanes::Workgroup),
+            "mixer_step.wgsl"
+        );
+        assert_eq!(
+            names.get(Precision::Int8, Lanes::Subgroup),
+            "mixer_step.wgsl (int8) (subgroups)"
+        );
     }
 
     fn matrix(rows: usize, cols: usize, precision: Precision) -> Matrix {
