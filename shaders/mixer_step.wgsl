@@ -40,7 +40,11 @@
 // residual add are applied to the register block before it is stored;
 // the RMSNorm over S runs one invocation per column (D columns keep the
 // workgroup busy), the one over D (prelude) four invocations per row with
-// their partials met in workgroup memory (2 barriers per 64 rows).
+// their partials met by subgroup shuffles where the device has them and
+// `lanes_setup` (3 barriers per dispatch) finds clusters of 4, else in
+// workgroup memory (2 barriers per 64 rows). The channel products' second
+// column tile at S = 97 computes 36 of its 64 columns (the prelude's
+// padding skip), the token-down product's second row tile 36 of 64 rows.
 // A weight is read once per column tile of its product, per workgroup and
 // step: ceil(D/64) times for the token products, ceil(S/64) for the channel
 // ones (8 and 2 at Sudoku size), after the first workgroup from cache. Once
@@ -66,7 +70,8 @@
 //          then used in 64 FMAs).
 //   barriers  L (ceil(TI/32) ceil(D/64) (ceil(SP/SK) + 1) + ceil(S/64) ceil(D/64) (TI/SK + 1)
 //          + ceil(CI/32) ceil(S/64) (ceil(DP/SK) + 1) + ceil(D/64) ceil(S/64) (CI/SK + 1))
-//          + L (6 + 2 ceil(S/64)) + 1 (Sudoku at SK 16: 12 565, which is why lavapipe, where a barrier costs
+//          + L (6 + 2 ceil(S/64)) + 1, or L 6 + 4 with subgroup clusters of 4 or more
+//          (Sudoku at SK 16: 12 565, which is why lavapipe, where a barrier costs
 //          microseconds, wants small CI models).
 //
 // Designed for: the large-batch ("fused") schedule, where the batch alone

@@ -115,6 +115,9 @@ fn own_device() -> (wgpu::Device, wgpu::Queue) {
     let adapter = pollster::block_on(instance.request_adapter(&Default::default())).unwrap();
     pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         required_limits: adapter.limits(),
+        // as the library's own contexts, so that both build the same
+        // kernels (the subgroup reductions round differently)
+        required_features: adapter.features() & wgpu::Features::SUBGROUP,
         ..Default::default()
     }))
     .unwrap()

@@ -3,13 +3,15 @@
 //
 // WGSL has no includes. The Rust side prepends this file to each kernel,
 // visibly and nowhere else: `step_source!` in src/gpu/step_common.rs is,
-// for each weight precision P,
+// for each weight precision P and lane prelude L (workgroup or subgroup),
 // `concat!(include_str!("shaders/common/params.wgsl"),
 // include_str!("shaders/common/weights_P.wgsl"),
+// include_str!("shaders/common/lanes_L.wgsl"),
 // include_str!("shaders/common/step_common.wgsl"),
 // include_str!("shaders/<kernel>.wgsl"))`. A kernel as compiled (and as
 // `TRM_DUMP_KERNELS=1` prints it, with line numbers in compile errors) is
-// the parameter block, the weight prelude of the model's precision, this
+// the parameter block, the weight prelude of the model's precision, the
+// lane prelude of the device (subgroup shuffles where it has them), this
 // file, then the kernel's own.
 //
 // It holds what both kernels run identically:
@@ -23,7 +25,10 @@
 //     epilogue (SwiGLU gating, plain store, or residual add into the state);
 //   - the channel SwiGLU of a block as two such products
 //     (`channel_gate_up`, `channel_down`) and the RMSNorm over D
-//     (`rms_norm_rows`), and the injection `h = state + injection`.
+//     (`rms_norm_rows`), and the injection `h = state + injection`;
+//   - `lane_sum`, a sum over a cluster of consecutive invocations by the
+//     lane prelude's shuffles (the width `lanes_setup` found: 1 without
+//     subgroups, when every reduction takes its workgroup-memory path).
 //
 // Bindings (4 storage buffers, 1 uniform: fits downlevel limits)
 //   0 weights  read                     the kernel's weights at the model's
@@ -58,7 +63,10 @@
 // 32-way. Weights are read as groups of 4 along k (one vec4, vec2<u32> or
 // u32 by precision, widened to a vec4 by the weight prelude's `weight4`),
 // four invocations a row; B with scalar loads, consecutive invocations
-// reading consecutive addresses. Every loop bound is uniform.
+// reading consecutive addresses. Every loop bound is uniform. A tile that
+// sticks out of its output skips the FMAs of the register blocks wholly
+// outside it, by ty, transposing the tile where its columns stick out
+// (S = 97: 100 of 128 padded columns or rows computed; `product_tile`).
 
 override S: u32;          // state length, seq_len + P
 override D: u32;          // hidden size
