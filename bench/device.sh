@@ -20,7 +20,8 @@
 #
 # `run` runs each test binary with --include-ignored and records pass or
 # fail, then `trm bench --json --batch 1,8,64,256,1024 --schedule S` for S in
-# fused and spread, then benches/pytorch_reference.py --device cuda (float32
+# fused and spread, the precisions, both schedules again with the subgroup
+# reductions off (TRM_GPU_SUBGROUPS=off), then benches/pytorch_reference.py --device cuda (float32
 # eager, float32 CUDA graphs, bfloat16 eager) at the same batch sizes. It
 # writes to $OUT (or ./device-out): rows.jsonl, tests.tsv, tests.log,
 # bench.log, gpu.txt, table.md and bench/results/DATE-ADAPTER.json (every
@@ -34,7 +35,7 @@
 # TRM_DEVICE_TEST_TIMEOUT seconds per binary [150], TRM_DEVICE_TEST_BUDGET
 # seconds for all of them [240]. Expected: tests 2-3 min, bench under a
 # minute, PyTorch about a minute; at worst (everything timing out) about
-# 8.5 min, inside the device tool's 10.
+# 9.3 min, inside the device tool's 10.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-run}"
@@ -201,6 +202,17 @@ rc=$?
 set -e
 if [ "$rc" != 0 ]; then
   failed+=("trm bench --precision (exit status $rc)")
+  tail -5 "$out/bench.log"
+fi
+
+echo "== trm bench with the reductions in workgroup memory (TRM_GPU_SUBGROUPS=off)"
+set +e
+TRM_GPU_SUBGROUPS=off timeout 45 .device/trm bench --json --backend "$backend" --batch 1,64,1024 \
+  --schedule fused,spread --seconds "$seconds" >>"$out/rows.jsonl" 2>>"$out/bench.log"
+rc=$?
+set -e
+if [ "$rc" != 0 ]; then
+  failed+=("trm bench TRM_GPU_SUBGROUPS=off (exit status $rc)")
   tail -5 "$out/bench.log"
 fi
 

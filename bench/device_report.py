@@ -75,6 +75,12 @@ def adapter_of(rows, gpu_txt):
     return "unknown"
 
 
+def subgroups(r):
+    """yes / no on GPU rows (whether the reductions used subgroup shuffles), - else."""
+    value = r.get("subgroups")
+    return "-" if value is None else ("yes" if value else "no")
+
+
 def workgroups(row):
     w = row.get("workgroups_per_dispatch")
     if isinstance(w, dict):
@@ -93,12 +99,13 @@ def tables(rows, tests):
     out += [
         "## All rows",
         "",
-        "| backend | adapter | api | precision | schedule | batch | net calls/s | GFLOP/s | GPU ms/step | workgroups |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| backend | adapter | api | precision | subgroups | schedule | batch | net calls/s | GFLOP/s | GPU ms/step | workgroups |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         out.append(
-            f"| {r.get('backend')} | {r.get('adapter')} | {r.get('api', '-')} | {r.get('precision', 'f32')} | {r.get('schedule', '-')} "
+            f"| {r.get('backend')} | {r.get('adapter')} | {r.get('api', '-')} | {r.get('precision', 'f32')} "
+            f"| {subgroups(r)} | {r.get('schedule', '-')} "
             f"| {r.get('batch')} | {num(r.get('net_calls_per_s'))} | {num(r.get('gflops'))} "
             f"| {num(r.get('gpu_ms_per_step'), 3)} | {workgroups(r)} |"
         )
@@ -111,6 +118,8 @@ def tables(rows, tests):
             schedule = r.get("schedule")
             if r.get("precision", "f32") != "f32":
                 schedule = f"{schedule} {r['precision']}"
+            if r.get("subgroups") is False:
+                schedule = f"{schedule} no-subgroups"
             trm.setdefault((r.get("api"), schedule), {})[r["batch"]] = r["net_calls_per_s"]
     torch = {}
     for r in rows:
