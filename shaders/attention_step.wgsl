@@ -57,14 +57,16 @@
 //      0), the running max m and the invocation's partial row sums l are
 //      rescaled by exp(m_old - m_new), p = exp(score / sqrt(HD) - m) is
 //      passed through the A stage SK keys at a time against the matching V
-//      rows in the B stage, and the output block o = o exp(m_old - m_new) +
-//      p v stays in registers. The pipeline restarts at the maxima (p needs
-//      them) and runs on across key tiles: the last p v step loads the next
-//      key tile's first Q/K chunk. The score steps and the p v steps are
-//      one loop, so the tile code is one copy. After the last key tile the
-//      row sums are reduced the same way and o / l is stored into
-//      a[:, head]. Keys beyond S get p = 0; rows and columns beyond S and
-//      HD are computed on zeros and not stored.
+//      rows in the B stage, over the keys that exist only, and the output
+//      block o = o exp(m_old - m_new) + p v stays in registers. The
+//      pipeline restarts at the maxima (p needs them) and runs on across
+//      key tiles: the last p v step loads the next key tile's first Q/K
+//      chunk. The score steps and the p v steps are one loop, so the tile
+//      code is one copy. After the last key tile the row sums are reduced
+//      the same way and o / l is stored into a[:, head]. Keys beyond S get
+//      p = 0; the invocations whose 4 rows all lie beyond S skip the FMAs;
+//      other rows and columns beyond S and HD are computed on zeros and not
+//      stored.
 //      HD > 64 (not the published configurations) repeats the score
 //      product per 64 output columns.
 //      (Compile time matters on lavapipe, which turns every barrier into a
@@ -88,11 +90,11 @@
 // Cost per puzzle per recursion step (one dispatch), L = params.layer_count,
 // Q = ceil(S/64), HB = ceil(HD/64):
 //   FLOPs  L (2 S D 3D + 2 S D D + 4 S S D + 6 S D CI) for the products (the
-//          attention tiles also compute on the padding of the last query and
-//          key tiles, and of HD up to a multiple of SK and of 64), plus
-//          O(L S D) for the injection, RoPE, softmax, SiLU, gating and
-//          norms. ARC / Maze size (S 916, D 512, 8 heads, CI 1536, L 2):
-//          15.9 GFLOP.
+//          attention tiles also compute on padding: the scores of the last
+//          key tile's missing keys, the rows of the last query tile up to a
+//          multiple of 4, p v up to 64 columns of HD), plus O(L S D) for
+//          the injection, RoPE, softmax, SiLU, gating and norms. ARC / Maze
+//          size (S 916, D 512, 8 heads, CI 1536, L 2): 15.9 GFLOP.
 //   bytes  weights E L Q (3D DP + D DP + 2 CI DP + D CI), E the bytes of a
 //          weight: 4 (f32), 2 (f16, bf16), 1 (int8, plus 4 per row read for
 //          its scale); ARC: 409 MB read, 27.3 MB distinct at f32, 204 MB and
@@ -104,21 +106,25 @@
 //          activations.
 //   barriers  L ((ceil(3D/64) + ceil(D/64) + ceil(CI/32)) Q (ceil(DP/SK) + 1)
 //          + ceil(D/64) Q (CI/SK + 1)
-//          + HEADS HB Q (Q (ns + R + 64/SK) + R + 1 + (Q - 1) [ns odd]))
-//          + L (8 + 4 Q) + 1, with ns = ceil(HD/SK) score steps and R = 2
-//          per row reduction (0 with subgroup operations); per key tile
-//          ns - 1 + R + 1 + 64/SK (ARC, S 916, HD 64, at SK 16: 139 337 in
-//          all, 18 360 per layer the attention's, 10 per key tile; the
-//          former single-buffered steps, 2 SK deep with 2 barriers each,
-//          and reductions of 3 had 142 937, 20 160 and 11).
+//          + HEADS HB Q (Q (ns + R) + N + R + 2 + (Q - 1) [ns odd] - [n even]))
+//          + L (8 + 4 Q) + 1, with ns = ceil(HD/SK) score steps, N the p v
+//          steps of a query tile (64/SK per key tile, n = ceil((S - 64 (Q -
+//          1))/SK) for the last) and R = 2 per row reduction (0 with
+//          subgroup operations); per key tile ns - 1 + R + 1 + np (ARC, S
+//          916, HD 64, at SK 16: 138 857 in all, 18 120 per layer the
+//          attention's, 10 per key tile; the former single-buffered steps,
+//          2 SK deep with 2 barriers each, and reductions of 3 had 142 937,
+//          20 160 and 11).
 
 // Designed for: the large-batch ("fused") schedule, as mixer_step.wgsl:
 // the four products run the prelude's double-buffered tile code, the
 // attention tiles the same layout (vec4 fragments, swizzled) and the same
 // double-buffered SK-deep steps (one barrier a step; per key tile the
 // pipeline restarts once, at the row maxima), about 50% of FMA peak in the
-// products and less in the attention. A dispatch covers the running
-// puzzles params.first .. params.first + workgroups.
+// products and less in the attention. At Sudoku's S = 97 (two query and
+// key tiles, the second of 33) the rows beyond S skip their FMAs by whole
+// rows of 16 invocations and the p v steps stop at the last key. A dispatch
+// covers the running puzzles params.first .. params.first + workgroups.
 // The spread schedule's entry points at the end of this file run the same
 // attention tiles one per workgroup, for small batches.
 
@@ -185,11 +191,12 @@ fn b_set(i: u32, v: f32) {
     sb[i / 4u][i % 4u] = v;
 }
 
-// acc += the A stage^T-block @ the B stage-block: acc_i holds row 4 ty + i,
-// component j column 4 tx + j (the prelude's layout), the fragments read as
-// one vec4 each.
-fn multiply_tile(stage: u32, ty: u32, tx: u32) {
-    for (var kk = 0u; kk < SK; kk++) {
+// acc += the A stage^T-block @ the B stage-block over its first `kn` rows
+// (<= SK; the rest hold zeros): acc_i holds row 4 ty + i, component j
+// column 4 tx + j (the prelude's layout), the fragments read as one vec4
+// each.
+fn multiply_tile(stage: u32, ty: u32, tx: u32, kn: u32) {
+    for (var kk = 0u; kk < kn; kk++) {
         let a = sa[slot(stage, kk, ty)];
         let b = sb[slot(stage, kk, tx)];
         acc0 = fma(vec4<f32>(a.x), b, acc0);
@@ -348,7 +355,7 @@ fn attention(lid: u32, qkv: u32, out: u32) {
 }
 
 // Output tile t of the attention (see attention_tiles), in uniform control
-// flow. For each key tile of TN keys (k0 .. k0 + TN) the steps st of ONE
+// flow. For each key tile of TN keys (k0 .. k0 + keys) the steps st of ONE
 // loop (so that the tile code, and each barrier, is one copy; walked in two
 // passes, the second from ns + 1 after the row maxima) are:
 //   st = 0                    only where the tile's first Q/K chunk is not
@@ -358,9 +365,9 @@ fn attention(lid: u32, qkv: u32, out: u32) {
 //                             c = (st - 1) SK
 //   st = ns + 1               the row maxima (row_reduce), p and l, then
 //                             loads p^T and V chunk 0, multiplies nothing
-//   st = ns + 2 .. ns + 1 + np  p v steps, np = TN / SK: acc +=
-//                             p[:, c .. c + SK] V[c .. c + SK, :] with
-//                             c = (st - ns - 2) SK
+//   st = ns + 2 .. ns + 1 + np  p v steps over the keys that exist, np =
+//                             ceil(keys / SK): acc += p[:, c .. c + SK]
+//                             V[c .. c + SK, :], c = (st - ns - 2) SK
 // Each step loads the next step's tiles into stage 1 - cur while it
 // multiplies stage cur, then ends with one barrier. The stages alternate,
 // except across the maxima: the score chunks start in stage `base` so that
@@ -385,6 +392,10 @@ fn attention_tile(lid: u32, qkv: u32, out: u32, t: u32) {
     let head = t / (q_tiles * hd_blocks);
     let q0 = ((t / hd_blocks) % q_tiles) * TM;
     let hb = (t % hd_blocks) * TN;
+    // Whether any of this invocation's rows 4 ty .. 4 ty + 3 exists: the
+    // others skip the FMAs (zeros in, discarded out), whole rows of 16
+    // invocations at a time, and still load and meet every barrier.
+    let rows = q0 + 4u * ty < S;
     let ns = (HD + SK - 1u) / SK;
     let base = (ns + 1u) % 2u;
     var m_run = vec4<f32>(LOWEST);
@@ -396,7 +407,8 @@ fn attention_tile(lid: u32, qkv: u32, out: u32, t: u32) {
     // whether the key tile's Q/K chunk 0 is in stage `base` already
     var loaded = false;
     for (var k0 = 0u; k0 < S; k0 += TN) {
-        let np = TN / SK;
+        let keys = min(TN, S - k0);
+        let np = (keys + SK - 1u) / SK;
         let steps = ns + 2u + np;
         let last_tile = k0 + TN >= S;
         // the last p v step (stage np % 2) leaves stage (np + 1) % 2 free
@@ -439,17 +451,20 @@ fn attention_tile(lid: u32, qkv: u32, out: u32, t: u32) {
                 // this key tile, p^T and V chunk st - ns - 1, or the next
                 // key tile's Q/K chunk 0
                 let c = (st - ns - 1u) * SK;
-                if (st < ns || (pv && c >= TN && pipelined)) {
+                if (st < ns || (pv && c >= keys && pipelined)) {
                     let cq = select(st * SK, 0u, pv);
                     load_q(lid, qkv, head, q0, cq, 1u - cur);
                     load_k(lid, qkv, head, select(k0, k0 + TN, pv), cq, 1u - cur);
-                } else if (pv && c < TN) {
+                } else if (pv && c < keys) {
                     store_p(ty, tx, c, 1u - cur);
                     load_v(lid, qkv, head, k0 + c, hb, 1u - cur);
                 }
-                // this step's tiles, stage cur
-                if (st != 0u && st != ns + 1u) {
-                    multiply_tile(cur, ty, tx);
+                // this step's tiles, stage cur: the rows of a score chunk
+                // up to HD, of a p v chunk up to the tile's keys (zeros
+                // beyond)
+                if (rows && st != 0u && st != ns + 1u) {
+                    let kn = select(HD - (st - 1u) * SK, keys + SK - c, pv);
+                    multiply_tile(cur, ty, tx, min(kn, SK));
                 }
                 if (cur != 0u || (st != ns && !(last_tile && st + 1u == steps))) {
                     workgroupBarrier();
