@@ -47,24 +47,33 @@
 //   3. attention, streamed (flash-attention style; no S x S matrix is ever
 //      written anywhere): for each (head, query tile of 64 rows, block of 64
 //      output columns of the head), the key/value positions are walked in
-//      tiles of 64. Per key tile the 64 x 64 score block q k^T is a tiled
-//      product over HD in steps of TK through the two workgroup tiles into
-//      the 4 x 4 register blocks; the tile's row maxima are exchanged
-//      through workgroup memory (64 rows x 16 partials in a_tile, reduced
-//      by 64 invocations into b_tile), the running max m and the
-//      invocation's partial row sums l are rescaled by exp(m_old - m_new),
-//      p = exp(score / sqrt(HD) - m) is passed through a_tile TK keys at a
-//      time against the matching V rows in b_tile, and the output block
-//      o = o exp(m_old - m_new) + p v stays in registers. The score steps
-//      and the p v steps are one loop, so the tile code is one copy. After
-//      the last key tile the row sums are reduced the same way and o / l is
-//      stored into a[:, head]. Keys beyond S get p = 0; rows and columns
-//      beyond S and HD are computed on zeros and not stored. HD > 64 (not
-//      the published configurations) repeats the score product per 64
-//      output columns.
+//      tiles of 64. The workgroup tiles are two SK-deep stages, as the
+//      products' double buffer: each step multiplies one stage into the
+//      4 x 4 register blocks while the next step's tiles are loaded into
+//      the other, one barrier a step. Per key tile the 64 x 64 score block
+//      q k^T takes ceil(HD/SK) steps over HD; the tile's row maxima are
+//      exchanged through workgroup memory (`row_reduce`: 64 rows x 16
+//      partials in stage 1, reduced by 64 invocations into a row of stage
+//      0), the running max m and the invocation's partial row sums l are
+//      rescaled by exp(m_old - m_new), p = exp(score / sqrt(HD) - m) is
+//      passed through the A stage SK keys at a time against the matching V
+//      rows in the B stage, over the keys that exist only, and the output
+//      block o = o exp(m_old - m_new) + p v stays in registers. The
+//      pipeline restarts at the maxima (p needs them) and runs on across
+//      key tiles: the last p v step loads the next key tile's first Q/K
+//      chunk. The score steps and the p v steps are one loop, so the tile
+//      code is one copy. After the last key tile the row sums are reduced
+//      the same way and o / l is stored into a[:, head]. Keys beyond S get
+//      p = 0; the invocations whose 4 rows all lie beyond S skip the FMAs;
+//      other rows and columns beyond S and HD are computed on zeros and not
+//      stored.
+//      HD > 64 (not the published configurations) repeats the score
+//      product per 64 output columns.
 //      (Compile time matters on lavapipe, which turns every barrier into a
 //      coroutine suspension point: each inlined copy of a loop with
-//      barriers costs seconds of LLVM time, hence one copy of each.)
+//      barriers costs seconds of LLVM time, hence one copy of each. It also
+//      runs an `if` masked, barriers inside included, whatever its
+//      condition: so the row maxima sit outside the step loop.)
 //   4. h += a @ o_proj^T: `product` with the residual-add epilogue, then
 //      the RMSNorm over D (prelude)
 //   5. channel SwiGLU: `channel_gate_up`, `channel_down`, RMSNorm over D
@@ -81,8 +90,9 @@
 // Cost per puzzle per recursion step (one dispatch), L = params.layer_count,
 // Q = ceil(S/64), HB = ceil(HD/64):
 //   FLOPs  L (2 S D 3D + 2 S D D + 4 S S D + 6 S D CI) for the products (the
-//          attention tiles also compute on the padding of the last query and
-//          key tiles, and of HD up to a multiple of 64), plus O(L S D) for
+//          attention tiles also compute on padding: the scores of the last
+//          key tile's missing keys, the rows of the last query tile up to a
+//          multiple of 4, p v up to 64 columns of HD), plus O(L S D) for
 //          the injection, RoPE, softmax, SiLU, gating and norms. ARC / Maze
 //          size (S 916, D 512, 8 heads, CI 1536, L 2): 15.9 GFLOP.
 //   bytes  weights E L Q (3D DP + D DP + 2 CI DP + D CI), E the bytes of a
@@ -96,19 +106,29 @@
 //          activations.
 //   barriers  L ((ceil(3D/64) + ceil(D/64) + ceil(CI/32)) Q (ceil(DP/SK) + 1)
 //          + ceil(D/64) Q (CI/SK + 1)
-//          + HEADS HB Q (Q (2 ceil(HD/TK) + 3 + 2 (64/TK)) + 3)) + L (8 + 4 Q) + 1
-//          (ARC at SK 16, TK 32: 142 937, 20 160 per layer the attention's).
+//          + HEADS HB Q (Q (ns + R) + N + R + 2 + (Q - 1) [ns odd] - [n even]))
+//          + L (8 + 4 Q) + 1, with ns = ceil(HD/SK) score steps, N the p v
+//          steps of a query tile (64/SK per key tile, n = ceil((S - 64 (Q -
+//          1))/SK) for the last) and R = 2 per row reduction (0 with
+//          subgroup operations); per key tile ns - 1 + R + 1 + np (ARC, S
+//          916, HD 64, at SK 16: 138 857 in all, 18 120 per layer the
+//          attention's, 10 per key tile; the former single-buffered steps,
+//          2 SK deep with 2 barriers each, and reductions of 3 had 142 937,
+//          20 160 and 11).
 
 // Designed for: the large-batch ("fused") schedule, as mixer_step.wgsl:
 // the four products run the prelude's double-buffered tile code, the
-// attention tiles the same layout (vec4 fragments, swizzled) one TK-deep
-// tile at a time (2 barriers a step, 3 row reductions per key tile), about
-// 50% of FMA peak in the products and less in the attention. A dispatch
+// attention tiles the same layout (vec4 fragments, swizzled) and the same
+// double-buffered SK-deep steps (one barrier a step; per key tile the
+// pipeline restarts once, at the row maxima), about 50% of FMA peak in the
+// products and less in the attention. At Sudoku's S = 97 (two query and
+// key tiles, the second of 33) the rows beyond S skip their FMAs by whole
+// rows of 16 invocations and the p v steps stop at the last key. A dispatch
 // covers the running puzzles params.first .. params.first + workgroups.
 // The spread schedule's entry points at the end of this file run the same
 // attention tiles one per workgroup, for small batches.
 
-// Overrides of the prelude: S, D, DP, CI, LAYERS, EPS, SK (and TK = 2 SK).
+// Overrides of the prelude: S, D, DP, CI, LAYERS, EPS, SK.
 override HEADS: u32;      // attention heads
 override HD: u32;         // head width, D / HEADS
 override ROPE: bool;      // rotary position embedding on q and k
@@ -137,32 +157,48 @@ var<private> o1: vec4<f32>;
 var<private> o2: vec4<f32>;
 var<private> o3: vec4<f32>;
 
-// The attention's own tiles: the prelude's product tiles sa and sb as one
-// TK = 2 SK deep tile each (both buffers), in the prelude's layout: k-major,
-// XOR-swizzled vec4 slots of rows (A) or columns (B) 4v .. 4v + 3. Row kk
-// of the deep tile is row kk % SK of buffer kk / SK.
-fn tslot(kk: u32, v: u32) -> u32 {
-    return slot(kk / SK, kk % SK, v);
+// The attention's tiles: the prelude's two buffers as two SK-deep stages,
+// stage s = buffer s of sa (the A operand: Q, or p^T) and of sb (the B
+// operand: K^T, or V), in the prelude's layout (`slot`: k-major,
+// XOR-swizzled vec4 slots of rows (A) or columns (B) 4v .. 4v + 3). While
+// one stage is multiplied the next step's tiles are loaded into the other.
+//
+// The row reductions' memory (`row_reduce` on its workgroup path): the
+// partials, 1024 floats through a_set/a_get, in stage 1: buffer 1 of sa
+// (16 SK vec4s), continued in buffer 1 of sb where that is too small
+// (SK = 8); the results, 64 floats through b_set, in row 0 of sb's stage 0.
+// attention_tile keeps both free where it reduces (see there). At SK >= 16
+// the test below folds away: stage 1 of sa holds all the partials.
+fn a_in_sa(w: u32) -> bool {
+    return SK >= 16u || w < 32u * SK;
 }
-
-// Float views of the same memory, for the row reductions' partials.
 fn a_get(i: u32) -> f32 {
-    return sa[i / 4u][i % 4u];
+    let w = 16u * SK + i / 4u;
+    if (a_in_sa(w)) {
+        return sa[w][i % 4u];
+    }
+    return sb[w - 16u * SK][i % 4u];
 }
 fn a_set(i: u32, v: f32) {
-    sa[i / 4u][i % 4u] = v;
+    let w = 16u * SK + i / 4u;
+    if (a_in_sa(w)) {
+        sa[w][i % 4u] = v;
+    } else {
+        sb[w - 16u * SK][i % 4u] = v;
+    }
 }
 fn b_set(i: u32, v: f32) {
     sb[i / 4u][i % 4u] = v;
 }
 
-// acc += the A tile^T-block @ the B tile-block over TK rows: acc_i holds
-// row 4 ty + i, component j column 4 tx + j (the prelude's layout), the
-// fragments read as one vec4 each.
-fn multiply_tile(ty: u32, tx: u32) {
-    for (var kk = 0u; kk < TK; kk++) {
-        let a = sa[tslot(kk, ty)];
-        let b = sb[tslot(kk, tx)];
+// acc += the A stage^T-block @ the B stage-block over its first `kn` rows
+// (<= SK; the rest hold zeros): acc_i holds row 4 ty + i, component j
+// column 4 tx + j (the prelude's layout), the fragments read as one vec4
+// each.
+fn multiply_tile(stage: u32, ty: u32, tx: u32, kn: u32) {
+    for (var kk = 0u; kk < kn; kk++) {
+        let a = sa[slot(stage, kk, ty)];
+        let b = sb[slot(stage, kk, tx)];
         acc0 = fma(vec4<f32>(a.x), b, acc0);
         acc1 = fma(vec4<f32>(a.y), b, acc1);
         acc2 = fma(vec4<f32>(a.z), b, acc2);
@@ -200,39 +236,39 @@ fn rope(lid: u32, qkv: u32, tables: u32) {
     }
 }
 
-// A tile = Q [q0 .. q0 + 64, c .. c + TK] of `head` (k = the head's
+// A stage = Q [q0 .. q0 + 64, c .. c + SK] of `head` (k = the head's
 // column), zero beyond S and HD; consecutive invocations read along HD.
-fn load_q(lid: u32, qkv: u32, head: u32, q0: u32, c: u32) {
-    for (var r = 0u; r < TK / 4u; r++) {
+fn load_q(lid: u32, qkv: u32, head: u32, q0: u32, c: u32, stage: u32) {
+    for (var r = 0u; r < SK / 4u; r++) {
         let idx = lid + r * WG;
-        let kk = idx % TK;
-        let row = idx / TK;
+        let kk = idx % SK;
+        let row = idx / SK;
         var v = 0.0;
         if (q0 + row < S && c + kk < HD) {
             v = scratch[qkv + (q0 + row) * 3u * D + head * HD + c + kk];
         }
-        sa[tslot(kk, row / 4u)][row % 4u] = v;
+        sa[slot(stage, kk, row / 4u)][row % 4u] = v;
     }
 }
 
-// B tile = K^T [c .. c + TK, k0 .. k0 + 64] of `head`, zero beyond S and HD.
-fn load_k(lid: u32, qkv: u32, head: u32, k0: u32, c: u32) {
-    for (var r = 0u; r < TK / 4u; r++) {
+// B stage = K^T [c .. c + SK, k0 .. k0 + 64] of `head`, zero beyond S and HD.
+fn load_k(lid: u32, qkv: u32, head: u32, k0: u32, c: u32, stage: u32) {
+    for (var r = 0u; r < SK / 4u; r++) {
         let idx = lid + r * WG;
-        let kk = idx % TK;
-        let n = idx / TK;
+        let kk = idx % SK;
+        let n = idx / SK;
         var v = 0.0;
         if (k0 + n < S && c + kk < HD) {
             v = scratch[qkv + (k0 + n) * 3u * D + D + head * HD + c + kk];
         }
-        sb[tslot(kk, n / 4u)][n % 4u] = v;
+        sb[slot(stage, kk, n / 4u)][n % 4u] = v;
     }
 }
 
-// B tile = V [k0 .. k0 + TK, hb .. hb + 64] of `head`, zero beyond S and HD;
-// consecutive invocations read along the head's columns.
-fn load_v(lid: u32, qkv: u32, head: u32, k0: u32, hb: u32) {
-    for (var r = 0u; r < TK / 4u; r++) {
+// B stage = V [k0 .. k0 + SK, hb .. hb + 64] of `head`, zero beyond S and
+// HD; consecutive invocations read along the head's columns.
+fn load_v(lid: u32, qkv: u32, head: u32, k0: u32, hb: u32, stage: u32) {
+    for (var r = 0u; r < SK / 4u; r++) {
         let idx = lid + r * WG;
         let kk = idx / TN;
         let n = idx % TN;
@@ -240,27 +276,36 @@ fn load_v(lid: u32, qkv: u32, head: u32, k0: u32, hb: u32) {
         if (k0 + kk < S && hb + n < HD) {
             v = scratch[qkv + (k0 + kk) * 3u * D + 2u * D + head * HD + hb + n];
         }
-        sb[tslot(kk, n / 4u)][n % 4u] = v;
+        sb[slot(stage, kk, n / 4u)][n % 4u] = v;
     }
 }
 
-// A tile = p^T [keys c .. c + TK of the key tile, 64 rows], from the
+// A stage = p^T [keys c .. c + SK of the key tile, 64 rows], from the
 // registers of the invocations that own those keys: each writes its four
 // rows of a key as one vec4.
-fn store_p(ty: u32, tx: u32, c: u32) {
+fn store_p(ty: u32, tx: u32, c: u32, stage: u32) {
     for (var j = 0u; j < 4u; j++) {
         let col = 4u * tx + j;
-        if (col >= c && col < c + TK) {
-            sa[tslot(col - c, ty)] = vec4<f32>(p0[j], p1[j], p2[j], p3[j]);
+        if (col >= c && col < c + SK) {
+            sa[slot(stage, col - c, ty)] = vec4<f32>(p0[j], p1[j], p2[j], p3[j]);
         }
     }
 }
 
-// Sums (or maximises) `v[i]`, row 4 ty + i, over the 16 invocations of
-// each row: partials through the A tile's memory, one invocation per row
-// reduces them into the B tile's, every invocation reads its rows back.
+// Sums (or maximises) `v[i]`, row 4 ty + i, over the 16 invocations tx of
+// each row (lid = 16 ty + tx), returned to all of them; called by every
+// invocation in uniform control flow. Workgroup path: the partials through
+// a_set (stage 1), one invocation per row reduces them (a_get) into b_set's
+// floats (row 0 of sb's stage 0) after a barrier, every invocation reads
+// its rows back after another: 2 barriers. What the call sites guarantee
+// (attention_tile): at the call nothing accesses stage 1 any more (its last
+// accesses are behind a barrier) and nothing writes stage 0 (the last
+// step's multiply may still be reading it, so the results are written only
+// after the first barrier); after the return stage 1 is free and sb's
+// stage 0 is written again only after a barrier (the results are read
+// there). So a replacement writes nothing but stage 1 before its first
+// barrier; a subgroup version may use no memory and no barrier at all.
 fn row_reduce(lid: u32, ty: u32, tx: u32, v: vec4<f32>, take_max: bool) -> vec4<f32> {
-    workgroupBarrier();
     a_set((4u * ty) * 16u + tx, v.x);
     a_set((4u * ty + 1u) * 16u + tx, v.y);
     a_set((4u * ty + 2u) * 16u + tx, v.z);
@@ -302,84 +347,155 @@ fn attention_tiles() -> u32 {
 fn attention(lid: u32, qkv: u32, out: u32) {
     for (var t = 0u; t < attention_tiles(); t++) {
         attention_tile(lid, qkv, out, t);
+        // a tile's last row reduction reads its results from sb's stage 0
+        // after its last barrier; the next tile (or the next phase's
+        // product) loads into it
+        workgroupBarrier();
     }
 }
 
-// Output tile t of the attention (see attention_tiles).
+// Output tile t of the attention (see attention_tiles), in uniform control
+// flow. For each key tile of TN keys (k0 .. k0 + keys) the steps st of ONE
+// loop (so that the tile code, and each barrier, is one copy; walked in two
+// passes, the second from ns + 1 after the row maxima) are:
+//   st = 0                    only where the tile's first Q/K chunk is not
+//                             in place yet: loads it, multiplies nothing
+//   st = 1 .. ns              score steps, ns = ceil(HD / SK): acc +=
+//                             Q[:, c .. c + SK] K[:, c .. c + SK]^T with
+//                             c = (st - 1) SK
+//   st = ns + 1               the row maxima (row_reduce), p and l, then
+//                             loads p^T and V chunk 0, multiplies nothing
+//   st = ns + 2 .. ns + 1 + np  p v steps over the keys that exist, np =
+//                             ceil(keys / SK): acc += p[:, c .. c + SK]
+//                             V[c .. c + SK, :], c = (st - ns - 2) SK
+// Each step loads the next step's tiles into stage 1 - cur while it
+// multiplies stage cur, then ends with one barrier. The stages alternate,
+// except across the maxima: the score chunks start in stage `base` so that
+// the last score step multiplies stage 0, and p v chunk 0 goes to stage 1,
+// which leaves the reductions their memory (stage 1 for the partials, row 0
+// of sb's stage 0 for the results). The last p v step loads the next key
+// tile's Q/K chunk 0 into its free stage where that is `base`: np of a
+// whole key tile is 64 / SK, even, so when ns is even (HD a multiple of
+// 2 SK); else the next key tile starts with the st = 0 step.
+// Barriers: one per step, except after a step that multiplies stage 0 just
+// before a reduction (the last score step; the last p v step of the last
+// key tile when np is even): the reduction writes stage 1, whose last
+// accesses are behind the previous step's barrier, and stage 0 only after
+// its own first barrier, when that multiply is done everywhere. Per key
+// tile: ns - 1 + R + 1 + np (+ 1 when ns is odd and a key tile follows),
+// R = row_reduce's barriers (2 on the workgroup path, 0 with subgroups).
 fn attention_tile(lid: u32, qkv: u32, out: u32, t: u32) {
     let ty = lid / 16u;
     let tx = lid % 16u;
     let q_tiles = (S + TM - 1u) / TM;
     let hd_blocks = (HD + TN - 1u) / TN;
-    {
-        let head = t / (q_tiles * hd_blocks);
-        let q0 = ((t / hd_blocks) % q_tiles) * TM;
-        let hb = (t % hd_blocks) * TN;
-        var m_run = vec4<f32>(LOWEST);
-        var l_run = vec4<f32>(0.0);
-        o0 = vec4<f32>(0.0);
-        o1 = vec4<f32>(0.0);
-        o2 = vec4<f32>(0.0);
-        o3 = vec4<f32>(0.0);
-        let score_steps = (HD + TK - 1u) / TK;
-        for (var k0 = 0u; k0 < S; k0 += TN) {
-            // the keys of this invocation's columns that exist
-            let keys = vec4<u32>(k0 + 4u * tx) + vec4<u32>(0u, 1u, 2u, 3u);
-            let mask = keys < vec4<u32>(S);
-            var alpha = vec4<f32>(0.0);
-            zero_acc();
-            // steps 0 .. score_steps - 1: the scores q k^T over HD, TK at a
-            // time; then p v over the tile's keys, TK at a time. One loop,
-            // so that the tile code is one copy.
-            for (var st = 0u; st < score_steps + TN / TK; st++) {
-                if (st == score_steps) {
-                    let partial = vec4<f32>(row_max(acc0, mask), row_max(acc1, mask),
-                                            row_max(acc2, mask), row_max(acc3, mask));
-                    let m_new = max(m_run, row_reduce(lid, ty, tx, partial, true));
-                    alpha = exp(max(m_run - m_new, vec4<f32>(-87.0)));
-                    m_run = m_new;
-                    p0 = probabilities(acc0, m_new.x, mask);
-                    p1 = probabilities(acc1, m_new.y, mask);
-                    p2 = probabilities(acc2, m_new.z, mask);
-                    p3 = probabilities(acc3, m_new.w, mask);
-                    let ones = vec4<f32>(1.0);
-                    l_run = l_run * alpha
-                        + vec4<f32>(dot(p0, ones), dot(p1, ones), dot(p2, ones), dot(p3, ones));
-                    zero_acc();
-                }
-                workgroupBarrier();
-                if (st < score_steps) {
-                    load_q(lid, qkv, head, q0, st * TK);
-                    load_k(lid, qkv, head, k0, st * TK);
-                } else {
-                    let c = (st - score_steps) * TK;
-                    store_p(ty, tx, c);
-                    load_v(lid, qkv, head, k0 + c, hb);
-                }
-                workgroupBarrier();
-                multiply_tile(ty, tx);
+    let head = t / (q_tiles * hd_blocks);
+    let q0 = ((t / hd_blocks) % q_tiles) * TM;
+    let hb = (t % hd_blocks) * TN;
+    // Whether any of this invocation's rows 4 ty .. 4 ty + 3 exists: the
+    // others skip the FMAs (zeros in, discarded out), whole rows of 16
+    // invocations at a time, and still load and meet every barrier.
+    let rows = q0 + 4u * ty < S;
+    let ns = (HD + SK - 1u) / SK;
+    let base = (ns + 1u) % 2u;
+    var m_run = vec4<f32>(LOWEST);
+    var l_run = vec4<f32>(0.0);
+    o0 = vec4<f32>(0.0);
+    o1 = vec4<f32>(0.0);
+    o2 = vec4<f32>(0.0);
+    o3 = vec4<f32>(0.0);
+    // whether the key tile's Q/K chunk 0 is in stage `base` already
+    var loaded = false;
+    for (var k0 = 0u; k0 < S; k0 += TN) {
+        let keys = min(TN, S - k0);
+        let np = (keys + SK - 1u) / SK;
+        let steps = ns + 2u + np;
+        let last_tile = k0 + TN >= S;
+        // the last p v step (stage np % 2) leaves stage (np + 1) % 2 free
+        let pipelined = !last_tile && (np + 1u) % 2u == base;
+        // the keys of this invocation's columns that exist
+        let key_ids = vec4<u32>(k0 + 4u * tx) + vec4<u32>(0u, 1u, 2u, 3u);
+        let mask = key_ids < vec4<u32>(S);
+        var alpha = vec4<f32>(0.0);
+        zero_acc();
+        // Two passes over the one step loop: the score steps (ph = 0),
+        // then the row maxima and the steps from ns + 1 (ph = 1). Outside
+        // the step loop the reduction runs once a pass even where its `if`
+        // is false: lavapipe executes an `if` masked, its barriers included.
+        for (var ph = 0u; ph < 2u; ph++) {
+            if (ph == 1u) {
+                // The row maxima. Memory: partials in stage 1, last
+                // accessed before the barrier of step ns - 1 (step ns
+                // multiplies stage 0 and loads nothing); results in sb's
+                // stage 0 after the reduction's first barrier.
+                let partial = vec4<f32>(row_max(acc0, mask), row_max(acc1, mask),
+                                        row_max(acc2, mask), row_max(acc3, mask));
+                let m_new = max(m_run, row_reduce(lid, ty, tx, partial, true));
+                alpha = exp(max(m_run - m_new, vec4<f32>(-87.0)));
+                m_run = m_new;
+                p0 = probabilities(acc0, m_new.x, mask);
+                p1 = probabilities(acc1, m_new.y, mask);
+                p2 = probabilities(acc2, m_new.z, mask);
+                p3 = probabilities(acc3, m_new.w, mask);
+                let ones = vec4<f32>(1.0);
+                l_run = l_run * alpha
+                    + vec4<f32>(dot(p0, ones), dot(p1, ones), dot(p2, ones), dot(p3, ones));
+                zero_acc();
             }
-            o0 = fma(o0, vec4<f32>(alpha.x), acc0);
-            o1 = fma(o1, vec4<f32>(alpha.y), acc1);
-            o2 = fma(o2, vec4<f32>(alpha.z), acc2);
-            o3 = fma(o3, vec4<f32>(alpha.w), acc3);
+            let first = select(select(0u, 1u, loaded), ns + 1u, ph == 1u);
+            let end = select(ns + 1u, steps, ph == 1u);
+            for (var st = first; st < end; st++) {
+                let pv = st > ns;
+                let cur = (st + ns + select(0u, 1u, pv)) % 2u;
+                // the next step's tiles into stage 1 - cur: Q/K chunk st of
+                // this key tile, p^T and V chunk st - ns - 1, or the next
+                // key tile's Q/K chunk 0
+                let c = (st - ns - 1u) * SK;
+                if (st < ns || (pv && c >= keys && pipelined)) {
+                    let cq = select(st * SK, 0u, pv);
+                    load_q(lid, qkv, head, q0, cq, 1u - cur);
+                    load_k(lid, qkv, head, select(k0, k0 + TN, pv), cq, 1u - cur);
+                } else if (pv && c < keys) {
+                    store_p(ty, tx, c, 1u - cur);
+                    load_v(lid, qkv, head, k0 + c, hb, 1u - cur);
+                }
+                // this step's tiles, stage cur: the rows of a score chunk
+                // up to HD, of a p v chunk up to the tile's keys (zeros
+                // beyond)
+                if (rows && st != 0u && st != ns + 1u) {
+                    let kn = select(HD - (st - 1u) * SK, keys + SK - c, pv);
+                    multiply_tile(cur, ty, tx, min(kn, SK));
+                }
+                if (cur != 0u || (st != ns && !(last_tile && st + 1u == steps))) {
+                    workgroupBarrier();
+                }
+            }
         }
-        let l = row_reduce(lid, ty, tx, l_run, false);
-        for (var i = 0u; i < 4u; i++) {
-            let row = q0 + 4u * ty + i;
-            var o = o0;
-            switch i {
-                case 1u: { o = o1; }
-                case 2u: { o = o2; }
-                case 3u: { o = o3; }
-                default: {}
-            }
-            let inv = 1.0 / l[i];
-            for (var j = 0u; j < 4u; j++) {
-                let col = hb + 4u * tx + j;
-                if (row < S && col < HD) {
-                    scratch[out + row * D + head * HD + col] = o[j] * inv;
-                }
+        o0 = fma(o0, vec4<f32>(alpha.x), acc0);
+        o1 = fma(o1, vec4<f32>(alpha.y), acc1);
+        o2 = fma(o2, vec4<f32>(alpha.z), acc2);
+        o3 = fma(o3, vec4<f32>(alpha.w), acc3);
+        loaded = pipelined;
+    }
+    // The row sums. Memory: partials in stage 1, last accessed before the
+    // barrier of the last step or of the one before it (the last step
+    // multiplies stage np % 2 and loads nothing); results in sb's stage 0
+    // after the reduction's first barrier.
+    let l = row_reduce(lid, ty, tx, l_run, false);
+    for (var i = 0u; i < 4u; i++) {
+        let row = q0 + 4u * ty + i;
+        var o = o0;
+        switch i {
+            case 1u: { o = o1; }
+            case 2u: { o = o2; }
+            case 3u: { o = o3; }
+            default: {}
+        }
+        let inv = 1.0 / l[i];
+        for (var j = 0u; j < 4u; j++) {
+            let col = hb + 4u * tx + j;
+            if (row < S && col < HD) {
+                scratch[out + row * D + head * HD + col] = o[j] * inv;
             }
         }
     }

@@ -2,8 +2,9 @@
 //! authors' PyTorch outputs (golden `maze_att_rope`, `arc_att_learned`), the
 //! CPU engine (random configurations: 1, 2 and 4 heads, RoPE, learned and
 //! no positions, padded puzzle embeddings, P = 0, head widths that are odd,
-//! below and above a tile, and one S >= 256 so that the attention walks
-//! several query and key tiles), early halting, batch splitting, and its
+//! below and above a tile, the published 64 at Sudoku's length S = 97, and
+//! one S >= 256 so that the attention walks several query and key tiles),
+//! early halting, batch splitting, and its
 //! counters: one dispatch per recursion step, nothing read back beyond the
 //! outputs.
 //!
@@ -82,14 +83,15 @@ fn arc_att_learned_every_step_and_whole_solve() {
 }
 
 /// Odd sizes: S and D not multiples of 4, 8 or 16; head widths odd (no
-/// RoPE), below TK, and above a 64-wide tile; 1, 2 and 4 heads; RoPE,
+/// RoPE), below a score step (SK), and above a 64-wide tile; 1, 2 and 4 heads; RoPE,
 /// learned and no positions; P = 0 and padded puzzle embeddings; 1 to 3
 /// layers; batches of 1 to 4. Few configurations: each is a pipeline to
 /// compile, seconds on lavapipe; the other tests reuse their shapes.
 fn random_configs() -> Vec<RandomModel> {
     vec![
         // one head of 70 (above a 64-wide output block, not a multiple of
-        // TK), D = 70 two column tiles, RoPE, P = 0, B = 1
+        // SK: an odd count of score steps), D = 70 two column tiles, RoPE,
+        // P = 0, B = 1
         RandomModel {
             seed: 41,
             seq_len: 13,
@@ -219,11 +221,44 @@ fn long_sequence_walks_many_position_tiles() {
     compare(&random.label(), &got, &want);
 }
 
+/// The published head width, 64, at Sudoku's length S = 97 (two query and
+/// key tiles, the second of 33: the attention's padding skips, rows beyond S
+/// and p v steps beyond the keys): 4 score steps of SK = 16, the next key
+/// tile's first Q/K chunk loaded during the last p v step.
+fn sudoku_length_model() -> RandomModel {
+    RandomModel {
+        seed: 97,
+        seq_len: 95,
+        hidden: 128,
+        heads: Some(2),
+        layers: 1,
+        batch: 2,
+        expansion: 1.0,
+        h_cycles: 1,
+        l_cycles: 1,
+        // P = ceil(200 / 128) = 2
+        puzzle_emb_ndim: 200,
+        puzzle_ids: 2,
+        pos: PosEncodings::Rope,
+        act_steps: 1,
+    }
+}
+
+#[test]
+fn head_width_64_at_the_sudoku_length_matches_the_cpu_engine() {
+    let random = sudoku_length_model();
+    let model = random.model();
+    assert_eq!(model.config().state_len(), 97);
+    assert_eq!(model.config().head_dim(), 64);
+    matches_the_cpu_engine(&random.label(), &model, &random.batch());
+}
+
 /// A device with less than 16 KiB of workgroup memory (Apple's 16352
-/// bytes): the kernels take their 8 KiB tiles (TK = 16), which change every
+/// bytes): the kernels take their 8 KiB tiles (SK = 8), which change every
 /// loop of the products and the attention (score steps over HD, p v steps
-/// over the key tile, the row exchanges), and the spread schedule's
-/// products their 8-deep double-buffered steps, with the same results.
+/// over the key tile, the row exchanges, whose partials then fill stage 1
+/// of both tiles), and the spread schedule's products their 8-deep
+/// double-buffered steps, with the same results.
 #[test]
 fn apple_sized_workgroup_memory_takes_the_small_tiles() {
     let Some(_) = gpu::context() else {
@@ -231,21 +266,23 @@ fn apple_sized_workgroup_memory_takes_the_small_tiles() {
     };
     let context = gpu::limited_context(|o| o.max_workgroup_memory(16352));
     assert_eq!(context.limits().max_compute_workgroup_storage_size, 16352);
-    // 4 heads of 18 (two score steps of 16), S = 69, D = 72
-    let random = &random_configs()[3];
-    let model = random.model();
-    let batch = random.batch();
-    let options = SolveOptions::default();
-    let want = cpu_solve(&model, &batch, &options);
-    // the fused kernels at TK = 16, the spread products at SK = 8
-    for schedule in [GpuSchedule::Fused, GpuSchedule::Spread] {
-        let mut engine = gpu::engine_on(&context, &model).with_schedule(schedule);
-        let got = engine.solve(&batch, &options).unwrap();
-        compare(
-            &format!("small tiles, {schedule}, {}", random.label()),
-            &got,
-            &want,
-        );
+    // 4 heads of 18 (three score steps of 8: each key tile starts its own
+    // pipeline), S = 69, D = 72; 2 heads of 64 (eight score steps: the
+    // next key tile's first chunk loaded during the last p v step), S = 97
+    for random in [&random_configs()[3], &sudoku_length_model()] {
+        let model = random.model();
+        let batch = random.batch();
+        let options = SolveOptions::default();
+        let want = cpu_solve(&model, &batch, &options);
+        for schedule in [GpuSchedule::Fused, GpuSchedule::Spread] {
+            let mut engine = gpu::engine_on(&context, &model).with_schedule(schedule);
+            let got = engine.solve(&batch, &options).unwrap();
+            compare(
+                &format!("small tiles, {schedule}, {}", random.label()),
+                &got,
+                &want,
+            );
+        }
     }
 }
 
