@@ -109,8 +109,9 @@
 //          + HEADS HB Q (Q (ns + R) + N + R + 2 + (Q - 1) [ns odd] - [n even]))
 //          + L (8 + 4 Q) + 1, with ns = ceil(HD/SK) score steps, N the p v
 //          steps of a query tile (64/SK per key tile, n = ceil((S - 64 (Q -
-//          1))/SK) for the last) and R = 2 per row reduction (0 with
-//          subgroup operations); per key tile ns - 1 + R + 1 + np (ARC, S
+//          1))/SK) for the last) and R = 2 per row reduction (0 where
+//          lanes_setup finds subgroup clusters of 16, which adds 3 per
+//          dispatch); per key tile ns - 1 + R + 1 + np (ARC, S
 //          916, HD 64, at SK 16: 138 857 in all, 18 120 per layer the
 //          attention's, 10 per key tile; the former single-buffered steps,
 //          2 SK deep with 2 barriers each, and reductions of 3 had 142 937,
@@ -293,35 +294,54 @@ fn store_p(ty: u32, tx: u32, c: u32, stage: u32) {
 }
 
 // Sums (or maximises) `v[i]`, row 4 ty + i, over the 16 invocations tx of
-// each row (lid = 16 ty + tx), returned to all of them; called by every
-// invocation in uniform control flow. Workgroup path: the partials through
-// a_set (stage 1), one invocation per row reduces them (a_get) into b_set's
-// floats (row 0 of sb's stage 0) after a barrier, every invocation reads
-// its rows back after another: 2 barriers. What the call sites guarantee
-// (attention_tile): at the call nothing accesses stage 1 any more (its last
-// accesses are behind a barrier) and nothing writes stage 0 (the last
-// step's multiply may still be reading it, so the results are written only
-// after the first barrier); after the return stage 1 is free and sb's
-// stage 0 is written again only after a barrier (the results are read
-// there). So a replacement writes nothing but stage 1 before its first
-// barrier; a subgroup version may use no memory and no barrier at all.
-fn row_reduce(lid: u32, ty: u32, tx: u32, v: vec4<f32>, take_max: bool) -> vec4<f32> {
-    a_set((4u * ty) * 16u + tx, v.x);
-    a_set((4u * ty + 1u) * 16u + tx, v.y);
-    a_set((4u * ty + 2u) * 16u + tx, v.z);
-    a_set((4u * ty + 3u) * 16u + tx, v.w);
+// each row (lid = 16 ty + tx, so a row's invocations are consecutive),
+// returned to all of them; called by every invocation in uniform control
+// flow. First within clusters of min(lanes, 16) invocations by lane
+// shuffles (lanes_setup; a butterfly, the same bits in every lane): where
+// that spans the row, nothing else, no memory and no barrier. Otherwise
+// (no subgroups, or clusters under 16) the workgroup path: the clusters'
+// partials through a_set (stage 1), one invocation per row reduces them
+// (a_get) into b_set's floats (row 0 of sb's stage 0) after a barrier,
+// every invocation reads its rows back after another: 2 barriers. What the
+// call sites guarantee (attention_tile): at the call nothing accesses
+// stage 1 any more (its last accesses are behind a barrier) and nothing
+// writes stage 0 (the last step's multiply may still be reading it, so the
+// results are written only after the first barrier); after the return
+// stage 1 is free and sb's stage 0 is written again only after a barrier
+// (the results are read there). So the workgroup path writes nothing but
+// stage 1 before its first barrier, and the shuffle path needs nothing.
+fn row_reduce(lid: u32, ty: u32, tx: u32, v: vec4<f32>, take_max: bool, lanes: u32) -> vec4<f32> {
+    let width = min(lanes, 16u);
+    var r = v;
+    for (var m = 1u; m < width; m *= 2u) {
+        let other = lane_xor4(r, m);
+        if (take_max) {
+            r = max(r, other);
+        } else {
+            r = r + other;
+        }
+    }
+    if (width == 16u) {
+        return r;
+    }
+    if (tx % width == 0u) {
+        a_set((4u * ty) * 16u + tx, r.x);
+        a_set((4u * ty + 1u) * 16u + tx, r.y);
+        a_set((4u * ty + 2u) * 16u + tx, r.z);
+        a_set((4u * ty + 3u) * 16u + tx, r.w);
+    }
     workgroupBarrier();
     if (lid < 64u) {
-        var r = a_get(lid * 16u);
-        for (var u = 1u; u < 16u; u++) {
+        var total = a_get(lid * 16u);
+        for (var u = width; u < 16u; u += width) {
             let x = a_get(lid * 16u + u);
             if (take_max) {
-                r = max(r, x);
+                total = max(total, x);
             } else {
-                r = r + x;
+                total = total + x;
             }
         }
-        b_set(lid, r);
+        b_set(lid, total);
     }
     workgroupBarrier();
     // floats 4 ty .. 4 ty + 3: rows 4 ty + i
@@ -344,9 +364,9 @@ fn attention_tiles() -> u32 {
 }
 
 // Phase 3: a [S, D] at `out` from qkv [S, 3D] at `qkv`, tile after tile.
-fn attention(lid: u32, qkv: u32, out: u32) {
+fn attention(lid: u32, qkv: u32, out: u32, lanes: u32) {
     for (var t = 0u; t < attention_tiles(); t++) {
-        attention_tile(lid, qkv, out, t);
+        attention_tile(lid, qkv, out, t, lanes);
         // a tile's last row reduction reads its results from sb's stage 0
         // after its last barrier; the next tile (or the next phase's
         // product) loads into it
@@ -384,7 +404,7 @@ fn attention(lid: u32, qkv: u32, out: u32) {
 // its own first barrier, when that multiply is done everywhere. Per key
 // tile: ns - 1 + R + 1 + np (+ 1 when ns is odd and a key tile follows),
 // R = row_reduce's barriers (2 on the workgroup path, 0 with subgroups).
-fn attention_tile(lid: u32, qkv: u32, out: u32, t: u32) {
+fn attention_tile(lid: u32, qkv: u32, out: u32, t: u32, lanes: u32) {
     let ty = lid / 16u;
     let tx = lid % 16u;
     let q_tiles = (S + TM - 1u) / TM;
@@ -430,7 +450,7 @@ fn attention_tile(lid: u32, qkv: u32, out: u32, t: u32) {
                 // stage 0 after the reduction's first barrier.
                 let partial = vec4<f32>(row_max(acc0, mask), row_max(acc1, mask),
                                         row_max(acc2, mask), row_max(acc3, mask));
-                let m_new = max(m_run, row_reduce(lid, ty, tx, partial, true));
+                let m_new = max(m_run, row_reduce(lid, ty, tx, partial, true, lanes));
                 alpha = exp(max(m_run - m_new, vec4<f32>(-87.0)));
                 m_run = m_new;
                 p0 = probabilities(acc0, m_new.x, mask);
@@ -481,7 +501,7 @@ fn attention_tile(lid: u32, qkv: u32, out: u32, t: u32) {
     // barrier of the last step or of the one before it (the last step
     // multiplies stage np % 2 and loads nothing); results in sb's stage 0
     // after the reduction's first barrier.
-    let l = row_reduce(lid, ty, tx, l_run, false);
+    let l = row_reduce(lid, ty, tx, l_run, false, lanes);
     for (var i = 0u; i < 4u; i++) {
         let row = q0 + 4u * ty + i;
         var o = o0;
@@ -556,7 +576,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                     rope(lid, work, tables);
                     storageBarrier();
                 }
-                attention(lid, work, heads_out);
+                attention(lid, work, heads_out, lanes);
                 storageBarrier();
             }
             if (kind == O_PROJ || kind == CHANNEL_DOWN) {
@@ -593,7 +613,8 @@ fn spread_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     if (g >= params.groups) {
         return;
     }
+    let lanes = lanes_setup(lid);
     let p = g / attention_tiles();
     attention_tile(lid, params.b_base + p * S * 3u * D, params.o_base + p * S * D,
-                   g % attention_tiles());
+                   g % attention_tiles(), lanes);
 }

@@ -85,9 +85,6 @@ override EPS: f32;        // rms_norm_eps
 // buffers x 2 tiles x SK x 64 floats, 16 KiB) fit the adapter's workgroup
 // memory, else 8 (Apple's 16352 bytes).
 override SK: u32 = 16u;
-// Depth of the attention's own tile steps (attention_step.wgsl), which
-// reuse the same workgroup memory as float tiles [TK][64]: 2 SK.
-override TK: u32 = 2u * SK;
 
 const WG: u32 = 256u;     // invocations per workgroup (16 x 16)
 const TM: u32 = 64u;      // rows of an A tile

@@ -309,8 +309,9 @@ impl Polled {
 pub(crate) mod needs {
     /// Invocations of the largest workgroup (mixer_step, embed).
     pub const WORKGROUP_INVOCATIONS: u32 = 256;
-    /// Workgroup memory of the smallest tile configuration (TK = 16).
-    pub const MIN_WORKGROUP_STORAGE: u32 = 2 * 64 * 16 * 4;
+    /// Workgroup memory of the smallest tile configuration (SK = 8: 2
+    /// buffers x 2 tiles x 8 x 64 floats).
+    pub const MIN_WORKGROUP_STORAGE: u32 = 2 * 2 * 8 * 64 * 4;
     /// Storage buffers of the kernel that binds the most (mixer_step, heads).
     pub const STORAGE_BUFFERS: u32 = 4;
     /// Uniform buffers per kernel (the parameters, with dynamic offsets).
