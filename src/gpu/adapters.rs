@@ -36,7 +36,8 @@ pub struct AdapterReport {
     pub timestamp_queries: bool,
     /// Whether the adapter offers `shader-f16` (unused so far).
     pub shader_f16: bool,
-    /// Whether the adapter offers subgroup operations (unused so far).
+    /// Whether the adapter offers subgroup operations (the kernels' norms
+    /// and softmax reduce through them where it does).
     pub subgroups: bool,
     /// `None` when the GPU engine (both schedules) runs here; else why not.
     pub unsuitable: Option<String>,
