@@ -192,21 +192,6 @@ fn b_set(i: u32, v: f32) {
     sb[i / 4u][i % 4u] = v;
 }
 
-// acc += the A stage^T-block @ the B stage-block over its first `kn` rows
-// (<= SK; the rest hold zeros): acc_i holds row 4 ty + i, component j
-// column 4 tx + j (the prelude's layout), the fragments read as one vec4
-// each.
-fn multiply_tile(stage: u32, ty: u32, tx: u32, kn: u32) {
-    for (var kk = 0u; kk < kn; kk++) {
-        let a = sa[slot(stage, kk, ty)];
-        let b = sb[slot(stage, kk, tx)];
-        acc0 = fma(vec4<f32>(a.x), b, acc0);
-        acc1 = fma(vec4<f32>(a.y), b, acc1);
-        acc2 = fma(vec4<f32>(a.z), b, acc2);
-        acc3 = fma(vec4<f32>(a.w), b, acc3);
-    }
-}
-
 // A float of the RoPE tables (cos at 0, sin at S HD), which start at group
 // `tables` of the weights, f32 at every precision.
 fn table(tables: u32, i: u32) -> f32 {

@@ -255,6 +255,21 @@ fn store_row(op: Product, o: u32, r: u32, n: u32, v: vec4<f32>) {
     }
 }
 
+// acc += the A tile^T-block @ the B tile-block of buffer `buf` over its
+// first `kn` rows (<= SK; the rest hold zeros): acc_i holds row 4 rb + i,
+// component j column 4 cb + j, the fragments read as one vec4 each (the
+// products' and the attention's one inner loop).
+fn multiply_tile(buf: u32, rb: u32, cb: u32, kn: u32) {
+    for (var kk = 0u; kk < kn; kk++) {
+        let a = sa[slot(buf, kk, rb)];
+        let b = sb[slot(buf, kk, cb)];
+        acc0 = fma(vec4<f32>(a.x), b, acc0);
+        acc1 = fma(vec4<f32>(a.y), b, acc1);
+        acc2 = fma(vec4<f32>(a.z), b, acc2);
+        acc3 = fma(vec4<f32>(a.w), b, acc3);
+    }
+}
+
 // One output tile of `op` from rows m0 and columns n0, over the K range
 // [kbeg, kend) (kend a multiple of SK, or op.kp), written at o_base + o:
 // the double-buffered K loop, one barrier per step. Uniform control flow.
@@ -291,14 +306,7 @@ fn product_tile(lid: u32, op: Product, m0: u32, n0: u32, kbeg: u32, kend: u32, o
             load_tiles(lid, op, 1u - cur, m0, kbeg + (st + 1u) * SK, kend);
         }
         if (live) {
-            for (var kk = 0u; kk < SK; kk++) {
-                let a = sa[slot(cur, kk, rb)];
-                let b = sb[slot(cur, kk, cb)];
-                acc0 = fma(vec4<f32>(a.x), b, acc0);
-                acc1 = fma(vec4<f32>(a.y), b, acc1);
-                acc2 = fma(vec4<f32>(a.z), b, acc2);
-                acc3 = fma(vec4<f32>(a.w), b, acc3);
-            }
+            multiply_tile(cur, rb, cb, SK);
         }
         workgroupBarrier();
     }
