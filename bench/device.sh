@@ -181,53 +181,39 @@ for t in "${names[@]}"; do
   echo "$t: $result in ${took} s: $summary"
 done
 
-echo "== trm bench (backend $backend, batch $batches)"
-for s in $schedules; do
-  set +e
-  timeout 75 .device/trm bench --json --backend "$backend" --batch "$batches" \
-    --schedule "$s" --seconds "$seconds" >>"$out/rows.jsonl" 2>>"$out/bench.log"
-  rc=$?
-  set -e
+# Runs one bench command, its JSON rows appended to rows.jsonl and its
+# stderr to bench.log; a failure is recorded under `label` (and the log's
+# tail shown) instead of stopping the script, so the report still comes.
+bench_rows() {
+  local label="$1" rc=0
+  shift
+  "$@" >>"$out/rows.jsonl" 2>>"$out/bench.log" || rc=$?
   if [ "$rc" != 0 ]; then
-    failed+=("trm bench --schedule $s (exit status $rc)")
+    failed+=("$label (exit status $rc)")
     tail -5 "$out/bench.log"
   fi
+}
+
+echo "== trm bench (backend $backend, batch $batches)"
+for s in $schedules; do
+  bench_rows "trm bench --schedule $s" timeout 75 .device/trm bench --json --backend "$backend" \
+    --batch "$batches" --schedule "$s" --seconds "$seconds"
 done
 
 echo "== trm bench at each weight precision (auto schedule)"
-set +e
-timeout 150 .device/trm bench --json --backend "$backend" --batch "$batches" \
-  --precision f16,bf16,int8 --seconds "$seconds" >>"$out/rows.jsonl" 2>>"$out/bench.log"
-rc=$?
-set -e
-if [ "$rc" != 0 ]; then
-  failed+=("trm bench --precision (exit status $rc)")
-  tail -5 "$out/bench.log"
-fi
+bench_rows "trm bench --precision" timeout 150 .device/trm bench --json --backend "$backend" \
+  --batch "$batches" --precision f16,bf16,int8 --seconds "$seconds"
 
 echo "== trm bench with the reductions in workgroup memory (TRM_GPU_SUBGROUPS=off)"
-set +e
-TRM_GPU_SUBGROUPS=off timeout 45 .device/trm bench --json --backend "$backend" --batch 1,64,1024 \
-  --schedule fused,spread --seconds "$seconds" >>"$out/rows.jsonl" 2>>"$out/bench.log"
-rc=$?
-set -e
-if [ "$rc" != 0 ]; then
-  failed+=("trm bench TRM_GPU_SUBGROUPS=off (exit status $rc)")
-  tail -5 "$out/bench.log"
-fi
+bench_rows "trm bench TRM_GPU_SUBGROUPS=off" env TRM_GPU_SUBGROUPS=off timeout 45 .device/trm bench \
+  --json --backend "$backend" --batch 1,64,1024 --schedule fused,spread --seconds "$seconds"
 
 echo "== PyTorch reference (CUDA)"
 if python3 -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
-  set +e
   # shellcheck disable=SC2046 # one argument per batch size
-  PYTHONUNBUFFERED=1 timeout 120 python3 benches/pytorch_reference.py --device cuda \
-    --batch $(tr ',' ' ' <<<"$batches") --seconds "$seconds" >>"$out/rows.jsonl" 2>>"$out/bench.log"
-  rc=$?
-  set -e
-  if [ "$rc" != 0 ]; then
-    failed+=("benches/pytorch_reference.py --device cuda (exit status $rc)")
-    tail -5 "$out/bench.log"
-  fi
+  bench_rows "benches/pytorch_reference.py --device cuda" env PYTHONUNBUFFERED=1 timeout 120 \
+    python3 benches/pytorch_reference.py --device cuda --batch $(tr ',' ' ' <<<"$batches") \
+    --seconds "$seconds"
 else
   echo "no PyTorch with CUDA here: no reference rows"
 fi
