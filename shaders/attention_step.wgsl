@@ -1,6 +1,9 @@
 // attention_step.wgsl: one TRM network call of the attention model
-// (mlp_t = false) for every active puzzle, fused into ONE dispatch (one
-// recursion step), on every adapter the MLP-mixer kernel runs on.
+// (mlp_t = false) for every active puzzle, fused: a workgroup per puzzle
+// walks the whole call, in as few dispatches as the loop budget allows
+// (step_common.wgsl, "Segments": one at small shapes, 10 at the Sudoku
+// shape, about a hundred at the ARC shape), on every adapter the MLP-mixer
+// kernel runs on.
 //
 //   state = net(state, injection)      (shared/TRM.md, Forward pass)
 //   h = state + injection              injection = y + x (z update, summed first)
@@ -80,14 +83,18 @@
 //      (prelude)
 // All four products share one call site (one copy of the tile code).
 //
-// Why one dispatch holds it everywhere: attention needs no workgroup memory
-// beyond the product's two tiles (16 KiB at SK = 16, 8 KiB at SK = 8), its
-// scratch is per puzzle in the scratch binding, and a workgroup can walk
-// every phase of its own puzzle with storage barriers. So the recursion
-// step is one dispatch on every adapter that passes the context's checks
-// (256 invocations, 8 KiB of workgroup memory, 4 storage buffers).
+// Why a workgroup can walk the whole call everywhere: attention needs no
+// workgroup memory beyond the product's two tiles (16 KiB at SK = 16, 8
+// KiB at SK = 8), its scratch is per puzzle in the scratch binding, and a
+// workgroup can walk every phase of its own puzzle with storage barriers.
+// So the kernel runs on every adapter that passes the context's checks
+// (256 invocations, 8 KiB of workgroup memory, 4 storage buffers). The
+// units of a call, in order, for the segments: per block the qkv product's
+// output tiles, RoPE (one unit, RoPE models only), the attention's tiles,
+// the output tiles of o_proj (then the norm), of the channel gate/up and of
+// the channel down product (then the norm).
 //
-// Cost per puzzle per recursion step (one dispatch), L = params.layer_count,
+// Cost per puzzle per recursion step (all its segments), L = params.layer_count,
 // Q = ceil(S/64), HB = ceil(HD/64):
 //   FLOPs  L (2 S D 3D + 2 S D D + 4 S S D + 6 S D CI) for the products (the
 //          attention tiles also compute on padding: the scores of the last
@@ -348,9 +355,10 @@ fn attention_tiles() -> u32 {
     return HEADS * ((S + TM - 1u) / TM) * ((HD + TN - 1u) / TN);
 }
 
-// Phase 3: a [S, D] at `out` from qkv [S, 3D] at `qkv`, tile after tile.
-fn attention(lid: u32, qkv: u32, out: u32, lanes: u32) {
-    for (var t = 0u; t < attention_tiles(); t++) {
+// Phase 3: a [S, D] at `out` from qkv [S, 3D] at `qkv`, tiles part.x ..
+// part.y (the dispatch's part of them, segment_part).
+fn attention_part(lid: u32, qkv: u32, out: u32, part: vec2<u32>, lanes: u32) {
+    for (var t = part.x; t < part.y; t++) {
         attention_tile(lid, qkv, out, t, lanes);
         // a tile's last row reduction reads its results from sb's stage 0
         // after its last barrier; the next tile (or the next phase's
@@ -524,8 +532,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let heads_out = work + 3u * S * D;
     let lanes = lanes_setup(lid);
 
-    inject(lid, state, inj_a, inj_b);
-    storageBarrier();
+    if (params.unit_first == 0u) {
+        inject(lid, state, inj_a, inj_b);
+        storageBarrier();
+    }
 
     // weight offsets in groups of 4 weights
     let qkv_len = matrix_len(3u * D, DP);
@@ -533,6 +543,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let layer_len = qkv_len + o_len + channel_gate_up_len() + channel_down_len();
     let tables = rope_tables();
 
+    // The call's units (step_common.wgsl, "Segments"): per block, the qkv
+    // product's output tiles, RoPE (one unit, RoPE models only), the
+    // attention's tiles, then the output tiles of o_proj, the channel
+    // gate/up and the channel down products. `base` is the first unit of
+    // the phase at hand.
+    var base = 0u;
     for (var layer = params.layer_first; layer < params.layer_first + params.layer_count; layer++) {
         let w = layer * layer_len;
         let ch = w + qkv_len + o_len;
@@ -554,19 +570,34 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                     op = channel_down(state, work, ch + channel_gate_up_len());
                 }
             }
-            product(lid, op);
-            storageBarrier();
-            if (kind == QKV) {
-                if (ROPE) {
-                    rope(lid, work, tables);
+            let tiles = product_tiles(op);
+            let part = segment_part(base, tiles);
+            base += tiles;
+            if (part.x < part.y) {
+                product_part(lid, op, part);
+                storageBarrier();
+                // the norm after a product runs where its last tile did
+                if ((kind == O_PROJ || kind == CHANNEL_DOWN) && part.y == tiles) {
+                    rms_norm_rows(lid, state, lanes);
                     storageBarrier();
                 }
-                attention(lid, work, heads_out, lanes);
-                storageBarrier();
             }
-            if (kind == O_PROJ || kind == CHANNEL_DOWN) {
-                rms_norm_rows(lid, state, lanes);
-                storageBarrier();
+            if (kind == QKV) {
+                if (ROPE) {
+                    let rope_part = segment_part(base, 1u);
+                    base += 1u;
+                    if (rope_part.x < rope_part.y) {
+                        rope(lid, work, tables);
+                        storageBarrier();
+                    }
+                }
+                let n = attention_tiles();
+                let attention = segment_part(base, n);
+                base += n;
+                if (attention.x < attention.y) {
+                    attention_part(lid, work, heads_out, attention, lanes);
+                    storageBarrier();
+                }
             }
         }
     }

@@ -11,8 +11,12 @@
 //   4 params  uniform (dynamic offset), the parameter block (params.wgsl)
 //
 // Work split: one workgroup of 64 invocations per active puzzle, one
-// invocation per output value (SEQ VOCAB + 2 of them), each a dot product
-// over D read straight from storage (y rows are shared through the cache).
+// invocation per output value, each a dot product over D read straight
+// from storage (y rows are shared through the cache). A dispatch computes
+// the outputs [params.unit_first, params.unit_end) of the SEQ VOCAB + 2:
+// the host cuts them into as many dispatches as keep each invocation
+// within the loop budget (step_common.wgsl, "Segments"; at the ARC shape
+// 3 dispatches).
 // Cost per puzzle: 2 D (SEQ VOCAB + 2) FLOPs, 4 D (SEQ + 1) bytes of y and
 // 4 D (VOCAB + 2) of weights read, 4 (SEQ VOCAB + 2) bytes written. Once per
 // ACT step at most (only after the last one without early halting).
@@ -42,7 +46,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let puzzle = running[params.first + wid.x];
     let y = params.state_base + puzzle * params.puzzle_stride;
     let n_logits = SEQ * VOCAB;
-    for (var o = lid; o < n_logits + 2u; o += WG) {
+    // the dispatch's outputs [unit_first, unit_end) (src/gpu/budget.rs keeps
+    // each invocation's share within the loop budget)
+    let end = min(params.unit_end, n_logits + 2u);
+    for (var o = params.unit_first + lid; o < end; o += WG) {
         if (o < n_logits) {
             let row = y + (P + o / VOCAB) * D;
             let w = (o % VOCAB) * D;

@@ -1,5 +1,10 @@
 // mixer_step.wgsl: one TRM network call of the MLP-mixer model (mlp_t = true)
-// for every active puzzle, fused into ONE dispatch (one recursion step).
+// for every active puzzle, fused: a workgroup per puzzle walks the whole
+// call, in as few dispatches as the loop budget allows (step_common.wgsl,
+// "Segments": one at small shapes, 9 at the Sudoku shape). The units of a
+// call, in order: per block the output tiles of the token gate/up, token
+// down (then the norm over S), channel gate/up and channel down (then the
+// norm over D) products.
 //
 //   state = net(state, injection)      (shared/TRM.md, Forward pass)
 //   h = state + injection              injection = y + x (z update, summed first)
@@ -50,7 +55,7 @@
 // ones (8 and 2 at Sudoku size), after the first workgroup from cache. Once
 // per step for the whole batch is what the spread schedule does.
 //
-// Cost per puzzle per recursion step (one dispatch), L = params.layer_count:
+// Cost per puzzle per recursion step (all its segments), L = params.layer_count:
 //   FLOPs  L (6 S D TI + 6 S D CI) for the products, plus O(L S D) for the
 //          injection, SiLU, gating and norms. Sudoku (S 97, D 512, TI 512,
 //          CI 1536, L 2): 1.22 GFLOP.
@@ -106,14 +111,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let work = puzzle * max(TI * D, CI * S);
     let lanes = lanes_setup(lid);
 
-    inject(lid, state, inj_a, inj_b);
-    storageBarrier();
+    if (params.unit_first == 0u) {
+        inject(lid, state, inj_a, inj_b);
+        storageBarrier();
+    }
 
     // weight offsets in groups of 4 weights
     let tok_gu_len = matrix_len(2u * TI, SP);
     let tok_dn_len = matrix_len(S, TI);
     let layer_len = tok_gu_len + tok_dn_len + channel_gate_up_len() + channel_down_len();
 
+    // The call's units (step_common.wgsl, "Segments"): per block, the
+    // output tiles of its four products in order. `base` is the first
+    // unit of the product at hand.
+    var base = 0u;
     for (var layer = params.layer_first; layer < params.layer_first + params.layer_count; layer++) {
         let w = layer * layer_len;
         let ch = w + tok_gu_len + tok_dn_len;
@@ -136,9 +147,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                     op = channel_down(state, work, ch + channel_gate_up_len());
                 }
             }
-            product(lid, op);
+            let tiles = product_tiles(op);
+            let part = segment_part(base, tiles);
+            base += tiles;
+            if (part.x == part.y) {
+                continue;
+            }
+            product_part(lid, op, part);
             storageBarrier();
-            if (kind == TOKEN_DOWN) {
+            // the norm after a product runs where its last tile did
+            if (kind == TOKEN_DOWN && part.y == tiles) {
                 // rms_norm over S, one invocation per column d
                 for (var d = lid; d < D; d += WG) {
                     var ss = 0.0;
@@ -154,7 +172,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 }
                 storageBarrier();
             }
-            if (kind == CHANNEL_DOWN) {
+            if (kind == CHANNEL_DOWN && part.y == tiles) {
                 rms_norm_rows(lid, state, lanes);
                 storageBarrier();
             }

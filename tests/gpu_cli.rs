@@ -70,6 +70,12 @@ fn run_gpu_against_float64(model: &TrmModel, seed: u64, tag: &str, backends: &[&
     }
 }
 
+/// Whether a fused call of `c` is cut into several dispatches: at the
+/// official Sudoku shape (D 512) it is, at these tests' small shapes not.
+fn segmented(c: &TrmConfig) -> bool {
+    c.hidden_size >= 512
+}
+
 fn check_against_float64(
     model: &TrmModel,
     reference: &f64_reference::RefOutput,
@@ -118,7 +124,12 @@ fn check_against_float64(
     // (HRM: each level's call has its own depth)
     let per_call = |level: Level| -> u64 {
         if stats["schedule"] == "fused" {
-            return 1;
+            // the call's segments (src/gpu/budget.rs): one where the whole
+            // call fits the loop budget, as at these tests' small shapes;
+            // more at the official ones
+            let segments = stat(stats, "dispatches_per_net_call");
+            assert_eq!(segments > 1, segmented(c), "{segments} segments a call");
+            return segments;
         }
         let per_layer = if c.mlp_t {
             6
@@ -137,6 +148,38 @@ fn check_against_float64(
     // nothing read back beyond the outputs
     let outputs = PUZZLES * (c.seq_len * c.vocab_size + 2 + 2 * c.state_len() * c.hidden_size) * 4;
     assert_eq!(stat(stats, "bytes_read_back"), outputs as u64);
+}
+
+/// Fresh random models at the official Sudoku shape (S 97 with 16
+/// puzzle-embedding positions, D 512, two layers), MLP-mixer and attention
+/// with RoPE, one recursion of each network per ACT step: a fused call is
+/// far beyond the loop budget there, so it runs as several segments, which
+/// Mesa 22.3's lavapipe got wrong as one dispatch (src/gpu/budget.rs).
+#[test]
+fn run_gpu_official_shapes_match_float64_on_both_schedules() {
+    if gpu::context().is_none() {
+        return;
+    }
+    for mlp_t in [true, false] {
+        let seed = common::test_seed();
+        let config = TrmConfig {
+            h_cycles: 1,
+            l_cycles: 1,
+            halt_max_steps: ACT_STEPS,
+            mlp_t,
+            pos_encodings: if mlp_t {
+                PosEncodings::None
+            } else {
+                PosEncodings::Rope
+            },
+            num_puzzle_identifiers: 3,
+            ..TrmConfig::sudoku_extreme()
+        };
+        eprintln!("official shape, mlp_t {mlp_t}");
+        let model = TrmModel::random(config, seed, 0.5).unwrap();
+        let tag = format!("gpu-cli-official-{mlp_t}");
+        run_gpu_against_float64(&model, seed, &tag, &["gpu"]);
+    }
 }
 
 #[test]

@@ -5,7 +5,8 @@
 // mirror, field for field (a test checks).
 //
 // The fused kernels and the heads read state_base .. slices (the fused
-// kernels layer_first and layer_count too); embed.wgsl
+// kernels layer_first, layer_count and the unit range too; the heads the
+// unit range as a range of outputs); embed.wgsl
 // batch and puzzle_stride; halt.wgsl q_base, batch, slice and slices; the
 // spread schedule's phases (spread_step.wgsl states each field's meaning)
 // the fields from n_inner on.
@@ -47,4 +48,10 @@ struct Params {
     slices: u32,          // fused dispatches per network call (halt.wgsl)
     layer_first: u32,     // first stored block of the call's network (fused kernels:
     layer_count: u32,     // TRM's one network, or HRM's L or H level) and its blocks
+    // The units of the work this dispatch runs, [unit_first, unit_end): a
+    // fused network call is cut into dispatches that each stay within the
+    // loop budget (step_common.wgsl, "Segments"; src/gpu/budget.rs), and so
+    // are the heads, whose units are their outputs.
+    unit_first: u32,
+    unit_end: u32,
 }

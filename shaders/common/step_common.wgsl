@@ -18,11 +18,13 @@
 //   - the bindings (both kernels bind the same five; the parameter block
 //     they read is shaders/common/params.wgsl, prepended before this file);
 //   - the override constants both use;
-//   - the tiled matrix product `product(lid, op)`: one workgroup walks all
-//     output tiles of out[M, N] (+)= W[M, K] @ B[K, N], where W is a weight
+//   - the tiled matrix product `product_part(lid, op, part)`: one workgroup
+//     walks output tiles of out[M, N] (+)= W[M, K] @ B[K, N], where W is a weight
 //     matrix (vec4 rows) and B an activation matrix anywhere in the state or
 //     the scratch with any strides (a `Product` says where), with its
-//     epilogue (SwiGLU gating, plain store, or residual add into the state);
+//     epilogue (SwiGLU gating, plain store, or residual add into the state),
+//     and the segments a fused call is cut into (`segment_part`: which of
+//     a call's units a dispatch runs; see "Segments" below);
 //   - the channel SwiGLU of a block as two such products
 //     (`channel_gate_up`, `channel_down`) and the RMSNorm over D
 //     (`rms_norm_rows`), and the injection `h = state + injection`;
@@ -46,7 +48,7 @@
 //              injection (z update: state z, injection y + x; y update: y, z)
 //
 // The product's tiling (`product_tile`, used by the fused kernels'
-// `product` for every tile of one puzzle and by the spread schedule for one
+// `product_part` for the tiles of one puzzle and by the spread schedule for one
 // tile per workgroup): 64 x 64 output tiles (32 x 64 gated outputs for a
 // gate/up product, whose A tile holds 32 gate rows and the 32 matching up
 // rows, interleaved by pairs so that gate and up of an output sit in one
@@ -332,13 +334,44 @@ fn tiles_n(op: Product) -> u32 {
     return (op.n + TN - 1u) / TN;
 }
 
-// One matrix product over all its output tiles, by one workgroup (the fused
-// kernels). Every loop bound is uniform. The caller puts a storageBarrier
-// after it before reading its output.
-fn product(lid: u32, op: Product) {
+// Output tiles of a product in all.
+fn product_tiles(op: Product) -> u32 {
+    return tiles_m(op) * tiles_n(op);
+}
+
+// ---- Segments: a fused network call cut into dispatches.
+//
+// A fused kernel walks its call as a sequence of units: each product's
+// output tiles in order, the attention's tiles, RoPE as one unit (the
+// kernel's `main` lists them). One dispatch runs the units
+// [params.unit_first, params.unit_end) of the call, its segment: the
+// injection where the segment starts the call, and after a product the
+// norm that follows it where the segment holds the product's last tile.
+// The host (src/gpu/budget.rs) cuts each call so that no invocation of a
+// dispatch runs more than LOOP_BUDGET loop iterations (32768, a count it
+// bounds from these loops), because some drivers silently end every loop
+// of an invocation after 65535 iterations in all (Mesa's llvmpipe 22.3,
+// Debian 12's, in lavapipe and GL alike; gone by 25.0), which at the
+// official Sudoku shape skipped most of a call. A segment boundary costs a
+// dispatch, which also orders every storage access of the one before it.
+
+// The part [lo, hi) of a phase of `n` units from unit `base` that this
+// dispatch runs, relative to the phase (empty where it runs none).
+// Workgroup-uniform: it depends on the parameter block only.
+fn segment_part(base: u32, n: u32) -> vec2<u32> {
+    let lo = clamp(params.unit_first, base, base + n);
+    let hi = clamp(params.unit_end, base, base + n);
+    return vec2<u32>(lo - base, hi - base);
+}
+
+// Output tiles part.x .. part.y of a product (the dispatch's part of it,
+// segment_part), by one workgroup (the fused kernels). Every loop bound is
+// uniform. The caller puts a storageBarrier after it before reading its
+// output.
+fn product_part(lid: u32, op: Product, part: vec2<u32>) {
     let tn = tiles_n(op);
     let tile_rows = select(TM, TM / 2u, op.paired);
-    for (var t = 0u; t < tiles_m(op) * tn; t++) {
+    for (var t = part.x; t < part.y; t++) {
         product_tile(lid, op, (t / tn) * tile_rows, (t % tn) * TN, 0u, op.kp, op.o_base);
     }
 }

@@ -1,5 +1,5 @@
-//! The fused recursion step of the attention model: one dispatch per network
-//! call (`shaders/attention_step.wgsl` after the shared prelude
+//! The fused recursion step of the attention model: a network call in a
+//! dispatch per segment (`shaders/attention_step.wgsl` after the shared prelude
 //! `shaders/common/step_common.wgsl`, whose headers state the contract).
 //!
 //! The CPU functions it must equal are `CpuEngine::net` with

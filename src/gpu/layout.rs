@@ -54,6 +54,11 @@ pub(crate) struct Params {
     /// the stored blocks and how many (TRM: all; HRM: its level's).
     pub layer_first: u32,
     pub layer_count: u32,
+    /// The units of the work a dispatch runs, `[unit_first, unit_end)`:
+    /// its segment of a fused network call, or its range of the heads'
+    /// outputs (see [`super::budget`]).
+    pub unit_first: u32,
+    pub unit_end: u32,
 }
 
 /// The WGSL of a kernel in `shaders/`: the parameter block
@@ -401,6 +406,8 @@ mod tests {
             slices: _,
             layer_first: _,
             layer_count: _,
+            unit_first: _,
+            unit_end: _,
         } = Params::default();
         let fields = [
             "state_base",
@@ -437,6 +444,8 @@ mod tests {
             "slices",
             "layer_first",
             "layer_count",
+            "unit_first",
+            "unit_end",
         ];
         assert_eq!(PARAMS_BYTES, 4 * fields.len() as u64);
         let expected: Vec<String> = fields.iter().map(|f| format!("{f}: u32,")).collect();

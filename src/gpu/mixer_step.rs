@@ -1,5 +1,5 @@
-//! The fused recursion step of the MLP-mixer model: one dispatch per network
-//! call (`shaders/mixer_step.wgsl` after the shared prelude
+//! The fused recursion step of the MLP-mixer model: a network call in a
+//! dispatch per segment (`shaders/mixer_step.wgsl` after the shared prelude
 //! `shaders/common/step_common.wgsl`, whose headers state the contract).
 //!
 //! The CPU function it must equal is `CpuEngine::net` with

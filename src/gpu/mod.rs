@@ -3,11 +3,12 @@
 //!
 //! A solve uploads the token ids and the initial carry, records one
 //! embedding dispatch, then N_sup x T x (n + 1) network calls in one of two
-//! schedules ([`GpuSchedule`]): `fused`, one dispatch per call with a
-//! workgroup per puzzle (`shaders/mixer_step.wgsl` for the MLP-mixer model,
+//! schedules ([`GpuSchedule`]): `fused`, a workgroup per puzzle walking the
+//! whole call (`shaders/mixer_step.wgsl` for the MLP-mixer model,
 //! `shaders/attention_step.wgsl` for the attention model, both built on the
-//! shared prelude `shaders/common/step_common.wgsl`), cut into slices so
-//! that no dispatch runs too long; or `spread`, each call's phases one
+//! shared prelude `shaders/common/step_common.wgsl`) in as few dispatches as
+//! the loop budget allows (`budget.rs`: some drivers cut long loops short),
+//! cut into slices of puzzles so that no dispatch runs too long; or `spread`, each call's phases one
 //! dispatch each over the whole batch's tiles (`shaders/spread_step.wgsl`,
 //! planned by `spread.rs`), which fills a device at batch 1. Then the heads
 //! after the last ACT step, and only the outputs the caller asks for are
@@ -44,6 +45,7 @@
 
 mod adapters;
 mod attention_step;
+mod budget;
 mod context;
 mod embed;
 mod halt;
@@ -51,6 +53,7 @@ mod heads;
 mod layout;
 mod mixer_step;
 pub mod noise;
+mod probe;
 mod spread;
 mod step_common;
 mod timing;
@@ -71,6 +74,7 @@ use crate::weights::Precision;
 pub use adapters::list_adapters;
 pub use adapters::{AdapterReport, list_adapters_async};
 pub use context::{GpuBackend, GpuContext, GpuOptions};
+pub use probe::{LoopProbe, loop_limit, probe_loops};
 pub use timing::RecursionTiming;
 
 use embed::Embed;
@@ -104,8 +108,8 @@ pub struct GpuStats {
     pub chunks: u64,
     /// The schedule the solve ran: `fused` or `spread` (`auto` resolved).
     pub schedule: String,
-    /// Dispatches one network call records (1 fused; 1 + 6 L or 1 + 8 L
-    /// spread).
+    /// Dispatches one network call records (fused: its segments, 1 where
+    /// the whole call fits the loop budget; spread: 1 + 6 L or 1 + 8 L).
     pub dispatches_per_net_call: u64,
     /// Workgroups of the network calls' dispatches: min, median, max.
     pub workgroups_per_dispatch: WorkgroupSpread,
@@ -149,9 +153,10 @@ pub enum GpuSchedule {
     /// ([`GpuRunOptions::spread_below`], else [`GpuEngine::crossover`]).
     #[default]
     Auto,
-    /// One workgroup per puzzle walks the whole call: one dispatch per call
-    /// (`shaders/mixer_step.wgsl`, `shaders/attention_step.wgsl`). Best
-    /// when the batch alone fills the device.
+    /// One workgroup per puzzle walks the whole call, in as few dispatches
+    /// as the loop budget allows (`shaders/mixer_step.wgsl`,
+    /// `shaders/attention_step.wgsl`). Best when the batch alone fills the
+    /// device.
     Fused,
     /// Each call cut into phases, each spread over its output tiles for the
     /// whole batch (`shaders/spread_step.wgsl`): a GPU is filled at batch 1.
@@ -223,6 +228,14 @@ pub struct GpuRunOptions {
     /// solve, so that an element no kernel writes (or one read before it is
     /// written) shows up as NaN (for tests).
     pub poison: bool,
+    /// At most this many loop iterations in any invocation of a dispatch:
+    /// fused network calls and the heads are cut into as many dispatches as
+    /// keep them within it, because some drivers silently end every loop of
+    /// an invocation after 65535 iterations (Mesa 22.3's llvmpipe: see
+    /// `src/gpu/budget.rs`). Default 32768; `u64::MAX` records each call
+    /// as one dispatch (`TRM_GPU_LOOP_BUDGET=none`: what shows whether a
+    /// driver has the limit).
+    pub max_loop_iterations: u64,
 }
 
 impl Default for GpuRunOptions {
@@ -235,6 +248,7 @@ impl Default for GpuRunOptions {
             max_chunk_puzzles: None,
             max_chunk_bytes: u64::MAX,
             poison: false,
+            max_loop_iterations: budget::LOOP_BUDGET,
         }
     }
 }
@@ -256,10 +270,21 @@ impl GpuRunOptions {
     /// `Backend::build`): `TRM_POISON_GPU=1` fills the buffers with NaN
     /// before each solve, so tests can poison solves they run through a
     /// binary; `TRM_GPU_SCHEDULE` (`fused`, `spread`, `auto`) sets the
-    /// schedule where it is still `auto`.
+    /// schedule where it is still `auto`; `TRM_GPU_LOOP_BUDGET` sets
+    /// [`GpuRunOptions::max_loop_iterations`] (`none`: no budget, each
+    /// call one dispatch, to show a driver's loop limit).
     pub fn with_env(mut self) -> Self {
         if std::env::var("TRM_POISON_GPU").is_ok_and(|v| v == "1") {
             self = self.poison(true);
+        }
+        match std::env::var("TRM_GPU_LOOP_BUDGET").as_deref() {
+            Ok("none") => self.max_loop_iterations = u64::MAX,
+            Ok(n) => {
+                if let Ok(n) = n.parse() {
+                    self = self.max_loop_iterations(n);
+                }
+            }
+            Err(_) => {}
         }
         if self.schedule == GpuSchedule::Auto
             && let Some(chosen) = std::env::var("TRM_GPU_SCHEDULE")
@@ -300,11 +325,17 @@ impl GpuRunOptions {
         self.poison = on;
         self
     }
+
+    /// Sets [`GpuRunOptions::max_loop_iterations`].
+    pub fn max_loop_iterations(mut self, iterations: u64) -> Self {
+        self.max_loop_iterations = iterations.max(1);
+        self
+    }
 }
 
 /// The network-call kernel of the model's variant: `mixer_step` for the
 /// MLP-mixer model, `attention_step` for the attention model. Both bind the
-/// same buffers and run one dispatch per recursion step.
+/// same buffers and run a call's segments, one dispatch each.
 struct StepKernel {
     pipeline: StepPipeline,
 }
@@ -377,15 +408,18 @@ struct Chunk {
     active: wgpu::Buffer,
     /// Logits `[capacity][seq_len][vocab]` then q `[capacity][2]`.
     out: wgpu::Buffer,
-    /// Parameter blocks: the fused z update (0), the fused y update and
-    /// the heads (1), then the spread plan's (z update, then y update).
+    /// Parameter blocks: per slice the fused blocks (`fused`), then the
+    /// spread plan's (z update, then y update).
     params: wgpu::Buffer,
+    /// How the fused calls and the heads are cut into dispatches, and
+    /// where their parameter blocks are.
+    fused: FusedBlocks,
     /// The fused blocks of the first slice, which the spread plan's start
     /// from.
     bases: [Params; 2],
     /// Puzzles per fused dispatch, and the slices a call of `capacity`
-    /// puzzles takes: the parameter blocks start with a z update and a y
-    /// update (also the heads') block per slice.
+    /// puzzles takes: the parameter blocks start with each slice's fused
+    /// blocks.
     slice: u32,
     slices: u32,
     /// First float of the spread schedule's split partials in the scratch
@@ -413,12 +447,59 @@ struct Chunk {
 }
 
 impl Chunk {
+    /// Index of the spread plan's first parameter block (after every
+    /// slice's fused blocks).
+    fn spread_first_block(&self) -> u32 {
+        self.slices * self.fused.per_slice()
+    }
+
     /// Staging buffer `slot` of the pair `staging` names.
     fn staging_buffer(&self, staging: Staging, slot: usize) -> &wgpu::Buffer {
         match staging {
             Staging::Results => &self.staging[slot],
             Staging::Count => &self.count_staging[slot],
         }
+    }
+}
+
+/// The dispatches of the fused schedule's network calls and of the heads
+/// ([`budget`]: each within the loop budget) and their parameter blocks:
+/// per slice, one block per segment of the z update, of the y update,
+/// then per range of the heads' outputs.
+struct FusedBlocks {
+    /// The segments of the z update's call and of the y update's
+    /// (`[unit_first, unit_end)` of their units).
+    calls: [budget::Segments; 2],
+    /// The heads' output ranges.
+    heads: Vec<[u32; 2]>,
+}
+
+impl FusedBlocks {
+    /// Blocks per slice.
+    fn per_slice(&self) -> u32 {
+        (self.calls[0].ranges.len() + self.calls[1].ranges.len() + self.heads.len()) as u32
+    }
+
+    /// Index of the block of segment `i` of the y update (or z update) in
+    /// slice `j`.
+    fn step(&self, j: u32, y_update: bool, i: usize) -> u32 {
+        let before = if y_update {
+            self.calls[0].ranges.len()
+        } else {
+            0
+        };
+        j * self.per_slice() + (before + i) as u32
+    }
+
+    /// Index of the block of the heads' range `i` in slice `j`.
+    fn heads(&self, j: u32, i: usize) -> u32 {
+        let before = self.calls[0].ranges.len() + self.calls[1].ranges.len();
+        j * self.per_slice() + (before + i) as u32
+    }
+
+    /// The segments of the y update's call (or the z update's).
+    fn segments(&self, y_update: bool) -> &[[u32; 2]] {
+        &self.calls[usize::from(y_update)].ranges
     }
 }
 
@@ -540,10 +621,10 @@ fn slices_of(chunk: &Chunk, active: Active) -> impl Iterator<Item = (u32, u32)> 
     (0..n.div_ceil(chunk.slice)).map(move |j| (j, (n - j * chunk.slice).min(chunk.slice)))
 }
 
-/// Puzzles per fused dispatch under `max_flops_per_dispatch`.
-fn slice_puzzles(config: &TrmConfig, max_flops_per_dispatch: u64) -> u32 {
-    let call = config.flops_per_largest_net_call().max(1);
-    (max_flops_per_dispatch / call).clamp(1, u64::from(u32::MAX)) as u32
+/// Puzzles per fused dispatch under `max_flops_per_dispatch`, whose
+/// costliest segment takes `segment_flops` per puzzle.
+fn slice_puzzles(segment_flops: u64, max_flops_per_dispatch: u64) -> u32 {
+    (max_flops_per_dispatch / segment_flops.max(1)).clamp(1, u64::from(u32::MAX)) as u32
 }
 
 impl GpuEngine {
@@ -563,6 +644,12 @@ impl GpuEngine {
                 halt: Halt::new(ctx, model.config())?,
             })
         })?;
+        // the kernels that are not cut into dispatches fit the loop budget
+        budget::check_fixed_kernels(
+            model.config(),
+            resident.step.pipeline.depth(),
+            budget::LOOP_BUDGET,
+        )?;
         let align = ctx.limits().min_uniform_buffer_offset_alignment.max(1);
         let params_stride = (PARAMS_BYTES as u32).div_ceil(align) * align;
         Ok(GpuEngine {
@@ -592,6 +679,7 @@ impl GpuEngine {
         if options.max_chunk_puzzles != self.options.max_chunk_puzzles
             || options.max_chunk_bytes != self.options.max_chunk_bytes
             || options.max_flops_per_dispatch != self.options.max_flops_per_dispatch
+            || options.max_loop_iterations != self.options.max_loop_iterations
         {
             self.chunk = None;
             self.plan = None;
@@ -771,6 +859,9 @@ impl GpuEngine {
         if let Some(max) = self.options.max_chunk_puzzles {
             capacity = capacity.min(max as u64);
         }
+        // the halting kernel walks the running list in one invocation
+        let halt_most = budget::max_halt_puzzles(self.options.max_loop_iterations);
+        capacity = capacity.min(halt_most.max(1) as u64);
         // The spread schedule's partials at small batches exceed one
         // puzzle's share: the largest capacity whose exact scratch fits.
         let fits = |cap: u64| {
@@ -801,6 +892,21 @@ impl GpuEngine {
         let sk = self.resident.step.pipeline.depth();
         capacity * StepKernel::scratch_floats(config) as u64
             + SpreadPlan::partial_floats_up_to(config, capacity as u32, sk)
+    }
+
+    /// The fused calls' segments and the heads' ranges under the loop
+    /// budget of the run options, on this device's tile depth.
+    fn fused_blocks(&self) -> Result<FusedBlocks> {
+        let config = self.model.config();
+        let sk = self.resident.step.pipeline.depth();
+        let budget = self.options.max_loop_iterations;
+        Ok(FusedBlocks {
+            calls: [
+                budget::fused_segments(config, Level::L, sk, budget)?,
+                budget::fused_segments(config, Level::H, sk, budget)?,
+            ],
+            heads: budget::heads_ranges(config, budget)?,
+        })
     }
 
     /// Allocates the buffers of a chunk of `capacity` puzzles unless the
@@ -856,12 +962,16 @@ impl GpuEngine {
         )?;
         let stride = u64::from(self.params_stride);
         let spread_blocks = spread::most_blocks(config);
-        let slice = slice_puzzles(config, self.options.max_flops_per_dispatch).min(capacity as u32);
+        let fused = self.fused_blocks()?;
+        let segment_flops = fused.calls[0].most_flops.max(fused.calls[1].most_flops);
+        let slice =
+            slice_puzzles(segment_flops, self.options.max_flops_per_dispatch).min(capacity as u32);
         let slices = (capacity as u32).div_ceil(slice);
+        let fused_block_count = u64::from(slices) * u64::from(fused.per_slice());
         let params = layout::buffer(
             ctx,
             "parameters",
-            (2 * u64::from(slices) + spread_blocks) * stride,
+            (fused_block_count + spread_blocks) * stride,
             U::UNIFORM | U::COPY_DST,
         )?;
         // logits, q, each puzzle's ACT steps (early halting), the carry
@@ -912,16 +1022,31 @@ impl GpuEngine {
             layer_count: h_count,
             ..common
         };
-        ctx.scoped("writing the parameters", || {
-            for j in 0..u64::from(slices) {
-                let first = (j * u64::from(slice)) as u32;
-                for (k, base) in [z_update, y_update].into_iter().enumerate() {
-                    let block = Params { first, ..base };
-                    let at = (2 * j + k as u64) * stride;
-                    ctx.queue()
-                        .write_buffer(&params, at, bytemuck::bytes_of(&block));
+        // each slice's segments of the two calls, then its heads' ranges
+        let mut blocks = vec![0u8; (fused_block_count * stride) as usize];
+        let mut at = blocks.chunks_exact_mut(stride as usize);
+        for j in 0..slices {
+            let first = j * slice;
+            let segments = [
+                (z_update, fused.segments(false)),
+                (y_update, fused.segments(true)),
+            ];
+            let heads = [(y_update, fused.heads.as_slice())];
+            for (base, ranges) in segments.into_iter().chain(heads) {
+                for &[unit_first, unit_end] in ranges {
+                    let block = Params {
+                        first,
+                        unit_first,
+                        unit_end,
+                        ..base
+                    };
+                    let bytes = at.next().expect("a block for every segment");
+                    bytes[..PARAMS_BYTES as usize].copy_from_slice(bytemuck::bytes_of(&block));
                 }
             }
+        }
+        ctx.scoped("writing the parameters", || {
+            ctx.queue().write_buffer(&params, 0, &blocks)
         })?;
         let step_group = self
             .resident
@@ -945,6 +1070,7 @@ impl GpuEngine {
             active,
             out,
             params,
+            fused,
             bases: [z_update, y_update],
             slice,
             slices,
@@ -1040,25 +1166,28 @@ impl GpuEngine {
                     dispatches += call.dispatches.len() as u64;
                     self.step_groups.extend(call.groups());
                 }
-                (Op::Step { active, .. }, None) => {
+                (Op::Step { active, y_update }, None) => {
+                    let segments = chunk.fused.segments(y_update).len();
                     for (_, groups) in slices_of(chunk, active) {
-                        dispatches += 1;
-                        self.step_groups.push(groups);
+                        dispatches += segments as u64;
+                        self.step_groups
+                            .extend(std::iter::repeat_n(groups, segments));
                     }
                 }
-                (Op::Heads(active), _) => dispatches += slices_of(chunk, active).count() as u64,
+                (Op::Heads(active), _) => {
+                    dispatches +=
+                        (slices_of(chunk, active).count() * chunk.fused.heads.len()) as u64
+                }
                 _ => dispatches += 1,
             }
         }
         // the z update's blocks, then the y update's, after the fused ones
         let z_blocks = spread.map_or(0, |(_, plan)| plan.call(false).blocks.len());
-        let fused_blocks = 2 * chunk.slices as usize;
         let spread_offset = |y_update: bool, i: usize| -> u32 {
-            let block = fused_blocks + if y_update { z_blocks } else { 0 } + i;
+            let first = chunk.spread_first_block() as usize;
+            let block = first + if y_update { z_blocks } else { 0 } + i;
             block as u32 * stride
         };
-        // slice j's z update (or y update and heads) block
-        let fused_offset = |y_update: bool, j: u32| (2 * j + u32::from(y_update)) * stride;
         let index = ctx.scoped("recording and submitting the solve", || {
             let device = ctx.device();
             let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -1080,10 +1209,8 @@ impl GpuEngine {
                         Op::Embed(n) => {
                             self.resident.embed.record(&mut pass, &chunk.embed_group, n)
                         }
-                        Op::Halt => self
-                            .resident
-                            .halt
-                            .record(&mut pass, &chunk.halt_group, stride),
+                        // any fused block: they all hold q_base, batch and the slices
+                        Op::Halt => self.resident.halt.record(&mut pass, &chunk.halt_group, 0),
                         Op::Step { y_update, active } => match spread {
                             Some((kernels, plan)) => kernels.record(
                                 &mut pass,
@@ -1093,23 +1220,27 @@ impl GpuEngine {
                             ),
                             None => {
                                 for (j, n) in slices_of(chunk, active) {
-                                    self.resident.step.record(
-                                        &mut pass,
-                                        chunk,
-                                        fused_offset(y_update, j),
-                                        groups(active, j, n),
-                                    );
+                                    for i in 0..chunk.fused.segments(y_update).len() {
+                                        self.resident.step.record(
+                                            &mut pass,
+                                            chunk,
+                                            chunk.fused.step(j, y_update, i) * stride,
+                                            groups(active, j, n),
+                                        );
+                                    }
                                 }
                             }
                         },
                         Op::Heads(active) => {
                             for (j, n) in slices_of(chunk, active) {
-                                self.resident.heads.record(
-                                    &mut pass,
-                                    &chunk.heads_group,
-                                    fused_offset(true, j),
-                                    groups(active, j, n),
-                                );
+                                for i in 0..chunk.fused.heads.len() {
+                                    self.resident.heads.record(
+                                        &mut pass,
+                                        &chunk.heads_group,
+                                        chunk.fused.heads(j, i) * stride,
+                                        groups(active, j, n),
+                                    );
+                                }
                             }
                         }
                     }
@@ -1174,7 +1305,7 @@ impl GpuEngine {
         self.ctx.scoped("writing the spread plan", || {
             self.ctx.queue().write_buffer(
                 &chunk.params,
-                2 * u64::from(chunk.slices) * stride as u64,
+                u64::from(chunk.spread_first_block()) * stride as u64,
                 &bytes,
             )
         })?;
@@ -1914,7 +2045,11 @@ impl GpuEngine {
                 .map(|c| c.dispatches.len() as u64)
                 .max()
                 .unwrap_or(0),
-            _ => 1,
+            // the segments of the longer call (src/gpu/budget.rs)
+            _ => self.chunk.as_ref().map_or(1, |chunk| {
+                let segments = |y_update| chunk.fused.segments(y_update).len() as u64;
+                segments(false).max(segments(true))
+            }),
         };
         self.stats.dispatches_per_net_call = if calls == 0 { 0 } else { per_call };
         self.stats.workgroups_per_dispatch = WorkgroupSpread::of(self.step_groups.clone());
