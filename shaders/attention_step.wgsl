@@ -530,7 +530,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let inj_b = params.inj_b_base + puzzle * params.puzzle_stride;
     let work = puzzle * max(4u * S * D, CI * S);
     let heads_out = work + 3u * S * D;
+    poison_workgroup(lid);
     let lanes = lanes_setup(lid);
+    report_lanes(REPORT_FUSED, params.first + wid.x == 0u, lid, lanes);
 
     if (params.unit_first == 0u) {
         inject(lid, state, inj_a, inj_b);
@@ -629,7 +631,9 @@ fn spread_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     if (g >= params.groups) {
         return;
     }
+    poison_workgroup(lid);
     let lanes = lanes_setup(lid);
+    report_lanes(REPORT_ATTENTION, g == 0u, lid, lanes);
     let p = g / attention_tiles();
     attention_tile(lid, params.b_base + p * S * 3u * D, params.o_base + p * S * D,
                    g % attention_tiles(), lanes);

@@ -109,7 +109,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let inj_a = params.inj_a_base + puzzle * params.puzzle_stride;
     let inj_b = params.inj_b_base + puzzle * params.puzzle_stride;
     let work = puzzle * max(TI * D, CI * S);
+    poison_workgroup(lid);
     let lanes = lanes_setup(lid);
+    report_lanes(REPORT_FUSED, params.first + wid.x == 0u, lid, lanes);
 
     if (params.unit_first == 0u) {
         inject(lid, state, inj_a, inj_b);

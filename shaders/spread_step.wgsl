@@ -71,6 +71,14 @@
 
 var<workgroup> red: array<f32, 256>;                      // the norms' partial sums
 
+// The norms' workgroup memory poisoned (POISON_WORKGROUP, the prelude's).
+fn poison_red(lid: u32) {
+    if (POISON_WORKGROUP) {
+        red[lid] = runtime_nan(lid);
+        workgroupBarrier();
+    }
+}
+
 @compute @workgroup_size(256)
 fn spread_inject(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
@@ -95,6 +103,7 @@ fn spread_product(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     if (g >= params.groups) {
         return;
     }
+    poison_workgroup(lid);
     // B from the puzzles' states goes through the running list
     let op = Product(params.w_off, params.m, params.n_total, params.k, params.kp,
                      params.paired != 0u, params.b_state != 0u, params.b_base, params.b_ks,
@@ -132,7 +141,10 @@ fn spread_norm_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     if (t >= params.groups) {
         return;
     }
+    poison_workgroup(lid);
+    poison_red(lid);
     let lanes = lanes_setup(lid);
+    report_lanes(REPORT_NORM_ROWS, t == 0u, lid, lanes);
     let row = puzzle_base(t / S) + (t % S) * D;
     let parts = params.part_base + t * D;
     var ss = 0.0;
@@ -178,6 +190,7 @@ fn spread_norm_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     if (g >= params.groups) {
         return;
     }
+    poison_red(lid);
     let col = lid % 32u;
     let lane = lid / 32u;
     let c = g * 32u + col;

@@ -151,6 +151,11 @@ impl AnyEngine {
                         "api".into(),
                         format!("{:?}", info.backend).to_lowercase().into(),
                     );
+                    // as the kernels measured them (a small read-back)
+                    let lanes = e.lane_widths().map_or(serde_json::Value::Null, |l| {
+                        serde_json::to_value(l).unwrap_or_default()
+                    });
+                    map.insert("lanes".into(), lanes);
                 }
                 stats
             }

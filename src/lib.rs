@@ -29,6 +29,7 @@ pub mod arc;
 pub mod augment;
 pub mod backend;
 pub mod batch;
+pub mod check;
 pub mod checkpoint;
 pub mod config;
 pub mod cpu;

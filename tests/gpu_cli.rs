@@ -277,12 +277,15 @@ fn run_gpu_reductions_match_float64_at_every_lane_width() {
         let reference = f64_reference::solve(&model, &batch, ACT_STEPS, false);
         // (lavapipe's default 256 bits, clusters of 8, is what every other
         // GPU test runs)
-        let lane_cases: [(&str, &str, bool); 3] = [
-            ("TRM_GPU_SUBGROUPS", "off", false),
-            ("LP_NATIVE_VECTOR_WIDTH", "128", offered),
-            ("LP_NATIVE_VECTOR_WIDTH", "512", offered),
+        // the width the kernels must report reaching (on lavapipe; other
+        // adapters ignore the variable and report their own)
+        let lavapipe = context.adapter_info().name.starts_with("llvmpipe");
+        let lane_cases: [(&str, &str, bool, u64); 3] = [
+            ("TRM_GPU_SUBGROUPS", "off", false, 1),
+            ("LP_NATIVE_VECTOR_WIDTH", "128", offered, 4),
+            ("LP_NATIVE_VECTOR_WIDTH", "512", offered, 16),
         ];
-        for (variable, value, subgroups) in lane_cases {
+        for (variable, value, subgroups, width) in lane_cases {
             for schedule in ["fused", "spread"] {
                 eprintln!("mlp_t {mlp}, {variable}={value}, --schedule {schedule}");
                 // Mesa's shader cache does not key on the vector width: a
@@ -297,6 +300,21 @@ fn run_gpu_reductions_match_float64_at_every_lane_width() {
                 let (bytes, stats) = run(&dir, &model_path, &input_path, "gpu", &env);
                 assert_eq!(stats["schedule"], schedule);
                 assert_eq!(stats["subgroups"], subgroups, "{variable}={value}");
+                let kernel = if schedule == "fused" {
+                    "fused"
+                } else {
+                    "spread_norm"
+                };
+                let reached = stats["lanes"][kernel].as_u64();
+                if lavapipe || !subgroups {
+                    let want = if subgroups { width } else { 1 };
+                    assert_eq!(
+                        reached,
+                        Some(want),
+                        "{variable}={value}: {}",
+                        stats["lanes"]
+                    );
+                }
                 check_against_float64(&model, &reference, &bytes, &stats);
             }
         }
@@ -406,5 +424,42 @@ fn run_halt_decides_on_the_device_as_the_cpu_does() {
                 );
             }
         }
+    }
+}
+
+/// `trm check` compares every variant with the CPU engine, one line each,
+/// and passes here; where the driver cuts long loops short (Mesa 22.3's
+/// lavapipe), it fails without the loop budget (the engine before the fix)
+/// and passes with it.
+#[test]
+fn check_passes_and_finds_a_driver_that_cuts_loops_short() {
+    let Some(context) = gpu::context() else {
+        return;
+    };
+    let check = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec!["check", "--precision", "f32"];
+        args.extend_from_slice(extra);
+        let out = trm_env(&args, env);
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), stdout)
+    };
+    let limit = trm_wgpu::gpu::loop_limit(&context).unwrap();
+    let (passed, stdout) = check(if limit.is_some() { &[] } else { &["--quick"] }, &[]);
+    assert!(passed, "trm check failed on {}", context.describe());
+    // two schedules of five small variants (and of the two official shapes)
+    let lines = stdout.lines().filter(|l| l.ends_with(" ok")).count();
+    assert_eq!(lines, if limit.is_some() { 14 } else { 10 }, "{stdout}");
+    if limit.is_some() {
+        let (passed, stdout) = check(&[], &[("TRM_GPU_LOOP_BUDGET", "none")]);
+        assert!(!passed, "without the loop budget the check must fail here");
+        let failed: Vec<&str> = stdout.lines().filter(|l| l.ends_with("FAILED")).collect();
+        assert!(
+            !failed.is_empty()
+                && failed
+                    .iter()
+                    .all(|l| l.contains("D 512") && l.contains("fused")),
+            "{stdout}"
+        );
     }
 }

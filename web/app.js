@@ -258,14 +258,15 @@ async function bench(batches, seconds) {
 async function checkPipelines() {
   showError("pipelines-error", null);
   const table = $("pipeline-rows");
-  table.innerHTML = "<tr><th>device</th><th>model</th><th>pipelines on the device</th><th>fused vs spread</th></tr>";
+  table.innerHTML = "<tr><th>device</th><th>model</th><th>pipelines on the device</th><th>vs the CPU engine (fused, spread)</th></tr>";
   try {
     const all = await busy("building every pipeline", (progress) => {
       let done = 0;
       return session.check_pipelines((json) => {
         const c = JSON.parse(json);
         const tr = table.insertRow();
-        const agree = c.fused_vs_spread == null ? "built only" : c.fused_vs_spread.toExponential(1);
+        const agree = c.passed == null ? "built only"
+          : `${(c.fused_vs_cpu ?? Infinity).toExponential(1)}, ${(c.spread_vs_cpu ?? Infinity).toExponential(1)}: ${c.passed ? "ok" : "WRONG on this GPU"}`;
         for (const v of [c.device, c.model, c.pipelines, agree]) tr.insertCell().textContent = v;
         progress(++done, 8, `${c.model} on ${c.device}`);
       });

@@ -59,6 +59,15 @@ fn lanes_setup(lid: u32) -> u32 {
     return workgroupUniformLoad(&lane_width);
 }
 
+// The setup's words with all bits set (POISON_WORKGROUP; the caller
+// meets a barrier next).
+fn lanes_poison(lid: u32) {
+    if (lid == 0u) {
+        atomicStore(&lane_faults, 0xffffffffu);
+        lane_width = 0xffffffffu;
+    }
+}
+
 // v of invocation lid ^ mask (mask < lanes).
 fn lane_xor(v: f32, mask: u32) -> f32 {
     return subgroupShuffleXor(v, mask);

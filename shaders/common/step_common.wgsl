@@ -456,6 +456,49 @@ fn rms_norm_rows(lid: u32, state: u32, lanes: u32) {
     }
 }
 
+// ---- A test mode, and what the kernels report.
+
+// POISON_WORKGROUP (GpuOptions::poison_workgroup_memory, for tests): each
+// kernel that has workgroup memory first fills it with NaN (the lane
+// prelude's words with all ones), so that a read before a write shows in
+// its results; the pipelines leave it uninitialised otherwise
+// (zero_initialize_workgroup_memory is off).
+override POISON_WORKGROUP: bool = false;
+
+// A NaN that no compiler folds away (its bits come from the invocation).
+fn runtime_nan(lid: u32) -> f32 {
+    return bitcast<f32>(0x7fc00000u | (lid & 0x100000u));
+}
+
+// The tiles and the lane prelude's words, poisoned (all invocations, in
+// uniform control flow, first thing).
+fn poison_workgroup(lid: u32) {
+    if (POISON_WORKGROUP) {
+        let nan = vec4<f32>(runtime_nan(lid));
+        for (var i = lid; i < TILE_VEC4S; i += WG) {
+            sa[i] = nan;
+            sb[i] = nan;
+        }
+        lanes_poison(lid);
+        workgroupBarrier();
+    }
+}
+
+// Where the kernels report the lane width `lanes_setup` found (1 without
+// subgroup clusters): the last four floats of the scratch binding, one per
+// kernel, written by the invocation 0 of a dispatch's first workgroup
+// (GpuEngine::lane_widths reads them; the subgroup size may differ from one
+// pipeline to the next, so each reports its own).
+const REPORT_FUSED: u32 = 0u;       // mixer_step.wgsl or attention_step.wgsl `main`
+const REPORT_NORM_ROWS: u32 = 1u;   // spread_norm_rows
+const REPORT_ATTENTION: u32 = 2u;   // spread_attention
+
+fn report_lanes(slot: u32, first_group: bool, lid: u32, lanes: u32) {
+    if (first_group && lid == 0u) {
+        scratch[arrayLength(&scratch) - 4u + slot] = f32(lanes);
+    }
+}
+
 // The spread schedule's helpers (spread_step.wgsl and the spread entry
 // points of attention_step.wgsl).
 

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use trm_wgpu::check::{self, CheckModel};
 use trm_wgpu::gpu::{AdapterReport, GpuStats, list_adapters};
 use trm_wgpu::rng::SplitMix64;
 use trm_wgpu::{
@@ -143,6 +144,14 @@ struct Row {
     host_waits: Option<u64>,
     /// Whether the reductions used subgroup shuffles (GPU rows).
     subgroups: Option<bool>,
+    /// The lane widths the kernels reached, as they measured them (GPU
+    /// rows; `GpuEngine::lane_widths`).
+    lanes: Option<trm_wgpu::gpu::LaneWidths>,
+    /// GPU rows: whether the adapter passed `trm check` on the shape timed
+    /// (`passed` or `failed`: the device computes it wrong, and the row's
+    /// speed is of wrong answers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    check: Option<String>,
     /// The schedule asked for (`auto`, `fused`, `spread`; GPU rows).
     schedule_requested: Option<String>,
     /// With `auto`: batches below this ran spread, others fused.
@@ -324,6 +333,9 @@ struct Gpu {
     /// Schedules (as resolved) that have run once on this engine.
     warmed: HashSet<GpuSchedule>,
     capacity: usize,
+    /// Whether the adapter passed the check of the timed shape
+    /// ([`Gpu::check`]), once run.
+    checked: Option<bool>,
 }
 
 impl Gpu {
@@ -345,6 +357,7 @@ impl Gpu {
             base,
             warmed: HashSet::new(),
             capacity,
+            checked: None,
         })
     }
 
@@ -366,7 +379,9 @@ impl Gpu {
             Ok((t.wall, t.gpu))
         })?;
         self.warmed.insert(resolved);
-        Ok((timed, self.engine.last_stats().clone()))
+        let mut stats = self.engine.last_stats().clone();
+        stats.lanes = self.engine.lane_widths()?;
+        Ok((timed, stats))
     }
 
     /// Whether a run of `batch` under `schedule` warms up first: unless the
@@ -387,6 +402,43 @@ impl Gpu {
 
     fn label(&self) -> String {
         format!("{} ({})", self.report.name, self.report.api)
+    }
+
+    /// `trm check` on the shape timed: a random model of `model`'s
+    /// configuration and precision with one recursion of each network (the
+    /// same kernels and pipelines as the timed model), both schedules, one
+    /// ACT step, against the CPU engine. Failures are reported on stderr
+    /// and mark the adapter's rows.
+    fn check(&mut self, model: &TrmModel) -> Result<bool> {
+        let config = TrmConfig {
+            h_cycles: 1,
+            l_cycles: 1,
+            halt_max_steps: 1,
+            ..model.config().clone()
+        };
+        let random = TrmModel::random(config, 0xc4ec, 0.5)?.to_precision(model.precision())?;
+        let model = CheckModel {
+            label: format!("the timed shape ({})", model.precision()),
+            model: Arc::new(random),
+        };
+        let (batch, reference) = check::cpu_reference(&model)?;
+        let ctx = self.engine.context().clone();
+        let mut passed = true;
+        for schedule in [GpuSchedule::Fused, GpuSchedule::Spread] {
+            let line =
+                check::check_schedule(&ctx, &model, &batch, &reference, schedule, &self.base);
+            if !line.passed {
+                passed = false;
+                eprintln!(
+                    "warning: {} fails `trm check` on the shape timed: {}; its rows time wrong \
+                     answers (run `trm check` and report it)",
+                    self.label(),
+                    line.describe()
+                );
+            }
+        }
+        self.checked = Some(passed);
+        Ok(passed)
     }
 }
 
@@ -456,9 +508,15 @@ impl Bench<'_> {
         if self.args.json {
             println!("{}", serde_json::to_string(&row).unwrap_or_default());
         } else {
+            // a device that fails the check times wrong answers: marked
+            let backend = if row.check.as_deref() == Some("failed") {
+                format!("{}!", row.backend)
+            } else {
+                row.backend.clone()
+            };
             println!(
                 "{:<7} {:<5} {:<40} {:<8} {:<8} {:>5} {:>12.2} {:>10.4} {:>9.1} {:>12} {:>14}",
-                row.backend,
+                backend,
                 row.precision,
                 row.adapter.chars().take(40).collect::<String>(),
                 row.api,
@@ -521,6 +579,8 @@ impl Bench<'_> {
             submits: stats.map(|s| s.submits),
             host_waits: stats.map(|s| s.host_waits),
             subgroups: stats.map(|s| s.subgroups),
+            lanes: stats.map(|s| s.lanes),
+            check: None,
             schedule_requested: gpu.map(|g| g.1.to_string()),
             spread_below: gpu.and_then(|g| g.2),
         }
@@ -579,7 +639,7 @@ impl Bench<'_> {
                 .spread_below
                 .unwrap_or_else(|| gpu.engine.crossover())
         });
-        let row = self.row(
+        let mut row = self.row(
             "gpu",
             gpu.report.name.clone(),
             gpu.report.driver.clone(),
@@ -588,6 +648,9 @@ impl Bench<'_> {
             timed,
             Some((&stats, schedule, spread_below)),
         );
+        row.check = gpu
+            .checked
+            .map(|passed| if passed { "passed" } else { "failed" }.to_string());
         self.emit(row);
         Ok(timed)
     }
@@ -613,6 +676,7 @@ impl Bench<'_> {
         let share = self.left().saturating_sub(cpu_reserve) * own as u32 / (*slices).max(1) as u32;
         let adapter_end = Instant::now() + share;
         let mut gpu = Gpu::new(report, &self.model, self.args)?;
+        gpu.check(&self.model)?;
         self.adapters.push(gpu.label());
         if self.args.tune {
             *slices = slices.saturating_sub(1);

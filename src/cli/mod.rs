@@ -2,6 +2,7 @@
 
 mod arc_eval;
 mod bench;
+mod check;
 mod convert;
 mod info;
 mod run;
@@ -27,6 +28,9 @@ enum Command {
     Info(info::InfoArgs),
     /// Measure recursion throughput of every available backend.
     Bench(bench::BenchArgs),
+    /// Check the GPU engine against the CPU engine on this adapter: every
+    /// model variant, schedule and precision, one line each.
+    Check(check::CheckArgs),
     /// Convert an official `torch.save` checkpoint (step_N + all_config.yaml) to the project's format.
     Convert(convert::ConvertArgs),
     /// Evaluate on a built ARC data set as the authors do: answer every
@@ -79,6 +83,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Run(args) => run::run(args),
         Command::Info(args) => info::info(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Check(args) => check::check(args),
         Command::Convert(args) => convert::convert(args),
         Command::ArcEval(args) => arc_eval::arc_eval(args),
     }

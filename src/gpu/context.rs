@@ -128,6 +128,13 @@ pub struct GpuOptions {
     /// `TRM_GPU_SUBGROUPS=off`, read by [`GpuOptions::with_env`]). This
     /// lets any adapter run and test that path.
     pub disable_subgroups: bool,
+    /// A test mode: every kernel with workgroup memory first fills it with
+    /// NaN (its `POISON_WORKGROUP` override), so that a read before a write
+    /// shows in the results instead of passing on a driver that happens to
+    /// hand out zeros (also `TRM_POISON_GPU=1`, read by
+    /// [`GpuOptions::with_env`], which poisons the buffers too:
+    /// [`crate::GpuRunOptions::poison`]).
+    pub poison_workgroup_memory: bool,
 }
 
 impl GpuOptions {
@@ -175,12 +182,20 @@ impl GpuOptions {
         self
     }
 
+    /// Fills the kernels' workgroup memory with NaN before use (see
+    /// [`GpuOptions::poison_workgroup_memory`]).
+    pub fn poison_workgroup_memory(mut self) -> Self {
+        self.poison_workgroup_memory = true;
+        self
+    }
+
     /// Applies the environment, as wgpu's own tools do: `WGPU_BACKEND`
     /// (when the backend is still [`GpuBackend::Any`]), `WGPU_ADAPTER_NAME`
     /// (when no name is set) and `WGPU_POWER_PREF` (`low`, `high`, `none`);
-    /// and `TRM_GPU_SUBGROUPS` (`off` or `0` sets
-    /// [`GpuOptions::disable_subgroups`]). Fails on a `WGPU_BACKEND` or a
-    /// `TRM_GPU_SUBGROUPS` it cannot read.
+    /// `TRM_GPU_SUBGROUPS` (`off` or `0` sets
+    /// [`GpuOptions::disable_subgroups`]); and `TRM_POISON_GPU=1`, which
+    /// sets [`GpuOptions::poison_workgroup_memory`]. Fails on a
+    /// `WGPU_BACKEND` or a `TRM_GPU_SUBGROUPS` it cannot read.
     pub fn with_env(mut self) -> Result<Self> {
         if self.backend == GpuBackend::Any
             && let Some(value) = env_var("WGPU_BACKEND")
@@ -207,6 +222,9 @@ impl GpuOptions {
                     )));
                 }
             };
+        }
+        if env_var("TRM_POISON_GPU").as_deref() == Some("1") {
+            self.poison_workgroup_memory = true;
         }
         Ok(self)
     }
@@ -431,6 +449,8 @@ struct Inner {
     resident: Mutex<Vec<ResidentEntry>>,
     /// How long a wait may go without progress ([`GpuOptions::wait_timeout`]).
     wait_limit: Duration,
+    /// [`GpuOptions::poison_workgroup_memory`].
+    poison_workgroup: bool,
     /// Waits that saw their submission finish, by any thread: a wait that
     /// times out while this moves is behind other work that is progressing.
     #[cfg(not(target_arch = "wasm32"))]
@@ -632,9 +652,13 @@ impl GpuContext {
                 lock(&faults).uncaptured.push(error.to_string());
             }));
         }
-        Ok(Self::assemble(
-            device, queue, info, faults, true, wait_limit,
-        ))
+        let mut context = Self::assemble(device, queue, info, faults, true, wait_limit);
+        if options.poison_workgroup_memory {
+            Arc::get_mut(&mut context.inner)
+                .expect("a context no one else holds yet")
+                .poison_workgroup = true;
+        }
+        Ok(context)
     }
 
     /// Wraps an application's device and queue, so that an application that
@@ -681,6 +705,7 @@ impl GpuContext {
                 layouts: Mutex::new(HashMap::new()),
                 resident: Mutex::new(Vec::new()),
                 wait_limit,
+                poison_workgroup: false,
                 #[cfg(not(target_arch = "wasm32"))]
                 finished_waits: AtomicU64::new(0),
                 #[cfg(target_arch = "wasm32")]
@@ -732,6 +757,12 @@ impl GpuContext {
                 .device
                 .features()
                 .contains(wgpu::Features::SUBGROUP)
+    }
+
+    /// Whether the kernels fill their workgroup memory with NaN first
+    /// ([`GpuOptions::poison_workgroup_memory`]).
+    pub fn poisons_workgroup_memory(&self) -> bool {
+        self.inner.poison_workgroup
     }
 
     /// One line: adapter name, API, driver.

@@ -121,6 +121,26 @@ pub struct GpuStats {
     /// they were not turned off ([`GpuOptions::disable_subgroups`]).
     /// Otherwise they meet in workgroup memory.
     pub subgroups: bool,
+    /// The lane widths the kernels reached, as they measured them: left
+    /// empty by a solve (which reads back nothing beyond its outputs),
+    /// filled by those who ask [`GpuEngine::lane_widths`] (`trm run
+    /// --stats`, `trm bench`).
+    pub lanes: LaneWidths,
+}
+
+/// The lane widths the kernels reached ([`GpuEngine::lane_widths`]): the
+/// clusters of consecutive invocations whose reductions met by subgroup
+/// shuffles (4, 8 or 16 on lavapipe at 128, 256 or 512 bits; up to 16 on
+/// GPUs), 1 where they met in workgroup memory alone; `None` for kernels
+/// the last solve did not run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LaneWidths {
+    /// The fused schedule's step kernel (`mixer_step` or `attention_step`).
+    pub fused: Option<u32>,
+    /// The spread schedule's norm over D (`spread_norm_rows`).
+    pub spread_norm: Option<u32>,
+    /// The spread schedule's attention tiles (`spread_attention`).
+    pub spread_attention: Option<u32>,
 }
 
 /// Workgroups per dispatch of a solve's network calls.
@@ -425,7 +445,8 @@ struct Chunk {
     /// First float of the spread schedule's split partials in the scratch
     /// (after the work region of `capacity` puzzles).
     part_base: u32,
-    /// Floats of the scratch: the work region, then the partials.
+    /// Floats of the scratch: the work region, then the partials, then the
+    /// kernels' reports (its last [`REPORT_FLOATS`]).
     scratch_floats: u64,
     /// Host-readable copies of what is read back: two, so that one chunk's
     /// results can wait to be mapped while the next chunk runs.
@@ -613,6 +634,10 @@ pub struct GpuEngine {
 
 const F32: u64 = 4;
 
+/// The kernels' report slots at the end of the scratch (step_common.wgsl,
+/// `report_lanes`): the lane width each kind of kernel found.
+const REPORT_FLOATS: u64 = 4;
+
 /// The fused dispatches of `active` puzzles: (slice, workgroups) for each
 /// slice with puzzles (the device's counts, at most the slices' sizes,
 /// where it decides).
@@ -773,6 +798,60 @@ impl GpuEngine {
         Ok(())
     }
 
+    /// The lane widths the kernels of the last solve reached, as they
+    /// measured them (`report_lanes` in `shaders/common/step_common.wgsl`):
+    /// the clusters of invocations whose reductions met by subgroup
+    /// shuffles, 1 where they met in workgroup memory alone. Reads them
+    /// back from the device (blocking).
+    pub fn lane_widths(&self) -> Result<LaneWidths> {
+        let Some(chunk) = &self.chunk else {
+            return Ok(LaneWidths::default());
+        };
+        let at = (chunk.scratch_floats - REPORT_FLOATS) * F32;
+        let bytes = REPORT_FLOATS * F32;
+        let ctx = &self.ctx;
+        let staging = layout::buffer(
+            ctx,
+            "lane report",
+            bytes,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )?;
+        let submission = ctx.scoped("reading the lane report", || {
+            let mut encoder =
+                ctx.device()
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("lane report"),
+                    });
+            encoder.copy_buffer_to_buffer(&chunk.scratch, at, &staging, 0, bytes);
+            ctx.queue().submit([encoder.finish()])
+        })?;
+        let (send, receiver) = context::map_channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, send);
+        context::block_on(
+            "a native build (reading the lane report blocks)",
+            ctx.read_mapped(Some(submission), receiver, "the lane report"),
+        )?
+        .map_err(|e| TrmError::Gpu(format!("mapping the lane report: {e}")))?;
+        let view = staging
+            .slice(..)
+            .get_mapped_range()
+            .map_err(|e| TrmError::Gpu(format!("reading the lane report: {e}")))?;
+        let slots: Vec<f32> = bytemuck::cast_slice(&view).to_vec();
+        drop(view);
+        staging.unmap();
+        // a slot holds a width once its kernel ran (NaN or 0 before)
+        let width = |slot: usize, ran: bool| {
+            let v = slots[slot];
+            (ran && v >= 1.0).then_some(v as u32)
+        };
+        let spread = self.running == GpuSchedule::Spread;
+        Ok(LaneWidths {
+            fused: width(0, !spread),
+            spread_norm: width(1, spread),
+            spread_attention: width(2, spread && !self.model.config().mlp_t),
+        })
+    }
+
     /// Counters of the last solve.
     pub fn last_stats(&self) -> &GpuStats {
         &self.stats
@@ -886,12 +965,15 @@ impl GpuEngine {
     }
 
     /// Floats of scratch a chunk of `capacity` puzzles holds: the kernels'
-    /// work region, then the spread schedule's split partials.
+    /// work region, the spread schedule's split partials, then (from a
+    /// multiple of 4) the kernels' [`REPORT_FLOATS`] report slots, the last
+    /// floats of the binding (`report_lanes` in step_common.wgsl).
     fn scratch_floats(&self, capacity: u64) -> u64 {
         let config = self.model.config();
         let sk = self.resident.step.pipeline.depth();
-        capacity * StepKernel::scratch_floats(config) as u64
-            + SpreadPlan::partial_floats_up_to(config, capacity as u32, sk)
+        let data = capacity * StepKernel::scratch_floats(config) as u64
+            + SpreadPlan::partial_floats_up_to(config, capacity as u32, sk);
+        data.next_multiple_of(4) + REPORT_FLOATS
     }
 
     /// The fused calls' segments and the heads' ranges under the loop
@@ -946,7 +1028,12 @@ impl GpuEngine {
                 ),
             });
         }
-        let scratch = layout::buffer(ctx, "scratch", scratch_bytes, U::STORAGE | U::COPY_DST)?;
+        let scratch = layout::buffer(
+            ctx,
+            "scratch",
+            scratch_bytes,
+            U::STORAGE | U::COPY_DST | U::COPY_SRC,
+        )?;
         let ids = layout::buffer(
             ctx,
             "token ids",
@@ -1085,6 +1172,22 @@ impl GpuEngine {
             heads_group,
             halt_group,
         });
+        Ok(())
+    }
+
+    /// Fills the chunk's state, outputs, scratch and the staging buffers
+    /// its results and counts are read through with NaN
+    /// ([`GpuRunOptions::poison`]): an element no kernel or copy writes, or
+    /// one read before it is written, then shows as NaN.
+    fn poison_chunk(&mut self, chunk: &Chunk) -> Result<()> {
+        let nan = |bytes: u64| vec![f32::NAN; (bytes / F32) as usize];
+        let staging = &chunk.staging[self.staging_slot];
+        for buffer in [&chunk.xyz, &chunk.out, &chunk.scratch, staging]
+            .into_iter()
+            .chain(&chunk.count_staging)
+        {
+            self.upload(buffer, 0, &nan(buffer.size()))?;
+        }
         Ok(())
     }
 
@@ -1414,13 +1517,7 @@ impl GpuEngine {
         let q_base = cap * seq * vocab;
 
         if self.options.poison {
-            self.upload(&chunk.xyz, 0, &vec![f32::NAN; (3 * region) as usize])?;
-            self.upload(&chunk.out, 0, &vec![f32::NAN; (q_base + 2 * cap) as usize])?;
-            self.upload(
-                &chunk.scratch,
-                0,
-                &vec![f32::NAN; chunk.scratch_floats as usize],
-            )?;
+            self.poison_chunk(chunk)?;
         }
         self.upload(&chunk.ids, 0, batch.tokens())?;
         self.upload(&chunk.ids, cap * seq, batch.puzzle_ids())?;
@@ -1735,18 +1832,7 @@ impl SlotEngine for GpuEngine {
         self.with_chunk(|e, chunk| {
             let cap = chunk.capacity as u64;
             if e.options.poison {
-                let (seq, vocab) = (config.seq_len as u64, config.vocab_size as u64);
-                e.upload(&chunk.xyz, 0, &vec![f32::NAN; (3 * chunk.region) as usize])?;
-                e.upload(
-                    &chunk.out,
-                    0,
-                    &vec![f32::NAN; (cap * (seq * vocab + 2)) as usize],
-                )?;
-                e.upload(
-                    &chunk.scratch,
-                    0,
-                    &vec![f32::NAN; chunk.scratch_floats as usize],
-                )?;
+                e.poison_chunk(chunk)?;
             }
             // every puzzle of the chunk is embedded when a slot is filled:
             // free ones read these valid ids

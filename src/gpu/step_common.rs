@@ -298,6 +298,10 @@ impl StepPipeline {
             ("EPS", config.rms_norm_eps as f32 as f64),
             ("SK", tile_depth as f64),
         ];
+        if ctx.poisons_workgroup_memory() {
+            // every kernel built on the prelude declares it
+            all.push(("POISON_WORKGROUP", 1.0));
+        }
         let prelude = all.clone();
         all.extend_from_slice(constants);
         let name = kernel;
@@ -440,7 +444,7 @@ mod tests {
             assert!(lanes_at < source.find("\n// step_common.wgsl: ").unwrap());
             assert_eq!(source.matches("fn lanes_setup(").count(), 1);
             assert!(source.contains("\n// mixer_step.wgsl: "));
-            assert_eq!(source.matches("fn product(").count(), 1);
+            assert_eq!(source.matches("fn product_part(").count(), 1);
             assert_eq!(source.matches("fn weight4(").count(), 1);
         }
         let names = precision_names!("mixer_step.wgsl");

@@ -12,12 +12,15 @@ pub fn skip_requested() -> bool {
 }
 
 /// The GPU context of this test binary (adapter from `WGPU_BACKEND` /
-/// `WGPU_ADAPTER_NAME` when set). `None` only when there is no adapter and
-/// `TRM_SKIP_GPU=1`; without that variable a missing adapter fails the test.
+/// `WGPU_ADAPTER_NAME` when set), its kernels filling their workgroup
+/// memory with NaN before use ([`GpuOptions::poison_workgroup_memory`]).
+/// `None` only when there is no adapter and `TRM_SKIP_GPU=1`; without that
+/// variable a missing adapter fails the test.
 pub fn context() -> Option<GpuContext> {
     static CONTEXT: OnceLock<Result<GpuContext, String>> = OnceLock::new();
     let result = CONTEXT.get_or_init(|| {
         GpuOptions::default()
+            .poison_workgroup_memory()
             .with_env()
             .and_then(|options| GpuContext::new(&options))
             .map_err(|e| e.to_string())
@@ -54,8 +57,60 @@ pub fn engine_on(context: &GpuContext, model: &TrmModel) -> GpuEngine {
 /// `limit` applied to its options: a device smaller than the adapter, as a
 /// test wants it.
 pub fn limited_context(limit: impl FnOnce(GpuOptions) -> GpuOptions) -> GpuContext {
-    let options = limit(GpuOptions::default().with_env().unwrap());
+    let options = limit(
+        GpuOptions::default()
+            .poison_workgroup_memory()
+            .with_env()
+            .unwrap(),
+    );
     GpuContext::new(&options).unwrap()
+}
+
+/// The lane width the kernels must reach on `context` (`report_lanes` in
+/// step_common.wgsl): 1 without subgroups; on lavapipe its SIMD width / 32,
+/// which its adapter name states ("llvmpipe (LLVM 15.0.6, 256 bits)") and
+/// `LP_NATIVE_VECTOR_WIDTH` sets (128, 256, 512: clusters of 4, 8, 16);
+/// `None` on other adapters, whose subgroups the kernels measure.
+pub fn expected_lanes(context: &GpuContext) -> Option<u32> {
+    // (an adapter with just the 16 KiB the tiles take keeps them whole and
+    // goes without the lane check's 8 bytes: src/gpu/step_common.rs)
+    let exactly_the_tiles =
+        (16384..16392).contains(&context.limits().max_compute_workgroup_storage_size);
+    if !context.subgroups() || exactly_the_tiles {
+        return Some(1);
+    }
+    let name = &context.adapter_info().name;
+    let bits = name
+        .strip_prefix("llvmpipe")?
+        .split(|c: char| !c.is_ascii_digit())
+        .rev()
+        .find(|s| !s.is_empty())?;
+    let bits: u32 = bits.parse().ok()?;
+    Some((bits / 32).min(16))
+}
+
+/// Asserts that the kernels `engine`'s last solve ran reached the lane
+/// width [`expected_lanes`] names (any width of at least 1 where it names
+/// none), as they measured it.
+pub fn assert_lanes(label: &str, engine: &GpuEngine) {
+    let widths = engine.lane_widths().unwrap();
+    let expected = expected_lanes(engine.context());
+    let ran = [widths.fused, widths.spread_norm, widths.spread_attention];
+    assert!(
+        ran.iter().any(Option::is_some),
+        "{label}: no kernel reported"
+    );
+    for width in ran.into_iter().flatten() {
+        match expected {
+            Some(want) => assert_eq!(
+                width,
+                want,
+                "{label}: {widths:?} on {}",
+                engine.context().describe()
+            ),
+            None => assert!(width >= 1, "{label}: {widths:?}"),
+        }
+    }
 }
 
 /// One poisoned engine per schedule (fused, then spread), for checks that

@@ -23,11 +23,12 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 use web_time::Instant;
 
+use trm_wgpu::check;
 use trm_wgpu::rng::SplitMix64;
 use trm_wgpu::tasks::sudoku::Grid;
 use trm_wgpu::{
-    Carry, Engine, GpuContext, GpuEngine, GpuOptions, GpuSchedule, LoadOptions, Precision,
-    PuzzleBatch, SolveOptions, TrmConfig, TrmError, TrmModel,
+    Carry, Engine, GpuContext, GpuEngine, GpuOptions, GpuRunOptions, GpuSchedule, LoadOptions,
+    Precision, PuzzleBatch, SolveOptions, TrmConfig, TrmError, TrmModel,
 };
 
 /// A `TrmError` as the `Error` a promise rejects with.
@@ -349,9 +350,10 @@ impl Session {
     /// and with learned positions, HRM), each on two devices: WebGPU's
     /// default limits (16 KiB of workgroup memory, 128 MiB bindings) and
     /// 16352 bytes (the 8-deep tiles, as on Apple GPUs). On the first it
-    /// also runs a two-step solve with early halting in both schedules,
-    /// which must agree (`fused_vs_spread`: their largest logit
-    /// difference relative to the largest logit; null where only built).
+    /// also checks each at f32 as `trm check` does: one ACT step through
+    /// both schedules against the CPU engine (`fused_vs_cpu`,
+    /// `spread_vs_cpu`: relative L2 of all outputs; null where only built;
+    /// `passed`: both within `trm_wgpu::check::TOLERANCE`).
     /// Calls `on_case` per case; resolves to all (JSON).
     pub fn check_pipelines(&self, on_case: Function) -> Promise {
         future_to_promise(async move {
@@ -390,12 +392,18 @@ impl Session {
                     let case = check_case(&ctx, &label, config, precision, solve)
                         .await
                         .map_err(|e| js_message(&format!("{label} on {device}: {e}")))?;
+                    // relative L2 from the CPU engine per schedule (null
+                    // where only built) and the verdict
+                    let vs_cpu = |i: usize| case.as_ref().map(|c| c[i].relative_l2);
                     let row = json!({
                         "device": device,
                         "model": label,
                         "precision": precision.as_str(),
                         "pipelines": ctx.pipelines_compiled(),
-                        "fused_vs_spread": case,
+                        "fused_vs_cpu": vs_cpu(0),
+                        "spread_vs_cpu": vs_cpu(1),
+                        "passed": case.as_ref().map(|c| c.iter().all(|l| l.passed)),
+                        "errors": case.as_ref().map(|c| c.iter().filter_map(|l| l.error.clone()).collect::<Vec<_>>()),
                     });
                     report(&on_case, &row);
                     cases.push(row);
@@ -462,16 +470,16 @@ fn check_models() -> Vec<(&'static str, TrmConfig)> {
 }
 
 /// Builds every pipeline of a random model of `config` on `ctx`, then,
-/// when `solve`, solves a small batch with early halting in both
-/// schedules: their largest logit difference relative to the largest
-/// logit.
+/// when `solve`, checks it as `trm check` does (`trm_wgpu::check`): one ACT
+/// step through each schedule against the CPU engine (compiled to wasm
+/// beside it), the relative L2 difference of all outputs per schedule.
 async fn check_case(
     ctx: &GpuContext,
     label: &str,
     config: TrmConfig,
     precision: Precision,
     solve: bool,
-) -> trm_wgpu::Result<Option<f64>> {
+) -> trm_wgpu::Result<Option<[check::CheckLine; 2]>> {
     let model = TrmModel::random(config, 0x5eed ^ label.len() as u64, 0.5)?;
     let model = Arc::new(model.to_precision(precision)?);
     let mut engine = GpuEngine::new(ctx, model.clone())?;
@@ -480,31 +488,21 @@ async fn check_case(
     if !solve {
         return Ok(None);
     }
-    let batch = random_batch(model.config(), 2)?;
-    let options = SolveOptions::default().early_halt(true).carry(false);
-    engine.set_schedule(GpuSchedule::Fused);
-    let fused = engine.solve_async(&batch, &options).await?;
-    engine.set_schedule(GpuSchedule::Spread);
-    let spread = engine.solve_async(&batch, &options).await?;
-    let scale = fused
-        .logits
-        .iter()
-        .fold(0.0f32, |m, v| m.max(v.abs()))
-        .max(1e-6);
-    let worst = fused
-        .logits
-        .iter()
-        .zip(&spread.logits)
-        .map(|(a, b)| (a - b).abs())
-        .fold(
-            0.0f32,
-            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
-        );
-    if fused.steps != spread.steps {
-        return Err(TrmError::Gpu(format!(
-            "the schedules halted differently: fused {:?}, spread {:?}",
-            fused.steps, spread.steps
-        )));
+    let model = check::CheckModel {
+        label: label.to_string(),
+        model,
+    };
+    let (batch, reference) = check::cpu_reference(&model)?;
+    let run = GpuRunOptions::default();
+    let mut lines = Vec::new();
+    for schedule in [GpuSchedule::Fused, GpuSchedule::Spread] {
+        let line =
+            check::check_schedule_async(ctx, &model, &batch, &reference, schedule, &run).await;
+        ctx.flush_errors().await?;
+        lines.push(line);
     }
-    Ok(Some(f64::from(worst / scale)))
+    let [fused, spread]: [check::CheckLine; 2] = lines
+        .try_into()
+        .map_err(|_| TrmError::Gpu("two schedules, two lines".into()))?;
+    Ok(Some([fused, spread]))
 }
