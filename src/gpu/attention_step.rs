@@ -16,14 +16,8 @@ use crate::weights::Precision;
 
 use super::context::GpuContext;
 use super::step_common::{
-    StepPipeline, Variants, channel_groups, f32_groups, group_bytes, matrix_groups, pad4,
-    precision_names, push_f32, push_rows, step_source,
+    StepPipeline, channel_groups, f32_groups, group_bytes, matrix_groups, pad4, push_f32, push_rows,
 };
-
-const SOURCE: Variants = step_source!("attention_step.wgsl");
-/// Name of the kernel at each precision (pipeline cache, labels, error
-/// messages).
-pub(crate) const KERNEL: Variants = precision_names!("attention_step.wgsl");
 
 /// Floats of per-puzzle scratch: `qkv [S, 3D]` and the head outputs
 /// `[S, D]`, or later in the block the channel SwiGLU's gated activations
@@ -89,28 +83,24 @@ pub(crate) fn pack_weights(model: &TrmModel) -> Result<Vec<u32>> {
     Ok(packed)
 }
 
-/// Uploads the weights and RoPE tables and builds the pipeline.
-pub(crate) fn new(ctx: &GpuContext, model: &TrmModel) -> Result<StepPipeline> {
-    let config = model.config();
-    let packed = pack_weights(model)?;
+/// The kernel's override constants besides the prelude's: HEADS, HD,
+/// ROPE, SCALE.
+pub(crate) fn own_constants(config: &TrmConfig) -> Vec<(&'static str, f64)> {
     let head_dim = config.head_dim();
     let rope = config.pos_encodings == PosEncodings::Rope;
-    let constants = [
+    vec![
         ("HEADS", config.num_heads as f64),
         ("HD", head_dim as f64),
         ("ROPE", if rope { 1.0 } else { 0.0 }),
         // as block::attention_head rounds it
         ("SCALE", (1.0 / (head_dim as f32).sqrt()) as f64),
-    ];
-    StepPipeline::new(
-        ctx,
-        config,
-        model.precision(),
-        KERNEL,
-        SOURCE,
-        &packed,
-        &constants,
-    )
+    ]
+}
+
+/// Uploads the weights and RoPE tables and builds the pipeline.
+pub(crate) fn new(ctx: &GpuContext, model: &TrmModel) -> Result<StepPipeline> {
+    let packed = pack_weights(model)?;
+    StepPipeline::new(ctx, model.config(), model.precision(), &packed)
 }
 
 #[cfg(test)]

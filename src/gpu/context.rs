@@ -22,6 +22,9 @@ use std::time::Duration;
 use crate::error::{Result, TrmError};
 use crate::model::TrmModel;
 
+use super::kernels::KernelKey;
+use super::layout::Entry;
+
 /// Which graphics API the GPU engine runs on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum GpuBackend {
@@ -414,14 +417,6 @@ pub(super) fn unsuitable(limits: &wgpu::Limits) -> Option<String> {
     (!missing.is_empty()).then(|| format!("the kernels need more: {}", missing.join(", ")))
 }
 
-/// Key of the pipeline cache: kernel and specialisation constants.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct PipelineKey {
-    kernel: &'static str,
-    /// `(name, f64 bits)` in the order given.
-    constants: Vec<(&'static str, u64)>,
-}
-
 /// Faults reported by wgpu outside of error scopes (or asynchronously).
 #[derive(Default)]
 struct Faults {
@@ -439,10 +434,10 @@ struct Inner {
     faults: Arc<Mutex<Faults>>,
     /// Whether the fault callbacks are ours (contexts created here).
     owns_callbacks: bool,
-    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
-    /// Bind group layouts by kernel, so that cached pipelines and new bind
-    /// groups always share one layout object.
-    layouts: Mutex<HashMap<&'static str, wgpu::BindGroupLayout>>,
+    pipelines: Mutex<HashMap<KernelKey, wgpu::ComputePipeline>>,
+    /// Bind group layouts by their entries, so that cached pipelines and
+    /// new bind groups always share one layout object.
+    layouts: Mutex<HashMap<Vec<Entry>, wgpu::BindGroupLayout>>,
     /// Device resources made from a model (its weights and the kernels
     /// that read them), by model, shared by the engines on it; an entry
     /// whose model is gone is dropped at the next look-up.
@@ -1066,53 +1061,49 @@ impl GpuContext {
         Ok(made)
     }
 
-    /// The bind group layout of `kernel`, created by `create` the first time.
+    /// The bind group layout of `entries`, created by `create` the first time.
     pub(crate) fn layout(
         &self,
-        kernel: &'static str,
+        entries: &[Entry],
         create: impl FnOnce() -> Result<wgpu::BindGroupLayout>,
     ) -> Result<wgpu::BindGroupLayout> {
-        if let Some(layout) = lock(&self.inner.layouts).get(kernel) {
+        if let Some(layout) = lock(&self.inner.layouts).get(entries) {
             return Ok(layout.clone());
         }
         let layout = create()?;
-        lock(&self.inner.layouts).insert(kernel, layout.clone());
+        lock(&self.inner.layouts).insert(entries.to_vec(), layout.clone());
         Ok(layout)
     }
 
-    /// A compute pipeline for `kernel` specialised by `constants`, compiled
-    /// once per context and key. `TRM_DUMP_KERNELS=1` prints each kernel
-    /// compiled, with its override constants, to stderr.
+    /// The compute pipeline `key` describes (its source, entry point and
+    /// override constants), compiled once per context and key.
+    /// `TRM_DUMP_KERNELS=1` prints each kernel compiled, with its override
+    /// constants, to stderr.
     pub(crate) fn pipeline(
         &self,
-        kernel: &'static str,
-        entry: &'static str,
-        source: &str,
+        key: &KernelKey,
         layout: &wgpu::PipelineLayout,
-        constants: &[(&'static str, f64)],
     ) -> Result<wgpu::ComputePipeline> {
-        let key = PipelineKey {
-            kernel,
-            constants: constants.iter().map(|&(n, v)| (n, v.to_bits())).collect(),
-        };
-        if let Some(pipeline) = lock(&self.inner.pipelines).get(&key) {
+        if let Some(pipeline) = lock(&self.inner.pipelines).get(key) {
             return Ok(pipeline.clone());
         }
+        let (label, source, constants) = (key.label(), key.source(), &key.constants);
         if std::env::var_os("TRM_DUMP_KERNELS").is_some() {
             // the WGSL as compiled: the source and its override constants
-            eprintln!("// trm: {kernel} with overrides {constants:?}\n{source}");
+            eprintln!("// trm: {label} with overrides {constants:?}\n{source}");
         }
-        let module = self.shader_module(kernel, source)?;
+        let module = self.shader_module(&label, source)?;
         let device = &self.inner.device;
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(kernel),
+            label: Some(&label),
             layout: Some(layout),
             module: &module,
-            entry_point: Some(entry),
+            entry_point: Some(key.entry),
             compilation_options: wgpu::PipelineCompilationOptions {
                 constants,
                 // every kernel writes its workgroup memory before reading it
+                // (the test mode POISON_WORKGROUP checks)
                 zero_initialize_workgroup_memory: false,
             },
             cache: None,
@@ -1121,7 +1112,7 @@ impl GpuContext {
         #[cfg(not(target_arch = "wasm32"))]
         if let Some(error) = pollster::block_on(popped) {
             return Err(TrmError::Shader {
-                kernel: kernel.to_string(),
+                kernel: label,
                 reason: format!(
                     "pipeline with constants {constants:?}: {}",
                     error.to_string().trim_end()
@@ -1130,7 +1121,7 @@ impl GpuContext {
         }
         #[cfg(target_arch = "wasm32")]
         {
-            let what = format!("shader `{kernel}`: pipeline with constants {constants:?}");
+            let what = format!("shader `{label}`: pipeline with constants {constants:?}");
             self.later(async move {
                 popped
                     .await
@@ -1138,7 +1129,7 @@ impl GpuContext {
             });
         }
         self.check()?;
-        lock(&self.inner.pipelines).insert(key, pipeline.clone());
+        lock(&self.inner.pipelines).insert(key.clone(), pipeline.clone());
         Ok(pipeline)
     }
 

@@ -2,18 +2,38 @@
 //!
 //! The CPU function it must equal is `CpuEngine::embed` (`src/cpu/mod.rs`).
 
+use crate::config::{PosEncodings, TrmConfig};
 use crate::error::Result;
 use crate::model::TrmModel;
 
 use super::context::GpuContext;
-use super::layout::{self, Entry, Kernel, kernel_source};
-
-const SOURCE: &str = kernel_source!("embed.wgsl");
-const KERNEL: &str = "embed.wgsl";
+use super::kernels::{KernelFile, KernelKey};
+use super::layout::{self, Entry, Kernel};
 
 /// Scale of the learned position embedding: the authors write 0.707106781,
 /// the same f32 as 1/sqrt(2) (as `CpuEngine::embed` uses it).
 const LEARNED_POS_SCALE: f32 = std::f32::consts::FRAC_1_SQRT_2;
+
+/// The embedding kernel of a model of `config`: its tables are
+/// `embed_tokens [vocab, D]` then, with learned positions, `embed_pos`.
+pub(crate) fn key(config: &TrmConfig) -> KernelKey {
+    let learned = config.pos_encodings == PosEncodings::Learned;
+    KernelKey::plain(
+        KernelFile::Embed,
+        "main",
+        vec![
+            ("S", config.state_len() as f64),
+            ("D", config.hidden_size as f64),
+            ("P", config.puzzle_emb_positions() as f64),
+            ("SEQ", config.seq_len as f64),
+            ("NDIM", config.puzzle_emb_ndim as f64),
+            ("POS_OFF", (config.vocab_size * config.hidden_size) as f64),
+            ("HAS_POS", if learned { 1.0 } else { 0.0 }),
+            ("SCALE", (config.hidden_size as f32).sqrt() as f64),
+            ("POS_SCALE", LEARNED_POS_SCALE as f64),
+        ],
+    )
+}
 
 /// The embedding kernel of one model: its tables on the device.
 pub(crate) struct Embed {
@@ -33,6 +53,9 @@ impl Embed {
         if let Some(p) = &w.embed_pos {
             tables.extend_from_slice(&p.to_f32());
         }
+        let key = key(config);
+        debug_assert_eq!(key.constants[5], ("POS_OFF", pos_offset as f64));
+        debug_assert_eq!(key.constants[6].1 == 1.0, w.embed_pos.is_some());
         let tables = layout::upload_f32(ctx, "embedding tables", &tables)?;
         // ids, tables, xyz, params
         let entries = [
@@ -41,18 +64,7 @@ impl Embed {
             Entry::ReadWrite,
             Entry::Params,
         ];
-        let constants = [
-            ("S", config.state_len() as f64),
-            ("D", config.hidden_size as f64),
-            ("P", config.puzzle_emb_positions() as f64),
-            ("SEQ", config.seq_len as f64),
-            ("NDIM", config.puzzle_emb_ndim as f64),
-            ("POS_OFF", pos_offset as f64),
-            ("HAS_POS", if w.embed_pos.is_some() { 1.0 } else { 0.0 }),
-            ("SCALE", (config.hidden_size as f32).sqrt() as f64),
-            ("POS_SCALE", LEARNED_POS_SCALE as f64),
-        ];
-        let kernel = Kernel::new(ctx, KERNEL, SOURCE, &entries, &constants)?;
+        let kernel = Kernel::new(ctx, key, &entries)?;
         Ok(Embed { kernel, tables })
     }
 

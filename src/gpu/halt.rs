@@ -10,10 +10,18 @@ use crate::config::{Arch, TrmConfig};
 use crate::error::Result;
 
 use super::context::GpuContext;
-use super::layout::{Entry, Kernel, kernel_source};
+use super::kernels::{KernelFile, KernelKey};
+use super::layout::{Entry, Kernel};
 
-const SOURCE: &str = kernel_source!("halt.wgsl");
-const KERNEL: &str = "halt.wgsl";
+/// The halting kernel of a model of `config`: its rule.
+pub(crate) fn key(config: &TrmConfig) -> KernelKey {
+    let vs_continue = f64::from(u8::from(config.arch == Arch::Hrm));
+    KernelKey::plain(
+        KernelFile::Halt,
+        "main",
+        vec![("HALT_VS_CONTINUE", vs_continue)],
+    )
+}
 
 /// `u32`s of the control buffer before the per-puzzle ACT step counts:
 /// the count, ACT steps done, and one indirect dispatch per slice.
@@ -46,7 +54,6 @@ pub(crate) struct Halt {
 
 impl Halt {
     pub(crate) fn new(ctx: &GpuContext, config: &TrmConfig) -> Result<Self> {
-        let vs_continue = f64::from(u8::from(config.arch == Arch::Hrm));
         // outputs, running, control, params
         let entries = [
             Entry::ReadOnly,
@@ -55,13 +62,7 @@ impl Halt {
             Entry::Params,
         ];
         Ok(Halt {
-            kernel: Kernel::new(
-                ctx,
-                KERNEL,
-                SOURCE,
-                &entries,
-                &[("HALT_VS_CONTINUE", vs_continue)],
-            )?,
+            kernel: Kernel::new(ctx, key(config), &entries)?,
         })
     }
 

@@ -2,14 +2,28 @@
 //!
 //! The CPU function it must equal is `CpuEngine::heads` (`src/cpu/mod.rs`).
 
+use crate::config::TrmConfig;
 use crate::error::Result;
 use crate::model::TrmModel;
 
 use super::context::GpuContext;
-use super::layout::{self, Entry, Kernel, Workgroups, kernel_source};
+use super::kernels::{KernelFile, KernelKey};
+use super::layout::{self, Entry, Kernel, Workgroups};
 
-const SOURCE: &str = kernel_source!("heads.wgsl");
-const KERNEL: &str = "heads.wgsl";
+/// The heads kernel of a model of `config`.
+pub(crate) fn key(config: &TrmConfig) -> KernelKey {
+    KernelKey::plain(
+        KernelFile::Heads,
+        "main",
+        vec![
+            ("S", config.state_len() as f64),
+            ("D", config.hidden_size as f64),
+            ("SEQ", config.seq_len as f64),
+            ("VOCAB", config.vocab_size as f64),
+            ("P", config.puzzle_emb_positions() as f64),
+        ],
+    )
+}
 
 /// The heads kernel of one model: `lm_head | q_head | q_head_bias` on the
 /// device.
@@ -35,14 +49,7 @@ impl Heads {
             Entry::ReadOnly,
             Entry::Params,
         ];
-        let constants = [
-            ("S", config.state_len() as f64),
-            ("D", config.hidden_size as f64),
-            ("SEQ", config.seq_len as f64),
-            ("VOCAB", config.vocab_size as f64),
-            ("P", config.puzzle_emb_positions() as f64),
-        ];
-        let kernel = Kernel::new(ctx, KERNEL, SOURCE, &entries, &constants)?;
+        let kernel = Kernel::new(ctx, key(config), &entries)?;
         Ok(Heads { kernel, weights })
     }
 

@@ -7,6 +7,7 @@ use std::num::NonZeroU64;
 use crate::error::Result;
 
 use super::context::GpuContext;
+use super::kernels::KernelKey;
 
 /// Parameters of one dispatch (`struct Params` of the kernels): which region
 /// of the state buffer is updated and which are injected.
@@ -81,7 +82,7 @@ pub(crate) use kernel_source;
 pub(crate) const PARAMS_BYTES: u64 = std::mem::size_of::<Params>() as u64;
 
 /// One binding of a kernel, in binding order.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Entry {
     /// `var<storage, read>`
     ReadOnly,
@@ -148,8 +149,8 @@ pub(crate) enum Workgroups<'a> {
 /// kernel's file builds from its WGSL, its bindings and its specialisation
 /// constants, then binds and records the same way.
 pub(crate) struct Kernel {
-    /// Name of the kernel (pipeline cache, labels, error messages).
-    name: &'static str,
+    /// What it is (labels, error messages): [`KernelKey::label`].
+    name: String,
     pipeline: wgpu::ComputePipeline,
     layout: wgpu::BindGroupLayout,
     /// Whether the last binding is the parameter block (bound as a window
@@ -158,33 +159,14 @@ pub(crate) struct Kernel {
 }
 
 impl Kernel {
-    /// The pipeline of `name` from `source`, binding `entries` at bindings
-    /// 0, 1, ... (the last one the parameter block), with its specialisation
-    /// `constants` (pipelines and layouts are cached in the context).
-    pub(crate) fn new(
-        ctx: &GpuContext,
-        name: &'static str,
-        source: &str,
-        entries: &[Entry],
-        constants: &[(&'static str, f64)],
-    ) -> Result<Self> {
-        Self::entry_point(ctx, name, "main", name, source, entries, constants)
-    }
-
-    /// The pipeline of entry point `entry` of `source`, cached as `name`,
-    /// on the bind group layout cached as `layout_key`: kernels that share
-    /// a layout key (and so `entries`) take the same bind groups.
-    pub(crate) fn entry_point(
-        ctx: &GpuContext,
-        name: &'static str,
-        entry: &'static str,
-        layout_key: &'static str,
-        source: &str,
-        entries: &[Entry],
-        constants: &[(&'static str, f64)],
-    ) -> Result<Self> {
-        let layout = bind_group_layout(ctx, layout_key, entries)?;
-        let pipeline = pipeline(ctx, name, entry, source, &layout, constants)?;
+    /// The pipeline `key` describes, binding `entries` at bindings 0, 1,
+    /// ... (the last one the parameter block, if any). Pipelines are cached
+    /// in the context by key, and bind group layouts by entries: kernels
+    /// with the same entries take the same bind groups.
+    pub(crate) fn new(ctx: &GpuContext, key: KernelKey, entries: &[Entry]) -> Result<Self> {
+        let name = key.label();
+        let layout = ctx.layout(entries, || create_bind_group_layout(ctx, &name, entries))?;
+        let pipeline = pipeline(ctx, &key, &layout)?;
         Ok(Kernel {
             name,
             pipeline,
@@ -200,7 +182,7 @@ impl Kernel {
         ctx: &GpuContext,
         buffers: &[&wgpu::Buffer],
     ) -> Result<wgpu::BindGroup> {
-        bind_group(ctx, self.name, &self.layout, buffers, self.params_last)
+        bind_group(ctx, &self.name, &self.layout, buffers, self.params_last)
     }
 
     /// Records one dispatch of `workgroups` workgroups, reading the
@@ -258,15 +240,6 @@ impl Kernel {
         pass.set_bind_group(0, bind_group, &[params_offset]);
         pass.dispatch_workgroups(x, y, 1);
     }
-}
-
-/// The bind group layout of a kernel with `entries` at bindings 0, 1, ...
-fn bind_group_layout(
-    ctx: &GpuContext,
-    kernel: &'static str,
-    entries: &[Entry],
-) -> Result<wgpu::BindGroupLayout> {
-    ctx.layout(kernel, || create_bind_group_layout(ctx, kernel, entries))
 }
 
 fn create_bind_group_layout(
@@ -341,25 +314,22 @@ fn bind_group(
     })
 }
 
-/// The pipeline of `kernel` with its layout and specialisation constants
-/// (cached in the context by kernel and constants).
+/// The pipeline `key` describes on `layout` (cached in the context by key).
 fn pipeline(
     ctx: &GpuContext,
-    kernel: &'static str,
-    entry: &'static str,
-    source: &str,
+    key: &KernelKey,
     layout: &wgpu::BindGroupLayout,
-    constants: &[(&'static str, f64)],
 ) -> Result<wgpu::ComputePipeline> {
-    let pipeline_layout = ctx.scoped(&format!("pipeline layout of {kernel}"), || {
+    let label = key.label();
+    let pipeline_layout = ctx.scoped(&format!("pipeline layout of {label}"), || {
         ctx.device()
             .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some(kernel),
+                label: Some(&label),
                 bind_group_layouts: &[Some(layout)],
                 immediate_size: 0,
             })
     })?;
-    ctx.pipeline(kernel, entry, source, &pipeline_layout, constants)
+    ctx.pipeline(key, &pipeline_layout)
 }
 
 #[cfg(test)]

@@ -14,14 +14,8 @@ use crate::weights::Precision;
 
 use super::context::GpuContext;
 use super::step_common::{
-    StepPipeline, Variants, channel_groups, group_bytes, matrix_groups, pad4, precision_names,
-    push_rows, step_source,
+    StepPipeline, channel_groups, group_bytes, matrix_groups, pad4, push_rows,
 };
-
-const SOURCE: Variants = step_source!("mixer_step.wgsl");
-/// Name of the kernel at each precision (pipeline cache, labels, error
-/// messages).
-pub(crate) const KERNEL: Variants = precision_names!("mixer_step.wgsl");
 
 /// Floats of per-puzzle scratch: the gated activations of the larger
 /// SwiGLU, `max(TI D, CI S)`.
@@ -65,28 +59,24 @@ pub(crate) fn weight_bytes(config: &TrmConfig, precision: Precision) -> u64 {
     (layer_groups(config, precision) * config.stored_layers() * group_bytes(precision)) as u64
 }
 
-/// Uploads the layer weights and builds the pipeline.
-pub(crate) fn new(ctx: &GpuContext, model: &TrmModel) -> Result<StepPipeline> {
-    let config = model.config();
-    let packed = pack_weights(model)?;
-    let constants = [
+/// The kernel's override constants besides the prelude's: TI, SP.
+pub(crate) fn own_constants(config: &TrmConfig) -> Vec<(&'static str, f64)> {
+    vec![
         ("TI", config.token_inter() as f64),
         ("SP", pad4(config.state_len()) as f64),
-    ];
-    StepPipeline::new(
-        ctx,
-        config,
-        model.precision(),
-        KERNEL,
-        SOURCE,
-        &packed,
-        &constants,
-    )
+    ]
+}
+
+/// Uploads the layer weights and builds the pipeline.
+pub(crate) fn new(ctx: &GpuContext, model: &TrmModel) -> Result<StepPipeline> {
+    let packed = pack_weights(model)?;
+    StepPipeline::new(ctx, model.config(), model.precision(), &packed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gpu::kernels::KernelFile;
     use crate::gpu::step_common::Lanes;
 
     #[test]
@@ -144,7 +134,7 @@ mod tests {
                 include_str!("../../shaders/common/weights_int8.wgsl"),
             ),
         ] {
-            let source = SOURCE.get(precision, Lanes::Workgroup);
+            let source = KernelFile::MixerStep.source(precision, Lanes::Workgroup);
             assert!(source.starts_with(include_str!("../../shaders/common/params.wgsl")));
             assert!(source.contains(prelude));
             assert!(source.contains(include_str!("../../shaders/common/lanes_workgroup.wgsl")));

@@ -50,6 +50,7 @@ mod context;
 mod embed;
 mod halt;
 mod heads;
+mod kernels;
 mod layout;
 mod mixer_step;
 pub mod noise;
@@ -57,6 +58,8 @@ mod probe;
 mod spread;
 mod step_common;
 mod timing;
+#[cfg(test)]
+mod translation_tests;
 
 use std::sync::Arc;
 

@@ -6,10 +6,13 @@ use crate::error::{Result, TrmError};
 use crate::noise::State;
 
 use super::context::GpuContext;
-use super::layout::{self, Entry, Kernel, kernel_source};
+use super::kernels::{KernelFile, KernelKey};
+use super::layout::{self, Entry, Kernel};
 
-const SOURCE: &str = kernel_source!("noise.wgsl");
-const KERNEL: &str = "noise.wgsl";
+/// The noise kernel (no override constants).
+pub(crate) fn key() -> KernelKey {
+    KernelKey::plain(KernelFile::Noise, "add_noise", Vec::new())
+}
 /// Invocations per workgroup along a row (`@workgroup_size(64)`).
 const GROUPS_PER_WORKGROUP: u32 = 64;
 
@@ -69,15 +72,7 @@ pub(crate) struct Noise {
 impl Noise {
     pub(crate) fn new(ctx: &GpuContext) -> Result<Self> {
         Ok(Noise {
-            kernel: Kernel::entry_point(
-                ctx,
-                KERNEL,
-                "add_noise",
-                KERNEL,
-                SOURCE,
-                &[Entry::ReadWrite, Entry::ReadOnly],
-                &[],
-            )?,
+            kernel: Kernel::new(ctx, key(), &[Entry::ReadWrite, Entry::ReadOnly])?,
             words: layout::buffer(
                 ctx,
                 "noise words",

@@ -5,10 +5,13 @@
 use crate::error::{Result, TrmError};
 
 use super::context::{self, GpuContext};
+use super::kernels::{KernelFile, KernelKey};
 use super::layout::{self, Entry, Kernel};
 
-const SOURCE: &str = include_str!("../../shaders/loop_probe.wgsl");
-const KERNEL: &str = "loop_probe.wgsl";
+/// The loop probe (no override constants).
+pub(crate) fn key() -> KernelKey {
+    KernelKey::plain(KernelFile::LoopProbe, "main", Vec::new())
+}
 
 /// What the loop probe found: how many iterations of `outer` x `inner`
 /// nested loops one invocation ran, and whether their work was right.
@@ -43,7 +46,7 @@ fn lcg_after(steps: u64) -> u32 {
 /// `ctx`'s device and reports how many ran (blocking).
 pub fn probe_loops(ctx: &GpuContext, outer: u32, inner: u32) -> Result<LoopProbe> {
     let io = [outer, inner, 0, 0];
-    let kernel = Kernel::new(ctx, KERNEL, SOURCE, &[Entry::ReadWrite], &[])?;
+    let kernel = Kernel::new(ctx, key(), &[Entry::ReadWrite])?;
     let buffer = layout::buffer(
         ctx,
         "loop probe",

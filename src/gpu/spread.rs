@@ -33,13 +33,9 @@ use crate::error::Result;
 use crate::weights::Precision;
 
 use super::context::GpuContext;
+use super::kernels::{self, DeviceKernels, KernelFile, KernelKey};
 use super::layout::{Kernel, Params};
-use super::step_common::{
-    StepPipeline, Variants, matrix_groups, pad4, precision_names, step_source,
-};
-
-const SOURCE: Variants = step_source!("spread_step.wgsl");
-const ATTENTION_SOURCE: Variants = step_source!("attention_step.wgsl");
+use super::step_common::{self, StepPipeline, matrix_groups, pad4};
 
 /// Workgroups a phase aims for at small batch: enough for a large GPU
 /// (an H200 has 132 SMs, an integrated GPU 8 to 96 units) without cutting
@@ -103,61 +99,68 @@ pub(crate) struct SpreadPlan {
     pub partial_floats: u64,
 }
 
-/// The pipelines of the spread schedule of one model.
+/// The pipelines of the spread schedule of one model, by phase.
 pub(crate) struct SpreadKernels {
-    inject: Kernel,
-    product: Kernel,
-    norm_rows: Kernel,
-    norm_cols: Option<Kernel>,
-    rope: Option<Kernel>,
-    attention: Option<Kernel>,
+    kernels: Vec<(Phase, Kernel)>,
+}
+
+/// The kernel of each phase a model of `config` runs in this schedule, as
+/// siblings of the step kernel (`precision`, `device`): spread_step.wgsl's
+/// entry points, and for attention attention_step.wgsl's RoPE and
+/// attention tiles.
+pub(crate) fn phase_keys(
+    config: &TrmConfig,
+    precision: Precision,
+    device: DeviceKernels,
+) -> Vec<(Phase, KernelKey)> {
+    let mut phases = vec![
+        (Phase::Inject, KernelFile::SpreadStep, "spread_inject"),
+        (Phase::Product, KernelFile::SpreadStep, "spread_product"),
+        (Phase::NormRows, KernelFile::SpreadStep, "spread_norm_rows"),
+    ];
+    if config.mlp_t {
+        phases.push((Phase::NormCols, KernelFile::SpreadStep, "spread_norm_cols"));
+    } else {
+        if kernels::has_rope(config) {
+            phases.push((Phase::Rope, KernelFile::AttentionStep, "spread_rope"));
+        }
+        phases.push((
+            Phase::Attention,
+            KernelFile::AttentionStep,
+            "spread_attention",
+        ));
+    }
+    phases
+        .into_iter()
+        .map(|(phase, file, entry)| {
+            let key = step_common::step_prelude_key(config, precision, device, file, entry);
+            (phase, key)
+        })
+        .collect()
+}
+
+/// [`phase_keys`] without the phases.
+#[cfg(test)]
+pub(crate) fn sibling_keys(
+    config: &TrmConfig,
+    precision: Precision,
+    device: DeviceKernels,
+) -> Vec<KernelKey> {
+    phase_keys(config, precision, device)
+        .into_iter()
+        .map(|(_, key)| key)
+        .collect()
 }
 
 impl SpreadKernels {
     /// Builds the spread pipelines on the step kernel's bind group layout
     /// (so the chunk's step bind group serves both schedules).
     pub(crate) fn new(ctx: &GpuContext, config: &TrmConfig, step: &StepPipeline) -> Result<Self> {
-        let kernel = |name, entry| step.sibling(ctx, name, entry, SOURCE, false, &[]);
-        let attention = |name, entry| step.sibling(ctx, name, entry, ATTENTION_SOURCE, true, &[]);
-        let rope = config.pos_encodings == PosEncodings::Rope;
-        Ok(SpreadKernels {
-            inject: kernel(
-                precision_names!("spread_step.wgsl:spread_inject"),
-                "spread_inject",
-            )?,
-            product: kernel(
-                precision_names!("spread_step.wgsl:spread_product"),
-                "spread_product",
-            )?,
-            norm_rows: kernel(
-                precision_names!("spread_step.wgsl:spread_norm_rows"),
-                "spread_norm_rows",
-            )?,
-            norm_cols: if config.mlp_t {
-                Some(kernel(
-                    precision_names!("spread_step.wgsl:spread_norm_cols"),
-                    "spread_norm_cols",
-                )?)
-            } else {
-                None
-            },
-            rope: if !config.mlp_t && rope {
-                Some(attention(
-                    precision_names!("attention_step.wgsl:spread_rope"),
-                    "spread_rope",
-                )?)
-            } else {
-                None
-            },
-            attention: if config.mlp_t {
-                None
-            } else {
-                Some(attention(
-                    precision_names!("attention_step.wgsl:spread_attention"),
-                    "spread_attention",
-                )?)
-            },
-        })
+        let kernels = phase_keys(config, step.precision(), step.device())
+            .into_iter()
+            .map(|(phase, key)| Ok((phase, step.sibling(ctx, key)?)))
+            .collect::<Result<_>>()?;
+        Ok(SpreadKernels { kernels })
     }
 
     /// Records the dispatches of one network call; `block_offset(i)` is the
@@ -170,15 +173,8 @@ impl SpreadKernels {
         block_offset: impl Fn(usize) -> u32,
     ) {
         for (i, dispatch) in call.dispatches.iter().enumerate() {
-            let kernel = match dispatch.phase {
-                Phase::Inject => Some(&self.inject),
-                Phase::Product => Some(&self.product),
-                Phase::NormRows => Some(&self.norm_rows),
-                Phase::NormCols => self.norm_cols.as_ref(),
-                Phase::Rope => self.rope.as_ref(),
-                Phase::Attention => self.attention.as_ref(),
-            };
-            if let Some(kernel) = kernel {
+            let kernel = self.kernels.iter().find(|(p, _)| *p == dispatch.phase);
+            if let Some((_, kernel)) = kernel {
                 kernel.record_grid(pass, bind_group, block_offset(i), dispatch.grid());
             }
         }

@@ -15,11 +15,12 @@ use crate::error::{Result, TrmError};
 use crate::weights::{Matrix, Precision};
 
 use super::context::GpuContext;
+use super::kernels::{self, DeviceKernels, KernelFile, KernelKey};
 use super::layout::{self, Entry, Kernel, Workgroups};
 
 /// How a kernel's reductions meet across invocations: the lane prelude it
 /// is built with (`shaders/common/lanes_{workgroup,subgroup}.wgsl`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Lanes {
     /// Through workgroup memory only (no subgroup operations).
     Workgroup,
@@ -29,10 +30,8 @@ pub(crate) enum Lanes {
 }
 
 /// One `&'static str` per weight precision (in [`Precision::ALL`] order)
-/// and lane prelude ([`Lanes`]): a kernel's WGSL (each with its
-/// precision's weight prelude and its lane prelude) or its name in the
-/// pipeline cache (the variants of one kernel differ in their source, not
-/// in their constants).
+/// and lane prelude ([`Lanes`]): a kernel's WGSL, each with its precision's
+/// weight prelude and its lane prelude ([`step_source!`]).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Variants(pub(crate) [[&'static str; 2]; 4]);
 
@@ -94,26 +93,6 @@ macro_rules! step_source {
     };
 }
 pub(crate) use step_source;
-
-/// A kernel's pipeline-cache names in every variant ([`Variants`]):
-/// `$name`, `$name (subgroups)`, then `$name (f16)` and so on.
-macro_rules! precision_names {
-    ($name:literal) => {
-        $crate::gpu::step_common::Variants([
-            precision_names!(@ $name, ""),
-            precision_names!(@ $name, " (f16)"),
-            precision_names!(@ $name, " (bf16)"),
-            precision_names!(@ $name, " (int8)"),
-        ])
-    };
-    (@ $name:literal, $precision:literal) => {
-        [
-            concat!($name, $precision),
-            concat!($name, $precision, " (subgroups)"),
-        ]
-    };
-}
-pub(crate) use precision_names;
 
 /// Rounds up to a multiple of 4 (a group of weights).
 pub(crate) fn pad4(n: usize) -> usize {
@@ -239,6 +218,77 @@ const STEP_ENTRIES: [Entry; 5] = [
     Entry::Params,
 ];
 
+/// The override constants of the step prelude (S, D, DP, CI, LAYERS, EPS,
+/// SK, and POISON_WORKGROUP where the device poisons).
+pub(crate) fn prelude_constants(
+    config: &TrmConfig,
+    device: DeviceKernels,
+) -> Vec<(&'static str, f64)> {
+    let (s, d) = (config.state_len(), config.hidden_size);
+    let mut constants = vec![
+        ("S", s as f64),
+        ("D", d as f64),
+        ("DP", pad4(d) as f64),
+        ("CI", config.channel_inter() as f64),
+        ("LAYERS", config.stored_layers() as f64),
+        ("EPS", config.rms_norm_eps as f32 as f64),
+        ("SK", device.sk as f64),
+    ];
+    if device.poison {
+        // every kernel built on the prelude declares it
+        constants.push(("POISON_WORKGROUP", 1.0));
+    }
+    constants
+}
+
+/// A kernel of `file`, which follows the step prelude, at `entry`: the
+/// prelude's constants, and the step kernel's own where `file` is the
+/// model's step kernel file (its spread entry points read them too).
+pub(crate) fn step_prelude_key(
+    config: &TrmConfig,
+    precision: Precision,
+    device: DeviceKernels,
+    file: KernelFile,
+    entry: &'static str,
+) -> KernelKey {
+    let mut constants = prelude_constants(config, device);
+    if file == kernels::step_file(config) {
+        constants.extend(kernels::own_constants(config));
+    }
+    KernelKey {
+        file,
+        entry,
+        precision,
+        lanes: device.lanes,
+        constants,
+    }
+}
+
+/// The fused step kernel of `config`'s variant (`file`, its `main`).
+pub(crate) fn step_key(
+    config: &TrmConfig,
+    precision: Precision,
+    device: DeviceKernels,
+    file: KernelFile,
+) -> KernelKey {
+    step_prelude_key(config, precision, device, file, "main")
+}
+
+/// What of `ctx`'s device decides the step kernels: the tile depth its
+/// workgroup memory allows, the lane prelude, the poisoning test mode.
+pub(crate) fn device_kernels(ctx: &GpuContext) -> Result<DeviceKernels> {
+    let workgroup_bytes = ctx.limits().max_compute_workgroup_storage_size;
+    let sk = tile_depth(workgroup_bytes).ok_or_else(|| TrmError::AdapterUnsuitable {
+        adapter: ctx.adapter_info().name.clone(),
+        reason: "less than 8 KiB of workgroup memory".into(),
+    })?;
+    Ok(DeviceKernels {
+        sk,
+        lanes: lanes_for(ctx.subgroups(), workgroup_bytes, sk),
+        poison: ctx.poisons_workgroup_memory(),
+    })
+}
+
 /// A recursion-step kernel of one model: its weights on the device and its
 /// pipeline. Both kernels bind `weights, xyz, scratch, active, params`.
 pub(crate) struct StepPipeline {
@@ -249,85 +299,47 @@ pub(crate) struct StepPipeline {
     precision: Precision,
     /// Bytes of the weights as packed (the buffer is padded to 16).
     weight_bytes: u64,
-    /// SK, the K depth of a product step this kernel (and every sibling)
-    /// was built with.
-    depth: u32,
-    /// The lane prelude this kernel (and every sibling) was built with.
-    lanes: Lanes,
-    /// Name of the kernel at its precision: the key of its bind group
-    /// layout, which the spread schedule's kernels share.
-    name: &'static str,
-    /// The prelude's specialisation constants.
-    prelude: Vec<(&'static str, f64)>,
-    /// The kernel's own.
-    own: Vec<(&'static str, f64)>,
+    /// The device's tile depth, lane prelude and poisoning, which this
+    /// kernel and every sibling are built with.
+    device: DeviceKernels,
 }
 
 impl StepPipeline {
-    /// Uploads `packed` (the kernel's weight layout at `precision`, as
-    /// words) and builds the pipeline of `kernel` at that precision with
-    /// the prelude's constants (S, D, DP, CI, LAYERS, EPS, SK) followed by
-    /// the kernel's own `constants`.
+    /// Uploads `packed` (the step kernel's weight layout at `precision`, as
+    /// words) and builds the fused step kernel of `config`'s variant.
     pub(crate) fn new(
         ctx: &GpuContext,
         config: &TrmConfig,
         precision: Precision,
-        kernel: Variants,
-        source: Variants,
         packed: &[u32],
-        constants: &[(&'static str, f64)],
     ) -> Result<Self> {
-        let limits = ctx.limits();
-        let workgroup_bytes = limits.max_compute_workgroup_storage_size;
-        let tile_depth =
-            tile_depth(workgroup_bytes).ok_or_else(|| TrmError::AdapterUnsuitable {
-                adapter: ctx.adapter_info().name.clone(),
-                reason: "less than 8 KiB of workgroup memory".into(),
-            })?;
-        let lanes = lanes_for(ctx.subgroups(), workgroup_bytes, tile_depth);
-        let (kernel, source) = (kernel.get(precision, lanes), source.get(precision, lanes));
-        let weights = layout::upload_u32(ctx, &format!("{kernel} weights"), packed)?;
-        let entries = STEP_ENTRIES;
-        let (s, d) = (config.state_len(), config.hidden_size);
-        let mut all = vec![
-            ("S", s as f64),
-            ("D", d as f64),
-            ("DP", pad4(d) as f64),
-            ("CI", config.channel_inter() as f64),
-            ("LAYERS", config.stored_layers() as f64),
-            ("EPS", config.rms_norm_eps as f32 as f64),
-            ("SK", tile_depth as f64),
-        ];
-        if ctx.poisons_workgroup_memory() {
-            // every kernel built on the prelude declares it
-            all.push(("POISON_WORKGROUP", 1.0));
-        }
-        let prelude = all.clone();
-        all.extend_from_slice(constants);
-        let name = kernel;
-        let kernel = Kernel::new(ctx, name, source, &entries, &all)?;
+        let device = device_kernels(ctx)?;
+        let key = step_key(config, precision, device, kernels::step_file(config));
+        let weights = layout::upload_u32(ctx, &format!("{} weights", key.label()), packed)?;
+        let kernel = Kernel::new(ctx, key, &STEP_ENTRIES)?;
         Ok(StepPipeline {
             kernel,
             weights,
             precision,
             weight_bytes: 4 * packed.len() as u64,
-            depth: tile_depth,
-            lanes,
-            name,
-            prelude,
-            own: constants.to_vec(),
+            device,
         })
     }
 
     /// SK, the K depth of a product step (the spread plan's split lengths
     /// are multiples of it).
     pub(crate) fn depth(&self) -> u32 {
-        self.depth
+        self.device.sk
     }
 
     /// The lane prelude the kernels are built with.
     pub(crate) fn lanes(&self) -> Lanes {
-        self.lanes
+        self.device.lanes
+    }
+
+    /// What of the device the kernels are built for.
+    pub(crate) fn device(&self) -> DeviceKernels {
+        self.device
     }
 
     /// The precision the weights are stored and read at.
@@ -340,39 +352,12 @@ impl StepPipeline {
         self.weight_bytes
     }
 
-    /// Another kernel on this one's bind group layout: entry point `entry`
-    /// of `source` (which starts with the preludes) at this kernel's
-    /// precision, cached as `name`, with the prelude's constants, this
-    /// kernel's own where `with_own` (the source is this kernel's), and
-    /// `extra`. The spread schedule's kernels are built so and bind the
-    /// same groups.
-    pub(crate) fn sibling(
-        &self,
-        ctx: &GpuContext,
-        name: Variants,
-        entry: &'static str,
-        source: Variants,
-        with_own: bool,
-        extra: &[(&'static str, f64)],
-    ) -> Result<Kernel> {
-        let (name, source) = (
-            name.get(self.precision, self.lanes),
-            source.get(self.precision, self.lanes),
-        );
-        let mut constants = self.prelude.clone();
-        if with_own {
-            constants.extend_from_slice(&self.own);
-        }
-        constants.extend_from_slice(extra);
-        Kernel::entry_point(
-            ctx,
-            name,
-            entry,
-            self.name,
-            source,
-            &STEP_ENTRIES,
-            &constants,
-        )
+    /// Another kernel on this one's bind group layout, `key` (one of
+    /// [`crate::gpu::spread::sibling_keys`]): the spread schedule's kernels
+    /// are built so and bind the same groups.
+    pub(crate) fn sibling(&self, ctx: &GpuContext, key: KernelKey) -> Result<Kernel> {
+        debug_assert!(key.file.on_step_prelude() && key.precision == self.precision);
+        Kernel::new(ctx, key, &STEP_ENTRIES)
     }
 
     /// The bind group of a chunk: its state, scratch, active list and
@@ -447,22 +432,6 @@ mod tests {
             assert_eq!(source.matches("fn product_part(").count(), 1);
             assert_eq!(source.matches("fn weight4(").count(), 1);
         }
-        let names = precision_names!("mixer_step.wgsl");
-        let mut distinct: Vec<&str> = Precision::ALL
-            .iter()
-            .flat_map(|&p| [Lanes::Workgroup, Lanes::Subgroup].map(|l| names.get(p, l)))
-            .collect();
-        distinct.sort();
-        distinct.dedup();
-        assert_eq!(distinct.len(), 8);
-        assert_eq!(
-            names.get(Precision::F32, Lanes::Workgroup),
-            "mixer_step.wgsl"
-        );
-        assert_eq!(
-            names.get(Precision::Int8, Lanes::Subgroup),
-            "mixer_step.wgsl (int8) (subgroups)"
-        );
     }
 
     fn matrix(rows: usize, cols: usize, precision: Precision) -> Matrix {
