@@ -523,7 +523,7 @@ impl TrmConfig {
     }
 
     /// FLOPs of one block for one puzzle.
-    fn flops_per_block(&self) -> u64 {
+    pub fn flops_per_block(&self) -> u64 {
         let s = self.state_len() as u64;
         let d = self.hidden_size as u64;
         let channel = 6 * s * d * self.channel_inter() as u64;

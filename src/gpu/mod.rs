@@ -62,6 +62,7 @@ mod timing;
 mod translation_tests;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -88,7 +89,7 @@ use spread::{SpreadKernels, SpreadPlan};
 use step_common::{Lanes, StepPipeline};
 
 /// What the engine did in its last solve, counted by the engine itself.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct GpuStats {
     /// Network calls of the solve: ACT steps run (the most any puzzle ran)
     /// x H_cycles x (L_cycles + 1); not multiplied by the batch.
@@ -124,6 +125,12 @@ pub struct GpuStats {
     /// they were not turned off ([`GpuOptions::disable_subgroups`]).
     /// Otherwise they meet in workgroup memory.
     pub subgroups: bool,
+    /// Device time of one network call of the whole chunk, as measured on
+    /// the first submission of a large solve (see
+    /// [`GpuRunOptions::max_submit_time`]), in seconds.
+    pub measured_call_seconds: Option<f64>,
+    /// Network calls per submission that measurement allowed.
+    pub calls_per_submit: Option<u64>,
     /// The lane widths the kernels reached, as they measured them: left
     /// empty by a solve (which reads back nothing beyond its outputs),
     /// filled by those who ask [`GpuEngine::lane_widths`] (`trm run
@@ -231,8 +238,23 @@ pub struct GpuRunOptions {
     /// Submit the recorded work once it holds this many FLOPs (estimated), so
     /// that no command buffer runs long enough to trip an OS GPU watchdog
     /// (Windows resets a GPU busy for 2 s). The host does not wait between
-    /// submissions. Default 2e11.
+    /// submissions. Default 2e11; [`GpuRunOptions::max_submit_time`]
+    /// cuts closer where the device is measured slower.
     pub max_flops_per_submit: u64,
+    /// Keep each submission within about this much device time,
+    /// as measured: a solve of more than
+    /// [`GpuRunOptions::measure_above_flops`] submits its embedding and
+    /// first network call alone, times it (GPU timestamps where the adapter
+    /// has them, else the wall clock, which counts the wait too), waits for
+    /// it once, and cuts the rest into submissions of as many calls as fit.
+    /// Default 0.5 s.
+    pub max_submit_time: Duration,
+    /// Solves estimated at more FLOPs than this measure their first
+    /// submission ([`GpuRunOptions::max_submit_time`]); smaller ones are
+    /// one submission with no wait until the results, since even a slow
+    /// integrated GPU (50 GFLOP/s) runs them within half a second.
+    /// Default 2.5e10.
+    pub measure_above_flops: u64,
     /// Cut a fused dispatch (one workgroup per puzzle) into slices of at
     /// most this many FLOPs (estimated), so that no single dispatch runs
     /// long enough to trip a watchdog on a GPU without fine-grained
@@ -267,6 +289,8 @@ impl Default for GpuRunOptions {
             schedule: GpuSchedule::Auto,
             spread_below: None,
             max_flops_per_submit: 200_000_000_000,
+            max_submit_time: Duration::from_millis(500),
+            measure_above_flops: 25_000_000_000,
             max_flops_per_dispatch: 400_000_000_000,
             max_chunk_puzzles: None,
             max_chunk_bytes: u64::MAX,
@@ -328,6 +352,14 @@ impl GpuRunOptions {
     /// Sets [`GpuRunOptions::max_flops_per_submit`].
     pub fn max_flops_per_submit(mut self, flops: u64) -> Self {
         self.max_flops_per_submit = flops.max(1);
+        self
+    }
+
+    /// Sets [`GpuRunOptions::max_submit_time`] and
+    /// [`GpuRunOptions::measure_above_flops`].
+    pub fn max_submit_time(mut self, time: Duration, measure_above_flops: u64) -> Self {
+        self.max_submit_time = time;
+        self.measure_above_flops = measure_above_flops;
         self
     }
 
@@ -1554,6 +1586,12 @@ impl GpuEngine {
         let mut ops = vec![Op::Embed(n as u32)];
         let call_flops = config.flops_per_recursion_step().max(1);
         let mut pending_flops = 0u64;
+        // submissions cut by time: a large solve's first one is measured
+        let whole =
+            call_flops * n as u64 * (act_steps * config.recursion_steps_per_act_step()) as u64;
+        let mut measure_first = whole > self.options.measure_above_flops;
+        let mut calls_per_submit = u64::MAX;
+        let mut pending_calls = 0u64;
         let mut count_read: Option<PendingRead> = None;
         let mut ran = 0;
         for step in 1..=act_steps {
@@ -1568,9 +1606,17 @@ impl GpuEngine {
                     active,
                 });
                 pending_flops += call_flops * u64::from(known);
-                if pending_flops >= self.options.max_flops_per_submit {
+                pending_calls += 1;
+                if measure_first {
+                    measure_first = false;
+                    let call = self.submit_timed(chunk, &mut ops).await?;
+                    calls_per_submit = self.calls_within_submit_time(call);
+                    (pending_flops, pending_calls) = (0, 0);
+                } else if pending_flops >= self.options.max_flops_per_submit
+                    || pending_calls >= calls_per_submit
+                {
                     self.submit(chunk, &mut ops, &[])?;
-                    pending_flops = 0;
+                    (pending_flops, pending_calls) = (0, 0);
                 }
             }
             let last = step == act_steps;
@@ -1593,7 +1639,7 @@ impl GpuEngine {
                 bytes: F32,
             };
             let submission = self.submit_to(chunk, &mut ops, &[copy], Staging::Count)?;
-            pending_flops = 0;
+            (pending_flops, pending_calls) = (0, 0);
             let this = self.start_read(chunk, submission, Staging::Count, F32)?;
             if let Some(previous) = count_read.replace(this) {
                 let running = self.finish_count_read(chunk, previous).await?;
@@ -1655,6 +1701,50 @@ impl GpuEngine {
             },
             with_carry,
         })
+    }
+
+    /// Puzzles of a batch of `b` one pass of the chunk runs: as many as it
+    /// holds, and under the spread schedule, whose every dispatch covers a
+    /// phase of all of them, no more than keep a phase (at most a block's
+    /// FLOPs per puzzle) within [`GpuRunOptions::max_flops_per_dispatch`],
+    /// as the fused schedule's slices are.
+    fn puzzles_per_run(&self, chunk: &Chunk, b: usize) -> usize {
+        let n = chunk.capacity.min(b).max(1);
+        if self.resolve_schedule(n) != GpuSchedule::Spread {
+            return n;
+        }
+        let per_puzzle = self.model.config().flops_per_block().max(1);
+        let most = (self.options.max_flops_per_dispatch / per_puzzle).max(1);
+        n.min(usize::try_from(most).unwrap_or(usize::MAX))
+    }
+
+    /// Submits `ops` (the first network call of a solve, after its
+    /// embedding) alone, waits for it and returns its device time: the
+    /// span between the pass's timestamps where the adapter has them, else
+    /// the wall clock from submission to completion (which counts the
+    /// submission and the wait too, so errs on the long side).
+    async fn submit_timed(&mut self, chunk: &Chunk, ops: &mut Vec<Op>) -> Result<Duration> {
+        let stamps = self.stamps()?;
+        let start = web_time::Instant::now();
+        let submission = self.submit_with(chunk, ops, &[], Staging::Results, stamps.as_ref())?;
+        self.ctx.wait_async(Some(submission)).await?;
+        self.stats.host_waits += 1;
+        let wall = start.elapsed();
+        Ok(match &stamps {
+            Some(stamps) => self.read_stamps(stamps).await?,
+            None => wall,
+        })
+    }
+
+    /// Network calls a submission may hold when one took `call` of device
+    /// time: as many as fit [`GpuRunOptions::max_submit_time`], at least
+    /// one. Recorded in the stats.
+    fn calls_within_submit_time(&mut self, call: Duration) -> u64 {
+        let fit = self.options.max_submit_time.as_secs_f64() / call.as_secs_f64().max(1e-9);
+        let calls = (fit.floor() as u64).max(1);
+        self.stats.measured_call_seconds = Some(call.as_secs_f64());
+        self.stats.calls_per_submit = Some(calls);
+        calls
     }
 
     /// Waits for a chunk's results and returns its outputs.
@@ -2168,8 +2258,9 @@ impl GpuEngine {
         // device never idles between chunks.
         let mut pending: Option<PendingChunk> = None;
         let mut start = 0;
+        let per_run = self.puzzles_per_run(chunk, b);
         while start < b {
-            let end = (start + chunk.capacity).min(b);
+            let end = (start + per_run).min(b);
             let part = if start == 0 && end == b {
                 batch.clone()
             } else {

@@ -162,7 +162,7 @@ impl GpuEngine {
     }
 
     /// Timestamp queries, where the device has them.
-    fn stamps(&self) -> Result<Option<Stamps>> {
+    pub(super) fn stamps(&self) -> Result<Option<Stamps>> {
         if !self
             .ctx
             .device()
@@ -195,7 +195,7 @@ impl GpuEngine {
         Ok(Some(Stamps { set, resolve, read }))
     }
 
-    async fn read_stamps(&self, stamps: &Stamps) -> Result<Duration> {
+    pub(super) async fn read_stamps(&self, stamps: &Stamps) -> Result<Duration> {
         let (send, receiver) = super::context::map_channel();
         self.ctx.scoped("mapping the timestamps", || {
             stamps.read.map_async(wgpu::MapMode::Read, 0..16, send)

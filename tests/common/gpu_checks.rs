@@ -284,6 +284,46 @@ pub fn counters_show_one_dispatch_per_recursion_step(model: &TrmModel) {
         assert_eq!(stats.host_waits, 1);
         assert_eq!(stats.bytes_read_back, outputs);
 
+        // submissions cut by measured time: the first (embedding and first
+        // call) timed and waited for, then, with no time to spare, a call a
+        // submission; the same outputs bit for bit
+        engine.set_run_options(
+            GpuRunOptions::default()
+                .schedule(schedule)
+                .poison(true)
+                .max_submit_time(std::time::Duration::ZERO, 0),
+        );
+        let timed = engine.solve(&batch, &options).unwrap();
+        assert_eq!(timed, whole, "{schedule}: submissions cut by time");
+        let stats = engine.last_stats();
+        assert_eq!(stats.submits, stats.recursion_steps + 1, "{stats:?}");
+        assert_eq!(stats.host_waits, 2);
+        assert!(
+            stats.measured_call_seconds.is_some_and(|s| s > 0.0),
+            "{stats:?}"
+        );
+        assert_eq!(stats.calls_per_submit, Some(1));
+        // a small solve is not measured: one submission, one wait
+        engine.set_run_options(GpuRunOptions::default().schedule(schedule).poison(true));
+        engine.solve(&batch, &options).unwrap();
+        assert_eq!(engine.last_stats().measured_call_seconds, None);
+        assert_eq!(engine.last_stats().submits, 1);
+
+        if schedule == GpuSchedule::Spread {
+            // a dispatch budget below one puzzle's block: the spread
+            // schedule's phases cover one puzzle each, the batch runs as
+            // one puzzle a pass
+            engine.set_run_options(
+                GpuRunOptions::default()
+                    .schedule(schedule)
+                    .poison(true)
+                    .max_flops_per_dispatch(1),
+            );
+            let one_at_a_time = engine.solve(&batch, &options).unwrap();
+            assert_eq!(one_at_a_time, whole, "spread, one puzzle a pass");
+            assert_eq!(engine.last_stats().chunks, b);
+        }
+
         if schedule == GpuSchedule::Fused {
             // a dispatch budget below one puzzle's call: a dispatch per
             // puzzle (steps and heads), the same outputs bit for bit
