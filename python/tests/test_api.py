@@ -2,6 +2,7 @@
 options under the CLI flags' names, typed errors with the crate's
 messages, adapters, and solves that release the GIL."""
 
+import sys
 import threading
 import time
 
@@ -188,3 +189,16 @@ def test_solves_release_the_gil(sudoku):
     # a solve holding the GIL would stall this loop for its whole length
     assert span["seconds"] > 0.2, span
     assert gaps.max() < span["seconds"] / 2, (gaps.max(), span)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="DX12 exists on Windows")
+def test_auto_falls_back_to_the_cpu_with_a_warning(monkeypatch):
+    # no adapter on the API WGPU_BACKEND names (DX12 is Windows' alone)
+    monkeypatch.setenv("WGPU_BACKEND", "dx12")
+    model = trm_wgpu.load(SUDOKU_EASY / "model.safetensors")
+    with pytest.warns(RuntimeWarning, match="running on the CPU"):
+        out = model.solve(sudoku_puzzles(2), steps=1)
+    assert out["logits"].shape == (2, 81, 11)
+    assert model.describe().startswith("cpu")
+    with pytest.raises(trm_wgpu.TrmError):
+        model.solve(sudoku_puzzles(2), backend="gpu", steps=1)
