@@ -15,7 +15,7 @@ use crate::arc::{self, Augmentation, ColourPermutation, Dihedral};
 use crate::batch::PuzzleBatch;
 use crate::error::{Result, TrmError};
 use crate::rng::SplitMix64;
-use crate::solve::{Engine, SolveOptions, SolveOutput};
+use crate::solve::{Engine, NamedArray, SolveOptions, SolveOutput};
 use crate::tasks::sudoku;
 use crate::tensor_file::{self, OwnedTensor};
 
@@ -339,25 +339,36 @@ impl AugmentedOutput {
     /// `trm run`'s output file with `predictions` (i32), `selected` (i32)
     /// and `agreement` (f32) added.
     pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
+        let tensors: Vec<OwnedTensor> = self
+            .named_arrays()
+            .iter()
+            .map(NamedArray::to_tensor)
+            .collect();
+        tensor_file::serialize(&tensors, None)
+    }
+
+    /// The arrays of [`AugmentedOutput::to_safetensors_bytes`], named and
+    /// shaped as the file holds them.
+    pub fn named_arrays(&self) -> Vec<NamedArray<'_>> {
         let out = &self.output;
-        let predictions: Vec<i32> = self.predictions.iter().map(|&t| t as i32).collect();
-        let mut tensors = out.tensors();
-        tensors.push(OwnedTensor::i32(
+        let predictions = self.predictions.iter().map(|&t| t as i32).collect();
+        let mut arrays = out.named_arrays();
+        arrays.push(NamedArray::i32(
             "predictions",
             vec![out.batch, out.seq_len],
-            &predictions,
+            predictions,
         ));
-        tensors.push(OwnedTensor::i32(
+        arrays.push(NamedArray::i32(
             "selected",
             vec![out.batch],
-            &self.selected,
+            self.selected.clone(),
         ));
-        tensors.push(OwnedTensor::f32(
+        arrays.push(NamedArray::f32(
             "agreement",
             vec![out.batch],
             &self.agreement,
         ));
-        tensor_file::serialize(&tensors, None)
+        arrays
     }
 }
 

@@ -39,6 +39,8 @@ pub mod model;
 pub mod noise;
 pub mod program;
 pub mod rng;
+pub mod run;
+pub mod shard;
 pub mod solve;
 pub mod tasks;
 mod tensor_file;
@@ -53,7 +55,7 @@ pub use gpu::{
     GpuBackend, GpuContext, GpuEngine, GpuOptions, GpuRunOptions, GpuSchedule, GpuStats,
 };
 pub use model::{LoadOptions, Tensor, TrmModel};
-pub use solve::{Carry, Engine, SolveOptions, SolveOutput};
+pub use solve::{ArrayData, Carry, Engine, NamedArray, SolveOptions, SolveOutput};
 pub use weights::{Matrix, Precision};
 /// The wgpu this crate is built on, for applications that bring their own
 /// device ([`GpuContext::from_device`]).

@@ -316,31 +316,168 @@ impl SolveOutput {
         tensor_file::serialize(&self.tensors(), None)
     }
 
-    /// The tensors of [`SolveOutput::to_safetensors_bytes`], for outputs
-    /// that add their own.
-    pub(crate) fn tensors(&self) -> Vec<OwnedTensor> {
+    /// The arrays of [`SolveOutput::to_safetensors_bytes`], named and
+    /// shaped as the file holds them: what other front ends (the Python
+    /// package) hand out under the same names.
+    pub fn named_arrays(&self) -> Vec<NamedArray<'_>> {
         let (b, s, d) = (self.batch, self.state_len, self.hidden_size);
-        let steps: Vec<i32> = self.steps.iter().map(|&s| s as i32).collect();
-        let mut tensors = vec![
-            OwnedTensor::f32(
+        let mut arrays = vec![
+            NamedArray::f32(
                 "logits",
                 vec![b, self.seq_len, self.vocab_size],
                 &self.logits,
             ),
-            OwnedTensor::f32("q_halt_logits", vec![b], &self.q_halt_logits),
-            OwnedTensor::f32("q_continue_logits", vec![b], &self.q_continue_logits),
+            NamedArray::f32("q_halt_logits", vec![b], &self.q_halt_logits),
+            NamedArray::f32("q_continue_logits", vec![b], &self.q_continue_logits),
         ];
         if !self.z_h.is_empty() || !self.z_l.is_empty() {
-            tensors.push(OwnedTensor::f32("z_H", vec![b, s, d], &self.z_h));
-            tensors.push(OwnedTensor::f32("z_L", vec![b, s, d], &self.z_l));
+            arrays.push(NamedArray::f32("z_H", vec![b, s, d], &self.z_h));
+            arrays.push(NamedArray::f32("z_L", vec![b, s, d], &self.z_l));
         }
-        tensors.push(OwnedTensor::i32("steps", vec![b], &steps));
-        tensors
+        let steps = self.steps.iter().map(|&s| s as i32).collect();
+        arrays.push(NamedArray::i32("steps", vec![b], steps));
+        arrays
+    }
+
+    /// The tensors of [`SolveOutput::to_safetensors_bytes`], for outputs
+    /// that add their own.
+    pub(crate) fn tensors(&self) -> Vec<OwnedTensor> {
+        self.named_arrays()
+            .iter()
+            .map(NamedArray::to_tensor)
+            .collect()
+    }
+
+    /// Reads `trm run`'s output file back (the tensors
+    /// [`SolveOutput::to_safetensors_bytes`] writes; others, such as an
+    /// augmented solve's `predictions`, are ignored); `what` names it in
+    /// errors. The carry is read where the file holds one.
+    pub fn from_safetensors_bytes(bytes: &[u8], what: &str) -> Result<Self> {
+        let file = tensor_file::parse(bytes, what)?;
+        let bad = |why: String| TrmError::Input(format!("{what}: {why}"));
+        let tensor = |name: &str| {
+            file.tensor(name)
+                .map_err(|_| bad(format!("no tensor `{name}` (not an output of `trm run`?)")))
+        };
+        let logits = tensor("logits")?;
+        let [batch, seq_len, vocab_size] = logits.shape()[..] else {
+            return Err(bad(format!(
+                "`logits` has shape {:?}, expected [B, seq_len, vocab]",
+                logits.shape()
+            )));
+        };
+        let vector = |name: &str| -> Result<Vec<f32>> {
+            let t = tensor(name)?;
+            if t.shape() != [batch] {
+                return Err(bad(format!(
+                    "`{name}` has shape {:?}, expected [{batch}]",
+                    t.shape()
+                )));
+            }
+            tensor_file::to_f32(name, &t)
+        };
+        let q_halt_logits = vector("q_halt_logits")?;
+        let q_continue_logits = vector("q_continue_logits")?;
+        let steps_view = tensor("steps")?;
+        if steps_view.shape() != [batch] {
+            return Err(bad(format!(
+                "`steps` has shape {:?}, expected [{batch}]",
+                steps_view.shape()
+            )));
+        }
+        let steps = tensor_file::to_i64("steps", &steps_view)?
+            .into_iter()
+            .map(|s| u32::try_from(s).map_err(|_| bad(format!("`steps` holds {s}"))))
+            .collect::<Result<Vec<u32>>>()?;
+        let (mut state_len, mut hidden_size) = (0, 0);
+        let (mut z_h, mut z_l) = (Vec::new(), Vec::new());
+        if let (Ok(h), Ok(l)) = (file.tensor("z_H"), file.tensor("z_L")) {
+            match (h.shape(), l.shape()) {
+                (&[hb, s, d], &[lb, ls, ld]) if hb == batch && (lb, ls, ld) == (hb, s, d) => {
+                    (state_len, hidden_size) = (s, d);
+                }
+                (h, l) => {
+                    return Err(bad(format!(
+                        "`z_H` and `z_L` have shapes {h:?} and {l:?}, expected [{batch}, S, D] both"
+                    )));
+                }
+            }
+            z_h = tensor_file::to_f32("z_H", &h)?;
+            z_l = tensor_file::to_f32("z_L", &l)?;
+        }
+        Ok(SolveOutput {
+            batch,
+            seq_len,
+            vocab_size,
+            state_len,
+            hidden_size,
+            logits: tensor_file::to_f32("logits", &logits)?,
+            q_halt_logits,
+            q_continue_logits,
+            z_h,
+            z_l,
+            steps,
+        })
+    }
+
+    /// Reads the output file `trm run` wrote to `path` (see
+    /// [`SolveOutput::from_safetensors_bytes`]).
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = tensor_file::read_file(path)?;
+        Self::from_safetensors_bytes(&bytes, &path.display().to_string())
     }
 
     /// Writes [`SolveOutput::to_safetensors_bytes`] to `path`.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         tensor_file::write_file(path.as_ref(), &self.to_safetensors_bytes()?)
+    }
+}
+
+/// One array of an output, as `trm run`'s file names and shapes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamedArray<'a> {
+    /// The tensor's name in the file (`logits`, `z_H`, `steps`, ...).
+    pub name: &'static str,
+    /// Its shape, row-major.
+    pub shape: Vec<usize>,
+    /// Its elements.
+    pub data: ArrayData<'a>,
+}
+
+/// The elements of a [`NamedArray`]: the file's element types.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ArrayData<'a> {
+    /// float32, borrowed from the output.
+    F32(&'a [f32]),
+    /// int32.
+    I32(Vec<i32>),
+}
+
+impl<'a> NamedArray<'a> {
+    /// A float32 array.
+    pub fn f32(name: &'static str, shape: Vec<usize>, data: &'a [f32]) -> Self {
+        NamedArray {
+            name,
+            shape,
+            data: ArrayData::F32(data),
+        }
+    }
+
+    /// An int32 array.
+    pub fn i32(name: &'static str, shape: Vec<usize>, data: Vec<i32>) -> Self {
+        NamedArray {
+            name,
+            shape,
+            data: ArrayData::I32(data),
+        }
+    }
+
+    pub(crate) fn to_tensor(&self) -> OwnedTensor {
+        match &self.data {
+            ArrayData::F32(v) => OwnedTensor::f32(self.name, self.shape.clone(), v),
+            ArrayData::I32(v) => OwnedTensor::i32(self.name, self.shape.clone(), v),
+        }
     }
 }
 

@@ -156,6 +156,12 @@ fn arc_eval_predictions_json_is_the_authors_result() {
 /// identifiers: it answers the data set (its answers are noise; the point is
 /// that every engine gives the same ones).
 fn random_arc_model(dir: &Path) -> PathBuf {
+    arc_model(dir, 0xA11C, "arc-model.safetensors")
+}
+
+/// [`random_arc_model`]'s configuration with weights drawn from `seed`,
+/// saved as `name` in `dir`.
+fn arc_model(dir: &Path, seed: u64, name: &str) -> PathBuf {
     let config = TrmConfig {
         seq_len: 900,
         vocab_size: 12,
@@ -176,8 +182,8 @@ fn random_arc_model(dir: &Path) -> PathBuf {
         h_layers: 0,
         arch: Default::default(),
     };
-    let model = TrmModel::random(config, 0xA11C, 0.5).unwrap();
-    let path = dir.join("arc-model.safetensors");
+    let model = TrmModel::random(config, seed, 0.5).unwrap();
+    let path = dir.join(name);
     model.save(&path).unwrap();
     path
 }
@@ -211,7 +217,7 @@ fn model_run(
 
 fn logged(path: &Path) -> Vec<arc::Answer> {
     let mut answers = Vec::new();
-    AnswerLog::open(path, 108, |a| {
+    AnswerLog::replay(path, 108, |a| {
         answers.push(a);
         Ok(())
     })
@@ -549,7 +555,7 @@ fn bad_predictions_and_answer_logs_are_refused() {
         "not an answer log",
     );
     let path = dir.join("other.answers");
-    let mut log = AnswerLog::open(&path, 50, |_| Ok(())).unwrap();
+    let mut log = AnswerLog::open(&path, 50, &common::test_log_header(), |_| Ok(())).unwrap();
     let answer = arc::Answer {
         example: 3,
         puzzle_identifier: 4,
@@ -561,13 +567,13 @@ fn bad_predictions_and_answer_logs_are_refused() {
     drop(log);
     log_error(&std::fs::read(&path).unwrap(), "a data set of 50 examples");
     let path = dir.join("twice.answers");
-    let mut log = AnswerLog::open(&path, 108, |_| Ok(())).unwrap();
+    let mut log = AnswerLog::open(&path, 108, &common::test_log_header(), |_| Ok(())).unwrap();
     log.append(&[answer.clone(), answer.clone()]).unwrap();
     drop(log);
     log_error(&std::fs::read(&path).unwrap(), "answers example 3 twice");
     // a record whose identifier is not the data set's: another data set
     let path = dir.join("other-ids.answers");
-    let mut log = AnswerLog::open(&path, 108, |_| Ok(())).unwrap();
+    let mut log = AnswerLog::open(&path, 108, &common::test_log_header(), |_| Ok(())).unwrap();
     log.append(&[arc::Answer {
         puzzle_identifier: 0,
         ..answer
@@ -625,4 +631,268 @@ fn a_model_that_does_not_fit_the_data_set_is_refused() {
         sudoku.to_str().unwrap(),
     ]);
     assert_one_error_line(&out, "its seq_len is 81");
+}
+
+/// `trm arc-eval` with `args`: its stdout, after checking it succeeded.
+fn arc_eval(args: &[&str]) -> String {
+    stdout(&trm(args))
+}
+
+/// The arguments of a model run over the first three puzzles (27
+/// examples) into the answer log `log`.
+fn three_puzzles<'a>(data: &'a Path, model: &'a Path, log: &'a Path) -> Vec<&'a str> {
+    vec![
+        "arc-eval",
+        "--data",
+        data.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--answers",
+        log.to_str().unwrap(),
+        "--limit",
+        "3",
+        "--batch",
+        "5",
+        "--backend",
+        "cpu",
+    ]
+}
+
+/// Issue 30's done-when: two `--shard` runs voted together print exactly
+/// what one unsharded run prints, and write the same submission.
+#[test]
+fn two_shards_voted_together_print_what_one_run_prints() {
+    let dir = temp_dir("arc-shards");
+    let model = random_arc_model(&dir);
+    let data = data();
+    let whole = dir.join("whole.answers");
+    let whole_submission = dir.join("whole.json");
+    let mut args = three_puzzles(&data, &model, &whole);
+    args.extend(["--submission", whole_submission.to_str().unwrap()]);
+    let printed = arc_eval(&args);
+    assert!(printed.starts_with("ARC/pass@1: "), "{printed}");
+
+    let shards = [dir.join("shard0.answers"), dir.join("shard1.answers")];
+    for (k, log) in shards.iter().enumerate() {
+        let shard = format!("{k}/2");
+        let mut args = three_puzzles(&data, &model, log);
+        args.extend(["--shard", shard.as_str()]);
+        // a share prints no pass@k: it has answered only part of each vote
+        assert_eq!(arc_eval(&args), "", "shard {shard}");
+    }
+    // the 27 examples split 13 + 14, the cut inside the second puzzle's
+    let (first, second) = (logged(&shards[0]), logged(&shards[1]));
+    assert_eq!((first.len(), second.len()), (13, 14));
+    let mut both: Vec<arc::Answer> = first.into_iter().chain(second).collect();
+    both.sort_by_key(|a| a.example);
+    assert_eq!(both, logged(&whole));
+
+    // voted together (in either order) they print what the one run printed
+    let voted_submission = dir.join("voted.json");
+    for (a, b) in [(0, 1), (1, 0)] {
+        let voted = arc_eval(&[
+            "arc-eval",
+            "--data",
+            data.to_str().unwrap(),
+            "--answers",
+            shards[a].to_str().unwrap(),
+            "--answers",
+            shards[b].to_str().unwrap(),
+            "--limit",
+            "3",
+            "--submission",
+            voted_submission.to_str().unwrap(),
+        ]);
+        assert_eq!(voted, printed);
+        assert_eq!(
+            std::fs::read(&voted_submission).unwrap(),
+            std::fs::read(&whole_submission).unwrap()
+        );
+    }
+    // and the same JSON as the whole log voted alone
+    let json = |logs: &[&Path]| {
+        let mut args = vec!["arc-eval", "--data", data.to_str().unwrap()];
+        for log in logs {
+            args.extend(["--answers", log.to_str().unwrap()]);
+        }
+        args.extend(["--limit", "3", "--json"]);
+        arc_eval(&args)
+    };
+    assert_eq!(json(&[&shards[0], &shards[1]]), json(&[&whole]));
+}
+
+/// The first format's log (`TRMARCA1`, no header JSON) of the answers in
+/// `log`.
+fn first_format_copy(log: &Path, to: &Path) {
+    let bytes = std::fs::read(log).unwrap();
+    let json_len = u64::from_le_bytes(bytes[24..32].try_into().unwrap()) as usize;
+    let mut old = b"TRMARCA1".to_vec();
+    old.extend_from_slice(&bytes[8..24]);
+    old.extend_from_slice(&0u64.to_le_bytes());
+    old.extend_from_slice(&bytes[32 + json_len..]);
+    std::fs::write(to, old).unwrap();
+}
+
+/// Issue 29: a log records the model and settings that wrote it; resuming
+/// it with another model, other settings or another share is refused, and
+/// so is voting logs of different runs together.
+#[test]
+fn a_resumed_answer_log_of_another_model_or_settings_is_refused() {
+    let dir = temp_dir("arc-log-header");
+    let model = random_arc_model(&dir);
+    let data = data();
+    let log = dir.join("shard0.answers");
+    let one_puzzle = |model: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "arc-eval",
+            "--data",
+            data.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--answers",
+            log.to_str().unwrap(),
+            "--limit",
+            "1",
+            "--backend",
+            "cpu",
+        ];
+        args.extend_from_slice(extra);
+        trm(&args)
+    };
+    assert!(one_puzzle(&model, &["--shard", "0/2"]).status.success());
+    let written = std::fs::read(&log).unwrap();
+    let header = AnswerLog::header(&log, 108).unwrap().unwrap();
+    assert_eq!(header.shard, Some("0/2".parse().unwrap()));
+    assert_eq!(header.settings.act_steps, 2);
+    assert_eq!(header.settings.precision, "f32");
+    assert_eq!(
+        header.settings.model_sha256,
+        trm_wgpu::shard::file_sha256(&model).unwrap()
+    );
+
+    // another model: the same configuration, other weights
+    let other = arc_model(&dir, 0xB0B, "other.safetensors");
+    assert_one_error_line(
+        &one_puzzle(&other, &["--shard", "0/2"]),
+        "was written by another model or other settings than this run: model_sha256",
+    );
+    assert_one_error_line(
+        &one_puzzle(&model, &["--shard", "0/2", "--steps", "1"]),
+        "act_steps 1 vs 2",
+    );
+    assert_one_error_line(
+        &one_puzzle(&model, &["--shard", "0/2", "--precision", "bf16"]),
+        "precision \"bf16\" vs \"f32\"",
+    );
+    assert_one_error_line(
+        &one_puzzle(&model, &["--shard", "0/2", "--halt"]),
+        "early_halt true vs false",
+    );
+    assert_one_error_line(
+        &one_puzzle(&model, &["--shard", "1/2"]),
+        "holds the answers of shard 0/2, this run answers shard 1/2",
+    );
+    assert_one_error_line(&one_puzzle(&model, &[]), "this run answers shard all");
+    // a refused resume leaves the log as it was
+    assert_eq!(std::fs::read(&log).unwrap(), written);
+    // the same run resumes (nothing left to answer)
+    let resumed = one_puzzle(&model, &["--shard", "0/2"]);
+    assert!(resumed.status.success());
+    assert!(String::from_utf8_lossy(&resumed.stderr).contains("resuming: 4 of 4"));
+
+    // voting: logs of different models, the same log twice
+    let other_log = dir.join("other.answers");
+    let out = trm(&[
+        "arc-eval",
+        "--data",
+        data.to_str().unwrap(),
+        "--model",
+        other.to_str().unwrap(),
+        "--answers",
+        other_log.to_str().unwrap(),
+        "--limit",
+        "1",
+        "--shard",
+        "1/2",
+    ]);
+    assert!(out.status.success());
+    let vote = |logs: &[&Path]| {
+        let mut args = vec!["arc-eval", "--data", data.to_str().unwrap()];
+        for log in logs {
+            args.extend(["--answers", log.to_str().unwrap()]);
+        }
+        trm(&args)
+    };
+    assert_one_error_line(
+        &vote(&[&log, &other_log]),
+        "was written by another model or other settings than",
+    );
+    assert_one_error_line(&vote(&[&log, &log]), "is answered in both");
+
+    // a log of the first format: voted alone as before, never resumed nor
+    // voted with others (nothing says what wrote it)
+    let old = dir.join("old.answers");
+    first_format_copy(&log, &old);
+    assert!(AnswerLog::header(&old, 108).unwrap().is_none());
+    let alone = vote(&[&old]);
+    assert_eq!(stdout(&alone), stdout(&vote(&[&log])));
+    assert_one_error_line(&vote(&[&old, &other_log]), "can only be voted alone");
+    let out = trm(&[
+        "arc-eval",
+        "--data",
+        data.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--answers",
+        old.to_str().unwrap(),
+        "--limit",
+        "1",
+    ]);
+    assert_one_error_line(&out, "of the first format");
+}
+
+#[test]
+fn bad_shards_are_refused() {
+    let data = data();
+    let model = fixture().join("no-model.safetensors");
+    let log = temp_dir("arc-bad-shard").join("log");
+    let run = |shard: &str| {
+        trm(&[
+            "arc-eval",
+            "--data",
+            data.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--answers",
+            log.to_str().unwrap(),
+            "--shard",
+            shard,
+        ])
+    };
+    for (shard, needle) in [
+        ("2/2", "0 <= K < N"),
+        ("0/0", "N >= 1"),
+        ("1", "expected K/N"),
+        ("a/b", "expected K/N"),
+    ] {
+        let out = run(shard);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(needle),
+            "{shard}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    // a shard without its own log: its answers would be lost
+    let out = trm(&[
+        "arc-eval",
+        "--data",
+        data.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--shard",
+        "0/2",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--answers"));
 }

@@ -58,7 +58,8 @@ fn voting_a_large_answer_log_stays_small() {
 
     // answers: the right one for a third, else one of many wrong ones
     let log_path = dir.join("answers.log");
-    let mut log = AnswerLog::open(&log_path, EXAMPLES, |_| Ok(())).unwrap();
+    let mut log =
+        AnswerLog::open(&log_path, EXAMPLES, &common::test_log_header(), |_| Ok(())).unwrap();
     for chunk in (0..EXAMPLES).collect::<Vec<_>>().chunks(4096) {
         let answers: Vec<Answer> = chunk
             .iter()

@@ -9,9 +9,11 @@ use std::sync::Mutex;
 
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
 
 use super::grid::CANVAS_TOKENS;
 use crate::error::{Result, TrmError};
+use crate::shard::{RunSettings, Shard};
 
 /// An answer to one example.
 #[derive(Clone, Debug, PartialEq)]
@@ -172,25 +174,82 @@ fn ints(dtype: Dtype, bytes: &[u8]) -> Vec<i64> {
     }
 }
 
-/// The answer log's first bytes.
-const LOG_MAGIC: &[u8; 8] = b"TRMARCA1";
-/// Header: magic, u64 examples of the data set, u32 tokens per answer,
-/// u32 bytes per record, u64 reserved.
+/// The answer log's first bytes (the first format's were `TRMARCA1`).
+const LOG_MAGIC: &[u8; 8] = b"TRMARCA2";
+/// The first format's: the same layout without the header JSON (its
+/// reserved u64 was 0), which did not record what wrote the answers.
+const LOG_MAGIC_V1: &[u8; 8] = b"TRMARCA1";
+/// Fixed header: magic, u64 examples of the data set, u32 tokens per
+/// answer, u32 bytes per record, u64 bytes of the header JSON that follows.
 const LOG_HEADER: usize = 32;
+/// The largest header JSON read (a header is a few hundred bytes).
+const MAX_HEADER_JSON: u64 = 1 << 20;
 /// Record: u32 example, u32 puzzle identifier, f32 q_halt logit, u32
 /// steps, 900 tokens.
 const LOG_RECORD: usize = 16 + CANVAS_TOKENS;
 
+/// What an answer log records about the run that wrote it. Resuming a log
+/// with other settings or another share is refused, and so is voting over
+/// logs of different settings ([`LogHeader::check_resume`],
+/// [`RunSettings::check_same`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogHeader {
+    /// What the answers depend on: the checkpoint's content, precision,
+    /// ACT steps, halting, the data set's augmented examples.
+    pub settings: RunSettings,
+    /// The share of the evaluated examples the log answers (`None`: all).
+    pub shard: Option<Shard>,
+    /// The checkpoint's path when the log was started, for people; not
+    /// compared (the shares of a run may mount it at different paths).
+    pub model_path: String,
+    /// The trm-wgpu version that started the log.
+    pub written_by: String,
+}
+
+impl LogHeader {
+    /// The header of a log that `settings` answer, for `shard`.
+    pub fn new(settings: RunSettings, shard: Option<Shard>, model_path: &Path) -> Self {
+        LogHeader {
+            settings,
+            shard,
+            model_path: model_path.display().to_string(),
+            written_by: format!("trm-wgpu {}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+
+    /// Refuses to resume the log at `path`, whose header is `self`, with a
+    /// run of header `run`: other settings, or another share.
+    pub fn check_resume(&self, run: &LogHeader, path: &Path) -> Result<()> {
+        let what = format!("the answer log {}", path.display());
+        run.settings.check_same(&self.settings, "this run", &what)?;
+        if self.shard != run.shard {
+            let name = |s: Option<Shard>| s.map_or_else(|| "all".to_string(), |s| s.to_string());
+            return Err(TrmError::Input(format!(
+                "{what} holds the answers of shard {}, this run answers shard {}: give each shard its own log",
+                name(self.shard),
+                name(run.shard)
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// An append-only file of fixed-size answer records, one per solved
-/// example, for a data set of a given size. Opening an existing log checks
-/// that it belongs to a data set of that size, drops a record cut short by
-/// a crash, and hands over the answers it holds one at a time (a log of the
-/// real evaluation is 400 MB; nothing of it stays in memory).
+/// example, for a data set of a given size, with a header that records what
+/// answered them ([`LogHeader`]). Opening an existing log checks that it
+/// belongs to a data set of that size and to the same run, drops a record
+/// cut short by a crash, and hands over the answers it holds one at a time
+/// (a log of the real evaluation is 400 MB; nothing of it stays in memory).
 ///
-/// Little-endian layout: a 32-byte header (`TRMARCA1`, u64 examples, u32
-/// tokens per answer = 900, u32 record bytes = 916, u64 0), then records of
-/// u32 example index, u32 puzzle identifier, f32 q_halt logit, u32 ACT
-/// steps and the 900 predicted tokens (u8).
+/// Little-endian layout: a 32-byte fixed header (`TRMARCA2`, u64 examples,
+/// u32 tokens per answer = 900, u32 record bytes = 916, u64 length L of the
+/// header JSON), L bytes of [`LogHeader`] as JSON, then records of u32
+/// example index, u32 puzzle identifier, f32 q_halt logit, u32 ACT steps
+/// and the 900 predicted tokens (u8).
+///
+/// Logs of the first format (`TRMARCA1`, no header JSON) record nothing of
+/// the run: [`AnswerLog::replay`] still reads them (their header is then
+/// `None`), [`AnswerLog::open`] refuses to resume them.
 pub struct AnswerLog {
     path: PathBuf,
     file: BufWriter<File>,
@@ -198,10 +257,13 @@ pub struct AnswerLog {
 
 impl AnswerLog {
     /// Opens (or creates) the log at `path` for a data set of `examples`
-    /// examples, calling `each` with every answer already in it, in order.
+    /// examples and the run `header` describes, calling `each` with every
+    /// answer already in it, in order. An existing log of another run
+    /// (settings or share) is refused.
     pub fn open(
         path: impl AsRef<Path>,
         examples: usize,
+        header: &LogHeader,
         mut each: impl FnMut(Answer) -> Result<()>,
     ) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
@@ -220,21 +282,31 @@ impl AnswerLog {
             )));
         }
         if len == 0 {
-            let mut header = Vec::with_capacity(LOG_HEADER);
-            header.extend_from_slice(LOG_MAGIC);
-            header.extend_from_slice(&(examples as u64).to_le_bytes());
-            header.extend_from_slice(&(CANVAS_TOKENS as u32).to_le_bytes());
-            header.extend_from_slice(&(LOG_RECORD as u32).to_le_bytes());
-            header.extend_from_slice(&0u64.to_le_bytes());
-            file.write_all(&header).map_err(io)?;
+            let json = serde_json::to_vec(header)
+                .map_err(|e| TrmError::Input(format!("answer log header: {e}")))?;
+            let mut bytes = Vec::with_capacity(LOG_HEADER + json.len());
+            bytes.extend_from_slice(LOG_MAGIC);
+            bytes.extend_from_slice(&(examples as u64).to_le_bytes());
+            bytes.extend_from_slice(&(CANVAS_TOKENS as u32).to_le_bytes());
+            bytes.extend_from_slice(&(LOG_RECORD as u32).to_le_bytes());
+            bytes.extend_from_slice(&(json.len() as u64).to_le_bytes());
+            bytes.extend_from_slice(&json);
+            file.write_all(&bytes).map_err(io)?;
             file.sync_data().map_err(io)?;
         } else {
-            let end = read_records(&mut file, &path, len, examples, &mut each)?;
+            let (found, start) = read_header(&mut file, &path, len, examples)?;
+            let Some(found) = found else {
+                return Err(TrmError::dataset(
+                    path.display().to_string(),
+                    "an answer log of the first format, which does not record the model and settings that wrote it, so it cannot be resumed safely: vote over it alone (--answers without --model) or start a new log",
+                ));
+            };
+            found.check_resume(header, &path)?;
+            let end = read_records(&mut file, &path, start, len, examples, &mut each)?;
             // a record cut short by a crash is dropped, to be solved again
             if end != len {
                 file.set_len(end).map_err(io)?;
             }
-            file.seek(SeekFrom::Start(end)).map_err(io)?;
         }
         file.seek(SeekFrom::End(0)).map_err(io)?;
         Ok(AnswerLog {
@@ -243,18 +315,31 @@ impl AnswerLog {
         })
     }
 
+    /// The header of the log at `path` (which must exist), checked against
+    /// a data set of `examples` examples; `None` for a log of the first
+    /// format.
+    pub fn header(path: impl AsRef<Path>, examples: usize) -> Result<Option<LogHeader>> {
+        let path = path.as_ref();
+        let mut file = File::open(path).map_err(|e| TrmError::io(path, e))?;
+        let len = file.metadata().map_err(|e| TrmError::io(path, e))?.len();
+        read_header(&mut file, path, len, examples).map(|(header, _)| header)
+    }
+
     /// Reads the log at `path` (which must exist) for a data set of
     /// `examples` examples without changing it, calling `each` with every
-    /// complete answer in it, in order.
+    /// complete answer in it, in order; returns its header (`None` for a
+    /// log of the first format).
     pub fn replay(
         path: impl AsRef<Path>,
         examples: usize,
         mut each: impl FnMut(Answer) -> Result<()>,
-    ) -> Result<()> {
+    ) -> Result<Option<LogHeader>> {
         let path = path.as_ref();
         let mut file = File::open(path).map_err(|e| TrmError::io(path, e))?;
         let len = file.metadata().map_err(|e| TrmError::io(path, e))?.len();
-        read_records(&mut file, path, len, examples, &mut each).map(|_| ())
+        let (header, start) = read_header(&mut file, path, len, examples)?;
+        read_records(&mut file, path, start, len, examples, &mut each)?;
+        Ok(header)
     }
 
     /// Appends `answers` and makes them durable before returning.
@@ -280,27 +365,26 @@ impl AnswerLog {
     }
 }
 
-/// Checks a log's header against a data set of `examples` examples and
-/// calls `each` with its complete records; returns where they end (a
-/// record cut short is left out).
-fn read_records(
+/// Checks a log's header against a data set of `examples` examples; returns
+/// the run it records (`None` for the first format) and where its records
+/// start. The file is left positioned there.
+fn read_header(
     file: &mut File,
     path: &Path,
     len: u64,
     examples: usize,
-    each: &mut dyn FnMut(Answer) -> Result<()>,
-) -> Result<u64> {
-    let io = |e| TrmError::io(path, e);
+) -> Result<(Option<LogHeader>, u64)> {
     let what = path.display().to_string();
-    let mut header = [0u8; LOG_HEADER];
-    file.read_exact(&mut header)
+    let mut fixed = [0u8; LOG_HEADER];
+    file.read_exact(&mut fixed)
         .map_err(|_| TrmError::dataset(&what, "not an answer log (too short)"))?;
-    let u64_at = |i: usize| u64::from_le_bytes(header[i..i + 8].try_into().expect("8"));
-    let u32_at = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().expect("4"));
-    if &header[..8] != LOG_MAGIC {
+    let u64_at = |i: usize| u64::from_le_bytes(fixed[i..i + 8].try_into().expect("8"));
+    let u32_at = |i: usize| u32::from_le_bytes(fixed[i..i + 4].try_into().expect("4"));
+    let first_format = &fixed[..8] == LOG_MAGIC_V1;
+    if &fixed[..8] != LOG_MAGIC && !first_format {
         return Err(TrmError::dataset(
             &what,
-            "not an answer log (no TRMARCA1 header)",
+            "not an answer log (no TRMARCA2 or TRMARCA1 header)",
         ));
     }
     if u32_at(16) as usize != CANVAS_TOKENS || u32_at(20) as usize != LOG_RECORD {
@@ -315,7 +399,45 @@ fn read_records(
             ),
         ));
     }
-    let records = (len as usize - LOG_HEADER) / LOG_RECORD;
+    if first_format {
+        return Ok((None, LOG_HEADER as u64));
+    }
+    let json_len = u64_at(24);
+    let start = LOG_HEADER as u64 + json_len;
+    if json_len > MAX_HEADER_JSON || start > len {
+        return Err(TrmError::dataset(
+            &what,
+            format!(
+                "the header claims {json_len} bytes of JSON, the file holds {len} bytes in all"
+            ),
+        ));
+    }
+    let mut json = vec![0u8; json_len as usize];
+    file.read_exact(&mut json)
+        .map_err(|e| TrmError::io(path, e))?;
+    let header: LogHeader = serde_json::from_slice(&json).map_err(|e| {
+        TrmError::dataset(
+            &what,
+            format!("the log's header is not a valid run record: {e}"),
+        )
+    })?;
+    Ok((Some(header), start))
+}
+
+/// Calls `each` with the complete records of a log from `start` (where its
+/// header ends; the file is positioned there); returns where they end (a
+/// record cut short is left out).
+fn read_records(
+    file: &mut File,
+    path: &Path,
+    start: u64,
+    len: u64,
+    examples: usize,
+    each: &mut dyn FnMut(Answer) -> Result<()>,
+) -> Result<u64> {
+    let io = |e| TrmError::io(path, e);
+    let what = path.display().to_string();
+    let records = (len - start) / LOG_RECORD as u64;
     let mut reader = std::io::BufReader::new(&mut *file);
     let mut seen = vec![false; examples];
     let mut record = vec![0u8; LOG_RECORD];
@@ -337,5 +459,5 @@ fn read_records(
             tokens: record[16..].to_vec(),
         })?;
     }
-    Ok((LOG_HEADER + records * LOG_RECORD) as u64)
+    Ok(start + records * LOG_RECORD as u64)
 }

@@ -292,6 +292,26 @@ impl ArcDataset {
         &self.example_identifiers
     }
 
+    /// SHA-256 of the examples' augmentations: every identifier's name
+    /// (the original puzzle and its augmentation, `identifiers.json`) and
+    /// every example's identifier, in order. Two builds that give their
+    /// examples the same augmented puzzles have the same fingerprint; it
+    /// goes into the header of an answer log
+    /// ([`crate::shard::RunSettings::data_sha256`]).
+    pub fn fingerprint(&self) -> String {
+        let ids: Vec<u8> = self
+            .example_identifiers
+            .iter()
+            .flat_map(|id| id.to_le_bytes())
+            .collect();
+        let count = (self.identifiers.len() as u64).to_le_bytes();
+        crate::shard::sha256_of_parts(
+            std::iter::once(&count[..])
+                .chain(self.identifiers.iter().map(|name| name.as_bytes()))
+                .chain(std::iter::once(ids.as_slice())),
+        )
+    }
+
     /// Example `index` (read from the file).
     pub fn example(&self, index: usize) -> Result<Example> {
         let puzzle_identifier = *self.example_identifiers.get(index).ok_or_else(|| {

@@ -18,7 +18,7 @@ pub mod dataset;
 pub mod grid;
 pub mod vote;
 
-pub use answers::{Answer, AnswerLog, Predictions};
+pub use answers::{Answer, AnswerLog, LogHeader, Predictions};
 pub use dataset::{ArcDataset, DatasetMetadata, Example, TestPair, TestPuzzle};
 pub use grid::{Augmentation, ColourPermutation, Dihedral, Grid};
 pub use vote::{ArcResults, ArcVoter, Candidate, DEFAULT_PASS_KS, Submission};

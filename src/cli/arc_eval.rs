@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use trm_wgpu::arc::{self, AnswerLog, ArcDataset, ArcVoter, Predictions};
+use trm_wgpu::arc::{self, AnswerLog, ArcDataset, ArcVoter, LogHeader, Predictions};
+use trm_wgpu::shard::{self, RunSettings, Shard};
 use trm_wgpu::{
-    Backend, Engine, EngineOptions, GpuSchedule, LoadOptions, Result, SolveOptions, TrmError,
-    TrmModel,
+    ActivationPrecision, Backend, Engine, EngineOptions, GpuSchedule, LoadOptions, Result,
+    SolveOptions, TrmError, TrmModel,
 };
 
 #[derive(clap::Args, Debug)]
@@ -29,10 +30,19 @@ pub struct ArcEvalArgs {
     #[arg(long, conflicts_with_all = ["model", "answers"])]
     predictions: Option<PathBuf>,
     /// Answer log: with --model, each answer is appended here as it comes
-    /// and a rerun resumes from the answers already in it; without
-    /// --model, the vote runs over the answers in it.
+    /// and a rerun with the same model and settings resumes from the
+    /// answers already in it; without --model, the vote runs over the
+    /// answers in it. Repeat it to vote over several logs at once (the
+    /// logs of the shards of one run: logs of other models or settings are
+    /// refused).
     #[arg(long)]
-    answers: Option<PathBuf>,
+    answers: Vec<PathBuf>,
+    /// Answer only share K of N of the evaluated examples (0-based: 0/4 is
+    /// the first quarter) into this run's own --answers log, to split the
+    /// evaluation across processes or machines; then vote over every
+    /// share's log with `--answers LOG0 --answers LOG1 ...`.
+    #[arg(long, value_name = "K/N", requires_all = ["model", "answers"], conflicts_with = "submission")]
+    shard: Option<Shard>,
     /// Write the two-attempt submission (ARC Prize format) here.
     #[arg(long)]
     submission: Option<PathBuf>,
@@ -94,10 +104,16 @@ pub fn arc_eval(args: ArcEvalArgs) -> Result<()> {
         vote_predictions(&mut voter, &Predictions::open(path)?)?;
     } else if let Some(path) = &args.model {
         answer_with_model(&args, path, &dataset, &mut voter)?;
-    } else if let Some(path) = &args.answers {
-        AnswerLog::replay(path, dataset.len(), |answer| {
-            arc::vote_answer(&mut voter, &dataset, &answer)
-        })?;
+        if let Some(shard) = args.shard {
+            // a share's pass@k says nothing: the vote waits for every share
+            eprintln!(
+                "shard {shard} answered into {}; vote over every shard's log with --answers LOG0 --answers LOG1 ...",
+                args.answers[0].display()
+            );
+            return Ok(());
+        }
+    } else {
+        vote_logs(&args.answers, &dataset, &mut voter)?;
     }
     let results = voter.results(&args.pass_k);
     if let Some(path) = &args.submission {
@@ -146,15 +162,90 @@ fn vote_predictions(voter: &mut ArcVoter, preds: &Predictions) -> Result<()> {
     Ok(())
 }
 
+/// Votes over the answer logs `paths`: the logs of one run (its shards),
+/// so their headers must record the same settings and no example may be
+/// answered twice. A log of the first format (no header) is voted alone.
+fn vote_logs(paths: &[PathBuf], dataset: &ArcDataset, voter: &mut ArcVoter) -> Result<()> {
+    let mut first: Option<(&PathBuf, LogHeader)> = None;
+    let mut shards = Vec::new();
+    for path in paths {
+        let header = AnswerLog::header(path, dataset.len())?;
+        let Some(header) = header else {
+            if paths.len() > 1 {
+                return Err(TrmError::Input(format!(
+                    "{} is an answer log of the first format, which does not record the model and settings that wrote it: it can only be voted alone",
+                    path.display()
+                )));
+            }
+            continue;
+        };
+        shards.extend(header.shard);
+        match &first {
+            None => first = Some((path, header)),
+            Some((first_path, first)) => first.settings.check_same(
+                &header.settings,
+                &first_path.display().to_string(),
+                &path.display().to_string(),
+            )?,
+        }
+    }
+    // which log answered each example, to refuse one answered twice
+    let mut answered_by: Vec<Option<usize>> = vec![None; dataset.len()];
+    for (i, path) in paths.iter().enumerate() {
+        AnswerLog::replay(path, dataset.len(), |answer| {
+            if let Some(j) = answered_by[answer.example].replace(i) {
+                return Err(TrmError::Input(format!(
+                    "example {} is answered in both {} and {} (the same log or shard twice?)",
+                    answer.example,
+                    paths[j].display(),
+                    path.display()
+                )));
+            }
+            arc::vote_answer(voter, dataset, &answer)
+        })?;
+    }
+    if let Some(count) = shards.first().map(|s| s.count) {
+        let missing: Vec<String> = (0..count)
+            .filter(|&k| !shards.iter().any(|s| s.count == count && s.index == k))
+            .map(|k| format!("{k}/{count}"))
+            .collect();
+        if !missing.is_empty() {
+            eprintln!(
+                "note: no log of shard {} among those given: their examples count as unanswered",
+                missing.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What the answers of `model` (loaded from `path`) depend on in this run.
+fn run_settings(
+    path: &PathBuf,
+    model: &TrmModel,
+    solve: &SolveOptions,
+    dataset: &ArcDataset,
+) -> Result<RunSettings> {
+    Ok(RunSettings {
+        model_sha256: shard::file_sha256(path)?,
+        precision: model.precision().as_str().into(),
+        act_steps: solve.resolved_act_steps(model.config())?,
+        early_halt: solve.early_halt,
+        // arc-eval runs the CPU's products at f32 activations
+        activations: ActivationPrecision::default().to_string(),
+        data_sha256: dataset.fingerprint(),
+    })
+}
+
 fn answer_with_model(
     args: &ArcEvalArgs,
-    path: &PathBuf,
+    path_of_model: &PathBuf,
     dataset: &ArcDataset,
     voter: &mut ArcVoter,
 ) -> Result<()> {
     let mut options = LoadOptions::default().allow_unexpected(args.allow_unexpected);
     options.precision = args.precision;
-    let model = TrmModel::load_with(path, &options, None)?;
+    let model = TrmModel::load_with(path_of_model, &options, None)?;
     if !model.ignored_tensors().is_empty() {
         eprintln!(
             "warning: ignored tensors the configuration does not use: {}",
@@ -169,10 +260,23 @@ fn answer_with_model(
     solve.resolved_act_steps(model.config())?;
 
     let mut selected = dataset.selected_examples(args.limit);
+    if let Some(shard) = args.shard {
+        selected = selected[shard.range(selected.len())].to_vec();
+    }
     let mut log = None;
-    if let Some(path) = &args.answers {
+    if args.answers.len() > 1 {
+        return Err(TrmError::Input(
+            "--model writes one answer log: give --answers once (several logs are voted without --model)".into(),
+        ));
+    }
+    if let Some(path) = args.answers.first() {
+        let header = LogHeader::new(
+            run_settings(path_of_model, &model, &solve, dataset)?,
+            args.shard,
+            path_of_model,
+        );
         let mut answered = vec![false; dataset.len()];
-        let opened = AnswerLog::open(path, dataset.len(), |answer| {
+        let opened = AnswerLog::open(path, dataset.len(), &header, |answer| {
             answered[answer.example] = true;
             arc::vote_answer(voter, dataset, &answer)
         })?;

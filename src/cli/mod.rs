@@ -37,6 +37,34 @@ enum Command {
     /// augmented test example (or take given predictions), vote, report
     /// pass@k and write the submission.
     ArcEval(arc_eval::ArcEvalArgs),
+    /// Join the outputs of `trm run --shard K/N` (every share of one run,
+    /// in any order) into the output the whole run writes.
+    Merge(MergeArgs),
+}
+
+/// `trm merge`'s arguments.
+#[derive(clap::Args, Debug)]
+pub struct MergeArgs {
+    /// The shares' output files.
+    #[arg(required = true)]
+    shards: Vec<PathBuf>,
+    /// The merged output.
+    #[arg(long, short = 'o')]
+    output: PathBuf,
+}
+
+/// `trm merge`: checks that the files are every share of one run, once,
+/// and writes their outputs in the input's order.
+fn merge(args: MergeArgs) -> Result<()> {
+    let merged = trm_wgpu::shard::merge_outputs(&args.shards)?;
+    merged.save(&args.output)?;
+    eprintln!(
+        "merged {} shards: {} puzzles into {}",
+        args.shards.len(),
+        merged.batch,
+        args.output.display()
+    );
+    Ok(())
 }
 
 /// Model loading flags shared by the subcommands.
@@ -86,5 +114,6 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Check(args) => check::check(args),
         Command::Convert(args) => convert::convert(args),
         Command::ArcEval(args) => arc_eval::arc_eval(args),
+        Command::Merge(args) => merge(args),
     }
 }

@@ -3,11 +3,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use trm_wgpu::augment::{self, AugmentOptions, AugmentTask, Selection};
-use trm_wgpu::program::{self, StreamStats};
+use trm_wgpu::augment::{AugmentTask, Selection};
+use trm_wgpu::run::{self, RunOptions, RunOutput};
+use trm_wgpu::shard::{self, RunSettings, Shard, ShardHeader};
 use trm_wgpu::{
-    ActivationPrecision, Backend, Engine, EngineOptions, GpuSchedule, PuzzleBatch, Result,
-    SolveOptions, SolveOutput, TrmError,
+    ActivationPrecision, Backend, EngineOptions, GpuSchedule, PuzzleBatch, Result, TrmError,
+    TrmModel,
 };
 
 use super::ModelArgs;
@@ -92,24 +93,42 @@ pub struct RunArgs {
     /// (default: the whole input as one batch).
     #[arg(long, conflicts_with_all = ["augment", "trajectories"])]
     batch: Option<usize>,
+    /// Solve only share K of N of the input's puzzles (0-based: 0/4 is the
+    /// first quarter), to split a run across processes or machines. The
+    /// output records the share and what the answers depend on; `trm merge`
+    /// joins the N outputs into what the whole run writes.
+    #[arg(long, value_name = "K/N", conflicts_with_all = ["augment", "trajectories"])]
+    shard: Option<Shard>,
 }
 
-/// The largest --steps accepted: the ACT loop's counters are 32-bit, and a
-/// solve of more steps than this is a typo rather than a plan.
-const MAX_ACT_STEPS: usize = 1 << 16;
-
+/// Solves the input file (or, with --shard, its share of it) and writes
+/// the outputs.
 pub fn run(args: RunArgs) -> Result<()> {
     let model = Arc::new(args.model.load()?);
     let engine_precision = model.precision();
-    let batch = PuzzleBatch::load(&args.input, model.config())?;
-    let mut options = SolveOptions::default().early_halt(args.halt);
-    if let Some(steps) = args.steps {
-        if steps > MAX_ACT_STEPS {
-            return Err(TrmError::Input(format!(
-                "--steps {steps} is beyond the {MAX_ACT_STEPS} ACT steps a solve may run"
-            )));
-        }
-        options = options.act_steps(steps);
+    let mut batch = PuzzleBatch::load(&args.input, model.config())?;
+    let mut options = RunOptions::default();
+    options.steps = args.steps;
+    options.halt = args.halt;
+    options.task = args.task;
+    options.augment = args.augment;
+    options.select = args.select;
+    options.seed = args.seed;
+    options.trajectories = args.trajectories;
+    options.noise = args.noise;
+    options.noise_on = args.noise_on;
+    options.slots = args.slots;
+    options.batch = args.batch;
+    // checked before an engine is built
+    let solve = options.solve_options()?;
+    let shard = match args.shard {
+        Some(shard) => Some(shard_header(
+            &args, shard, &model, &batch, &options, &solve,
+        )?),
+        None => None,
+    };
+    if let Some(header) = &shard {
+        batch = batch.slice(header.shard.range(header.total));
     }
     let mut engine_options = EngineOptions::default();
     engine_options.adapter = args.adapter.clone();
@@ -120,97 +139,23 @@ pub fn run(args: RunArgs) -> Result<()> {
     if let Some(reason) = engine.gpu_unavailable() {
         eprintln!("note: running on the CPU: {reason}");
     }
-    if let (Some(k), Some(sigma)) = (args.trajectories, args.noise) {
-        if k == 0 || u32::try_from(k).is_err() || !sigma.is_finite() || sigma < 0.0 {
-            return Err(TrmError::Input(format!(
-                "--trajectories {k} --noise {sigma}: at least one trajectory and a finite sigma >= 0"
-            )));
-        }
-        options = options.noise(trm_wgpu::noise::NoiseOptions {
-            sigma,
-            seed: args.seed,
-            on: args.noise_on,
-            trajectories: k as u32,
-        });
-    }
-    if args.select == Selection::Verifier && args.task.is_none() {
-        return Err(TrmError::Input(
-            "--select verifier needs --task (a task with a verifier: sudoku)".into(),
-        ));
-    }
     let started = std::time::Instant::now();
-    let mut program_stats = None;
-    let augment_variants = match (args.augment, args.trajectories) {
-        (None, Some(_)) => Some(1),
-        (variants, _) => variants,
-    };
-    let out = match (augment_variants, args.slots, args.batch) {
-        (_, Some(0), _) | (_, _, Some(0)) => {
-            return Err(TrmError::Input(
-                "--slots and --batch take at least one puzzle".into(),
-            ));
-        }
-        (Some(variants), _, _) => {
-            let augment = AugmentOptions {
-                // trajectories alone: one variant, the identity, of any task
-                task: args.task.unwrap_or(AugmentTask::Sudoku),
-                variants,
-                select: args.select,
-                seed: args.seed,
-            };
-            let augmented = augment::solve_augmented(&mut engine, &batch, &options, &augment)?;
-            let bytes = augmented.to_safetensors_bytes()?;
-            std::fs::write(&args.output, bytes).map_err(|e| TrmError::Io {
+    let done = run::run(&mut engine, &batch, &options)?;
+    match (&shard, &done.output) {
+        (Some(header), RunOutput::Plain(out)) => header.save(out, &args.output)?,
+        _ => std::fs::write(&args.output, done.output.to_safetensors_bytes()?).map_err(|e| {
+            TrmError::Io {
                 path: args.output.clone(),
                 source: e,
-            })?;
-            augmented.output
-        }
-        (None, Some(slots), _) => {
-            let (out, stats) =
-                program::solve_streaming(&mut engine, &batch, None, slots, &options)?;
-            out.save(&args.output)?;
-            program_stats = Some(stats);
-            out
-        }
-        (None, None, Some(size)) => {
-            // fixed batches one after another: network calls add up
-            let per_act = engine.config().recursion_steps_per_act_step() as u64;
-            let mut stats = StreamStats {
-                slots: size as u64,
-                ..StreamStats::default()
-            };
-            let mut all: Option<SolveOutput> = None;
-            for start in (0..batch.len()).step_by(size) {
-                let part = batch.slice(start..(start + size).min(batch.len()));
-                let out = engine.solve(&part, &options)?;
-                let most = u64::from(out.steps.iter().copied().max().unwrap_or(0));
-                stats.act_steps += most;
-                stats.recursion_steps += most * per_act;
-                stats.puzzle_recursion_steps +=
-                    out.steps.iter().map(|&s| u64::from(s)).sum::<u64>() * per_act;
-                stats.puzzles += out.batch as u64;
-                match &mut all {
-                    None => all = Some(out),
-                    Some(all) => all.append(out)?,
-                }
             }
-            let out = all.ok_or_else(|| TrmError::Input("the batch holds no puzzles".into()))?;
-            out.save(&args.output)?;
-            program_stats = Some(stats);
-            out
-        }
-        (None, None, None) => {
-            let out = engine.solve(&batch, &options)?;
-            out.save(&args.output)?;
-            out
-        }
-    };
+        })?,
+    }
+    let out = done.output.output();
     if args.stats {
         let seconds = started.elapsed().as_secs_f64();
-        let mut json = engine.stats_json(&out);
+        let mut json = engine.stats_json(out);
         if let Some(map) = json.as_object_mut() {
-            if let Some(stats) = program_stats {
+            if let Some(stats) = done.stats {
                 // the program's counts over the whole run (the engine's
                 // cover its last solve)
                 map.insert("recursion_steps".into(), stats.recursion_steps.into());
@@ -233,6 +178,9 @@ pub fn run(args: RunArgs) -> Result<()> {
                 (out.batch as f64 / seconds.max(1e-9)).into(),
             );
             map.insert("precision".into(), engine_precision.as_str().into());
+            if let Some(header) = &shard {
+                map.insert("shard".into(), header.shard.to_string().into());
+            }
             if let Some(mib) = super::peak_resident_mib() {
                 map.insert("peak_resident_mib".into(), mib.into());
             }
@@ -240,4 +188,50 @@ pub fn run(args: RunArgs) -> Result<()> {
         println!("{json}");
     }
     Ok(())
+}
+
+/// The header of `shard`'s output: its share of the input, and what the
+/// answers depend on, so that `trm merge` joins only the shares of one run.
+fn shard_header(
+    args: &RunArgs,
+    shard: Shard,
+    model: &TrmModel,
+    batch: &PuzzleBatch,
+    options: &RunOptions,
+    solve: &trm_wgpu::SolveOptions,
+) -> Result<ShardHeader> {
+    if options.depends_on_position() {
+        return Err(TrmError::Input(
+            "--shard cannot be combined with --augment or --trajectories: their variants and noise are drawn by each puzzle's position in the input, so a share would not answer as the whole run does".into(),
+        ));
+    }
+    let total = batch.len();
+    if shard.range(total).is_empty() {
+        return Err(TrmError::Input(format!(
+            "shard {shard} of {total} puzzles holds none: split into at most {total} shards"
+        )));
+    }
+    let data_sha256 = shard::sha256_of_parts([
+        &(batch.seq_len() as u64).to_le_bytes()[..],
+        le_bytes(batch.tokens()).as_slice(),
+        le_bytes(batch.puzzle_ids()).as_slice(),
+    ]);
+    Ok(ShardHeader {
+        shard,
+        total,
+        first: shard.range(total).start,
+        settings: RunSettings {
+            model_sha256: shard::file_sha256(&args.model.model)?,
+            precision: model.precision().as_str().into(),
+            act_steps: solve.resolved_act_steps(model.config())?,
+            early_halt: solve.early_halt,
+            activations: args.activations.to_string(),
+            data_sha256,
+        },
+    })
+}
+
+/// Little-endian bytes of `values`.
+fn le_bytes(values: &[u32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }

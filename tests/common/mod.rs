@@ -451,3 +451,20 @@ pub fn sudoku_easy_reference() -> HashMap<String, Vec<f32>> {
         })
         .collect()
 }
+
+/// The header of an answer log written by hand in a test: settings no
+/// model run has (resuming it with a model is refused).
+pub fn test_log_header() -> trm_wgpu::arc::LogHeader {
+    trm_wgpu::arc::LogHeader::new(
+        trm_wgpu::shard::RunSettings {
+            model_sha256: "0".repeat(64),
+            precision: "f32".into(),
+            act_steps: 16,
+            early_halt: false,
+            activations: "f32".into(),
+            data_sha256: "0".repeat(64),
+        },
+        None,
+        std::path::Path::new("written-by-a-test"),
+    )
+}
