@@ -18,14 +18,18 @@
 # gpu::engine(), GpuContext); the examples go beside them, where
 # tests/examples.rs looks for them.
 #
-# `run` runs each test binary with --include-ignored and records pass or
-# fail, then `trm bench --json --batch 1,8,64,256,1024 --schedule S` for S in
+# `run` first runs `trm check --quick --json` (every kernel variant against
+# the CPU engine) and refuses a software adapter (device_type Cpu: no GPU
+# driver found), recording the adapter, its driver name and version; then
+# runs each test binary with --include-ignored and records pass or fail,
+# all before any timing; then `trm bench --json --batch 1,8,64,256,1024 --schedule S` for S in
 # fused and spread, the precisions, both schedules again with the subgroup
 # reductions off (TRM_GPU_SUBGROUPS=off), then benches/pytorch_reference.py --device cuda (float32
 # eager, float32 CUDA graphs, bfloat16 eager) at the same batch sizes. It
 # writes to $OUT (or ./device-out): rows.jsonl, tests.tsv, tests.log,
-# bench.log, gpu.txt, table.md and bench/results/DATE-ADAPTER.json (every
-# row and test result; copy it into bench/results/). It exits non-zero if
+# bench.log, gpu.txt, check.json, table.md and bench/results/DATE-ADAPTER.json
+# (the adapter and driver, every check line, row and test result; copy it
+# into bench/results/). It exits non-zero if
 # any test, bench or reference run failed, after printing the tables.
 #
 # Knobs (defaults in brackets): TRM_DEVICE_BATCHES [1,8,64,256,1024],
@@ -138,6 +142,26 @@ export NODEVICE_SELECT=1 TRM_BIN="$(pwd)/.device/trm"
 : >"$out/rows.jsonl"
 : >"$out/bench.log"
 
+# The adapter first: `trm check` (every kernel variant against the CPU
+# engine on it) names it, its driver and its type. A software adapter
+# (lavapipe, SwiftShader: device_type Cpu) means the machine's GPU driver
+# was not found, and its timings would be passed off as a GPU's: refused.
+echo "== the adapter (trm check)"
+check_rc=0
+timeout 150 .device/trm check --backend "$backend" --quick --json >"$out/check.json" \
+  2>>"$out/tests.log" || check_rc=$?
+adapter_field() {
+  python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get(sys.argv[2], ""))' \
+    "$out/check.json" "$1" 2>/dev/null || true
+}
+device_type="$(adapter_field device_type)"
+echo "adapter: $(adapter_field adapter), driver: $(adapter_field driver) $(adapter_field driver_info), type: ${device_type:-unknown}"
+if [ "$device_type" = Cpu ] || [ -z "$device_type" ]; then
+  echo "refusing to measure: the adapter is ${device_type:-not found} (a software renderer, or no GPU driver); see .device/ and the device README" >&2
+  exit 1
+fi
+[ "$check_rc" = 0 ] || failed+=("trm check (exit status $check_rc; $out/check.json)")
+
 echo "== GPU tests ($test_args)"
 if [ -n "${TRM_DEVICE_TESTS:-}" ]; then
   read -r -a names <<<"$TRM_DEVICE_TESTS"
@@ -219,7 +243,7 @@ else
 fi
 
 python3 bench/device_report.py --rows "$out/rows.jsonl" --tests "$out/tests.tsv" \
-  --gpu "$out/gpu.txt" --out "$out"
+  --gpu "$out/gpu.txt" --check "$out/check.json" --out "$out"
 
 if [ "${#failed[@]}" -gt 0 ]; then
   echo

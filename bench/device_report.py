@@ -167,6 +167,7 @@ def main():
     p.add_argument("--rows", required=True, help="JSON lines: trm bench --json and pytorch_reference.py")
     p.add_argument("--tests", help="tests.tsv written by bench/device.sh")
     p.add_argument("--gpu", help="nvidia-smi's name,driver,memory line")
+    p.add_argument("--check", help="trm check --json: the adapter, its driver and type, every variant's verdict")
     p.add_argument("--out", required=True, help="folder for bench/results/ and table.md")
     p.add_argument("--date", default=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"))
     args = p.parse_args()
@@ -176,13 +177,22 @@ def main():
     if args.gpu and os.path.exists(args.gpu):
         with open(args.gpu) as f:
             gpu_txt = f.read().strip()
+    check = {}
+    if args.check and os.path.exists(args.check):
+        with open(args.check) as f:
+            try:
+                check = json.load(f)
+            except json.JSONDecodeError:
+                check = {"error": "trm check wrote no JSON"}
     adapter = adapter_of(rows, gpu_txt)
+    # what ran, as wgpu names it: the driver's name and version with it
+    device = {k: check.get(k) for k in ("adapter", "driver", "driver_info", "api", "device_type")}
     results = os.path.join(args.out, "bench", "results")
     os.makedirs(results, exist_ok=True)
     path = os.path.join(results, f"{sanitize(args.date)}-{sanitize(adapter)}.json")
     with open(path, "w") as f:
-        json.dump({"date": args.date, "adapter": adapter, "gpu": gpu_txt, "tests": tests, "rows": rows},
-                  f, indent=1)
+        json.dump({"date": args.date, "adapter": adapter, "device": device, "gpu": gpu_txt,
+                   "check": check, "tests": tests, "rows": rows}, f, indent=1)
         f.write("\n")
     text = "\n".join(tables(rows, tests))
     with open(os.path.join(args.out, "table.md"), "w") as f:
