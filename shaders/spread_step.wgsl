@@ -71,10 +71,14 @@
 
 var<workgroup> red: array<f32, 256>;                      // the norms' partial sums
 
-// The norms' workgroup memory poisoned (POISON_WORKGROUP, the prelude's).
+// The norms' workgroup memory poisoned (POISON_WORKGROUP, the prelude's):
+// `red` and the lane words only, not the tiles, whose 16 KiB would count
+// against this entry point's workgroup storage (WebGPU's default limit is
+// 16 KiB) if it so much as named them.
 fn poison_red(lid: u32) {
     if (POISON_WORKGROUP) {
         red[lid] = runtime_nan(lid);
+        lanes_poison(lid);
         workgroupBarrier();
     }
 }
@@ -141,7 +145,6 @@ fn spread_norm_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     if (t >= params.groups) {
         return;
     }
-    poison_workgroup(lid);
     poison_red(lid);
     let lanes = lanes_setup(lid);
     report_lanes(REPORT_NORM_ROWS, t == 0u, lid, lanes);

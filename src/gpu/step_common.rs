@@ -192,6 +192,17 @@ fn tile_bytes(sk: u32) -> u32 {
     2 * 2 * 64 * sk * 4
 }
 
+/// The least workgroup memory of an adapter for which the engine builds
+/// the step kernels at tile depth `sk` with `lanes`: every such kernel must
+/// fit in it (`translation_tests` checks that each does).
+#[cfg(test)]
+pub(crate) fn least_workgroup_bytes(sk: u32, lanes: Lanes) -> u32 {
+    match lanes {
+        Lanes::Subgroup => tile_bytes(sk) + LANE_SETUP_BYTES,
+        Lanes::Workgroup => tile_bytes(sk),
+    }
+}
+
 /// Workgroup memory the subgroup lane prelude adds to a kernel
 /// (`lane_faults` and `lane_width` in `shaders/common/lanes_subgroup.wgsl`).
 const LANE_SETUP_BYTES: u32 = 8;

@@ -27,7 +27,7 @@ use crate::config::{PosEncodings, TrmConfig};
 use crate::weights::Precision;
 
 use super::kernels::{DeviceKernels, KernelFile, KernelKey, model_kernels};
-use super::step_common::Lanes;
+use super::step_common::{Lanes, least_workgroup_bytes};
 
 /// The shapes: the published models' and small ones for the variants they
 /// lack.
@@ -130,6 +130,9 @@ fn translate(key: &KernelKey, parsed: &Parsed, check_spirv: bool) -> Vec<String>
         Err(e) => return vec![format!("override constants: {e}")],
     };
     let subgroups = key.lanes == Lanes::Subgroup;
+    if let Err(e) = check_workgroup_storage(key, &module, &info) {
+        failures.push(e);
+    }
 
     let msl_options = msl::Options {
         lang_version: (2, 4),
@@ -206,6 +209,55 @@ fn translate(key: &KernelKey, parsed: &Parsed, check_spirv: bool) -> Vec<String>
         }
     }
     failures
+}
+
+/// The workgroup storage an entry point names, in bytes, as WebGPU counts
+/// it: every `var<workgroup>` the entry point (or a function it calls)
+/// uses, at its size, whether or not a branch that touches it ever runs.
+fn workgroup_storage(entry: &str, module: &naga::Module, info: &ModuleInfo) -> Result<u32, String> {
+    let index = module
+        .entry_points
+        .iter()
+        .position(|e| e.name == entry)
+        .ok_or_else(|| format!("no entry point {entry}"))?;
+    let uses = info.get_entry_point(index);
+    let mut layouter = naga::proc::Layouter::default();
+    layouter
+        .update(module.to_ctx())
+        .map_err(|e| format!("layout: {e}"))?;
+    Ok(module
+        .global_variables
+        .iter()
+        .filter(|(handle, var)| {
+            var.space == naga::AddressSpace::WorkGroup && !uses[*handle].is_empty()
+        })
+        .map(|(_, var)| layouter[var.ty].size)
+        .sum())
+}
+
+/// Within the least workgroup memory of the adapters the engine builds the
+/// key for (`device_kernels` picks tile depth and lane prelude by the
+/// adapter's limit; the other kernels are built wherever the engine runs,
+/// down to the 8 KiB it requires). Dawn and wgpu refuse a pipeline above
+/// the device's limit, so a kernel over it fails only on the devices that
+/// have no more: a browser's 16 KiB default, Apple's 16352 bytes.
+fn check_workgroup_storage(
+    key: &KernelKey,
+    module: &naga::Module,
+    info: &ModuleInfo,
+) -> Result<(), String> {
+    let sk = key.constants.iter().find(|(name, _)| *name == "SK");
+    let limit = match sk {
+        Some(&(_, depth)) => least_workgroup_bytes(depth as u32, key.lanes),
+        None => least_workgroup_bytes(8, Lanes::Workgroup),
+    };
+    let used = workgroup_storage(key.entry, module, info)?;
+    if used > limit {
+        return Err(format!(
+            "workgroup storage: {used} bytes, above the {limit} of the least adapter it is built for"
+        ));
+    }
+    Ok(())
 }
 
 /// `spirv-val` on `words`, for Vulkan 1.1 (subgroups) or 1.0.
