@@ -11,7 +11,7 @@ use crate::cpu::{ActivationPrecision, CpuEngine, CpuOptions};
 use crate::error::{Result, TrmError};
 use crate::gpu::{GpuBackend, GpuContext, GpuEngine, GpuOptions, GpuRunOptions, GpuSchedule};
 use crate::model::TrmModel;
-use crate::program::SlotEngine;
+use crate::program::{ActReport, ActRun, Fill, SlotEngine};
 use crate::solve::{Carry, Engine, SolveOptions, SolveOutput};
 use crate::weights::Precision;
 
@@ -196,40 +196,42 @@ impl AnyEngine {
             AnyEngine::Gpu(e) => e.as_mut(),
         }
     }
-
-    fn slots_mut(&mut self) -> &mut dyn SlotEngine {
-        match self {
-            AnyEngine::Cpu { engine, .. } => engine.as_mut(),
-            AnyEngine::Gpu(e) => e.as_mut(),
-        }
-    }
 }
 
 impl SlotEngine for AnyEngine {
     fn open_slots(&mut self, slots: usize) -> Result<usize> {
-        self.slots_mut().open_slots(slots)
+        match self {
+            AnyEngine::Cpu { engine, .. } => engine.open_slots(slots),
+            AnyEngine::Gpu(e) => e.open_slots(slots),
+        }
     }
 
-    fn fill_slot(
-        &mut self,
-        slot: usize,
-        tokens: &[u32],
-        puzzle_id: u32,
-        carry: Option<(&[f32], &[f32])>,
-    ) -> Result<()> {
-        self.slots_mut().fill_slot(slot, tokens, puzzle_id, carry)
+    fn fill_slots(&mut self, fills: &[Fill<'_>]) -> Result<()> {
+        match self {
+            AnyEngine::Cpu { engine, .. } => engine.fill_slots(fills),
+            AnyEngine::Gpu(e) => e.fill_slots(fills),
+        }
     }
 
     fn move_slot(&mut self, from: usize, to: usize) -> Result<()> {
-        self.slots_mut().move_slot(from, to)
+        match self {
+            AnyEngine::Cpu { engine, .. } => engine.move_slot(from, to),
+            AnyEngine::Gpu(e) => e.move_slot(from, to),
+        }
     }
 
-    fn act_step(&mut self, occupied: usize, heads: bool) -> Result<Vec<[f32; 2]>> {
-        self.slots_mut().act_step(occupied, heads)
+    async fn act_steps(&mut self, occupied: usize, run: ActRun) -> Result<ActReport> {
+        match self {
+            AnyEngine::Cpu { engine, .. } => engine.act_steps(occupied, run).await,
+            AnyEngine::Gpu(e) => e.act_steps(occupied, run).await,
+        }
     }
 
-    fn read_slots(&mut self, slots: &[usize], carry: bool) -> Result<SolveOutput> {
-        self.slots_mut().read_slots(slots, carry)
+    async fn read_slots(&mut self, slots: &[usize], carry: bool) -> Result<SolveOutput> {
+        match self {
+            AnyEngine::Cpu { engine, .. } => engine.read_slots(slots, carry).await,
+            AnyEngine::Gpu(e) => e.read_slots(slots, carry).await,
+        }
     }
 
     fn add_noise(
@@ -238,7 +240,10 @@ impl SlotEngine for AnyEngine {
         state: crate::noise::State,
         draw: &crate::noise::NoiseDraw,
     ) -> Result<()> {
-        self.slots_mut().add_noise(slot, state, draw)
+        match self {
+            AnyEngine::Cpu { engine, .. } => engine.add_noise(slot, state, draw),
+            AnyEngine::Gpu(e) => e.add_noise(slot, state, draw),
+        }
     }
 }
 

@@ -29,6 +29,7 @@ pub mod arc;
 pub mod augment;
 pub mod backend;
 pub mod batch;
+mod blocking;
 pub mod check;
 pub mod checkpoint;
 pub mod config;

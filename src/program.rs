@@ -1,33 +1,48 @@
 //! The solve program: TRM's recursion and ACT loop, written once over the
-//! few operations an engine provides ([`SlotEngine`]).
+//! few operations an engine provides ([`SlotEngine`]). Every solve runs it:
+//! a fixed batch ([`solve_batch`], what [`Engine::solve`] of both engines
+//! does), streaming ([`Stream`], [`solve_streaming`]), noisy trajectories,
+//! augmentation, the bench's solves and the web page's.
 //!
 //! An engine holds a fixed number of *slots*, each one puzzle in flight:
 //! its embedded input x and its carry (z_H, z_L). The program
 //!
-//! - fills free slots with waiting puzzles ([`SlotEngine::fill_slot`]:
+//! - fills free slots with waiting puzzles ([`SlotEngine::fill_slots`]:
 //!   embedding, and the initial or a given carry);
-//! - runs one ACT step over the occupied slots ([`SlotEngine::act_step`]:
-//!   the network calls of [`act_step_calls`], then the heads), which are
-//!   always slots `0..occupied`, so an engine runs them as one batch;
-//! - reads the Q logits and decides, by the model's rule
-//!   ([`TrmConfig::halts`]), which puzzles halt; a puzzle also leaves after
-//!   its last allowed ACT step;
-//! - reads the outputs of the puzzles that left ([`SlotEngine::read_slots`])
-//!   and records the ACT step each left at;
-//! - refills their slots with the next puzzles at once (continuous
-//!   batching), or, with none waiting, moves the last occupied slot into the
-//!   hole ([`SlotEngine::move_slot`]) so the occupied slots stay `0..n`.
+//! - runs ACT steps over the occupied slots ([`SlotEngine::act_steps`]:
+//!   each the network calls of [`act_step_calls`], then the heads), which
+//!   are always slots `0..occupied`, so an engine runs them as one batch:
+//!   one step where a puzzle's leaving should free its slot at once (early
+//!   halting with puzzles waiting) or noise goes between steps, else as
+//!   many as every puzzle has left, which an engine may run ahead without
+//!   the host (the GPU records them all and decides halting on the device,
+//!   by the same rule, [`TrmConfig::halts`]; the CPU engine runs one and
+//!   returns);
+//! - counts each puzzle's ACT steps; a puzzle leaves when it halted or ran
+//!   its last allowed step;
+//! - reads the outputs of the puzzles that left ([`SlotEngine::read_slots`],
+//!   or with the run when the engine read them along) and records the ACT
+//!   steps each ran;
+//! - refills their slots with the next puzzles (continuous batching), or,
+//!   with none waiting, moves the last occupied slot into the hole
+//!   ([`SlotEngine::move_slot`]) so the occupied slots stay `0..n`.
 //!
 //! A fixed-batch solve is the same program with as many slots as puzzles
-//! ([`solve_batch`]); a streaming solve has fewer slots than puzzles
-//! ([`Stream`], [`solve_streaming`]). A puzzle's outputs do not depend on
-//! which slot it runs in or beside whom, so both give every puzzle the same
-//! answers and `steps`.
+//! (more are streamed through them, a wave of slots at a time); a
+//! streaming solve has fewer slots than puzzles. A puzzle's outputs do not
+//! depend on which slot it runs in or beside whom, so both give every
+//! puzzle the same answers and `steps`.
 //!
-//! The GPU engine keeps a fast path for a fixed batch
-//! (`GpuEngine::solve_from`): all ACT steps recorded ahead, halting decided
-//! on the device (`shaders/halt.wgsl`, the same rule), the host one step
-//! behind. Its network calls come from [`act_step_calls`] too.
+//! The program survives its engine's errors: an operation that fails
+//! leaves the stream as it was before it (a puzzle whose fill failed waits
+//! again at the front, noise once added is not added again, ACT steps are
+//! counted only once run, puzzles whose outputs could not be read are read
+//! first on the next step), so calling [`Stream::step`] again neither
+//! repeats an ACT step nor loses or duplicates a puzzle.
+//!
+//! The engine operations that wait for a device are async (the browser
+//! cannot block); the blocking calls ([`Stream::step`], [`solve_batch`])
+//! run them to their end natively.
 
 use std::collections::VecDeque;
 use web_time::Instant;
@@ -35,6 +50,7 @@ use web_time::Instant;
 use serde::Serialize;
 
 use crate::batch::PuzzleBatch;
+use crate::blocking::block_on;
 use crate::config::TrmConfig;
 use crate::error::{Result, TrmError};
 use crate::noise::{NoiseDraw, NoiseOptions, State};
@@ -66,34 +82,80 @@ pub fn act_step_calls(config: &TrmConfig) -> impl Iterator<Item = Call> + use<> 
     (0..t).flat_map(move |_| (0..=n).map(move |l| if l == n { Call::Answer } else { Call::Latent }))
 }
 
+/// A puzzle put into a slot: its `seq_len` token ids and puzzle identifier
+/// (checked by the caller), and its carry, `[S, D]` z_H and z_L (the
+/// model's initial carry when `None`).
+#[derive(Clone, Copy, Debug)]
+pub struct Fill<'a> {
+    /// The slot.
+    pub slot: usize,
+    /// Its token ids.
+    pub tokens: &'a [u32],
+    /// Its puzzle identifier.
+    pub puzzle_id: u32,
+    /// Its carry, or the initial one.
+    pub carry: Option<(&'a [f32], &'a [f32])>,
+}
+
+/// A run of ACT steps over the occupied slots ([`SlotEngine::act_steps`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ActRun {
+    /// At most this many ACT steps (at least one).
+    pub max_steps: usize,
+    /// Early halting: the heads after every step, and each slot stops
+    /// after the first step whose Q logits say halt ([`TrmConfig::halts`]).
+    pub halt: bool,
+    /// The heads after the run's last step (a slot reaches its last
+    /// allowed step there, so its outputs must exist).
+    pub heads: bool,
+    /// The run's last step is every slot's last allowed one: every slot
+    /// leaves after it, so the engine may read every slot's outputs along
+    /// ([`ActReport::outputs`]).
+    pub last: bool,
+    /// Read the final carry with the outputs.
+    pub carry: bool,
+}
+
+/// What a run of ACT steps did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActReport {
+    /// ACT steps each slot `0..occupied` ran in this run (at least one; the
+    /// same for all but the slots that halted).
+    pub ran: Vec<u32>,
+    /// Whether each slot is done: it halted, or the run was its `last`.
+    pub done: Vec<bool>,
+    /// Every occupied slot's outputs (`steps` left 0), where the engine read
+    /// them with the run (a `last` run); else `None`.
+    pub outputs: Option<SolveOutput>,
+}
+
 /// What an engine provides to the solve program: slots of puzzles in
-/// flight, the ACT step over them, and reads of their outputs. Slots are
-/// numbered from 0; the program keeps the occupied ones at `0..n`.
+/// flight, ACT steps over them, and reads of their outputs. Slots are
+/// numbered from 0; the program keeps the occupied ones at `0..n`. An
+/// operation that fails changes nothing the program relies on (the
+/// program retries it as it was).
 pub trait SlotEngine: Engine {
     /// Makes room for `slots` puzzles in flight (at least 1), forgetting
     /// any there; returns how many the engine holds, at most `slots` (a
     /// device may hold fewer).
     fn open_slots(&mut self, slots: usize) -> Result<usize>;
 
-    /// Puts a puzzle into a free slot: its `seq_len` token ids and puzzle
-    /// identifier (checked by the caller), and its carry, `[S, D]` z_H and
-    /// z_L (the model's initial carry when `None`).
-    fn fill_slot(
-        &mut self,
-        slot: usize,
-        tokens: &[u32],
-        puzzle_id: u32,
-        carry: Option<(&[f32], &[f32])>,
-    ) -> Result<()>;
+    /// Puts puzzles into free slots.
+    fn fill_slots(&mut self, fills: &[Fill<'_>]) -> Result<()>;
 
     /// Moves the puzzle in slot `from` to slot `to`, whose puzzle has left;
     /// `from` is free afterwards.
     fn move_slot(&mut self, from: usize, to: usize) -> Result<()>;
 
-    /// One ACT step over slots `0..occupied`: the network calls of
-    /// [`act_step_calls`], then, with `heads`, the output heads, returning
-    /// each slot's `[q_halt, q_continue]` (empty without).
-    fn act_step(&mut self, occupied: usize, heads: bool) -> Result<Vec<[f32; 2]>>;
+    /// Runs at least one and at most `run.max_steps` ACT steps over slots
+    /// `0..occupied`: the network calls of [`act_step_calls`] each, the
+    /// heads after every step with `run.halt` and after the last with
+    /// `run.heads`; reports what ran ([`ActReport`]).
+    fn act_steps(
+        &mut self,
+        occupied: usize,
+        run: ActRun,
+    ) -> impl Future<Output = Result<ActReport>>;
 
     /// Adds `draw`'s noise to `state` of the puzzle in `slot`
     /// ([`crate::noise::add_noise`]'s numbers, made where the state lives).
@@ -101,7 +163,11 @@ pub trait SlotEngine: Engine {
 
     /// The outputs of `slots` after their last heads, in that order
     /// (`steps` left 0 for the program to fill; no carry unless `carry`).
-    fn read_slots(&mut self, slots: &[usize], carry: bool) -> Result<SolveOutput>;
+    fn read_slots(
+        &mut self,
+        slots: &[usize],
+        carry: bool,
+    ) -> impl Future<Output = Result<SolveOutput>>;
 }
 
 /// What a run of the program did, counted by the program.
@@ -146,7 +212,14 @@ struct Waiting {
 #[derive(Clone, Copy, Debug)]
 struct InFlight {
     ticket: u64,
+    /// ACT steps it ran.
     steps: u32,
+    /// The states whose noise before ACT step `steps + 1` is in place (a
+    /// bit per [`State`]), so that a retried step adds none twice.
+    noised: u8,
+    /// It left (halted or ran its last step) and waits for its outputs to
+    /// be read.
+    done: bool,
 }
 
 /// A streaming solve: puzzles submitted as they come, results delivered as
@@ -183,6 +256,9 @@ pub struct Stream<'e, E: SlotEngine + ?Sized> {
     carry: bool,
     noise: Option<NoiseOptions>,
     capacity: usize,
+    /// One ACT step per [`Stream::step`], with the heads after it, so that
+    /// every puzzle in flight can be looked at ([`Stream::every_step`]).
+    every_step: bool,
     /// Slot i's puzzle, `None` once it left (until refilled or compacted).
     slots: Vec<Option<InFlight>>,
     waiting: VecDeque<Waiting>,
@@ -210,6 +286,7 @@ impl<'e, E: SlotEngine + ?Sized> Stream<'e, E> {
             carry: options.carry,
             noise: options.noise,
             capacity,
+            every_step: false,
             slots: Vec::with_capacity(capacity),
             waiting: VecDeque::new(),
             next_ticket: 0,
@@ -284,6 +361,47 @@ impl<'e, E: SlotEngine + ?Sized> Stream<'e, E> {
         Ok(ticket)
     }
 
+    /// One ACT step per [`Stream::step`], each followed by the heads, so
+    /// that [`Stream::peek_async`] can show every puzzle in flight after
+    /// each step (the web page's step-by-step view). Slower on an engine
+    /// that runs ahead.
+    pub fn every_step(mut self) -> Self {
+        self.every_step = true;
+        self
+    }
+
+    /// The outputs of every puzzle in flight after the last step, by
+    /// ticket (their `steps` the ACT steps each ran); with
+    /// [`Stream::every_step`] only, where the heads ran after every step.
+    pub async fn peek_async(&mut self) -> Result<Vec<Finished>> {
+        if !self.every_step {
+            return Err(TrmError::Input(
+                "a stream shows its puzzles in flight with every_step only".into(),
+            ));
+        }
+        let slots: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| self.slots[i].is_some_and(|s| s.steps > 0))
+            .collect();
+        if slots.is_empty() {
+            return Ok(Vec::new());
+        }
+        let out = self.engine.read_slots(&slots, false).await?;
+        let mut shown = Vec::with_capacity(slots.len());
+        for (row, &slot) in slots.iter().enumerate() {
+            let Some(puzzle) = self.slots[slot] else {
+                continue;
+            };
+            let mut one = out.clone_shape();
+            one.append_row(&out, row)?;
+            one.steps[0] = puzzle.steps;
+            shown.push(Finished {
+                ticket: puzzle.ticket,
+                output: one,
+            });
+        }
+        Ok(shown)
+    }
+
     /// Whether no puzzle waits or runs.
     pub fn is_idle(&self) -> bool {
         self.waiting.is_empty() && self.slots.iter().all(Option::is_none)
@@ -304,56 +422,171 @@ impl<'e, E: SlotEngine + ?Sized> Stream<'e, E> {
         &self.stats
     }
 
-    /// Fills free slots with waiting puzzles, runs one ACT step over the
-    /// occupied ones, and returns the puzzles that finished with it.
+    /// Fills free slots with waiting puzzles, runs ACT steps over the
+    /// occupied ones (one where a slot's leaving should free it for a
+    /// waiting puzzle at once or noise goes between steps, else as many as
+    /// every puzzle has left), and returns the puzzles that finished.
+    /// Blocking; [`Stream::step_async`] in the browser.
     pub fn step(&mut self) -> Result<Vec<Finished>> {
+        block_on("Stream::step_async", self.step_async())
+    }
+
+    /// [`Stream::step`], async.
+    pub async fn step_async(&mut self) -> Result<Vec<Finished>> {
+        // puzzles that left but whose outputs a failed read did not bring
+        let unread: Vec<usize> = self.leaving();
+        if !unread.is_empty() {
+            let out = self.engine.read_slots(&unread, self.carry).await?;
+            return Ok(self.finish(&unread, &out));
+        }
         self.refill()?;
         let occupied = self.slots.len();
         if occupied == 0 {
             return Ok(Vec::new());
         }
         self.started.get_or_insert_with(Instant::now);
-        for slot in self.slots.iter_mut().flatten() {
-            slot.steps += 1;
-        }
-        if let Some(noise) = self.noise {
-            // before every ACT step after a puzzle's first
-            for (i, slot) in self.slots.iter().enumerate() {
-                if let Some(s) = slot.filter(|s| s.steps > 1) {
-                    let draw = noise.draw(s.ticket, s.steps);
-                    for &state in noise.states() {
-                        self.engine.add_noise(i, state, &draw)?;
-                    }
-                }
-            }
-        }
-        let last = |s: &InFlight| s.steps as usize >= self.act_steps;
-        let heads = self.early_halt || self.slots.iter().flatten().any(last);
-        let q = self.engine.act_step(occupied, heads)?;
-        let per_act = self.config.recursion_steps_per_act_step() as u64;
-        self.stats.act_steps += 1;
-        self.stats.recursion_steps += per_act;
-        self.stats.puzzle_recursion_steps += per_act * occupied as u64;
-        let leaving: Vec<usize> = (0..occupied)
-            .filter(|&i| {
-                let puzzle = self.slots[i].as_ref().is_some_and(last);
-                let halts = self.early_halt
-                    && q.get(i)
-                        .is_some_and(|&[halt, cont]| self.config.halts(halt, cont));
-                puzzle || halts
-            })
-            .collect();
+        self.add_noise()?;
+        let run = self.next_run();
+        let report = self.engine.act_steps(occupied, run).await?;
+        self.count(&report, occupied)?;
+        let leaving = self.leaving();
         if leaving.is_empty() {
             return Ok(Vec::new());
         }
-        let out = self.engine.read_slots(&leaving, self.carry)?;
-        let mut done = Vec::with_capacity(leaving.len());
-        for (row, &slot) in leaving.iter().enumerate() {
+        let done = match &report.outputs {
+            // read with the run: every occupied slot, in slot order
+            Some(all) if all.batch == occupied => {
+                let mut out = all.clone_shape();
+                for &slot in &leaving {
+                    out.append_row(all, slot)?;
+                }
+                self.finish(
+                    &leaving,
+                    &if self.carry { out } else { out.without_carry() },
+                )
+            }
+            _ => {
+                let out = self.engine.read_slots(&leaving, self.carry).await?;
+                self.finish(&leaving, &out)
+            }
+        };
+        Ok(done)
+    }
+
+    /// Steps until every submitted puzzle finished; returns them.
+    pub fn drain(&mut self) -> Result<Vec<Finished>> {
+        block_on("Stream::drain_async", self.drain_async())
+    }
+
+    /// [`Stream::drain`], async.
+    pub async fn drain_async(&mut self) -> Result<Vec<Finished>> {
+        let mut done = Vec::new();
+        while !self.is_idle() {
+            done.extend(self.step_async().await?);
+        }
+        Ok(done)
+    }
+
+    /// The occupied slots whose puzzles are done.
+    fn leaving(&self) -> Vec<usize> {
+        (0..self.slots.len())
+            .filter(|&i| self.slots[i].is_some_and(|s| s.done))
+            .collect()
+    }
+
+    /// The next run of ACT steps: as many as the occupied puzzles all have
+    /// left, unless one step at a time is needed: noise goes in between
+    /// steps, or with early halting a puzzle waits for the first slot to
+    /// free.
+    fn next_run(&self) -> ActRun {
+        let left = |s: &InFlight| self.act_steps.saturating_sub(s.steps as usize).max(1);
+        let running = || self.slots.iter().flatten();
+        let fewest = running().map(left).min().unwrap_or(1);
+        let most = running().map(left).max().unwrap_or(1);
+        let one_at_a_time = self.every_step
+            || self.noise.is_some()
+            || (self.early_halt && !self.waiting.is_empty());
+        let max_steps = if one_at_a_time { 1 } else { fewest };
+        ActRun {
+            max_steps,
+            halt: self.early_halt,
+            // some puzzle's last step ends the run
+            heads: self.every_step || self.early_halt || fewest == max_steps,
+            // every puzzle's: all leave after the run
+            last: most == max_steps,
+            carry: self.carry,
+        }
+    }
+
+    /// Counts the steps `report` says each slot ran, and marks those that
+    /// are done (halted, or at their last allowed step). Nothing is
+    /// counted unless the report covers every occupied slot.
+    fn count(&mut self, report: &ActReport, occupied: usize) -> Result<()> {
+        if report.ran.len() != occupied || report.done.len() != occupied {
+            return Err(TrmError::Gpu(format!(
+                "the engine reported {} of {occupied} slots",
+                report.ran.len()
+            )));
+        }
+        let most = report.ran.iter().copied().max().unwrap_or(0);
+        let per_act = self.config.recursion_steps_per_act_step() as u64;
+        self.stats.act_steps += u64::from(most);
+        self.stats.recursion_steps += u64::from(most) * per_act;
+        self.stats.puzzle_recursion_steps +=
+            report.ran.iter().map(|&r| u64::from(r)).sum::<u64>() * per_act;
+        for (slot, (&ran, &done)) in self
+            .slots
+            .iter_mut()
+            .zip(report.ran.iter().zip(&report.done))
+        {
+            if let Some(s) = slot {
+                s.steps += ran;
+                s.noised = 0;
+                s.done = done || s.steps as usize >= self.act_steps;
+            }
+        }
+        Ok(())
+    }
+
+    /// Noise before every ACT step after a puzzle's first, once per state
+    /// (what a failed call added stays added).
+    fn add_noise(&mut self) -> Result<()> {
+        let Some(noise) = self.noise else {
+            return Ok(());
+        };
+        for i in 0..self.slots.len() {
+            let Some(s) = self.slots[i].filter(|s| s.steps >= 1) else {
+                continue;
+            };
+            let draw = noise.draw(s.ticket, s.steps + 1);
+            for &state in noise.states() {
+                let bit = 1u8 << (state as u8);
+                if s.noised & bit != 0 {
+                    continue;
+                }
+                self.engine.add_noise(i, state, &draw)?;
+                if let Some(s) = &mut self.slots[i] {
+                    s.noised |= bit;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the puzzles of `slots` (in that order, `out`'s rows) out of
+    /// their slots and returns them finished.
+    fn finish(&mut self, slots: &[usize], out: &SolveOutput) -> Vec<Finished> {
+        let mut done = Vec::with_capacity(slots.len());
+        for (row, &slot) in slots.iter().enumerate() {
             let Some(puzzle) = self.slots[slot].take() else {
                 continue;
             };
             let mut one = out.clone_shape();
-            one.append_row(&out, row)?;
+            if one.append_row(out, row).is_err() {
+                // keep it: a read of the wrong size is retried
+                self.slots[slot] = Some(puzzle);
+                continue;
+            }
             one.steps[0] = puzzle.steps;
             done.push(Finished {
                 ticket: puzzle.ticket,
@@ -366,21 +599,14 @@ impl<'e, E: SlotEngine + ?Sized> Stream<'e, E> {
             self.stats.puzzles_per_second =
                 self.stats.puzzles as f64 / self.stats.seconds.max(1e-9);
         }
-        Ok(done)
-    }
-
-    /// Steps until every submitted puzzle finished; returns them.
-    pub fn drain(&mut self) -> Result<Vec<Finished>> {
-        let mut done = Vec::new();
-        while !self.is_idle() {
-            done.extend(self.step()?);
-        }
-        Ok(done)
+        done
     }
 
     /// Refills the slots puzzles left, then the unused ones, then closes
-    /// the remaining holes by moving the last occupied slots into them.
+    /// the remaining holes by moving the last occupied slots into them. A
+    /// fill that fails puts its puzzles back at the front of the queue.
     fn refill(&mut self) -> Result<()> {
+        let mut taken: Vec<(usize, Waiting)> = Vec::new();
         for slot in 0..self.capacity {
             if self.waiting.is_empty() {
                 break;
@@ -388,20 +614,37 @@ impl<'e, E: SlotEngine + ?Sized> Stream<'e, E> {
             if slot < self.slots.len() && self.slots[slot].is_some() {
                 continue;
             }
-            let Some(next) = self.waiting.pop_front() else {
-                break;
-            };
-            let carry = next.carry.as_ref().map(|(h, l)| (&h[..], &l[..]));
-            self.engine
-                .fill_slot(slot, &next.tokens, next.puzzle_id, carry)?;
-            let puzzle = Some(InFlight {
-                ticket: next.ticket,
-                steps: 0,
-            });
-            if slot < self.slots.len() {
+            if let Some(next) = self.waiting.pop_front() {
+                taken.push((slot, next));
+            }
+        }
+        if !taken.is_empty() {
+            let fills: Vec<Fill<'_>> = taken
+                .iter()
+                .map(|(slot, w)| Fill {
+                    slot: *slot,
+                    tokens: &w.tokens,
+                    puzzle_id: w.puzzle_id,
+                    carry: w.carry.as_ref().map(|(h, l)| (&h[..], &l[..])),
+                })
+                .collect();
+            if let Err(e) = self.engine.fill_slots(&fills) {
+                for (_, w) in taken.into_iter().rev() {
+                    self.waiting.push_front(w);
+                }
+                return Err(e);
+            }
+            for (slot, w) in taken {
+                let puzzle = Some(InFlight {
+                    ticket: w.ticket,
+                    steps: 0,
+                    noised: 0,
+                    done: false,
+                });
+                if slot >= self.slots.len() {
+                    self.slots.resize(slot + 1, None);
+                }
                 self.slots[slot] = puzzle;
-            } else {
-                self.slots.push(puzzle);
             }
         }
         loop {
@@ -421,8 +664,23 @@ impl<'e, E: SlotEngine + ?Sized> Stream<'e, E> {
 
 /// Solves `batch` (from `carry`, or the initial state) with at most
 /// `slots` puzzles in flight, and returns the outputs in the batch's order
-/// and the program's counters.
+/// and the program's counters (blocking; [`solve_streaming_async`] in the
+/// browser).
 pub fn solve_streaming<E: SlotEngine + ?Sized>(
+    engine: &mut E,
+    batch: &PuzzleBatch,
+    carry: Option<&Carry>,
+    slots: usize,
+    options: &SolveOptions,
+) -> Result<(SolveOutput, StreamStats)> {
+    block_on(
+        "solve_streaming_async",
+        solve_streaming_async(engine, batch, carry, slots, options),
+    )
+}
+
+/// [`solve_streaming`], async. Every puzzle must come back exactly once.
+pub async fn solve_streaming_async<E: SlotEngine + ?Sized>(
     engine: &mut E,
     batch: &PuzzleBatch,
     carry: Option<&Carry>,
@@ -448,8 +706,20 @@ pub fn solve_streaming<E: SlotEngine + ?Sized>(
         stream.submit_from(batch.puzzle_tokens(i), batch.puzzle_ids()[i], rows)?;
     }
     let mut out = SolveOutput::poisoned(&config, b);
-    for finished in stream.drain()? {
-        out.set_row(finished.ticket as usize, &finished.output, 0)?;
+    let mut seen = vec![false; b];
+    for finished in stream.drain_async().await? {
+        let i = finished.ticket as usize;
+        if i >= b || std::mem::replace(&mut seen[i], true) {
+            return Err(TrmError::Gpu(format!(
+                "the stream returned puzzle {i} twice or out of the batch of {b}"
+            )));
+        }
+        out.set_row(i, &finished.output, 0)?;
+    }
+    if let Some(missing) = seen.iter().position(|&s| !s) {
+        return Err(TrmError::Gpu(format!(
+            "the stream never returned puzzle {missing} of {b}"
+        )));
     }
     let stats = stream.stats().clone();
     Ok((
@@ -463,7 +733,8 @@ pub fn solve_streaming<E: SlotEngine + ?Sized>(
 }
 
 /// Solves a fixed batch: the program with a slot per puzzle (as many as the
-/// engine holds; more are streamed through them).
+/// engine holds; more are streamed through them). Blocking;
+/// [`solve_batch_async`] in the browser.
 pub fn solve_batch<E: SlotEngine + ?Sized>(
     engine: &mut E,
     batch: &PuzzleBatch,
@@ -471,6 +742,18 @@ pub fn solve_batch<E: SlotEngine + ?Sized>(
     options: &SolveOptions,
 ) -> Result<SolveOutput> {
     solve_streaming(engine, batch, carry, batch.len(), options).map(|(out, _)| out)
+}
+
+/// [`solve_batch`], async.
+pub async fn solve_batch_async<E: SlotEngine + ?Sized>(
+    engine: &mut E,
+    batch: &PuzzleBatch,
+    carry: Option<&Carry>,
+    options: &SolveOptions,
+) -> Result<SolveOutput> {
+    solve_streaming_async(engine, batch, carry, batch.len(), options)
+        .await
+        .map(|(out, _)| out)
 }
 
 #[cfg(test)]

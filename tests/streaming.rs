@@ -454,3 +454,169 @@ fn trm_run_slots_on_the_sample_puzzles() {
     assert!(!no_halt.status.success());
     assert!(!String::from_utf8_lossy(&no_halt.stderr).contains("panicked"));
 }
+
+/// An engine whose every operation fails once, on its `at`-th call: what a
+/// device that errs now and then does to the program.
+struct FailOnce<E> {
+    inner: E,
+    at: usize,
+    calls: std::collections::HashMap<&'static str, usize>,
+    failures: usize,
+}
+
+impl<E> FailOnce<E> {
+    fn new(inner: E, at: usize) -> Self {
+        FailOnce {
+            inner,
+            at,
+            calls: std::collections::HashMap::new(),
+            failures: 0,
+        }
+    }
+
+    /// Fails the `at`-th call of `op`, before the engine does anything.
+    fn call(&mut self, op: &'static str) -> trm_wgpu::Result<()> {
+        let n = self.calls.entry(op).or_insert(0);
+        *n += 1;
+        if *n == self.at {
+            self.failures += 1;
+            return Err(TrmError::Gpu(format!("{op} failed (once, on purpose)")));
+        }
+        Ok(())
+    }
+}
+
+impl<E: Engine> Engine for FailOnce<E> {
+    fn config(&self) -> &TrmConfig {
+        self.inner.config()
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn solve_from(
+        &mut self,
+        batch: &PuzzleBatch,
+        carry: Option<&trm_wgpu::Carry>,
+        options: &SolveOptions,
+    ) -> trm_wgpu::Result<SolveOutput> {
+        self.inner.solve_from(batch, carry, options)
+    }
+}
+
+impl<E: SlotEngine> SlotEngine for FailOnce<E> {
+    fn open_slots(&mut self, slots: usize) -> trm_wgpu::Result<usize> {
+        self.call("open_slots")?;
+        self.inner.open_slots(slots)
+    }
+
+    fn fill_slots(&mut self, fills: &[program::Fill<'_>]) -> trm_wgpu::Result<()> {
+        self.call("fill_slots")?;
+        self.inner.fill_slots(fills)
+    }
+
+    fn move_slot(&mut self, from: usize, to: usize) -> trm_wgpu::Result<()> {
+        self.call("move_slot")?;
+        self.inner.move_slot(from, to)
+    }
+
+    async fn act_steps(
+        &mut self,
+        occupied: usize,
+        run: program::ActRun,
+    ) -> trm_wgpu::Result<program::ActReport> {
+        self.call("act_steps")?;
+        self.inner.act_steps(occupied, run).await
+    }
+
+    fn add_noise(
+        &mut self,
+        slot: usize,
+        state: trm_wgpu::noise::State,
+        draw: &trm_wgpu::noise::NoiseDraw,
+    ) -> trm_wgpu::Result<()> {
+        self.call("add_noise")?;
+        self.inner.add_noise(slot, state, draw)
+    }
+
+    async fn read_slots(&mut self, slots: &[usize], carry: bool) -> trm_wgpu::Result<SolveOutput> {
+        self.call("read_slots")?;
+        self.inner.read_slots(slots, carry).await
+    }
+}
+
+/// A stream whose engine fails once at each operation, each step retried:
+/// every puzzle comes back exactly once with the outputs of a stream that
+/// never failed, bit for bit (no ACT step repeated, no noise added twice,
+/// no puzzle lost or duplicated), with early halting and refills, and with
+/// noise between the steps.
+#[test]
+fn a_stream_survives_an_engine_that_fails_once_at_each_operation() {
+    let config = mlp();
+    let (model, batch) = halting_case(&config, 3, 7);
+    let model = Arc::new(model);
+    let noisy = SolveOptions::default().noise(trm_wgpu::noise::NoiseOptions {
+        sigma: 0.3,
+        seed: 11,
+        on: trm_wgpu::noise::NoiseOn::Both,
+        trajectories: 1,
+    });
+    for (label, options) in [("halting", halting()), ("noise", noisy)] {
+        let mut clean = CpuEngine::with_threads(Arc::clone(&model), 1).unwrap();
+        let (want, _) = program::solve_streaming(&mut clean, &batch, None, 3, &options).unwrap();
+        for at in [1, 2, 3] {
+            let engine = CpuEngine::with_threads(Arc::clone(&model), 1).unwrap();
+            let mut failing = FailOnce::new(engine, at);
+            let mut retries = 0;
+            let mut stream = loop {
+                match Stream::new(&mut failing, 3, &options) {
+                    Ok(stream) => break stream,
+                    Err(_) => retries += 1,
+                }
+            };
+            for i in 0..batch.len() {
+                stream
+                    .submit(batch.puzzle_tokens(i), batch.puzzle_ids()[i])
+                    .unwrap();
+            }
+            let mut got: Vec<Option<SolveOutput>> = vec![None; batch.len()];
+            while !stream.is_idle() {
+                match stream.step() {
+                    Ok(done) => {
+                        for finished in done {
+                            let slot = &mut got[finished.ticket as usize];
+                            assert!(slot.is_none(), "{label}: puzzle {} twice", finished.ticket);
+                            *slot = Some(finished.output);
+                        }
+                    }
+                    Err(e) => {
+                        retries += 1;
+                        assert!(e.to_string().contains("on purpose"), "{e}");
+                    }
+                }
+                assert!(
+                    retries < 100,
+                    "{label}: the stream does not get past a failure"
+                );
+            }
+            drop(stream);
+            assert_eq!(retries, failing.failures, "{label}, at {at}");
+            // every operation called `at` times failed once: fills,
+            // steps and reads at least, the noise too with noise
+            let reached = failing.calls.values().filter(|&&n| n >= at).count();
+            assert_eq!(failing.failures, reached, "{label}: {:?}", failing.calls);
+            assert!(failing.failures >= 3, "{label}: {:?}", failing.calls);
+            // the puzzles in ticket order, as one output
+            let mut whole: Option<SolveOutput> = None;
+            for (i, out) in got.into_iter().enumerate() {
+                let out = out.unwrap_or_else(|| panic!("{label}: puzzle {i} never came back"));
+                match &mut whole {
+                    None => whole = Some(out),
+                    Some(w) => w.append(out).unwrap(),
+                }
+            }
+            assert_eq!(whole.unwrap(), want, "{label}, failing at call {at}");
+        }
+    }
+}

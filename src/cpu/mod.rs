@@ -41,7 +41,7 @@ use crate::batch::PuzzleBatch;
 use crate::config::{Level, PosEncodings, TrmConfig};
 use crate::error::{Result, TrmError};
 use crate::model::TrmModel;
-use crate::program::{self, Call, SlotEngine, act_step_calls};
+use crate::program::{self, ActReport, ActRun, Call, Fill, SlotEngine, act_step_calls};
 use crate::solve::{Carry, Engine, SolveOptions, SolveOutput};
 use block::TaskScratch;
 use packed::{PackedLayer, PackedMixer};
@@ -267,6 +267,27 @@ struct Tables {
     q_head: Vec<f32>,
 }
 
+/// A pool of `threads` workers; where the platform cannot start threads
+/// (WebAssembly without atomics: the browser page) the calling thread
+/// alone, as rayon's own global pool falls back there. The threads it has.
+fn worker_pool(threads: usize) -> Result<(rayon::ThreadPool, usize)> {
+    let threads = if cfg!(all(target_arch = "wasm32", not(target_feature = "atomics"))) {
+        1
+    } else {
+        threads
+    };
+    let mut builder = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("trm-cpu-{i}"));
+    if cfg!(all(target_arch = "wasm32", not(target_feature = "atomics"))) {
+        builder = builder.use_current_thread();
+    }
+    let pool = builder
+        .build()
+        .map_err(|e| TrmError::Input(format!("cannot start {threads} CPU threads: {e}")))?;
+    Ok((pool, threads))
+}
+
 impl CpuEngine {
     /// An engine on all available cores.
     pub fn new(model: Arc<TrmModel>) -> Result<Self> {
@@ -290,11 +311,7 @@ impl CpuEngine {
         } else {
             Int8Kernel::detect()
         };
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("trm-cpu-{i}"))
-            .build()
-            .map_err(|e| TrmError::Input(format!("cannot start {threads} CPU threads: {e}")))?;
+        let (pool, threads) = worker_pool(threads)?;
         let config = model.config();
         let rope = (!config.mlp_t && config.pos_encodings == PosEncodings::Rope)
             .then(|| rope_tables(config.state_len(), config.head_dim(), config.rope_theta));
@@ -698,45 +715,51 @@ impl SlotEngine for CpuEngine {
         Ok(slots)
     }
 
-    fn fill_slot(
-        &mut self,
-        slot: usize,
-        tokens: &[u32],
-        puzzle_id: u32,
-        carry: Option<(&[f32], &[f32])>,
-    ) -> Result<()> {
+    fn fill_slots(&mut self, fills: &[Fill<'_>]) -> Result<()> {
         let model = Arc::clone(&self.model);
         let config = model.config();
         let sd = config.state_len() * config.hidden_size;
-        let mut work = self.take_work(slot)?;
-        if let Err(e) = self.embed_into(tokens, puzzle_id, &mut work.x[slot * sd..(slot + 1) * sd])
+        let most = fills.iter().map(|f| f.slot).max().unwrap_or(0);
+        let mut work = self.take_work(most)?;
+        // every fill checked before any slot is written: a refused fill
+        // changes nothing
+        if let Some(f) = fills
+            .iter()
+            .find(|f| f.carry.is_some_and(|(h, l)| h.len() != sd || l.len() != sd))
         {
             self.work = Some(work);
-            return Err(e);
+            return Err(TrmError::Input(format!(
+                "slot {}'s carry must hold {sd} values each",
+                f.slot
+            )));
+        }
+        let mut x = vec![0.0; sd];
+        for f in fills {
+            if let Err(e) = self.embed_into(f.tokens, f.puzzle_id, &mut x) {
+                self.work = Some(work);
+                return Err(e);
+            }
+            work.x[f.slot * sd..(f.slot + 1) * sd].copy_from_slice(&x);
         }
         let w = model.weights();
-        let (y, z) = (
-            &mut work.y[slot * sd..(slot + 1) * sd],
-            &mut work.z[slot * sd..(slot + 1) * sd],
-        );
-        match carry {
-            Some((z_h, z_l)) if z_h.len() == sd && z_l.len() == sd => {
-                y.copy_from_slice(z_h);
-                z.copy_from_slice(z_l);
-            }
-            Some(_) => {
-                self.work = Some(work);
-                return Err(TrmError::Input(format!(
-                    "a slot's carry must hold {sd} values each"
-                )));
-            }
-            None => {
-                for (y, z) in y
-                    .chunks_exact_mut(config.hidden_size)
-                    .zip(z.chunks_exact_mut(config.hidden_size))
-                {
-                    y.copy_from_slice(&w.h_init);
-                    z.copy_from_slice(&w.l_init);
+        for f in fills {
+            let (y, z) = (
+                &mut work.y[f.slot * sd..(f.slot + 1) * sd],
+                &mut work.z[f.slot * sd..(f.slot + 1) * sd],
+            );
+            match f.carry {
+                Some((z_h, z_l)) => {
+                    y.copy_from_slice(z_h);
+                    z.copy_from_slice(z_l);
+                }
+                None => {
+                    for (y, z) in y
+                        .chunks_exact_mut(config.hidden_size)
+                        .zip(z.chunks_exact_mut(config.hidden_size))
+                    {
+                        y.copy_from_slice(&w.h_init);
+                        z.copy_from_slice(&w.l_init);
+                    }
                 }
             }
         }
@@ -779,9 +802,12 @@ impl SlotEngine for CpuEngine {
         Ok(())
     }
 
-    fn act_step(&mut self, occupied: usize, heads: bool) -> Result<Vec<[f32; 2]>> {
+    /// One ACT step (the CPU runs no further ahead: the program gets each
+    /// step's halting at once), the heads where the run asks, halting by
+    /// the model's rule.
+    async fn act_steps(&mut self, occupied: usize, run: ActRun) -> Result<ActReport> {
         if occupied == 0 {
-            return Ok(Vec::new());
+            return Err(TrmError::Input("an ACT step over no slots".into()));
         }
         let mut work = self.take_work(occupied - 1)?;
         let model = Arc::clone(&self.model);
@@ -789,6 +815,8 @@ impl SlotEngine for CpuEngine {
         let plan = Plan::new(config, occupied, self.threads);
         let sd = config.state_len() * config.hidden_size;
         let l = config.seq_len * config.vocab_size;
+        // the heads where this step is one a slot may leave after
+        let heads = run.halt || (run.heads && run.max_steps == 1);
         self.pool.install(|| {
             join::team_awake(self.threads, || {
                 self.run_act_step(&mut work, occupied, plan);
@@ -804,16 +832,19 @@ impl SlotEngine for CpuEngine {
                 }
             })
         });
-        let q = if heads {
-            work.q[..occupied].to_vec()
-        } else {
-            Vec::new()
-        };
+        let last = run.last && run.max_steps == 1;
+        let done = (0..occupied)
+            .map(|slot| last || (run.halt && config.halts(work.q[slot][0], work.q[slot][1])))
+            .collect();
         self.work = Some(work);
-        Ok(q)
+        Ok(ActReport {
+            ran: vec![1; occupied],
+            done,
+            outputs: None,
+        })
     }
 
-    fn read_slots(&mut self, slots: &[usize], carry: bool) -> Result<SolveOutput> {
+    async fn read_slots(&mut self, slots: &[usize], carry: bool) -> Result<SolveOutput> {
         let config = self.model.config();
         let Some(work) = &self.work else {
             return Err(TrmError::Input("no slots are open".into()));

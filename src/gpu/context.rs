@@ -480,27 +480,7 @@ pub(crate) fn map_channel() -> (impl FnOnce(MapResult) + Send + 'static, MapRece
     (send, MapReceiver { receiver })
 }
 
-/// Runs `future` to its end for the blocking API: natively by blocking the
-/// thread; on the web, where nothing may block, a future that is not ready
-/// at once fails with [`TrmError::Gpu`] naming the async call to use.
-pub(crate) fn block_on<T>(instead: &str, future: impl Future<Output = Result<T>>) -> Result<T> {
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        let _ = instead;
-        pollster::block_on(future)
-    }
-    #[cfg(target_arch = "wasm32")]
-    {
-        let mut future = std::pin::pin!(future);
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match future.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(value) => value,
-            std::task::Poll::Pending => Err(TrmError::Gpu(format!(
-                "the browser cannot block on the GPU: use {instead}"
-            ))),
-        }
-    }
-}
+pub(crate) use crate::blocking::block_on;
 
 /// Yields to the browser's event loop once (a zero-delay timer), so that
 /// promises it resolves in its own tasks (error scopes, mappings) can.

@@ -57,6 +57,20 @@ pub(crate) enum Phase {
     Attention,
 }
 
+impl Phase {
+    /// Its kernel's entry point.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Phase::Inject => "spread_inject",
+            Phase::Product => "spread_product",
+            Phase::NormRows => "spread_norm_rows",
+            Phase::NormCols => "spread_norm_cols",
+            Phase::Rope => "spread_rope",
+            Phase::Attention => "spread_attention",
+        }
+    }
+}
+
 /// One dispatch of a network call: its phase and workgroups.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Dispatch {
@@ -83,6 +97,7 @@ pub(crate) struct CallPlan {
 
 impl CallPlan {
     /// Workgroups of each dispatch of the call.
+    #[cfg(test)]
     pub(crate) fn groups(&self) -> impl Iterator<Item = u32> + '_ {
         self.dispatches.iter().map(|d| d.groups)
     }
@@ -163,20 +178,18 @@ impl SpreadKernels {
         Ok(SpreadKernels { kernels })
     }
 
-    /// Records the dispatches of one network call; `block_offset(i)` is the
-    /// dynamic offset of dispatch i's parameter block.
-    pub(crate) fn record(
+    /// Records one dispatch of a network call's plan, its parameter block
+    /// at `offset`.
+    pub(crate) fn record_dispatch(
         &self,
         pass: &mut wgpu::ComputePass<'_>,
         bind_group: &wgpu::BindGroup,
-        call: &CallPlan,
-        block_offset: impl Fn(usize) -> u32,
+        dispatch: &Dispatch,
+        offset: u32,
     ) {
-        for (i, dispatch) in call.dispatches.iter().enumerate() {
-            let kernel = self.kernels.iter().find(|(p, _)| *p == dispatch.phase);
-            if let Some((_, kernel)) = kernel {
-                kernel.record_grid(pass, bind_group, block_offset(i), dispatch.grid());
-            }
+        let kernel = self.kernels.iter().find(|(p, _)| *p == dispatch.phase);
+        if let Some((_, kernel)) = kernel {
+            kernel.record_grid(pass, bind_group, offset, dispatch.grid());
         }
     }
 }

@@ -4,19 +4,22 @@
 //! time box.
 //!
 //! The steps are recorded exactly as a solve records them (in the ACT
-//! pattern: n z updates, then a y update; each one fused dispatch or the
-//! spread schedule's phases, as the engine's schedule resolves for the
-//! batch) into one compute pass. Where the device has timestamp queries, the pass's start
+//! pattern of `act_step_calls`; each a fused call's segments or the spread
+//! schedule's phases, as the engine's schedule resolves for the batch),
+//! after the puzzles took a solve's path onto the device, into one compute
+//! pass. Where the device has timestamp queries, the pass's start
 //! and end are stamped, so the GPU time excludes submission and the wait.
 
 use std::time::Duration;
 
 use web_time::Instant;
 
-use super::{Active, Chunk, GpuEngine, Op};
+use super::chunk::Chunk;
+use super::engine::GpuEngine;
+use super::record::{Active, Staging};
 use crate::batch::PuzzleBatch;
 use crate::error::{Result, TrmError};
-use crate::solve::Carry;
+use crate::program::{Fill, SlotEngine, act_step_calls};
 
 /// What [`GpuEngine::time_recursion_steps`] measured.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -65,8 +68,8 @@ impl Stamps {
 
 impl GpuEngine {
     /// Runs `steps` network calls on `batch` (from its embedding and the
-    /// initial carry) and times them. Fails when the batch exceeds one chunk
-    /// of this device (time a smaller batch instead).
+    /// initial carry) and times them. Fails when the batch exceeds what one
+    /// run of this device holds (time a smaller batch instead).
     pub fn time_recursion_steps(
         &mut self,
         batch: &PuzzleBatch,
@@ -78,7 +81,12 @@ impl GpuEngine {
         )
     }
 
-    /// [`GpuEngine::time_recursion_steps`], async (the web's way).
+    /// [`GpuEngine::time_recursion_steps`], async (the web's way). The
+    /// puzzles take the path a solve's do: slots opened and filled by the
+    /// solve program's operations, the run begun as a solve's run begins
+    /// (the embedding untimed), then `steps` network calls in the ACT
+    /// pattern ([`act_step_calls`], repeated), each recorded as a solve
+    /// records it, in one timed submission.
     pub async fn time_recursion_steps_async(
         &mut self,
         batch: &PuzzleBatch,
@@ -92,13 +100,25 @@ impl GpuEngine {
                 "timing runs one chunk: {n} puzzles given, this device holds 1 to {capacity}"
             )));
         }
-        self.ensure_chunk(n)?;
+        let opened = self.open_slots(n)?;
+        if opened < n {
+            return Err(TrmError::Input(format!(
+                "timing runs one chunk: {n} puzzles given, a run of this device holds {opened}"
+            )));
+        }
+        let fills: Vec<Fill<'_>> = (0..n)
+            .map(|i| Fill {
+                slot: i,
+                tokens: batch.puzzle_tokens(i),
+                puzzle_id: batch.puzzle_ids()[i],
+                carry: None,
+            })
+            .collect();
+        self.fill_slots(&fills)?;
         let Some(chunk) = self.chunk.take() else {
             return Err(TrmError::Gpu("the chunk buffers are missing".into()));
         };
-        self.stats = super::GpuStats::default();
-        self.step_groups.clear();
-        let result = self.time_chunk(&chunk, batch, steps, &config).await;
+        let result = self.time_chunk(&chunk, n, steps, &config).await;
         self.chunk = Some(chunk);
         self.finish_stats();
         result
@@ -107,45 +127,24 @@ impl GpuEngine {
     async fn time_chunk(
         &mut self,
         chunk: &Chunk,
-        batch: &PuzzleBatch,
+        n: usize,
         steps: usize,
         config: &crate::config::TrmConfig,
     ) -> Result<RecursionTiming> {
-        let n = batch.len();
-        let cap = chunk.capacity as u64;
-        let seq = config.seq_len as u64;
-        self.upload(&chunk.ids, 0, batch.tokens())?;
-        self.upload(&chunk.ids, cap * seq, batch.puzzle_ids())?;
-        let w = self.model.weights();
-        let init = Carry::initial(&w.h_init, &w.l_init, n, config.state_len());
-        self.upload(&chunk.xyz, chunk.region, &init.z_h)?;
-        self.upload(&chunk.xyz, 2 * chunk.region, &init.z_l)?;
-        let active: Vec<u32> = (0..n as u32).collect();
-        self.upload(&chunk.active, 0, &active)?;
-        self.prepare_schedule(chunk, n)?;
-        // embed first, untimed
-        let mut ops = vec![Op::Embed(n as u32)];
+        // the embedding first, untimed
+        let mut ops = self.begin_run(chunk, n, false)?;
         let embedded = self.submit(chunk, &mut ops, &[])?;
         self.ctx.wait_async(Some(embedded)).await?;
         self.stats.host_waits += 1;
         self.step_groups.clear();
 
-        let pattern = config.l_cycles + 1;
-        for i in 0..steps {
-            ops.push(Op::Step {
-                y_update: i % pattern == config.l_cycles,
-                active: Active::Known(n as u32),
-            });
-        }
+        let calls = act_step_calls(config).collect::<Vec<_>>();
+        let pattern = calls.iter().copied().cycle().take(steps);
+        Self::push_calls(&mut ops, pattern, Active::Known(n as u32));
         let stamps = self.stamps()?;
         let start = Instant::now();
-        let submission = self.submit_with(
-            chunk,
-            &mut ops,
-            &[],
-            super::Staging::Results,
-            stamps.as_ref(),
-        )?;
+        let submission =
+            self.submit_with(chunk, &mut ops, &[], Staging::Results, stamps.as_ref())?;
         self.ctx.wait_async(Some(submission)).await?;
         self.stats.host_waits += 1;
         let wall = start.elapsed();

@@ -24,11 +24,12 @@ use wasm_bindgen_futures::future_to_promise;
 use web_time::Instant;
 
 use trm_wgpu::check;
+use trm_wgpu::program::Stream;
 use trm_wgpu::rng::SplitMix64;
 use trm_wgpu::tasks::sudoku::Grid;
 use trm_wgpu::{
-    Carry, Engine, GpuContext, GpuEngine, GpuOptions, GpuRunOptions, GpuSchedule, LoadOptions,
-    Precision, PuzzleBatch, SolveOptions, TrmConfig, TrmError, TrmModel,
+    Engine, GpuContext, GpuEngine, GpuOptions, GpuRunOptions, GpuSchedule, LoadOptions, Precision,
+    PuzzleBatch, SolveOptions, TrmConfig, TrmError, TrmModel,
 };
 
 /// A `TrmError` as the `Error` a promise rejects with.
@@ -207,8 +208,8 @@ impl Session {
     }
 
     /// Solves the puzzles of `text` (81 characters a line, `.` or `0` for
-    /// blanks) with the loaded model, one ACT step at a time from the
-    /// carry for `act_steps` steps, calling `on_step` with each step's
+    /// blanks) with the loaded model through the solve program (a
+    /// `Stream`), one ACT step at a time for `act_steps` steps, calling `on_step` with each step's
     /// `SolveStep` (JSON); resolves to all of them (a JSON array).
     pub fn solve(&self, text: String, act_steps: u32, on_step: Function) -> Promise {
         let state = Rc::clone(&self.state);
@@ -224,23 +225,35 @@ impl Session {
                     "no puzzle given: 81 characters a line, . or 0 for blanks",
                 ));
             }
-            let tokens: Vec<i64> = puzzles.iter().flat_map(|p| p.tokens()).collect();
-            let batch = PuzzleBatch::new(engine.config(), &tokens, None).map_err(js_error)?;
             let seq = engine.config().seq_len;
             let start = Instant::now();
-            let mut carry: Option<Carry> = None;
+            // the solve program, one ACT step at a time, every puzzle in
+            // flight looked at after each
+            let options = SolveOptions::default().act_steps(act_steps.max(1) as usize);
+            let mut stream = Stream::new(engine, puzzles.len(), &options)
+                .map_err(js_error)?
+                .every_step();
+            for puzzle in &puzzles {
+                let tokens: Vec<u32> = puzzle.tokens().iter().map(|&t| t as u32).collect();
+                stream.submit(&tokens, 0).map_err(js_error)?;
+            }
+            let n = puzzles.len();
+            let mut latest: Vec<Option<(Vec<u32>, f32)>> = vec![None; n];
             let mut previous: Option<Vec<u32>> = None;
             let mut steps = Vec::new();
-            for step in 1..=act_steps.max(1) as usize {
-                let out = engine
-                    .solve_from_async(
-                        &batch,
-                        carry.as_ref(),
-                        &SolveOptions::default().act_steps(1),
-                    )
-                    .await
-                    .map_err(js_error)?;
-                let predicted = out.predictions();
+            let mut step = 0;
+            while !stream.is_idle() {
+                step += 1;
+                let mut shown = stream.step_async().await.map_err(js_error)?;
+                shown.extend(stream.peek_async().await.map_err(js_error)?);
+                for one in shown {
+                    let predicted = one.output.predictions();
+                    latest[one.ticket as usize] = Some((predicted, one.output.q_halt_logits[0]));
+                }
+                let predicted: Vec<u32> = latest
+                    .iter()
+                    .flat_map(|l| l.as_ref().map_or(vec![0; seq], |(p, _)| p.clone()))
+                    .collect();
                 let grids: Vec<Grid> = predicted.chunks(seq).map(Grid::from_tokens).collect();
                 let changed = match &previous {
                     Some(before) => before
@@ -248,7 +261,7 @@ impl Session {
                         .zip(predicted.chunks(seq))
                         .map(|(a, b)| a.iter().zip(b).filter(|(x, y)| x != y).count())
                         .collect(),
-                    None => vec![0; puzzles.len()],
+                    None => vec![0; n],
                 };
                 let row = SolveStep {
                     step,
@@ -258,14 +271,16 @@ impl Session {
                         .zip(&puzzles)
                         .map(|(g, p)| g.solves(p))
                         .collect(),
-                    q_halt: out.q_halt_logits.clone(),
+                    q_halt: latest
+                        .iter()
+                        .map(|l| l.as_ref().map_or(f32::NAN, |l| l.1))
+                        .collect(),
                     tokens: predicted.clone(),
                     changed,
                     seconds: start.elapsed().as_secs_f64(),
                 };
                 report(&on_step, &row);
                 steps.push(row);
-                carry = Some(out.carry());
                 previous = Some(predicted);
             }
             let text = serde_json::to_string(&steps).map_err(|e| js_message(&e.to_string()))?;
