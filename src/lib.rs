@@ -18,6 +18,23 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! ## Cargo features
+//!
+//! - `cli` (default): the `trm` binary and the examples, with their
+//!   command-line, progress and plotting crates (clap, indicatif,
+//!   plotters); turns on `threads` and `official`.
+//! - `threads`: faer's parallel matrix products in the CPU engine (the
+//!   engine's own rayon pool is there without it).
+//! - `official`: [`checkpoint::official`], the reader and converter of
+//!   the authors' `torch.save` checkpoints (zip, pickle, `all_config.yaml`).
+//!
+//! Everything else, both engines, the project's checkpoint format, the
+//! tasks and the ARC data set reader and evaluator ([`arc`]), is always
+//! there. An application that only runs models takes
+//! `trm-wgpu = { version = "0.1", default-features = false, features = ["threads"] }`
+//! (the browser build, without `threads`). The tests and examples take
+//! the default features.
 // No unsafe code but read-only file mappings (`arc`), a `madvise` call (huge pages for the CPU engine's
 // packed weights), a prefetch hint in its kernel (`cpu/panels.rs`) and one
 // `set_var` while the process has a single thread

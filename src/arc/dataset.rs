@@ -15,11 +15,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use memmap2::Mmap;
-use ndarray::{ArrayView1, ArrayView2};
-use ndarray_npy::ViewNpyExt;
 use serde::Deserialize;
 
 use super::grid::{Augmentation, CANVAS_TOKENS, Grid};
+use super::npy::{Dtype, Npy};
 use crate::error::{Result, TrmError};
 
 /// Most identifiers a data set may name: ARC-AGI-2 with 1,000 augmentations
@@ -379,15 +378,20 @@ fn map_file(path: &Path) -> Result<Mmap> {
 fn map_tokens(path: &Path) -> Result<TokenRows> {
     let map = map_file(path)?;
     let what = path.display().to_string();
-    let view = ArrayView2::<u8>::view_npy(&map)
+    let npy = Npy::parse(&map)
+        .and_then(|npy| match (npy.dtype, npy.shape.len()) {
+            (Dtype::U8, 2) => Ok(npy),
+            (Dtype::U8, _) => Err(format!("shape {:?}", npy.shape)),
+            _ => Err(format!("dtype '{}'", npy.descr)),
+        })
         .map_err(|e| TrmError::dataset(&what, format!("not a uint8 [N, 900] array: {e}")))?;
-    if view.ncols() != CANVAS_TOKENS || !view.is_standard_layout() {
+    if npy.shape[1] != CANVAS_TOKENS || !npy.is_c_order() {
         return Err(TrmError::dataset(
             what,
             format!(
                 "shape {:?}{}, but examples are rows of {CANVAS_TOKENS} tokens",
-                view.shape(),
-                if view.is_standard_layout() {
+                npy.shape,
+                if npy.is_c_order() {
                     ""
                 } else {
                     " in Fortran order"
@@ -395,9 +399,9 @@ fn map_tokens(path: &Path) -> Result<TokenRows> {
             ),
         ));
     }
-    let rows = view.nrows();
+    let rows = npy.shape[0];
     // the reader refuses extra bytes, so the rows end the file
-    let offset = (map.len() - rows * CANVAS_TOKENS) as u64;
+    let offset = (map.len() - npy.data.len()) as u64;
     let file = File::open(path).map_err(|e| TrmError::io(path, e))?;
     Ok(TokenRows {
         path: path.to_path_buf(),
@@ -410,13 +414,18 @@ fn map_tokens(path: &Path) -> Result<TokenRows> {
 /// Reads a small int32 `[n]` array.
 fn read_i32s(path: &Path) -> Result<Vec<i32>> {
     let map = map_file(path)?;
-    let view = ArrayView1::<i32>::view_npy(&map).map_err(|e| {
-        TrmError::dataset(
-            path.display().to_string(),
-            format!("not an int32 [n] array: {e}"),
-        )
-    })?;
-    Ok(view.to_vec())
+    Npy::parse(&map)
+        .and_then(|npy| match (npy.i32s(), npy.shape.len()) {
+            (Some(values), 1) => Ok(values),
+            (Some(_), _) => Err(format!("shape {:?}", npy.shape)),
+            (None, _) => Err(format!("dtype '{}'", npy.descr)),
+        })
+        .map_err(|e| {
+            TrmError::dataset(
+                path.display().to_string(),
+                format!("not an int32 [n] array: {e}"),
+            )
+        })
 }
 
 /// Offsets into `count` items: start at 0, never decrease, end at `count`.

@@ -16,6 +16,7 @@
 pub mod answers;
 pub mod dataset;
 pub mod grid;
+mod npy;
 pub mod vote;
 
 pub use answers::{Answer, AnswerLog, LogHeader, Predictions};

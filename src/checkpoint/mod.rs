@@ -4,8 +4,11 @@
 //!   metadata key `config` holds the configuration as JSON (the golden format).
 //! - the authors' `torch.save` state dicts (`step_N` + `all_config.yaml` +
 //!   `dataset.json`), read without Python and converted to the former:
-//!   [`official`], whose pickles run on the allowlisted machine of [`pickle`].
+//!   `official` (with the cargo feature `official`, which the default
+//!   `cli` turns on), whose pickles run on the allowlisted machine of
+//!   [`pickle`].
 
 pub mod model_file;
+#[cfg(feature = "official")]
 pub mod official;
 pub mod pickle;

@@ -184,7 +184,7 @@ pub struct StorageRef {
 
 /// A tensor rebuilt from a storage: a view of `shape` with `stride`,
 /// starting `offset` elements into the storage. Not yet checked against
-/// the storage's size (see [`crate::checkpoint::official`]).
+/// the storage's size (see `crate::checkpoint::official`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TensorRef {
     /// The storage.
