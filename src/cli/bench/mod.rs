@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use trm_wgpu::check::{self, CheckModel};
-use trm_wgpu::gpu::{AdapterReport, GpuStats, list_adapters};
+use trm_wgpu::gpu::{AdapterReport, GpuStats, LaneWidths, WorkgroupSpread, list_adapters};
 use trm_wgpu::rng::SplitMix64;
 use trm_wgpu::{
     ActivationPrecision, CpuEngine, CpuOptions, GpuBackend, GpuContext, GpuEngine, GpuOptions,
@@ -139,14 +139,14 @@ struct Row {
     schedule: String,
     /// Dispatches per network call, and their workgroups (GPU rows).
     dispatches_per_net_call: Option<u64>,
-    workgroups_per_dispatch: Option<trm_wgpu::gpu::WorkgroupSpread>,
+    workgroups_per_dispatch: Option<WorkgroupSpread>,
     submits: Option<u64>,
     host_waits: Option<u64>,
     /// Whether the reductions used subgroup shuffles (GPU rows).
     subgroups: Option<bool>,
     /// The lane widths the kernels reached, as they measured them (GPU
     /// rows; `GpuEngine::lane_widths`).
-    lanes: Option<trm_wgpu::gpu::LaneWidths>,
+    lanes: Option<LaneWidths>,
     /// GPU rows: whether the adapter passed `trm check` on the shape timed
     /// (`passed` or `failed`: the device computes it wrong, and the row's
     /// speed is of wrong answers).
@@ -156,6 +156,18 @@ struct Row {
     schedule_requested: Option<String>,
     /// With `auto`: batches below this ran spread, others fused.
     spread_below: Option<usize>,
+}
+
+/// What a GPU row adds to what was timed.
+struct GpuRow<'a> {
+    /// The engine's stats of the timed run, with the lane widths reached.
+    stats: &'a GpuStats,
+    /// The schedule asked for.
+    requested: GpuSchedule,
+    /// With `auto`: the batch from which it runs fused.
+    spread_below: Option<usize>,
+    /// Whether the adapter passed the check of the timed shape, once run.
+    checked: Option<bool>,
 }
 
 /// What `--tune` found on one adapter.
@@ -199,6 +211,18 @@ const GPU_ROW: Duration = Duration::from_secs(2);
 const TUNE_ROW: Duration = Duration::from_secs(1);
 /// A row is started only when this much more than its estimate is left.
 const SAFETY: f64 = 1.25;
+
+/// Whether a run estimated to take `estimate` is started with `left` of
+/// its share to go.
+fn fits(estimate: Duration, left: Duration) -> bool {
+    estimate.mul_f64(SAFETY) <= left
+}
+
+/// The time of a step at `batch`, from `last` (a batch measured and its
+/// time per step), as growing linearly with the batch.
+fn linear_estimate(last: Option<(usize, Duration)>, batch: usize) -> Option<Duration> {
+    last.map(|(measured, per_step)| per_step.mul_f64(batch as f64 / measured as f64))
+}
 
 fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
@@ -265,6 +289,19 @@ fn targets(args: &BenchArgs) -> Result<Vec<Target>> {
     Ok(chosen)
 }
 
+/// The schedules each adapter's rows run (`--schedule`, default auto);
+/// none with `--tune`, which runs both as it needs them. Each takes one
+/// share of the run's time box (`--tune` one in all).
+fn gpu_schedules(args: &BenchArgs) -> Vec<GpuSchedule> {
+    if args.tune {
+        Vec::new()
+    } else if args.schedule.is_empty() {
+        vec![GpuSchedule::Auto]
+    } else {
+        args.schedule.clone()
+    }
+}
+
 /// `value` seconds as a duration (a negative value as 0): finite.
 fn seconds(value: f64, flag: &str) -> Result<Duration> {
     if !value.is_finite() {
@@ -289,6 +326,12 @@ impl Timed {
     /// Wall time per step.
     fn wall_per_step(&self) -> Duration {
         self.wall.div_f64(self.steps.max(1) as f64)
+    }
+
+    /// `total` (the wall or the GPU time of the steps run) per step, in
+    /// milliseconds.
+    fn ms_per_step(&self, total: Duration) -> f64 {
+        total.as_secs_f64() * 1e3 / self.steps.max(1) as f64
     }
 }
 
@@ -364,6 +407,11 @@ impl Gpu {
     /// Times `batch` under `schedule` for `budget`; warms up first unless
     /// the resolved schedule has run here and a step is expected to take a
     /// quarter of the box or more (one-time costs then weigh little).
+    ///
+    /// The one place that asks the library what a GPU row measures
+    /// (`GpuEngine::time_recursion_steps`) and the lane widths the kernels
+    /// reached (`GpuEngine::lane_widths`): every GPU row and `--tune` time
+    /// through here.
     fn time(
         &mut self,
         batch: &PuzzleBatch,
@@ -485,25 +533,73 @@ impl Bench<'_> {
         batches
     }
 
+    /// The batches of a GPU curve: powers of two up to what one chunk of
+    /// the device holds, or `--max-batch`.
+    fn gpu_curve(&self, gpu: &Gpu) -> Vec<usize> {
+        curve(gpu.capacity.min(self.args.max_batch.unwrap_or(usize::MAX)))
+    }
+
+    /// The time box of a row: `--seconds`, else `share` split among `rows`,
+    /// at most `cap`.
+    fn row_box(&self, share: Duration, rows: usize, cap: Duration) -> Duration {
+        self.row_seconds
+            .unwrap_or_else(|| (share / rows as u32).min(cap))
+    }
+
     /// The time box of one row with explicit `--batch` sizes: `--seconds`,
     /// else 80% of the budget shared by all rows, at most 6 s.
     fn given_row_box(&self) -> Duration {
-        match self.row_seconds {
-            Some(s) => s,
-            None => (self.budget.mul_f64(0.8) / self.given_rows.max(1) as u32)
-                .min(Duration::from_secs(6)),
-        }
+        self.row_box(
+            self.budget.mul_f64(0.8),
+            self.given_rows.max(1),
+            Duration::from_secs(6),
+        )
     }
 
     /// The time box of a CPU row.
     fn cpu_row_box(&self) -> Duration {
-        match (self.row_seconds, self.args.batch.is_empty()) {
-            (Some(s), _) => s,
-            (None, false) => self.given_row_box(),
-            (None, true) => CPU_ROW.min(self.budget / 16),
+        if self.args.batch.is_empty() {
+            self.row_box(self.budget, 16, CPU_ROW)
+        } else {
+            self.given_row_box()
         }
     }
 
+    /// The model line and the table's header (nothing with `--json`);
+    /// the columns are those of [`Bench::emit`].
+    fn print_header(&self, model_name: &str) {
+        if self.args.json {
+            return;
+        }
+        let config = &self.config;
+        println!(
+            "model: {model_name} ({}, D = {}, S = {}, {:.3} GFLOP per net call, {} net calls per puzzle at {} ACT steps, {:.1} GFLOP per puzzle)",
+            config.arch.as_str(),
+            config.hidden_size,
+            config.state_len(),
+            self.per_step / 1e9,
+            self.per_puzzle,
+            self.act_steps,
+            self.act_steps as f64 * config.flops_per_act_step() as f64 / 1e9
+        );
+        println!(
+            "{:<7} {:<5} {:<40} {:<8} {:<8} {:>5} {:>12} {:>10} {:>9} {:>12} {:>14}",
+            "backend",
+            "prec",
+            "adapter",
+            "api",
+            "schedule",
+            "batch",
+            "net calls/s",
+            "puzzles/s",
+            "GFLOP/s",
+            "GPU ms/step",
+            "workgroups"
+        );
+    }
+
+    /// Prints `row` (a table line, or a JSON object with `--json`) and
+    /// keeps it for the summaries.
     fn emit(&mut self, row: Row) {
         if self.args.json {
             println!("{}", serde_json::to_string(&row).unwrap_or_default());
@@ -548,11 +644,11 @@ impl Bench<'_> {
         api: String,
         batch: usize,
         timed: Timed,
-        gpu: Option<(&GpuStats, GpuSchedule, Option<usize>)>,
+        gpu: Option<GpuRow>,
     ) -> Row {
         let calls = timed.steps * batch as u64;
         let rate = calls as f64 / timed.wall.as_secs_f64().max(1e-12);
-        let stats = gpu.map(|g| g.0);
+        let stats = gpu.as_ref().map(|g| g.stats);
         let cpu = self.cpu_activations.as_ref().filter(|_| backend == "cpu");
         Row {
             arch: self.config.arch.as_str().to_string(),
@@ -568,9 +664,7 @@ impl Bench<'_> {
             puzzles_per_s: rate / self.per_puzzle,
             act_steps: self.act_steps,
             gflops: rate * self.per_step / 1e9,
-            gpu_ms_per_step: timed
-                .gpu
-                .map(|g| g.as_secs_f64() * 1e3 / timed.steps.max(1) as f64),
+            gpu_ms_per_step: timed.gpu.map(|g| timed.ms_per_step(g)),
             net_calls: calls,
             seconds: timed.wall.as_secs_f64(),
             schedule: stats.map_or("-".to_string(), |s| s.schedule.clone()),
@@ -580,12 +674,17 @@ impl Bench<'_> {
             host_waits: stats.map(|s| s.host_waits),
             subgroups: stats.map(|s| s.subgroups),
             lanes: stats.map(|s| s.lanes),
-            check: None,
-            schedule_requested: gpu.map(|g| g.1.to_string()),
-            spread_below: gpu.and_then(|g| g.2),
+            check: gpu
+                .as_ref()
+                .and_then(|g| g.checked)
+                .map(|passed| if passed { "passed" } else { "failed" }.to_string()),
+            schedule_requested: gpu.as_ref().map(|g| g.requested.to_string()),
+            spread_below: gpu.and_then(|g| g.spread_below),
         }
     }
 
+    /// The CPU rows: runs of recursion steps on a resident batch, through
+    /// `CpuEngine::recursion_steps`, at each of the CPU's batches.
     fn cpu(&mut self) -> Result<()> {
         let mut options = CpuOptions::default().activations(self.args.activations);
         options.threads = self.args.threads;
@@ -639,18 +738,20 @@ impl Bench<'_> {
                 .spread_below
                 .unwrap_or_else(|| gpu.engine.crossover())
         });
-        let mut row = self.row(
+        let row = self.row(
             "gpu",
             gpu.report.name.clone(),
             gpu.report.driver.clone(),
             gpu.report.api.clone(),
             batch_size,
             timed,
-            Some((&stats, schedule, spread_below)),
+            Some(GpuRow {
+                stats: &stats,
+                requested: schedule,
+                spread_below,
+                checked: gpu.checked,
+            }),
         );
-        row.check = gpu
-            .checked
-            .map(|passed| if passed { "passed" } else { "failed" }.to_string());
         self.emit(row);
         Ok(timed)
     }
@@ -664,13 +765,7 @@ impl Bench<'_> {
         slices: &mut usize,
         cpu_reserve: Duration,
     ) -> Result<()> {
-        let schedules = if self.args.tune {
-            Vec::new()
-        } else if self.args.schedule.is_empty() {
-            vec![GpuSchedule::Auto]
-        } else {
-            self.args.schedule.clone()
-        };
+        let schedules = gpu_schedules(self.args);
         // the adapter's share: one slice per schedule (one for --tune)
         let own = schedules.len().max(1);
         let share = self.left().saturating_sub(cpu_reserve) * own as u32 / (*slices).max(1) as u32;
@@ -692,8 +787,7 @@ impl Bench<'_> {
             *slices = slices.saturating_sub(schedules.len());
             return Ok(());
         }
-        let cap = gpu.capacity.min(self.args.max_batch.unwrap_or(usize::MAX));
-        let sizes = curve(cap);
+        let sizes = self.gpu_curve(&gpu);
         for (i, &schedule) in schedules.iter().enumerate() {
             // this schedule's share: what is left of the adapter's, split
             // among its schedules still to run
@@ -703,17 +797,15 @@ impl Bench<'_> {
             let mut last: Option<(usize, Duration)> = None;
             for (j, &b) in sizes.iter().enumerate() {
                 let left = end.saturating_duration_since(Instant::now());
-                let row_box = self
-                    .row_seconds
-                    .unwrap_or_else(|| (left / (sizes.len() - j) as u32).min(GPU_ROW));
-                let estimate = last.map(|(pb, per_step)| per_step.mul_f64(b as f64 / pb as f64));
+                let row_box = self.row_box(left, sizes.len() - j, GPU_ROW);
+                let estimate = linear_estimate(last, b);
                 if let Some(e) = estimate {
                     let runs = if gpu.warms_up(b, schedule, row_box, Some(e)) {
                         2
                     } else {
                         1
                     };
-                    if (e * runs).mul_f64(SAFETY) > left {
+                    if !fits(e * runs, left) {
                         break;
                     }
                 }
@@ -730,9 +822,8 @@ impl Bench<'_> {
     /// last batch spread won; within `end`.
     fn tune(&mut self, gpu: &mut Gpu, end: Instant) -> Result<()> {
         let timestamps = gpu.report.timestamp_queries;
-        let cap = gpu.capacity.min(self.args.max_batch.unwrap_or(usize::MAX));
         let mut sizes: Vec<usize> = if self.args.batch.is_empty() {
-            curve(cap)
+            self.gpu_curve(gpu)
         } else {
             let mut given = self.args.batch.clone();
             given.sort_unstable();
@@ -746,29 +837,27 @@ impl Bench<'_> {
         let mut last: Option<(usize, Duration)> = None;
         let mut measure = |this: &mut Self, gpu: &mut Gpu, b: usize| -> Result<Option<bool>> {
             let left = end.saturating_duration_since(Instant::now());
-            let row_box = this
-                .row_seconds
-                .unwrap_or_else(|| (left / 16).min(TUNE_ROW));
-            let estimate = last.map(|(pb, both)| both.mul_f64(b as f64 / pb as f64));
+            let row_box = this.row_box(left, 16, TUNE_ROW);
+            let estimate = linear_estimate(last, b);
             if let Some(e) = estimate
-                && e.mul_f64(SAFETY) > left
+                && !fits(e, left)
             {
                 return Ok(None);
             }
             let half = estimate.map(|e| e / 2);
             let spread = this.gpu_row(gpu, b, GpuSchedule::Spread, row_box, half)?;
             let fused = this.gpu_row(gpu, b, GpuSchedule::Fused, row_box, half)?;
-            let per_step = |t: &Timed, by_wall: bool| {
-                let total = if by_wall {
+            // by GPU timestamps, unless either schedule lacks them
+            let by_wall = spread.gpu.is_none() || fused.gpu.is_none();
+            let per_step = |t: &Timed| {
+                t.ms_per_step(if by_wall {
                     t.wall
                 } else {
                     t.gpu.unwrap_or(t.wall)
-                };
-                total.as_secs_f64() * 1e3 / t.steps.max(1) as f64
+                })
             };
-            let by_wall = spread.gpu.is_none() || fused.gpu.is_none();
             used_wall |= by_wall;
-            let (f, s) = (per_step(&fused, by_wall), per_step(&spread, by_wall));
+            let (f, s) = (per_step(&fused), per_step(&spread));
             points.push(TunePoint {
                 batch: b,
                 fused_ms_per_step: f,
@@ -815,40 +904,85 @@ impl Bench<'_> {
             engine_guess: gpu.engine.crossover(),
             points,
         };
+        self.print_tune(&tune, &gpu.label());
+        Ok(())
+    }
+
+    /// What `--tune` found on the adapter `label`: a `{"tune": ...}` object
+    /// with `--json`, else a line.
+    fn print_tune(&self, tune: &Tune, label: &str) {
         if self.args.json {
             println!("{}", serde_json::json!({ "tune": tune }));
-        } else {
-            let by = format!(
-                "by {}; the engine guesses {}",
-                tune.timer, tune.engine_guess
-            );
-            match tune.crossover {
-                Some(n) => println!(
-                    "crossover: {}: spread below {n}, fused from {n} ({by}; --spread-below {n} uses it)",
-                    gpu.label()
-                ),
-                None => println!(
-                    "crossover: {}: not reached, spread faster at every batch up to {}: spread below more than {} ({by})",
-                    gpu.label(),
-                    tune.measured_up_to,
-                    tune.measured_up_to
-                ),
-            }
+            return;
+        }
+        let by = format!(
+            "by {}; the engine guesses {}",
+            tune.timer, tune.engine_guess
+        );
+        match tune.crossover {
+            Some(n) => println!(
+                "crossover: {label}: spread below {n}, fused from {n} ({by}; --spread-below {n} uses it)"
+            ),
+            None => println!(
+                "crossover: {label}: not reached, spread faster at every batch up to {}: spread below more than {} ({by})",
+                tune.measured_up_to, tune.measured_up_to
+            ),
+        }
+    }
+
+    /// With several `--precision`s and no `--json`: net calls per second
+    /// of each against the first.
+    fn print_precisions(&self, precisions: &[Precision]) {
+        if precisions.len() > 1 && !self.args.json {
+            print_precision_ratios(&self.rows, precisions[0]);
+        }
+    }
+
+    /// Draws the rows measured into `path` (`--plot`), titled with the
+    /// model and the devices it ran on.
+    fn write_plot(&self, path: &Path, model_name: &str) -> Result<()> {
+        let name = self
+            .args
+            .model
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map_or(model_name.to_string(), |n| n.to_string_lossy().into_owned());
+        let title = format!(
+            "trm bench: {name} (D = {}, S = {}, {:.3} GFLOP per net call)",
+            self.config.hidden_size,
+            self.config.state_len(),
+            self.per_step / 1e9
+        );
+        let mut on: Vec<String> = self.cpu_label.iter().cloned().collect();
+        on.extend(self.adapters.iter().map(|a| format!("GPU {a}")));
+        plot(path, &self.rows, &title, &on.join("; "))?;
+        if !self.args.json {
+            println!("plot: {}", path.display());
         }
         Ok(())
     }
 }
 
+/// The random model of `--arch`, measured when no `--model` is given, and
+/// how the run names it.
+fn random_model(arch: Arch) -> (TrmConfig, &'static str) {
+    match arch {
+        Arch::Trm => (
+            TrmConfig::sudoku_extreme(),
+            "random weights, Sudoku-Extreme shape",
+        ),
+        Arch::Hrm => (
+            TrmConfig::hrm_sudoku_extreme(),
+            "random weights, HRM at its published Sudoku-Extreme shape",
+        ),
+    }
+}
+
 pub fn bench(args: BenchArgs) -> Result<()> {
+    let (random_config, random_name) = random_model(args.arch);
     let base = Arc::new(match &args.model {
         Some(path) => TrmModel::load(path)?,
-        None => {
-            let config = match args.arch {
-                Arch::Trm => TrmConfig::sudoku_extreme(),
-                Arch::Hrm => TrmConfig::hrm_sudoku_extreme(),
-            };
-            TrmModel::random(config, 0x7e57, 1.0)?
-        }
+        None => TrmModel::random(random_config, 0x7e57, 1.0)?,
     });
     let precisions = if args.precision.is_empty() {
         vec![base.precision()]
@@ -874,44 +1008,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         })?;
     }
     let targets = targets(&args)?;
-    let model_name = args.model.as_ref().map_or(
-        match args.arch {
-            Arch::Trm => "random weights, Sudoku-Extreme shape",
-            Arch::Hrm => "random weights, HRM at its published Sudoku-Extreme shape",
-        }
-        .to_string(),
-        |p| p.display().to_string(),
-    );
+    let model_name = args
+        .model
+        .as_ref()
+        .map_or(random_name.to_string(), |p| p.display().to_string());
     let per_step = config.flops_per_recursion_step() as f64;
     let per_puzzle = (act_steps * config.recursion_steps_per_act_step()) as f64;
-    let puzzle_flops = act_steps as f64 * config.flops_per_act_step() as f64;
-    let shape = format!(
-        "{}, D = {}, S = {}, {:.3} GFLOP per net call, {} net calls per puzzle at {} ACT steps, {:.1} GFLOP per puzzle",
-        config.arch.as_str(),
-        config.hidden_size,
-        config.state_len(),
-        per_step / 1e9,
-        per_puzzle,
-        act_steps,
-        puzzle_flops / 1e9
-    );
-    if !args.json {
-        println!("model: {model_name} ({shape})");
-        println!(
-            "{:<7} {:<5} {:<40} {:<8} {:<8} {:>5} {:>12} {:>10} {:>9} {:>12} {:>14}",
-            "backend",
-            "prec",
-            "adapter",
-            "api",
-            "schedule",
-            "batch",
-            "net calls/s",
-            "puzzles/s",
-            "GFLOP/s",
-            "GPU ms/step",
-            "workgroups"
-        );
-    }
     let mut bench = Bench {
         args: &args,
         model,
@@ -928,11 +1030,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         cpu_label: None,
         cpu_activations: None,
     };
-    let schedules = if args.tune {
-        1
-    } else {
-        args.schedule.len().max(1)
-    } * precisions.len();
+    bench.print_header(&model_name);
+    let schedules = gpu_schedules(&args).len().max(1) * precisions.len();
     let mut slices = targets
         .iter()
         .filter(|t| matches!(t, Target::Gpu(_)))
@@ -967,27 +1066,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             }
         }
     }
-    if precisions.len() > 1 && !args.json {
-        print_precision_ratios(&bench.rows, precisions[0]);
-    }
+    bench.print_precisions(&precisions);
     if let Some(path) = &args.plot {
-        let name = args
-            .model
-            .as_ref()
-            .and_then(|p| p.file_name())
-            .map_or(model_name.clone(), |n| n.to_string_lossy().into_owned());
-        let title = format!(
-            "trm bench: {name} (D = {}, S = {}, {:.3} GFLOP per net call)",
-            bench.config.hidden_size,
-            bench.config.state_len(),
-            per_step / 1e9
-        );
-        let mut on: Vec<String> = bench.cpu_label.iter().cloned().collect();
-        on.extend(bench.adapters.iter().map(|a| format!("GPU {a}")));
-        plot(path, &bench.rows, &title, &on.join("; "))?;
-        if !args.json {
-            println!("plot: {}", path.display());
-        }
+        bench.write_plot(path, &model_name)?;
     }
     Ok(())
 }
