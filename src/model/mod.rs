@@ -6,6 +6,8 @@
 //! application brings ([`TrmModel::from_tensors`]) or from a seeded random
 //! initialisation ([`TrmModel::random`], for tests and benchmarks).
 
+pub mod maths;
+
 use std::collections::BTreeMap;
 
 use crate::config::{PosEncodings, TrmConfig};
