@@ -240,3 +240,16 @@ impl TrmError {
         }
     }
 }
+
+/// `text` from a file (a tensor name, a pickle string) fit to quote in a
+/// one-line message: control characters escaped, at most 200
+/// characters.
+pub(crate) fn printable(text: &str) -> String {
+    let escaped: String = text.chars().flat_map(char::escape_debug).collect();
+    if escaped.chars().count() > 200 {
+        let cut: String = escaped.chars().take(200).collect();
+        format!("{cut}...")
+    } else {
+        escaped
+    }
+}

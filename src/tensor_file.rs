@@ -67,7 +67,7 @@ fn prevalidate(bytes: &[u8], what: &str) -> Result<()> {
         if name == "__metadata__" {
             continue;
         }
-        let printable = crate::checkpoint::pickle::printable(name);
+        let printable = crate::error::printable(name);
         let offsets = info
             .get("data_offsets")
             .and_then(|v| v.as_array())

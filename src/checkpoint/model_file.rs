@@ -185,7 +185,7 @@ fn load(
                 what,
                 format!(
                     "tensor name `{}` is not a plain name (empty, too long, or with control characters)",
-                    super::pickle::printable(name)
+                    crate::error::printable(name)
                 ),
             ));
         }

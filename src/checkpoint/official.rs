@@ -119,7 +119,7 @@ fn arch_of(name: Option<&Json>, what: &str) -> Result<Arch> {
         .ok_or_else(|| {
             TrmError::Config(format!(
                 "{what}: arch `{}` is not a model trm-wgpu runs (it runs {})",
-                pickle::printable(text),
+                crate::error::printable(text),
                 known()
             ))
         })
@@ -749,7 +749,7 @@ fn yaml_to_json(text: &str, what: &str) -> Result<Json> {
                     if map.contains_key(&k) {
                         return Err(bad(format!(
                             "key `{}` is given twice",
-                            pickle::printable(&k)
+                            crate::error::printable(&k)
                         )));
                     }
                     map.insert(k, value);
