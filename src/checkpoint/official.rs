@@ -35,9 +35,10 @@ use yaml_rust2::scanner::TScalarStyle;
 use zip::{CompressionMethod, ZipArchive};
 
 use super::pickle::{self, StorageDtype, TensorRef};
+use crate::config::state_dict::{canonical_name, expected_tensors};
 use crate::config::{Arch, PosEncodings, TrmConfig};
 use crate::error::{Result, TrmError};
-use crate::model::{LoadOptions, Tensor, TrmModel, canonical_name, expected_tensors};
+use crate::model::{LoadOptions, Tensor, TrmModel};
 
 /// Largest checkpoint file read (far above any TRM: the official Sudoku
 /// model is 20 MB).
