@@ -1,6 +1,8 @@
 //! The project's checkpoint format: safetensors with the configuration as
 //! JSON under the header metadata key `config`, tensors under their official
-//! names (with or without the `_orig_mod.` / `model.` prefixes).
+//! names (with or without the `_orig_mod.` / `model.` prefixes). The
+//! `impl TrmModel` here is where a model meets a file: `load`, `load_with`,
+//! `from_safetensors_bytes`, `to_safetensors_bytes` and `save`.
 //!
 //! Element types: F32, F16 and BF16 are kept as stored; F64 is narrowed to
 //! f32; I8 is the int8 precision, with its per-row scales in a tensor named

@@ -2,9 +2,14 @@
 //! canonical (unprefixed) state-dict names of `shared/TRM.md`, each matrix at
 //! its stored [`Precision`] (see [`crate::weights`]).
 //!
-//! Weights come from a checkpoint (see [`crate::checkpoint`]), from tensors an
-//! application brings ([`TrmModel::from_tensors`]) or from a seeded random
-//! initialisation ([`TrmModel::random`], for tests and benchmarks).
+//! Weights come from a checkpoint, from tensors an application brings
+//! ([`TrmModel::from_tensors`]) or from a seeded random initialisation
+//! ([`TrmModel::random`], for tests and benchmarks). This layer knows no
+//! file format: reading and writing files is the checkpoint layer's
+//! ([`crate::checkpoint::model_file`] defines [`TrmModel::load`],
+//! [`TrmModel::load_with`], [`TrmModel::from_safetensors_bytes`],
+//! [`TrmModel::to_safetensors_bytes`] and [`TrmModel::save`]), and the
+//! maths the engines share is in [`maths`].
 
 pub mod maths;
 
