@@ -542,7 +542,7 @@ mod tests {
             "534678912672195348198342567859761423426853791713924856961537284287419635345286179",
         )
         .unwrap();
-        let tokens: Vec<u32> = solution.tokens().iter().map(|&t| t as u32).collect();
+        let tokens = solution.tokens().to_vec();
         for v in AugmentTask::Sudoku.variants(16, 3, 0, 81).unwrap() {
             let variant = v.apply(&tokens).unwrap();
             assert!(sudoku::Grid::from_tokens(&variant).is_complete_and_valid());

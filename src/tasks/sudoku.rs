@@ -55,8 +55,8 @@ impl Grid {
     }
 
     /// Model tokens: blank 1, digit d -> d + 1.
-    pub fn tokens(&self) -> [i64; CELLS] {
-        self.0.map(|d| d as i64 + 1)
+    pub fn tokens(&self) -> [u32; CELLS] {
+        self.0.map(|d| u32::from(d) + 1)
     }
 
     /// A grid from predicted tokens; a token that is not a digit (pad or
@@ -244,8 +244,7 @@ mod tests {
         assert!(solved.solves(&puzzle));
         assert!(!puzzle.is_complete_and_valid());
         assert_eq!(puzzle.givens(), 81 - PUZZLE.matches('.').count());
-        let tokens: Vec<u32> = solved.tokens().iter().map(|&t| t as u32).collect();
-        assert_eq!(Grid::from_tokens(&tokens), solved);
+        assert_eq!(Grid::from_tokens(&solved.tokens()), solved);
         assert_eq!(puzzle.tokens()[2], 1, "blank is token 1");
         assert_eq!(puzzle.tokens()[0], 10, "9 is token 10");
         let mut swapped = solved;

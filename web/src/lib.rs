@@ -224,7 +224,7 @@ impl Session {
                     "no puzzle given: 81 characters a line, . or 0 for blanks",
                 ));
             }
-            let tokens: Vec<i64> = puzzles.iter().flat_map(|p| p.tokens()).collect();
+            let tokens: Vec<u32> = puzzles.iter().flat_map(|p| p.tokens()).collect();
             let batch = PuzzleBatch::new(engine.config(), &tokens, None).map_err(js_error)?;
             let seq = engine.config().seq_len;
             let start = Instant::now();

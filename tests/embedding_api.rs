@@ -1,0 +1,69 @@
+//! The public API as a Rust application meets it (issue 27, item 6): one
+//! token type, with inputs of any integer type checked at the boundary.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use trm_wgpu::tasks::sudoku::Grid;
+use trm_wgpu::{CpuEngine, Engine, PuzzleBatch, SolveOptions, TrmError, TrmModel};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn small_model() -> TrmModel {
+    TrmModel::load(repo().join("tests/data/golden/sudoku_mlp_small.model.safetensors")).unwrap()
+}
+
+#[test]
+fn token_ids_of_any_integer_type_make_the_same_batch() {
+    let model = small_model();
+    let config = model.config();
+    let grid = Grid::parse(
+        "97..1..266.34.7...15..624.9...6.4.8...9..36477469.8...3...467...62.89.1389.531.6.",
+    )
+    .unwrap();
+    let tokens: [u32; 81] = grid.tokens();
+    let from_u32 = PuzzleBatch::new(config, &tokens, None).unwrap();
+    let wide: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
+    let narrow: Vec<u8> = tokens.iter().map(|&t| t as u8).collect();
+    assert_eq!(
+        PuzzleBatch::new(config, &wide, Some(&[0])).unwrap(),
+        from_u32
+    );
+    assert_eq!(PuzzleBatch::new(config, &narrow, None).unwrap(), from_u32);
+    assert_eq!(from_u32.tokens(), tokens);
+
+    // refused at the boundary with the typed errors, negative values too
+    let mut bad = wide.clone();
+    bad[5] = -3;
+    assert!(matches!(
+        PuzzleBatch::new(config, &bad, None),
+        Err(TrmError::TokenOutOfRange {
+            puzzle: 0,
+            position: 5,
+            value: -3,
+            vocab_size: 11
+        })
+    ));
+    bad[5] = 11;
+    assert!(matches!(
+        PuzzleBatch::new(config, &bad, None),
+        Err(TrmError::TokenOutOfRange { value: 11, .. })
+    ));
+    assert!(matches!(
+        PuzzleBatch::new(config, &wide, Some(&[-1])),
+        Err(TrmError::PuzzleIdOutOfRange { value: -1, .. })
+    ));
+
+    // predictions come back in the same type, and read back into a grid
+    let mut engine = CpuEngine::new(Arc::new(model.clone())).unwrap();
+    let options = SolveOptions::default().act_steps(1);
+    let one = engine.solve_puzzle(&tokens, 0, &options).unwrap();
+    let predicted: Vec<u32> = one.predictions();
+    assert_eq!(
+        predicted,
+        engine.solve(&from_u32, &options).unwrap().predictions()
+    );
+    assert_eq!(Grid::from_tokens(&predicted).to_line().len(), 81);
+}
