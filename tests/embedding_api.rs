@@ -1,11 +1,15 @@
 //! The public API as a Rust application meets it (issue 27, item 6): one
-//! token type, with inputs of any integer type checked at the boundary.
+//! token type with inputs of any integer type checked at the boundary, `?`
+//! on the application's own I/O in a `trm_wgpu::Result` function, and
+//! error messages that are whole sentences naming what went wrong.
 
-use std::path::PathBuf;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use trm_wgpu::gpu::{GpuBackend, GpuContext, GpuOptions};
 use trm_wgpu::tasks::sudoku::Grid;
-use trm_wgpu::{CpuEngine, Engine, PuzzleBatch, SolveOptions, TrmError, TrmModel};
+use trm_wgpu::{Backend, CpuEngine, Engine, PuzzleBatch, SolveOptions, TrmError, TrmModel};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -13,6 +17,36 @@ fn repo() -> PathBuf {
 
 fn small_model() -> TrmModel {
     TrmModel::load(repo().join("tests/data/golden/sudoku_mlp_small.model.safetensors")).unwrap()
+}
+
+/// An application's function: its own file read, with `?`.
+fn read_puzzles(path: &Path) -> trm_wgpu::Result<Vec<Grid>> {
+    let text = std::fs::read_to_string(path)?;
+    Grid::parse_many(&text)
+}
+
+#[test]
+fn question_mark_converts_an_applications_io_error() {
+    let err = read_puzzles(Path::new("/nonexistent/puzzles.txt")).unwrap_err();
+    assert!(
+        matches!(&err, TrmError::StdIo(e) if e.kind() == ErrorKind::NotFound),
+        "{err:?}"
+    );
+    assert!(err.to_string().starts_with("I/O error: "), "{err}");
+    assert_eq!(
+        read_puzzles(&repo().join("data/sudoku-easy/puzzles.txt"))
+            .unwrap()
+            .len(),
+        100
+    );
+    // the crate's own file errors name the file
+    let err = TrmModel::load("/nonexistent/model.safetensors").unwrap_err();
+    assert!(matches!(err, TrmError::Io { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .starts_with("/nonexistent/model.safetensors: "),
+        "{err}"
+    );
 }
 
 #[test]
@@ -66,4 +100,36 @@ fn token_ids_of_any_integer_type_make_the_same_batch() {
         engine.solve(&from_u32, &options).unwrap().predictions()
     );
     assert_eq!(Grid::from_tokens(&predicted).to_line().len(), 81);
+}
+
+#[test]
+fn a_bad_backend_name_is_quoted_apart_from_the_valid_ones() {
+    let err = "cuda".parse::<Backend>().unwrap_err();
+    assert!(matches!(err, TrmError::BackendUnavailable(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "unknown backend `cuda`: use one of cpu, gpu, auto, vulkan, metal, dx12, gl"
+    );
+    let err = "cuda".parse::<GpuBackend>().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "unknown GPU backend `cuda`: use one of gpu, vulkan, metal, dx12, gl"
+    );
+}
+
+#[test]
+fn no_adapter_is_a_whole_sentence() {
+    let options = GpuOptions::default().adapter_name("no adapter is named like this");
+    let err = GpuContext::new(&options).expect_err("no such adapter");
+    assert!(matches!(err, TrmError::NoAdapter(_)), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message
+            .starts_with("no GPU adapter named like `no adapter is named like this` (adapters: "),
+        "{message}"
+    );
+    let TrmError::NoAdapter(inner) = &err else {
+        unreachable!()
+    };
+    assert_eq!(inner, &message, "the variant holds the whole message");
 }
