@@ -13,7 +13,8 @@ pub type Result<T, E = TrmError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TrmError {
-    /// A file could not be opened, read or written.
+    /// A file could not be opened, read or written (a directory given for
+    /// a file is one too, of kind [`std::io::ErrorKind::IsADirectory`]).
     #[error("{}: {source}", path.display())]
     Io {
         /// The file.

@@ -2,6 +2,7 @@
 //! token type with inputs of any integer type checked at the boundary, `?`
 //! on the application's own I/O in a `trm_wgpu::Result` function, and
 //! error messages that are whole sentences naming what went wrong.
+//! `examples/quickstart.rs` (run by tests/examples.rs) is the program.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -47,6 +48,28 @@ fn question_mark_converts_an_applications_io_error() {
             .starts_with("/nonexistent/model.safetensors: "),
         "{err}"
     );
+}
+
+#[test]
+fn a_directory_given_as_a_model_says_so() {
+    let dir = repo().join("tests/data");
+    let err = TrmModel::load(&dir).unwrap_err();
+    match &err {
+        TrmError::Io { path, source } => {
+            assert_eq!(path, &dir);
+            assert_eq!(source.kind(), ErrorKind::IsADirectory);
+        }
+        other => panic!("{other:?}"),
+    }
+    let message = err.to_string();
+    assert!(
+        message.starts_with(&format!(
+            "{}: is a directory; give a model file",
+            dir.display()
+        )),
+        "{message}"
+    );
+    assert!(!message.contains("os error"), "{message}");
 }
 
 #[test]

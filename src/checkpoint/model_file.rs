@@ -53,6 +53,10 @@ impl TrmModel {
         config: Option<TrmConfig>,
     ) -> Result<Self> {
         let path = path.as_ref();
+        tensor_file::refuse_directory(
+            path,
+            "a model file: a .safetensors checkpoint (`trm convert` makes one from an official step_N file)",
+        )?;
         let map = Arc::new(tensor_file::map_file(path)?);
         load(
             &map,
