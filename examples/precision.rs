@@ -71,7 +71,7 @@ struct Answers {
 fn solve(
     model: &TrmModel,
     backend: Backend,
-    tokens: &[i64],
+    tokens: &[u32],
     batch: usize,
 ) -> trm_wgpu::Result<Answers> {
     let mut engine = backend.build(Arc::new(model.clone()), &EngineOptions::default())?;
@@ -144,7 +144,7 @@ fn run(args: Args) -> trm_wgpu::Result<()> {
         if puzzles.is_empty() {
             continue;
         }
-        let tokens: Vec<i64> = puzzles.iter().flat_map(|g| g.tokens()).collect();
+        let tokens: Vec<u32> = puzzles.iter().flat_map(|g| g.tokens()).collect();
         let reference = solve(&base, args.backend, &tokens, args.batch)?;
         for precision in Precision::ALL {
             let answers = if precision == base.precision() {
@@ -193,8 +193,8 @@ fn run(args: Args) -> trm_wgpu::Result<()> {
                 let model = TrmModel::random(config.clone(), 0x5eed + m as u64, scale)?;
                 let mut rng = SplitMix64::new(m as u64);
                 let n = args.random_puzzles.max(1);
-                let tokens: Vec<i64> = (0..n * config.seq_len)
-                    .map(|_| rng.below(config.vocab_size as u64) as i64)
+                let tokens: Vec<u32> = (0..n * config.seq_len)
+                    .map(|_| rng.below(config.vocab_size as u64) as u32)
                     .collect();
                 let f32_answers = solve(&model, args.backend, &tokens, n)?;
                 for precision in &Precision::ALL[1..] {

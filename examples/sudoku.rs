@@ -215,7 +215,7 @@ fn run(args: Args) -> trm_wgpu::Result<()> {
     // answers[p], q_halt[p], steps_run[p]; with --trace also every step's
     let mut results = Vec::with_capacity(puzzles.len());
     for chunk in puzzles.chunks(CHUNK) {
-        let tokens: Vec<i64> = chunk.iter().flat_map(|p| p.tokens()).collect();
+        let tokens: Vec<u32> = chunk.iter().flat_map(|p| p.tokens()).collect();
         let batch = PuzzleBatch::new(&config, &tokens, None)?;
         if args.trace && args.augment > 1 {
             return Err(trm_wgpu::TrmError::Input(

@@ -157,39 +157,11 @@ impl std::str::FromStr for AugmentTask {
     }
 }
 
-/// A random Sudoku symmetry: digits relabelled, bands and the rows in each,
-/// stacks and the columns in each permuted, and a transpose half the time.
+/// A random Sudoku symmetry ([`sudoku::random_symmetry`]: digits
+/// relabelled, bands, rows, stacks and columns permuted, a transpose half
+/// the time).
 pub fn random_sudoku_symmetry(rng: &mut SplitMix64) -> PositionSymmetry {
-    let mut shuffle = |n: usize| {
-        let mut v: Vec<usize> = (0..n).collect();
-        for i in (1..n).rev() {
-            v.swap(i, rng.below(i as u64 + 1) as usize);
-        }
-        v
-    };
-    let lines = |shuffle: &mut dyn FnMut(usize) -> Vec<usize>| {
-        let outer = shuffle(3);
-        let mut map = Vec::with_capacity(9);
-        for &band in &outer {
-            map.extend(shuffle(3).into_iter().map(|r| band * 3 + r));
-        }
-        map
-    };
-    let rows = lines(&mut shuffle);
-    let cols = lines(&mut shuffle);
-    let digits = shuffle(9);
-    let transpose = rng.below(2) == 1;
-    let mut relabel: Vec<u32> = (0..11).collect();
-    for (d, &to) in digits.iter().enumerate() {
-        relabel[d + 2] = to as u32 + 2;
-    }
-    let perm = (0..sudoku::CELLS)
-        .map(|p| {
-            let (r, c) = (p / 9, p % 9);
-            let (r, c) = if transpose { (c, r) } else { (r, c) };
-            rows[r] * 9 + cols[c]
-        })
-        .collect();
+    let (perm, relabel) = sudoku::random_symmetry(rng);
     PositionSymmetry::new(perm, relabel).expect("a permutation by construction")
 }
 
@@ -570,7 +542,7 @@ mod tests {
             "534678912672195348198342567859761423426853791713924856961537284287419635345286179",
         )
         .unwrap();
-        let tokens: Vec<u32> = solution.tokens().iter().map(|&t| t as u32).collect();
+        let tokens = solution.tokens().to_vec();
         for v in AugmentTask::Sudoku.variants(16, 3, 0, 81).unwrap() {
             let variant = v.apply(&tokens).unwrap();
             assert!(sudoku::Grid::from_tokens(&variant).is_complete_and_valid());

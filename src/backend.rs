@@ -62,7 +62,7 @@ impl FromStr for Backend {
             "auto" => Ok(Backend::Auto),
             other => other.parse().map(Backend::Gpu).map_err(|_| {
                 TrmError::BackendUnavailable(format!(
-                    "{s} (one of cpu, gpu, auto, vulkan, metal, dx12, gl)"
+                    "unknown backend `{s}`: use one of cpu, gpu, auto, vulkan, metal, dx12, gl"
                 ))
             }),
         }

@@ -1,5 +1,14 @@
 //! A batch of puzzles: token ids and puzzle identifiers, checked against the
 //! model's vocabulary and puzzle table.
+//!
+//! Token ids and puzzle identifiers are `u32` throughout the public API:
+//! what a batch holds, what [`crate::SolveOutput::predictions`] returns,
+//! what the tasks' grids produce and read. They are small and never
+//! negative, and `u32` is what an index into the model's tables is on both
+//! engines. Inputs come in the integer type the application has: NumPy's
+//! int64 from the authors' data sets, int32, bytes ([`InputInt`]);
+//! [`PuzzleBatch::new`] checks every value, a negative one included, at the
+//! boundary and refuses it with a typed error.
 
 use std::ops::Range;
 use std::path::Path;
@@ -17,6 +26,30 @@ pub const MAX_BATCH_BYTES_ENV: &str = "TRM_MAX_BATCH_BYTES";
 /// f32 buffers of `[S, D]` per puzzle counted by [`PuzzleBatch::state_bytes`].
 pub const STATE_BUFFERS: u64 = 8;
 
+/// An integer type token ids and puzzle identifiers may come in: `u8`,
+/// `u16`, `u32`, `i8`, `i16`, `i32` or `i64` (sealed: every value of these
+/// fits an `i64`, the type the range errors report).
+pub trait InputInt: Copy + sealed::Sealed {
+    /// The value, exactly.
+    fn to_i64(self) -> i64;
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+macro_rules! input_ints {
+    ($($t:ty),*) => {$(
+        impl sealed::Sealed for $t {}
+        impl InputInt for $t {
+            fn to_i64(self) -> i64 {
+                i64::from(self)
+            }
+        }
+    )*};
+}
+input_ints!(u8, u16, u32, i8, i16, i32, i64);
+
 /// Puzzles ready to solve: `B x seq_len` token ids and `B` puzzle identifiers,
 /// all within the model's ranges.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,8 +61,31 @@ pub struct PuzzleBatch {
 
 impl PuzzleBatch {
     /// Checks and wraps `tokens` (row-major `[B, seq_len]`) and optional
-    /// `puzzle_ids` (`[B]`, default 0) for the model `config`.
-    pub fn new(config: &TrmConfig, tokens: &[i64], puzzle_ids: Option<&[i64]>) -> Result<Self> {
+    /// `puzzle_ids` (`[B]`, default 0) for the model `config`, both in any
+    /// [`InputInt`] type (`u32`, the crate's own, or `i64` as NumPy gives
+    /// them). A token outside `0..vocab_size` is refused with
+    /// [`TrmError::TokenOutOfRange`], an identifier outside the puzzle table
+    /// with [`TrmError::PuzzleIdOutOfRange`].
+    ///
+    /// ```
+    /// use trm_wgpu::{PuzzleBatch, TrmConfig, TrmError};
+    /// let config = TrmConfig::sudoku_extreme();
+    /// let blanks = [1u32; 81];
+    /// assert_eq!(PuzzleBatch::new(&config, &blanks, None)?.len(), 1);
+    /// let from_numpy: Vec<i64> = vec![1; 2 * 81];
+    /// assert_eq!(PuzzleBatch::new(&config, &from_numpy, Some(&[0, 0]))?.len(), 2);
+    /// let negative = vec![-1i64; 81];
+    /// assert!(matches!(
+    ///     PuzzleBatch::new(&config, &negative, None),
+    ///     Err(TrmError::TokenOutOfRange { value: -1, .. })
+    /// ));
+    /// # Ok::<(), TrmError>(())
+    /// ```
+    pub fn new<T: InputInt>(
+        config: &TrmConfig,
+        tokens: &[T],
+        puzzle_ids: Option<&[T]>,
+    ) -> Result<Self> {
         let seq_len = config.seq_len;
         if tokens.is_empty() {
             return Err(TrmError::Input("the batch holds no puzzles".into()));
@@ -42,7 +98,7 @@ impl PuzzleBatch {
         }
         let batch = tokens.len() / seq_len;
         let mut checked = Vec::with_capacity(tokens.len());
-        for (i, &t) in tokens.iter().enumerate() {
+        for (i, t) in tokens.iter().map(|t| t.to_i64()).enumerate() {
             if t < 0 || t as u64 >= config.vocab_size as u64 {
                 return Err(TrmError::TokenOutOfRange {
                     puzzle: i / seq_len,
@@ -65,7 +121,8 @@ impl PuzzleBatch {
                 let limit = config.num_puzzle_identifiers;
                 ids.iter()
                     .enumerate()
-                    .map(|(puzzle, &v)| {
+                    .map(|(puzzle, v)| {
+                        let v = v.to_i64();
                         if v < 0 || v as u64 >= limit as u64 {
                             Err(TrmError::PuzzleIdOutOfRange {
                                 puzzle,

@@ -13,7 +13,8 @@ pub type Result<T, E = TrmError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TrmError {
-    /// A file could not be opened, read or written.
+    /// A file could not be opened, read or written (a directory given for
+    /// a file is one too, of kind [`std::io::ErrorKind::IsADirectory`]).
     #[error("{}: {source}", path.display())]
     Io {
         /// The file.
@@ -21,6 +22,13 @@ pub enum TrmError {
         /// What the operating system said.
         source: std::io::Error,
     },
+
+    /// An I/O error with no path known: what `?` makes of a
+    /// [`std::io::Error`] in a function returning this crate's [`Result`]
+    /// (an application's own file read, say). Every file error of the crate
+    /// itself is [`TrmError::Io`], which names the file.
+    #[error("I/O error: {0}")]
+    StdIo(#[from] std::io::Error),
 
     /// A safetensors file (model, input or output) is malformed or truncated.
     #[error("{what}: not a valid safetensors file: {reason}")]
@@ -152,8 +160,9 @@ pub enum TrmError {
     #[error("{0}")]
     TooLarge(String),
 
-    /// No GPU adapter matched the request.
-    #[error("no GPU adapter found{0}")]
+    /// No GPU adapter matched the request; the message says which was
+    /// asked for and what there is.
+    #[error("{0}")]
     NoAdapter(String),
 
     /// The adapter exists but cannot run this model (limits or features).
@@ -195,8 +204,10 @@ pub enum TrmError {
     #[error("GPU error: {0}")]
     Gpu(String),
 
-    /// A requested backend is not available in this build or on this machine.
-    #[error("backend `{0}` is not available")]
+    /// A backend name that is none of the known ones, or a backend not
+    /// available in this build or on this machine; the message names it
+    /// and the valid names.
+    #[error("{0}")]
     BackendUnavailable(String),
 
     /// A built data set (the authors' `.npy` arrays and JSON files), a
@@ -238,5 +249,18 @@ impl TrmError {
             what: what.into(),
             reason: reason.to_string(),
         }
+    }
+}
+
+/// `text` from a file (a tensor name, a pickle string) fit to quote in a
+/// one-line message: control characters escaped, at most 200
+/// characters.
+pub(crate) fn printable(text: &str) -> String {
+    let escaped: String = text.chars().flat_map(char::escape_debug).collect();
+    if escaped.chars().count() > 200 {
+        let cut: String = escaped.chars().take(200).collect();
+        format!("{cut}...")
+    } else {
+        escaped
     }
 }

@@ -10,7 +10,7 @@
 //!
 //! # fn main() -> trm_wgpu::Result<()> {
 //! let model = Arc::new(TrmModel::load("model.safetensors")?);
-//! let tokens = vec![1i64; model.config().seq_len]; // one puzzle of blanks
+//! let tokens = vec![1u32; model.config().seq_len]; // one puzzle of blanks
 //! let batch = PuzzleBatch::new(model.config(), &tokens, None)?;
 //! let mut engine = CpuEngine::new(model)?;
 //! let out = engine.solve(&batch, &SolveOptions::default())?;

@@ -97,7 +97,7 @@ impl SolveOptions {
 /// # fn main() -> trm_wgpu::Result<()> {
 /// let config = TrmConfig { hidden_size: 16, puzzle_emb_ndim: 16, ..TrmConfig::sudoku_extreme() };
 /// let model = Arc::new(TrmModel::random(config, 1, 0.5)?);
-/// let batch = PuzzleBatch::new(model.config(), &vec![1i64; 81], None)?;
+/// let batch = PuzzleBatch::new(model.config(), &vec![1u32; 81], None)?;
 /// let mut engine = CpuEngine::with_threads(model, 1)?;
 /// let one = SolveOptions::default().act_steps(1);
 /// let first = engine.solve(&batch, &one)?;
@@ -520,11 +520,12 @@ pub trait Engine {
     }
 
     /// Solves one puzzle: its `seq_len` token ids and puzzle identifier
-    /// (0 for a model without a puzzle table), checked as a batch is.
+    /// (0 for a model without a puzzle table), checked as a batch is
+    /// (build a [`PuzzleBatch`] for token ids of another integer type).
     fn solve_puzzle(
         &mut self,
-        tokens: &[i64],
-        puzzle_id: i64,
+        tokens: &[u32],
+        puzzle_id: u32,
         options: &SolveOptions,
     ) -> Result<SolveOutput> {
         let batch = PuzzleBatch::new(self.config(), tokens, Some(&[puzzle_id]))?;

@@ -14,11 +14,26 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| TrmError::io(path, e))
 }
 
+/// Refuses a directory given where a file is wanted ("is a directory;
+/// give `wanted`"), with the path in the error: mapping one would fail
+/// with the operating system's "No such device".
+pub(crate) fn refuse_directory(path: &Path, wanted: &str) -> Result<()> {
+    if path.is_dir() {
+        let reason = format!("is a directory; give {wanted}");
+        return Err(TrmError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::IsADirectory, reason),
+        ));
+    }
+    Ok(())
+}
+
 /// Maps a whole file read-only, with the path in the error. The mapping's
 /// bytes are checked as hostile input by whoever reads them; a file
 /// truncated while mapped is the one thing no reader can guard against
 /// (SIGBUS), as with any mapped file.
 pub(crate) fn map_file(path: &Path) -> Result<memmap2::Mmap> {
+    refuse_directory(path, "a file")?;
     let file = std::fs::File::open(path).map_err(|e| TrmError::io(path, e))?;
     #[allow(unsafe_code)]
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| TrmError::io(path, e))?;
@@ -67,7 +82,7 @@ fn prevalidate(bytes: &[u8], what: &str) -> Result<()> {
         if name == "__metadata__" {
             continue;
         }
-        let printable = crate::checkpoint::pickle::printable(name);
+        let printable = crate::error::printable(name);
         let offsets = info
             .get("data_offsets")
             .and_then(|v| v.as_array())

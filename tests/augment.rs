@@ -30,7 +30,7 @@ fn hard_puzzles(count: usize, seed: u64) -> Vec<Grid> {
 }
 
 fn batch(model: &TrmModel, puzzles: &[Grid]) -> PuzzleBatch {
-    let tokens: Vec<i64> = puzzles.iter().flat_map(|p| p.tokens()).collect();
+    let tokens: Vec<u32> = puzzles.iter().flat_map(|p| p.tokens()).collect();
     PuzzleBatch::new(model.config(), &tokens, None).unwrap()
 }
 

@@ -21,7 +21,7 @@ fn answers(
     activations: ActivationPrecision,
     puzzles: &[Grid],
 ) -> (Vec<u32>, Vec<u32>) {
-    let tokens: Vec<i64> = puzzles.iter().flat_map(|g| g.tokens()).collect();
+    let tokens: Vec<u32> = puzzles.iter().flat_map(|g| g.tokens()).collect();
     let batch = PuzzleBatch::new(model.config(), &tokens, None).unwrap();
     let options = CpuOptions::default().activations(activations);
     let mut engine = CpuEngine::with_options(Arc::new(model.clone()), options).unwrap();

@@ -258,7 +258,7 @@ fn a_non_finite_puzzle_row_is_refused_when_read() {
         "{err}"
     );
     let mut engine = trm_wgpu::CpuEngine::new(loaded).unwrap();
-    let tokens = vec![1i64; 9];
+    let tokens = vec![1u32; 9];
     use trm_wgpu::Engine;
     let err = engine
         .solve_puzzle(&tokens, 3, &trm_wgpu::SolveOptions::default())

@@ -186,7 +186,7 @@ fn sudoku_easy(limit: usize) -> (Arc<TrmModel>, PuzzleBatch) {
     let model = Arc::new(TrmModel::load(dir.join("model.safetensors")).unwrap());
     let text = std::fs::read_to_string(dir.join("puzzles.txt")).unwrap();
     let puzzles = Grid::parse_many(&text).unwrap();
-    let tokens: Vec<i64> = puzzles
+    let tokens: Vec<u32> = puzzles
         .iter()
         .take(limit)
         .flat_map(|p| p.tokens())

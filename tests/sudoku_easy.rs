@@ -34,8 +34,8 @@ fn cpu_answers_equal_pytorch_at_every_act_step() {
     let puzzles = Grid::parse_many(&std::fs::read_to_string(data("puzzles.txt")).unwrap()).unwrap();
     assert_eq!(puzzles.len(), 100);
     let reference = common::sudoku_easy_reference();
-    let tokens: Vec<i64> = puzzles.iter().flat_map(|p| p.tokens()).collect();
-    let ref_inputs: Vec<i64> = reference["inputs"].iter().map(|&t| t as i64).collect();
+    let tokens: Vec<u32> = puzzles.iter().flat_map(|p| p.tokens()).collect();
+    let ref_inputs: Vec<u32> = reference["inputs"].iter().map(|&t| t as u32).collect();
     assert_eq!(
         tokens, ref_inputs,
         "puzzles.txt encodes to PyTorch's inputs"

@@ -1,4 +1,9 @@
-//! Checkpoint formats.
+//! Checkpoint formats: every file a model is read from or written to.
+//!
+//! The model layer ([`crate::model`]) holds a model in memory and knows no
+//! file; this layer reads and writes them. `TrmModel`'s file methods
+//! (`load`, `load_with`, `from_safetensors_bytes`, `to_safetensors_bytes`,
+//! `save`) are defined here, in [`model_file`].
 //!
 //! - [`model_file`]: the project's format, a safetensors file whose header
 //!   metadata key `config` holds the configuration as JSON (the golden format).

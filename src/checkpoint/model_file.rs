@@ -1,6 +1,8 @@
 //! The project's checkpoint format: safetensors with the configuration as
 //! JSON under the header metadata key `config`, tensors under their official
-//! names (with or without the `_orig_mod.` / `model.` prefixes).
+//! names (with or without the `_orig_mod.` / `model.` prefixes). The
+//! `impl TrmModel` here is where a model meets a file: `load`, `load_with`,
+//! `from_safetensors_bytes`, `to_safetensors_bytes` and `save`.
 //!
 //! Element types: F32, F16 and BF16 are kept as stored; F64 is narrowed to
 //! f32; I8 is the int8 precision, with its per-row scales in a tensor named
@@ -19,7 +21,7 @@ use std::sync::Arc;
 
 use safetensors::tensor::{Dtype, TensorView};
 
-use crate::config::TrmConfig;
+use crate::config::{TrmConfig, state_dict};
 use crate::error::{Result, TrmError};
 use crate::model::{LoadOptions, TrmModel};
 use crate::tensor_file;
@@ -51,6 +53,10 @@ impl TrmModel {
         config: Option<TrmConfig>,
     ) -> Result<Self> {
         let path = path.as_ref();
+        tensor_file::refuse_directory(
+            path,
+            "a model file: a .safetensors checkpoint (`trm convert` makes one from an official step_N file)",
+        )?;
         let map = Arc::new(tensor_file::map_file(path)?);
         load(
             &map,
@@ -175,9 +181,8 @@ fn load(
     config.validate()?;
     // Check every name and shape before reading any values, so that a file
     // with a wrong (or far too large) tensor is refused without touching it.
-    let expected: HashMap<String, Vec<usize>> = crate::model::expected_tensors(&config)
-        .into_iter()
-        .collect();
+    let expected: HashMap<String, Vec<usize>> =
+        state_dict::expected_tensors(&config).into_iter().collect();
     let views: HashMap<&str, TensorView<'_>> = file.iter().collect();
     for (name, view) in &views {
         if !super::pickle::plain_name(name) {
@@ -185,11 +190,11 @@ fn load(
                 what,
                 format!(
                     "tensor name `{}` is not a plain name (empty, too long, or with control characters)",
-                    super::pickle::printable(name)
+                    crate::error::printable(name)
                 ),
             ));
         }
-        let canonical = crate::model::canonical_name(name);
+        let canonical = state_dict::canonical_name(name);
         if let Some(shape) = expected.get(canonical)
             && view.shape() != shape.as_slice()
         {
@@ -202,9 +207,9 @@ fn load(
     }
     let mut matrices = Vec::new();
     for (name, view) in &views {
-        let canonical = crate::model::canonical_name(name);
+        let canonical = state_dict::canonical_name(name);
         if let Some(base) = name.strip_suffix(SCALE_SUFFIX)
-            && expected.contains_key(crate::model::canonical_name(base))
+            && expected.contains_key(state_dict::canonical_name(base))
         {
             // read with its matrix
             if views.get(base).is_none_or(|v| v.dtype() != Dtype::I8) {
@@ -226,7 +231,7 @@ fn load(
         let matrix = read_matrix(name, canonical, shape, view, &views, bytes, map)?;
         // the table's float rows are checked as they are read
         let checked_now =
-            !crate::model::is_puzzle_table(canonical) || matrix.precision() == Precision::Int8;
+            !state_dict::is_puzzle_table(canonical) || matrix.precision() == Precision::Int8;
         if checked_now && let Some(index) = matrix.first_non_finite() {
             return Err(TrmError::NonFinite {
                 name: canonical.to_string(),
@@ -257,7 +262,7 @@ fn read_matrix(
         Dtype::F32 => Precision::F32,
         Dtype::F16 => Precision::F16,
         Dtype::BF16 => Precision::Bf16,
-        Dtype::I8 if !crate::model::is_vector(canonical) => Precision::Int8,
+        Dtype::I8 if !state_dict::is_vector(canonical) => Precision::Int8,
         Dtype::F64 => {
             let data = tensor_file::to_f32(name, view)?;
             return Matrix::from_f32(rows, cols, &data);
@@ -266,7 +271,7 @@ fn read_matrix(
             return Err(TrmError::TensorDtype {
                 name: name.to_string(),
                 dtype: format!("{other:?}"),
-                expected: if crate::model::is_vector(canonical) {
+                expected: if state_dict::is_vector(canonical) {
                     "F32, BF16, F16 or F64".into()
                 } else {
                     "F32, BF16, F16, F64, or I8 with a `_scale` tensor".into()

@@ -35,9 +35,10 @@ use yaml_rust2::scanner::TScalarStyle;
 use zip::{CompressionMethod, ZipArchive};
 
 use super::pickle::{self, StorageDtype, TensorRef};
+use crate::config::state_dict::{canonical_name, expected_tensors};
 use crate::config::{Arch, PosEncodings, TrmConfig};
 use crate::error::{Result, TrmError};
-use crate::model::{LoadOptions, Tensor, TrmModel, canonical_name, expected_tensors};
+use crate::model::{LoadOptions, Tensor, TrmModel};
 
 /// Largest checkpoint file read (far above any TRM: the official Sudoku
 /// model is 20 MB).
@@ -119,7 +120,7 @@ fn arch_of(name: Option<&Json>, what: &str) -> Result<Arch> {
         .ok_or_else(|| {
             TrmError::Config(format!(
                 "{what}: arch `{}` is not a model trm-wgpu runs (it runs {})",
-                pickle::printable(text),
+                crate::error::printable(text),
                 known()
             ))
         })
@@ -749,7 +750,7 @@ fn yaml_to_json(text: &str, what: &str) -> Result<Json> {
                     if map.contains_key(&k) {
                         return Err(bad(format!(
                             "key `{}` is given twice",
-                            pickle::printable(&k)
+                            crate::error::printable(&k)
                         )));
                     }
                     map.insert(k, value);

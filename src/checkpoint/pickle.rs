@@ -29,7 +29,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::error::{Result, TrmError};
+use crate::error::{Result, TrmError, printable};
 
 /// Longest pickle accepted (state-dict pickles are about 100 bytes a tensor).
 pub const MAX_PICKLE_BYTES: usize = 64 << 20;
@@ -307,18 +307,6 @@ impl Value {
                 }
                 _ => 0,
             }
-    }
-}
-
-/// `text` fit for a one-line message: control characters escaped, at most
-/// 200 characters.
-pub(crate) fn printable(text: &str) -> String {
-    let escaped: String = text.chars().flat_map(char::escape_debug).collect();
-    if escaped.chars().count() > 200 {
-        let cut: String = escaped.chars().take(200).collect();
-        format!("{cut}...")
-    } else {
-        escaped
     }
 }
 

@@ -123,7 +123,7 @@ pub(super) fn attention_head(
     let v = mat_strided(&qkv[2 * d + head * hd..], s, hd, 3 * d);
     let scores = &mut scores[..s * s];
     matmul_into(mat_mut(scores, s, s), q, k.transpose(), Par::Seq);
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = crate::model::maths::attention_scale(hd);
     for row in scores.chunks_exact_mut(s) {
         softmax_scaled(row, scale);
     }

@@ -41,18 +41,17 @@ use crate::batch::PuzzleBatch;
 use crate::config::{Level, PosEncodings, TrmConfig};
 use crate::error::{Result, TrmError};
 use crate::model::TrmModel;
+use crate::model::maths::{LEARNED_POS_SCALE, embedding_scale};
 use crate::program::{self, ActReport, ActRun, Call, Fill, SlotEngine, act_step_calls};
 use crate::solve::{Carry, Engine, SolveOptions, SolveOutput};
 use block::TaskScratch;
 use packed::{PackedLayer, PackedMixer};
 use token_panels::TokenScratch;
 
+/// The RoPE tables' old path: they are the model's maths, shared by both
+/// engines ([`crate::model::maths`]).
+pub use crate::model::maths::rope_tables;
 pub use int8_panels::Int8Kernel;
-pub use ops::rope_tables;
-
-/// Scale of the learned position embedding: the authors write 0.707106781,
-/// which rounds to the same f32 as 1/sqrt(2).
-const LEARNED_POS_SCALE: f32 = std::f32::consts::FRAC_1_SQRT_2;
 
 /// Rows (tokens) per task at most: the gated activations of a channel
 /// SwiGLU task of the Sudoku-Extreme model (`[256, 1536]` floats, 1.5 MiB)
@@ -407,7 +406,7 @@ impl CpuEngine {
         let config = self.model.config();
         let d = config.hidden_size;
         let p = config.puzzle_emb_positions();
-        let scale = (d as f32).sqrt();
+        let scale = embedding_scale(config);
         puzzle.fill(0.0);
         // zero padding: positions beyond ndim stay 0
         let row = self.model.puzzle_rows(&[puzzle_id])?;

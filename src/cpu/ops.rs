@@ -120,32 +120,6 @@ pub(crate) fn add_rms_norm_rows(residual: &mut [f32], update: &[f32], width: usi
     }
 }
 
-/// RoPE tables `cos`, `sin`, each `[positions, head_dim]`, computed as the
-/// authors' `RotaryEmbedding` does in float32: `inv_freq` rounded to f32,
-/// the angle `s * inv_freq` rounded to f32, then its cosine and sine.
-pub fn rope_tables(positions: usize, head_dim: usize, theta: f64) -> (Vec<f32>, Vec<f32>) {
-    let half = head_dim / 2;
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|j| {
-            let exponent = ((2 * j) as f32 / head_dim as f32) as f64;
-            (1.0 / (theta as f32 as f64).powf(exponent)) as f32
-        })
-        .collect();
-    let mut cos = Vec::with_capacity(positions * head_dim);
-    let mut sin = Vec::with_capacity(positions * head_dim);
-    for s in 0..positions {
-        // emb = concat(freqs, freqs)
-        for _half in 0..2 {
-            for &f in &inv_freq {
-                let angle = (s as f32 * f) as f64;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
-            }
-        }
-    }
-    (cos, sin)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

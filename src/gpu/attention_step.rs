@@ -4,13 +4,13 @@
 //!
 //! The CPU functions it must equal are `CpuEngine::net` with
 //! `block::qkv_rows`, `block::attention_head`, `block::o_proj_rows` and
-//! `block::channel_mlp_rows` (`src/cpu/`); the RoPE tables are the CPU
-//! engine's own ([`crate::cpu::rope_tables`]), computed on the host and
-//! uploaded after the layer weights.
+//! `block::channel_mlp_rows` (`src/cpu/`); the RoPE tables and the score
+//! scale are the model's ([`crate::model::maths`]), as the CPU engine's,
+//! the tables computed on the host and uploaded after the layer weights.
 
 use crate::config::{PosEncodings, TrmConfig};
-use crate::cpu::rope_tables;
 use crate::error::{Result, TrmError};
+use crate::model::maths::{attention_scale, rope_tables};
 use crate::model::{TokenMixer, TrmModel};
 use crate::weights::Precision;
 
@@ -92,8 +92,7 @@ pub(crate) fn own_constants(config: &TrmConfig) -> Vec<(&'static str, f64)> {
         ("HEADS", config.num_heads as f64),
         ("HD", head_dim as f64),
         ("ROPE", if rope { 1.0 } else { 0.0 }),
-        // as block::attention_head rounds it
-        ("SCALE", (1.0 / (head_dim as f32).sqrt()) as f64),
+        ("SCALE", attention_scale(head_dim) as f64),
     ]
 }
 

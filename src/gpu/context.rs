@@ -83,7 +83,7 @@ impl FromStr for GpuBackend {
             "dx12" | "d3d12" => Ok(GpuBackend::Dx12),
             "gl" | "gles" | "opengl" => Ok(GpuBackend::Gl),
             _ => Err(TrmError::BackendUnavailable(format!(
-                "{s} (GPU backends: vulkan, metal, dx12, gl)"
+                "unknown GPU backend `{s}`: use one of gpu, vulkan, metal, dx12, gl"
             ))),
         }
     }
@@ -205,7 +205,7 @@ impl GpuOptions {
         {
             self.backend = value.parse().map_err(|_| {
                 TrmError::BackendUnavailable(format!(
-                    "{value} (from WGPU_BACKEND; one of vulkan, metal, dx12, gl)"
+                    "unknown GPU backend `{value}` in WGPU_BACKEND: use one of vulkan, metal, dx12, gl"
                 ))
             })?;
         }
@@ -554,7 +554,7 @@ impl GpuContext {
                     .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
                     .ok_or_else(|| {
                         TrmError::NoAdapter(format!(
-                            " named like `{name}`{} (adapters: {})",
+                            "no GPU adapter named like `{name}`{} (adapters: {})",
                             on_backend(options.backend),
                             if names.is_empty() {
                                 "none".to_string()
@@ -573,7 +573,10 @@ impl GpuContext {
                 })
                 .await
                 .map_err(|e| {
-                    TrmError::NoAdapter(format!("{}: {e}", on_backend(options.backend)))
+                    TrmError::NoAdapter(format!(
+                        "no GPU adapter found{}: {e}",
+                        on_backend(options.backend)
+                    ))
                 })?,
         };
         let info = adapter.get_info();

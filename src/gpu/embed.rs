@@ -5,14 +5,11 @@
 use crate::config::{PosEncodings, TrmConfig};
 use crate::error::Result;
 use crate::model::TrmModel;
+use crate::model::maths::{LEARNED_POS_SCALE, embedding_scale};
 
 use super::context::GpuContext;
 use super::kernels::{KernelFile, KernelKey};
 use super::layout::{self, Entry, Kernel};
-
-/// Scale of the learned position embedding: the authors write 0.707106781,
-/// the same f32 as 1/sqrt(2) (as `CpuEngine::embed` uses it).
-const LEARNED_POS_SCALE: f32 = std::f32::consts::FRAC_1_SQRT_2;
 
 /// The embedding kernel of a model of `config`: its tables are
 /// `embed_tokens [vocab, D]` then, with learned positions, `embed_pos`.
@@ -29,7 +26,7 @@ pub(crate) fn key(config: &TrmConfig) -> KernelKey {
             ("NDIM", config.puzzle_emb_ndim as f64),
             ("POS_OFF", (config.vocab_size * config.hidden_size) as f64),
             ("HAS_POS", if learned { 1.0 } else { 0.0 }),
-            ("SCALE", (config.hidden_size as f32).sqrt() as f64),
+            ("SCALE", embedding_scale(config) as f64),
             ("POS_SCALE", LEARNED_POS_SCALE as f64),
         ],
     )

@@ -27,7 +27,7 @@ pub fn character(token: u32) -> char {
 /// Parses a square maze of `side x side` cells: `side` lines of `side`
 /// characters from [`CHARSET`] (lines may be shorter: missing cells are
 /// open). Returns the tokens, row-major.
-pub fn parse(text: &str, side: usize) -> Result<Vec<i64>> {
+pub fn parse(text: &str, side: usize) -> Result<Vec<u32>> {
     let lines: Vec<&str> = text
         .lines()
         .filter(|l| !l.trim_start().starts_with(';'))
@@ -57,7 +57,7 @@ pub fn parse(text: &str, side: usize) -> Result<Vec<i64>> {
                     c + 1
                 ))
             })?;
-            tokens.push(t as i64);
+            tokens.push(t);
         }
     }
     Ok(tokens)
@@ -66,7 +66,7 @@ pub fn parse(text: &str, side: usize) -> Result<Vec<i64>> {
 /// The maze with the predicted path drawn over its open cells: every cell
 /// the model predicts as path (`o`) that is open in the input.
 /// Refuses an input or prediction that is not `side x side` cells.
-pub fn overlay_path(input: &[i64], predicted: &[u32], side: usize) -> Result<String> {
+pub fn overlay_path(input: &[u32], predicted: &[u32], side: usize) -> Result<String> {
     let cells = side * side;
     if input.len() != cells || predicted.len() != cells {
         return Err(TrmError::Input(format!(
@@ -82,7 +82,7 @@ pub fn overlay_path(input: &[i64], predicted: &[u32], side: usize) -> Result<Str
             let shown = if input[i] == 2 && predicted[i] == PATH {
                 'o'
             } else {
-                character(input[i] as u32)
+                character(input[i])
             };
             out.push(shown);
         }
@@ -93,7 +93,7 @@ pub fn overlay_path(input: &[i64], predicted: &[u32], side: usize) -> Result<Str
 
 /// Counts of the path cells: predicted on open cells, and predicted where
 /// the input has a wall (a model error).
-pub fn path_cells(input: &[i64], predicted: &[u32]) -> (usize, usize) {
+pub fn path_cells(input: &[u32], predicted: &[u32]) -> (usize, usize) {
     let on_open = input
         .iter()
         .zip(predicted)
@@ -117,7 +117,7 @@ mod tests {
         let tokens = parse(text, 4).unwrap();
         assert_eq!(tokens[5], 3);
         assert_eq!(tokens[6], 2);
-        let mut predicted: Vec<u32> = tokens.iter().map(|&t| t as u32).collect();
+        let mut predicted = tokens.clone();
         predicted[6] = PATH;
         predicted[0] = PATH; // on a wall: not drawn
         assert_eq!(

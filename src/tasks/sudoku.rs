@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::error::{Result, TrmError};
+use crate::rng::SplitMix64;
 
 /// Cells of a grid, and tokens of a puzzle.
 pub const CELLS: usize = 81;
@@ -54,8 +55,8 @@ impl Grid {
     }
 
     /// Model tokens: blank 1, digit d -> d + 1.
-    pub fn tokens(&self) -> [i64; CELLS] {
-        self.0.map(|d| d as i64 + 1)
+    pub fn tokens(&self) -> [u32; CELLS] {
+        self.0.map(|d| u32::from(d) + 1)
     }
 
     /// A grid from predicted tokens; a token that is not a digit (pad or
@@ -144,19 +145,60 @@ impl Grid {
     }
 }
 
+/// A random Sudoku symmetry: digits relabelled, bands and the rows in each,
+/// stacks and the columns in each permuted, and a transpose half the time;
+/// as a permutation of the cells, `perm`, and a relabelling of the tokens,
+/// `relabel`: the variant's token at cell `p` is `relabel[t]` for the token
+/// `t` at cell `perm[p]` (`augment::PositionSymmetry` applies it so).
+pub fn random_symmetry(rng: &mut SplitMix64) -> (Vec<usize>, Vec<u32>) {
+    let mut shuffle = |n: usize| {
+        let mut v: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            v.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        v
+    };
+    let lines = |shuffle: &mut dyn FnMut(usize) -> Vec<usize>| {
+        let outer = shuffle(3);
+        let mut map = Vec::with_capacity(9);
+        for &band in &outer {
+            map.extend(shuffle(3).into_iter().map(|r| band * 3 + r));
+        }
+        map
+    };
+    let rows = lines(&mut shuffle);
+    let cols = lines(&mut shuffle);
+    let digits = shuffle(9);
+    let transpose = rng.below(2) == 1;
+    let mut relabel: Vec<u32> = (0..11).collect();
+    for (d, &to) in digits.iter().enumerate() {
+        relabel[d + 2] = to as u32 + 2;
+    }
+    let perm = (0..CELLS)
+        .map(|p| {
+            let (r, c) = (p / 9, p % 9);
+            let (r, c) = if transpose { (c, r) } else { (r, c) };
+            rows[r] * 9 + cols[c]
+        })
+        .collect();
+    (perm, relabel)
+}
+
 /// A seeded random puzzle with `givens` given cells, and the grid it was
 /// made from: a fixed valid grid under a random Sudoku symmetry
-/// ([`crate::augment::random_sudoku_symmetry`]: digits relabelled, rows,
-/// bands, columns and stacks permuted, maybe transposed), then all cells
-/// but `givens` blanked. The recipe the sample model was trained on.
-pub fn generate(rng: &mut crate::rng::SplitMix64, givens: usize) -> (Grid, Grid) {
-    use crate::augment::Symmetry;
+/// ([`random_symmetry`]: digits relabelled, rows, bands, columns and stacks
+/// permuted, maybe transposed), then all cells but `givens` blanked. The
+/// recipe the sample model was trained on.
+pub fn generate(rng: &mut SplitMix64, givens: usize) -> (Grid, Grid) {
     const BASE: &str =
         "534678912672195348198342567859761423426853791713924856961537284287419635345286179";
-    let base = Grid::parse(BASE).expect("a valid grid");
-    let tokens: Vec<u32> = base.tokens().iter().map(|&t| t as u32).collect();
-    let symmetry = crate::augment::random_sudoku_symmetry(rng);
-    let solution = Grid::from_tokens(&symmetry.apply(&tokens).expect("81 cells"));
+    let base = Grid::parse(BASE).expect("a valid grid").tokens();
+    let (perm, relabel) = random_symmetry(rng);
+    let tokens: Vec<u32> = perm
+        .iter()
+        .map(|&src| relabel[base[src] as usize])
+        .collect();
+    let solution = Grid::from_tokens(&tokens);
     let mut cells: Vec<usize> = (0..CELLS).collect();
     for i in (1..CELLS).rev() {
         cells.swap(i, rng.below(i as u64 + 1) as usize);
@@ -202,8 +244,7 @@ mod tests {
         assert!(solved.solves(&puzzle));
         assert!(!puzzle.is_complete_and_valid());
         assert_eq!(puzzle.givens(), 81 - PUZZLE.matches('.').count());
-        let tokens: Vec<u32> = solved.tokens().iter().map(|&t| t as u32).collect();
-        assert_eq!(Grid::from_tokens(&tokens), solved);
+        assert_eq!(Grid::from_tokens(&solved.tokens()), solved);
         assert_eq!(puzzle.tokens()[2], 1, "blank is token 1");
         assert_eq!(puzzle.tokens()[0], 10, "9 is token 10");
         let mut swapped = solved;

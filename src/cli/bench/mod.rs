@@ -158,7 +158,8 @@ fn targets(args: &BenchArgs) -> Result<Vec<Target>> {
         all.extend(gpus(GpuBackend::Any));
         if all.is_empty() {
             return Err(TrmError::NoAdapter(
-                " that can run the model: --tune compares the GPU schedules".into(),
+                "no GPU adapter found that can run the model: --tune compares the GPU schedules"
+                    .into(),
             ));
         }
         return Ok(all);
@@ -178,7 +179,7 @@ fn targets(args: &BenchArgs) -> Result<Vec<Target>> {
         let found = gpus(api);
         if found.is_empty() {
             return Err(TrmError::NoAdapter(format!(
-                " on `{name}` that can run the model"
+                "no GPU adapter found on `{name}` that can run the model"
             )));
         }
         chosen.extend(found);

@@ -1,6 +1,8 @@
 //! The model configuration, under the official field names, and the sizes
 //! derived from it (see `shared/TRM.md`, Configuration).
 
+pub mod state_dict;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrmError};
@@ -555,7 +557,7 @@ impl TrmConfig {
     /// Number of trainable parameters (and init buffers) the configuration
     /// implies; saturates instead of overflowing.
     pub fn parameter_count(&self) -> u64 {
-        crate::model::expected_tensors(self)
+        state_dict::expected_tensors(self)
             .iter()
             .map(|(_, shape)| {
                 shape

@@ -2,12 +2,20 @@
 //! canonical (unprefixed) state-dict names of `shared/TRM.md`, each matrix at
 //! its stored [`Precision`] (see [`crate::weights`]).
 //!
-//! Weights come from a checkpoint (see [`crate::checkpoint`]), from tensors an
-//! application brings ([`TrmModel::from_tensors`]) or from a seeded random
-//! initialisation ([`TrmModel::random`], for tests and benchmarks).
+//! Weights come from a checkpoint, from tensors an application brings
+//! ([`TrmModel::from_tensors`]) or from a seeded random initialisation
+//! ([`TrmModel::random`], for tests and benchmarks). This layer knows no
+//! file format: reading and writing files is the checkpoint layer's
+//! ([`crate::checkpoint::model_file`] defines [`TrmModel::load`],
+//! [`TrmModel::load_with`], [`TrmModel::from_safetensors_bytes`],
+//! [`TrmModel::to_safetensors_bytes`] and [`TrmModel::save`]), and the
+//! maths the engines share is in [`maths`].
+
+pub mod maths;
 
 use std::collections::BTreeMap;
 
+use crate::config::state_dict::{is_puzzle_table, is_vector, layer_prefixes};
 use crate::config::{PosEncodings, TrmConfig};
 use crate::error::{Result, TrmError};
 use crate::rng::SplitMix64;
@@ -99,59 +107,9 @@ pub struct TrmWeights {
     pub q_head_bias: Vec<f32>,
 }
 
-/// Canonical names and shapes of every tensor the configuration requires, in
-/// a stable order.
-pub fn expected_tensors(config: &TrmConfig) -> Vec<(String, Vec<usize>)> {
-    let d = config.hidden_size;
-    let s = config.state_len();
-    let mut out = vec![(
-        "inner.embed_tokens.embedding_weight".to_string(),
-        vec![config.vocab_size, d],
-    )];
-    if config.puzzle_emb_ndim > 0 {
-        out.push((
-            "inner.puzzle_emb.weights".into(),
-            vec![config.num_puzzle_identifiers, config.puzzle_emb_ndim],
-        ));
-    }
-    if config.pos_encodings == PosEncodings::Learned {
-        out.push(("inner.embed_pos.embedding_weight".into(), vec![s, d]));
-    }
-    out.push(("inner.H_init".into(), vec![d]));
-    out.push(("inner.L_init".into(), vec![d]));
-    for p in layer_prefixes(config) {
-        if config.mlp_t {
-            let ti = config.token_inter();
-            out.push((format!("{p}.mlp_t.gate_up_proj.weight"), vec![2 * ti, s]));
-            out.push((format!("{p}.mlp_t.down_proj.weight"), vec![s, ti]));
-        } else {
-            out.push((format!("{p}.self_attn.qkv_proj.weight"), vec![3 * d, d]));
-            out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, d]));
-        }
-        let ci = config.channel_inter();
-        out.push((format!("{p}.mlp.gate_up_proj.weight"), vec![2 * ci, d]));
-        out.push((format!("{p}.mlp.down_proj.weight"), vec![d, ci]));
-    }
-    out.push(("inner.lm_head.weight".into(), vec![config.vocab_size, d]));
-    out.push(("inner.q_head.weight".into(), vec![2, d]));
-    out.push(("inner.q_head.bias".into(), vec![2]));
-    out
-}
-
-/// Name prefixes of the stored blocks, in [`TrmWeights::layers`] order:
-/// `inner.L_level.layers.{i}`, then HRM's `inner.H_level.layers.{i}`.
-fn layer_prefixes(config: &TrmConfig) -> impl Iterator<Item = String> {
-    let l = (0..config.l_layers).map(|i| format!("inner.L_level.layers.{i}"));
-    let h = (0..config.h_layers).map(|i| format!("inner.H_level.layers.{i}"));
-    l.chain(h)
-}
-
-/// Strips the prefixes that official checkpoints carry (`_orig_mod.` from
-/// torch.compile, `model.` from the loss wrapper).
-pub fn canonical_name(name: &str) -> &str {
-    let name = name.strip_prefix("_orig_mod.").unwrap_or(name);
-    name.strip_prefix("model.").unwrap_or(name)
-}
+/// The state dict's names and shapes, defined with the configuration
+/// (their old paths here kept).
+pub use crate::config::state_dict::{canonical_name, expected_tensors};
 
 /// How strictly [`TrmModel::from_tensors`] treats what it is given, and at
 /// which precision the network is kept.
@@ -219,20 +177,6 @@ fn matrix_dims(shape: &[usize]) -> (usize, usize) {
         [n] => (1, *n),
         [rows, rest @ ..] => (*rows, rest.iter().product()),
     }
-}
-
-/// Whether a canonical name is the puzzle-embedding table.
-pub(crate) fn is_puzzle_table(canonical: &str) -> bool {
-    canonical == "inner.puzzle_emb.weights"
-}
-
-/// Whether a canonical name is one of the three f32 vectors (`H_init`,
-/// `L_init`, `q_head.bias`), which every precision keeps as f32.
-pub(crate) fn is_vector(canonical: &str) -> bool {
-    matches!(
-        canonical,
-        "inner.H_init" | "inner.L_init" | "inner.q_head.bias"
-    )
 }
 
 impl TrmModel {
