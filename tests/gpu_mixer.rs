@@ -325,3 +325,38 @@ fn engines_sharing_a_device_solve_concurrently() {
         }
     });
 }
+
+/// `trm bench` times the work a solve does: the network calls of one ACT
+/// step, recorded by `time_recursion_steps`, are the dispatches a solve of
+/// one ACT step records for its calls (the same kernels, parameter blocks
+/// and workgroups, in order), on both schedules; the solve adds only its
+/// embedding, heads, halting and read-back around them.
+#[test]
+fn bench_timing_records_the_dispatches_a_solve_records() {
+    let case = load_case("sudoku_mlp_small");
+    let Some(engines) = gpu::engines(&case.model) else {
+        return;
+    };
+    let calls = trm_wgpu::program::act_step_calls(case.model.config()).count();
+    for (schedule, mut engine) in engines {
+        engine.log_dispatches(true);
+        engine
+            .solve(&case.batch, &SolveOptions::default().act_steps(1))
+            .unwrap();
+        let solved = engine.dispatch_log();
+        engine.log_dispatches(true);
+        engine.time_recursion_steps(&case.batch, calls).unwrap();
+        let timed = engine.dispatch_log();
+        assert!(!timed.is_empty());
+        let start = solved
+            .windows(timed.len())
+            .position(|w| w == timed.as_slice());
+        assert!(
+            start.is_some(),
+            "schedule {schedule}: the timed dispatches are not a run of the solve's:\n\
+             solve:\n  {}\ntimed:\n  {}",
+            solved.join("\n  "),
+            timed.join("\n  ")
+        );
+    }
+}
