@@ -84,7 +84,9 @@ pub struct BenchArgs {
     max_batch: Option<usize>,
     /// Time box of the whole run in seconds (default 45), shared by the
     /// CPU rows and every adapter and schedule: a GPU curve stops growing
-    /// once one run of its next batch would not fit in its share.
+    /// once one run of its next batch would not fit in its share. Each
+    /// adapter's correctness check (`trm check` on the shape timed) runs
+    /// outside it.
     #[arg(long)]
     budget: Option<f64>,
     /// With the auto schedule, run spread below this batch size and fused
@@ -305,10 +307,14 @@ impl Bench<'_> {
         let schedules = gpu_schedules(self.args);
         // the adapter's share: one slice per schedule (one for --tune)
         let own = schedules.len().max(1);
+        let mut gpu = Gpu::new(report, &self.model, self.args)?;
+        // the check is not timing: the time box starts after it (on a
+        // software adapter it takes seconds the rows would otherwise lose)
+        let checking = Instant::now();
+        gpu.check(&self.model)?;
+        self.deadline += checking.elapsed();
         let share = self.left().saturating_sub(cpu_reserve) * own as u32 / (*slices).max(1) as u32;
         let adapter_end = Instant::now() + share;
-        let mut gpu = Gpu::new(report, &self.model, self.args)?;
-        gpu.check(&self.model)?;
         self.adapters.push(gpu.label());
         if self.args.tune {
             *slices = slices.saturating_sub(1);
