@@ -234,7 +234,7 @@ impl Session {
                 .map_err(js_error)?
                 .every_step();
             for puzzle in &puzzles {
-                let tokens: Vec<u32> = puzzle.tokens().iter().map(|&t| t as u32).collect();
+                let tokens: Vec<u32> = puzzle.tokens().to_vec();
                 stream.submit(&tokens, 0).map_err(js_error)?;
             }
             let n = puzzles.len();
