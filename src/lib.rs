@@ -73,6 +73,8 @@ pub use gpu::{
     GpuBackend, GpuContext, GpuEngine, GpuOptions, GpuRunOptions, GpuSchedule, GpuStats,
 };
 pub use model::{LoadOptions, Tensor, TrmModel};
+// streaming, where an embedder looks for it (the solve program's `Stream`)
+pub use program::{Finished, SlotEngine, Stream, StreamStats, solve_streaming};
 pub use solve::{ArrayData, Carry, Engine, NamedArray, SolveOptions, SolveOutput};
 pub use weights::{Matrix, Precision};
 /// The wgpu this crate is built on, for applications that bring their own
