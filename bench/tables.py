@@ -34,6 +34,9 @@ REQUIRED = ("title", "date", "machine", "adapter", "driver", "commit", "command"
 # A view: the results files (names without .json), the rows' key in each
 # ("figures" unless told) and the columns (title, key). A "pick" view names
 # single figures instead: (label, file, row index, format string over the row).
+CPU_VS_PYTORCH = ["2026-11-29-cpu-vs-pytorch-6b0170c-5rounds", "2026-11-29-cpu-vs-pytorch-6b0170c-7rounds",
+                  "2026-11-29-cpu-vs-pytorch-43369a1"]
+
 VIEWS = {
     "bench-default": {
         "files": ["2026-12-01-bench-default-5c22ce4"],
@@ -52,6 +55,14 @@ VIEWS = {
     "int8-speed": {
         "files": ["2026-12-01-cpu-int8-matched-644fbfd", "2026-12-01-cpu-int8-matched-7a38e0b"],
         "columns": [("commit", "@commit"), ("comparison", "comparison"), ("batch 1", "batch_1"), ("batch 8", "batch_8")],
+    },
+    "int8-matched-accuracy": {
+        "files": ["2026-12-01-cpu-int8-matched-accuracy-644fbfd"],
+        "columns": [("puzzles", "puzzles"), ("int8, matched activations", "int8_matched"), ("f32", "f32")],
+    },
+    "cpu-instruction-rates": {
+        "files": ["2026-12-01-cpu-instruction-rates-644fbfd"],
+        "columns": [("instruction", "instruction"), ("GOP/s on one core", "gop_per_s")],
     },
     "precision-accuracy": {
         "files": ["2026-12-01-precision-accuracy-c751f96"],
@@ -128,20 +139,20 @@ VIEWS = {
                     ("lavapipe natively", "lavapipe")],
     },
     "headline": {
+        # (label, file or files, row index, format); several files: one
+        # figure each, joined by " / ", so no run is left out
         "pick": [
-            ("CPU engine, f32, over PyTorch float32 (batch 1)", "2026-11-29-cpu-vs-pytorch-43369a1", 0,
-             "{ratio}x ({trm_net_calls_per_s} against {pytorch_net_calls_per_s} net calls/s)"),
-            ("CPU engine, f32, over PyTorch float32 (batch 8)", "2026-11-29-cpu-vs-pytorch-43369a1", 1,
-             "{ratio}x ({trm_net_calls_per_s} against {pytorch_net_calls_per_s} net calls/s)"),
-            ("CPU engine, int8 with matched activations, over its f32 (batch 1)", "2026-12-01-cpu-int8-matched-7a38e0b", 0,
-             "{batch_1}"),
-            ("CPU engine, int8 matched, over PyTorch float32 (batch 1)", "2026-12-01-cpu-int8-matched-7a38e0b", 2,
+            ("CPU engine, f32, over PyTorch float32, batch 1 (three runs)", CPU_VS_PYTORCH, 0, "{ratio}x"),
+            ("CPU engine, f32, over PyTorch float32, batch 8 (three runs)", CPU_VS_PYTORCH, 1, "{ratio}x"),
+            ("CPU engine, int8 with matched activations, over its f32, batch 1 (two runs)",
+             "2026-12-01-cpu-int8-matched-7a38e0b", [0, 1], "{batch_1}"),
+            ("CPU engine, int8 matched, over PyTorch float32, batch 1", "2026-12-01-cpu-int8-matched-7a38e0b", 2,
              "{batch_1}"),
             ("lavapipe (software Vulkan), batch 1, spread schedule", "2026-12-01-bench-default-5c22ce4", 2,
              "{net_calls_per_s} net calls/s"),
             ("sudoku-easy sample puzzles solved at f32 (16 ACT steps)", "2026-12-01-precision-accuracy-c751f96", 0,
              "{valid_16}"),
-            ("the same, 8 symmetric variants and the verifier", "2026-12-01-augment-f46322c", 0,
+            ("the same with 8 symmetric variants", "2026-12-01-augment-f46322c", 0,
              "{k8} of 100 (q-halt / vote / verifier)"),
         ],
     },
@@ -183,8 +194,9 @@ def source_lines(names, results):
         if d["driver"] not in ("-", ""):
             line += f" ({d['driver']})"
         line += f"; `{d['command']}`."
-        if d.get("notes"):
-            line += f" {d['notes']}"
+        notes = d.get("notes", "").strip()
+        if notes:
+            line += " " + notes[0].upper() + notes[1:] + ("" if notes.endswith(".") else ".")
         out.append(line)
         if d["machine"] not in machines:
             machines.append(d["machine"])
@@ -198,11 +210,14 @@ def render(view_name, results):
         raise KeyError(view_name)
     if "pick" in view:
         rows, names = [], []
-        for label, name, index, fmt in view["pick"]:
-            d = results[name]
-            rows.append([label, fmt.format(**d["figures"][index]), d["date"], f"`{name}.json`"])
-            if name not in names:
-                names.append(name)
+        for label, files, indices, fmt in view["pick"]:
+            files = [files] if isinstance(files, str) else files
+            indices = [indices] if isinstance(indices, int) else indices
+            picks = [(f, i) for f in files for i in indices]
+            figure = " / ".join(fmt.format(**results[f]["figures"][i]) for f, i in picks)
+            dates = sorted({results[f]["date"] for f in files})
+            rows.append([label, figure, ", ".join(dates), ", ".join(f"`{f}.json`" for f in files)])
+            names += [f for f in files if f not in names]
         machines = sorted({results[n]["machine"] for n in names})
         lines = table(["measured", "figure", "date", "bench/results/"], rows)
         lines += ["", "Machine: " + "; ".join(machines) + "."]
@@ -252,7 +267,8 @@ def main():
     args = p.parse_args()
     results = load_results()
     for view in VIEWS.values():
-        for name in view.get("files", []) + [pick[1] for pick in view.get("pick", [])]:
+        picked = [[p[1]] if isinstance(p[1], str) else p[1] for p in view.get("pick", [])]
+        for name in view.get("files", []) + [f for files in picked for f in files]:
             if name not in results:
                 raise SystemExit(f"error: bench/tables.py names bench/results/{name}.json, which is missing")
     stale = []
