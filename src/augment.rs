@@ -8,6 +8,28 @@
 //! dihedral transforms and colour permutations as the authors' builder
 //! makes them (for models without per-augmentation puzzle identifiers).
 //! Variant 0 is always the identity, so K = 1 is the plain solve exactly.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use trm_wgpu::augment::{AugmentOptions, AugmentTask, Selection, solve_augmented};
+//! use trm_wgpu::tasks::sudoku::Grid;
+//! use trm_wgpu::{CpuEngine, PuzzleBatch, SolveOptions, TrmModel};
+//!
+//! # fn main() -> trm_wgpu::Result<()> {
+//! let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/sudoku-easy/model.safetensors");
+//! let model = Arc::new(TrmModel::load(path)?);
+//! let puzzle = Grid::parse("97..1..266.34.7...15..624.9...6.4.8...9..36477469.8...3...467...62.89.1389.531.6.")?;
+//! let batch = PuzzleBatch::new(model.config(), &puzzle.tokens(), None)?;
+//! let mut engine = CpuEngine::new(model)?;
+//! // 4 symmetric variants in one batch; the first valid answer by q_halt
+//! let augment = AugmentOptions { task: AugmentTask::Sudoku, variants: 4, select: Selection::Verifier, seed: 0 };
+//! let out = solve_augmented(&mut engine, &batch, &SolveOptions::default(), &augment)?;
+//! let answer = Grid::from_tokens(&out.predictions);
+//! assert!(answer.keeps_givens_of(&puzzle));
+//! println!("variant {} chosen; {:.0}% of variants agree", out.selected[0], 100.0 * out.agreement[0]);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::HashMap;
 

@@ -86,6 +86,11 @@ pub use wgpu;
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+/// The book's library chapter runs (a doctest only).
+#[doc = include_str!("../docs/src/library.md")]
+#[cfg(doctest)]
+pub struct BookLibraryDoctests;
+
 // Every engine can move to another thread and be shared by reference: an
 // application's worker pool holds them (checked at compile time).
 const _: () = {

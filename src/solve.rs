@@ -498,6 +498,29 @@ fn argmax_rows(values: &[f32], width: usize) -> Vec<u32> {
 }
 
 /// A TRM inference engine: the CPU reference or the GPU engine.
+///
+/// Both engines take the same batches and options and give the same
+/// outputs (to float rounding), so an application holds a `dyn Engine` or
+/// an [`AnyEngine`](crate::AnyEngine) and lets [`Backend`](crate::Backend)
+/// choose:
+///
+/// ```
+/// use std::sync::Arc;
+/// use trm_wgpu::{Backend, Engine, EngineOptions, PuzzleBatch, SolveOptions, TrmModel};
+///
+/// # fn main() -> trm_wgpu::Result<()> {
+/// let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/sudoku-easy/model.safetensors");
+/// let model = Arc::new(TrmModel::load(path)?);
+/// let mut engine: Box<dyn Engine> = Box::new(Backend::Cpu.build(model.clone(), &EngineOptions::default())?);
+/// println!("running on {}", engine.describe());
+/// // two puzzles of blanks (token 1), as one batch
+/// let batch = PuzzleBatch::new(model.config(), &vec![1u32; 2 * 81], None)?;
+/// let out = engine.solve(&batch, &SolveOptions::default().act_steps(2))?;
+/// assert_eq!(out.batch, 2);
+/// assert_eq!(out.predictions().len(), 2 * 81);
+/// # Ok(())
+/// # }
+/// ```
 pub trait Engine {
     /// Configuration of the loaded model.
     fn config(&self) -> &TrmConfig;
@@ -515,6 +538,29 @@ pub trait Engine {
     ) -> Result<SolveOutput>;
 
     /// Solves a batch from the model's initial state.
+    ///
+    /// Every puzzle runs the model's `halt_max_steps` ACT steps unless
+    /// `options` says otherwise ([`SolveOptions::act_steps`],
+    /// [`SolveOptions::early_halt`]); the outputs say how many each ran.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use trm_wgpu::tasks::sudoku::Grid;
+    /// use trm_wgpu::{CpuEngine, Engine, PuzzleBatch, SolveOptions, TrmModel};
+    ///
+    /// # fn main() -> trm_wgpu::Result<()> {
+    /// let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/sudoku-easy/model.safetensors");
+    /// let model = Arc::new(TrmModel::load(path)?);
+    /// let puzzle = Grid::parse("97..1..266.34.7...15..624.9...6.4.8...9..36477469.8...3...467...62.89.1389.531.6.")?;
+    /// let batch = PuzzleBatch::new(model.config(), &puzzle.tokens(), None)?;
+    /// let mut engine = CpuEngine::new(model)?;
+    /// let out = engine.solve(&batch, &SolveOptions::default().early_halt(true))?;
+    /// let answer = Grid::from_tokens(&out.predictions());
+    /// println!("{} after {} ACT steps", answer.to_line(), out.steps[0]);
+    /// assert!(answer.keeps_givens_of(&puzzle));
+    /// # Ok(())
+    /// # }
+    /// ```
     fn solve(&mut self, batch: &PuzzleBatch, options: &SolveOptions) -> Result<SolveOutput> {
         self.solve_from(batch, None, options)
     }

@@ -12,6 +12,31 @@
 //! - [`answers`]: the authors' predictions file and the resumable answer
 //!   log of `trm arc-eval --model`.
 //! - [`answer_examples`]: runs examples through any [`Engine`].
+//!
+//! Voting over the predictions of the fixture the authors' own builder and
+//! evaluator made (`tests/data/arc`) gives their pass@k:
+//!
+//! ```
+//! use trm_wgpu::arc::{self, ArcDataset, Predictions};
+//!
+//! # fn main() -> trm_wgpu::Result<()> {
+//! let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/arc");
+//! let dataset = ArcDataset::open(format!("{fixture}/data"))?;
+//! let predictions = Predictions::open(format!("{fixture}/predictions.safetensors"))?;
+//! let mut voter = arc::voter_for(&dataset, None)?;
+//! for i in 0..predictions.len() {
+//!     let (identifier, input, prediction, q_halt) = predictions.get(i)?;
+//!     voter.add(identifier, &input, &prediction, q_halt)?;
+//! }
+//! let results = voter.results(&[1, 2, 5]);
+//! assert_eq!(results.pass_at[1..], [(2, 0.75), (5, 1.0)]);
+//! println!("{}", results.to_json()); // {"ARC/pass@1":0.333...,"ARC/pass@2":0.75,"ARC/pass@5":1.0}
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! With a model instead of given predictions, [`answer_examples`] answers
+//! the examples with any engine and [`vote_answer`] files each answer.
 
 pub mod answers;
 pub mod dataset;

@@ -40,6 +40,21 @@ const PRECISION_METADATA_KEY: &str = "precision";
 impl TrmModel {
     /// Loads a model from a safetensors checkpoint with its configuration in
     /// the header metadata.
+    ///
+    /// ```
+    /// use trm_wgpu::TrmModel;
+    ///
+    /// # fn main() -> trm_wgpu::Result<()> {
+    /// let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/sudoku-easy/model.safetensors");
+    /// let model = TrmModel::load(path)?;
+    /// assert_eq!(model.config().seq_len, 81);
+    /// println!("{} parameters at {:?}", model.parameter_count(), model.precision());
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// A file that is not a model is refused with a [`TrmError`] saying
+    /// why, never a panic.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         Self::load_with(path, &LoadOptions::default(), None)
     }

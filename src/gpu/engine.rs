@@ -89,6 +89,35 @@ pub(super) struct Resident {
 }
 
 /// Runs TRM on a GPU through wgpu.
+///
+/// An engine runs one model on one [`GpuContext`] (a device); engines of
+/// the same model on a context share its weights on the device. Where no
+/// adapter exists, [`GpuContext::new`] returns [`TrmError::NoAdapter`]
+/// (this example then does nothing):
+///
+/// ```
+/// use std::sync::Arc;
+/// use trm_wgpu::{Engine, GpuContext, GpuEngine, GpuOptions, PuzzleBatch, SolveOptions, TrmModel};
+///
+/// # fn main() -> trm_wgpu::Result<()> {
+/// let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/sudoku-easy/model.safetensors");
+/// let model = Arc::new(TrmModel::load(path)?);
+/// # if std::env::var_os("TRM_SKIP_GPU").is_some() { return Ok(()); }
+/// let context = match GpuContext::new(&GpuOptions::default()) {
+///     Ok(context) => context,
+///     Err(e) => {
+///         eprintln!("no GPU here: {e}");
+///         return Ok(());
+///     }
+/// };
+/// let mut engine = GpuEngine::new(&context, model.clone())?;
+/// let batch = PuzzleBatch::new(model.config(), &vec![1u32; 81], None)?;
+/// let out = engine.solve(&batch, &SolveOptions::default().act_steps(1))?;
+/// assert_eq!(out.steps, vec![1]);
+/// println!("{}: {:?}", engine.describe(), engine.last_stats());
+/// # Ok(())
+/// # }
+/// ```
 pub struct GpuEngine {
     pub(super) ctx: GpuContext,
     pub(super) model: Arc<TrmModel>,

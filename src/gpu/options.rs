@@ -116,7 +116,7 @@ pub enum GpuSchedule {
 }
 
 impl GpuSchedule {
-    /// The spelling [`GpuSchedule::from_str`] accepts.
+    /// The spelling its [`FromStr`](std::str::FromStr) implementation accepts.
     pub fn as_str(self) -> &'static str {
         match self {
             GpuSchedule::Auto => "auto",
