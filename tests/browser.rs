@@ -45,10 +45,10 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-/// Sample puzzles solved (lines of `data/sudoku-easy/puzzles.txt`, from
-/// 1) and the ACT step at which each halts by PyTorch's q_halt (its
-/// answer valid from then: `web/samples.json`), with at most `ACT_STEPS`
-/// steps. Sized for SwiftShader on two cores.
+/// Sample puzzles solved (lines of `data/sudoku-easy/puzzles.txt`, the
+/// first is line 1) and the ACT step at which each halts by PyTorch's
+/// q_halt (its answer valid from then: `web/samples.json`), with at most
+/// `ACT_STEPS` steps. Sized for SwiftShader on two cores.
 const SOLVE_LINES: [usize; 2] = [12, 56];
 const HALTS_AT: [usize; 2] = [3, 4];
 const ACT_STEPS: usize = 6;
@@ -1070,6 +1070,14 @@ fn the_page_solves_benches_and_builds_every_pipeline_in_chromium() {
     failures.check(page.exceptions.is_empty(), || {
         format!("script errors on the page: {:?}", page.exceptions)
     });
+    let ended = page.evaluate("window.trm.ended", Duration::from_secs(10));
+    for work in ended.as_array().into_iter().flatten() {
+        eprintln!(
+            "browser test: {} took {:.1} s",
+            work["label"].as_str().unwrap_or("?"),
+            work["seconds"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
     let ran = run_started.elapsed();
     drop(page);
     drop(browser);

@@ -87,7 +87,7 @@ async function busy(label, work) {
     return await promise;
   } finally {
     clearInterval(timer);
-    window.trm.ended.push({ label, at: performance.now() });
+    window.trm.ended.push({ label, seconds: (performance.now() - started) / 1e3 });
     running = null;
     $("progress").hidden = true;
     updateButtons();
@@ -130,8 +130,7 @@ function showAdapter(info, adapter) {
 // A plain sentence for a browser without a WebGPU adapter.
 const NO_ADAPTER =
   "This browser offers no WebGPU adapter, so the model cannot run here. On Linux, Chrome and Chromium " +
-  "need WebGPU switched on: start them with --enable-unsafe-webgpu --enable-features=Vulkan " +
-  "(on a machine without a GPU add --use-webgpu-adapter=swiftshader --enable-unsafe-swiftshader), " +
+  "need WebGPU switched on: start them with --enable-unsafe-webgpu (with a GPU, add --enable-features=Vulkan), " +
   "or turn on chrome://flags/#enable-unsafe-webgpu. Elsewhere, update the browser and the GPU driver, " +
   "or try Chrome, Edge, Safari 26 or Firefox on Windows or macOS.";
 

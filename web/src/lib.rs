@@ -346,8 +346,7 @@ impl Session {
                 .map_err(js_error)?
                 .every_step();
             for puzzle in &puzzles {
-                let tokens: Vec<u32> = puzzle.tokens().iter().map(|&t| t as u32).collect();
-                stream.submit(&tokens, 0).map_err(js_error)?;
+                stream.submit(&puzzle.tokens(), 0).map_err(js_error)?;
             }
             let n = puzzles.len();
             let mut latest: Vec<Option<(Vec<u32>, f32)>> = vec![None; n];
