@@ -134,7 +134,7 @@ VIEWS = {
                     ("fused, 1 thread", "fused_1"), ("fused, 2 threads", "fused_2")],
     },
     "browser": {
-        "files": ["2026-12-01-browser-swiftshader"],
+        "files": ["2026-12-06-browser-swiftshader-page"],
         "columns": [("what", "what"), ("SwiftShader in headless Chromium 156", "swiftshader"),
                     ("lavapipe natively", "lavapipe")],
     },

@@ -18,4 +18,4 @@ cargo build --release --target wasm32-unknown-unknown -p trm-web
 wasm-bindgen --target web --no-typescript --out-dir web/pkg \
   "$target/wasm32-unknown-unknown/release/trm_web.wasm"
 cp data/sudoku-easy/model.safetensors data/sudoku-easy/puzzles.txt web/pkg/
-echo "built web/pkg; serve it with: python3 -m http.server -d web 8000  (then open http://localhost:8000)"
+echo "built web/pkg; serve it with: python3 -m http.server -d web --bind 127.0.0.1 8000  (then open http://localhost:8000)"

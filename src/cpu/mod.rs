@@ -94,7 +94,9 @@ pub struct CpuEngine {
     /// The embeddings and heads widened to f32 (the puzzle table stays in
     /// the model, which reads the rows a solve needs).
     tables: Tables,
-    pool: rayon::ThreadPool,
+    /// Shared on WebAssembly, where every engine runs on the calling
+    /// thread's one pool (`worker_pool`).
+    pool: Arc<rayon::ThreadPool>,
     threads: usize,
     /// One scratch per pool thread, indexed by rayon's thread index. A task
     /// holds its thread's scratch only while it runs no nested parallel
@@ -269,22 +271,43 @@ struct Tables {
 /// A pool of `threads` workers; where the platform cannot start threads
 /// (WebAssembly without atomics: the browser page) the calling thread
 /// alone, as rayon's own global pool falls back there. The threads it has.
-fn worker_pool(threads: usize) -> Result<(rayon::ThreadPool, usize)> {
-    let threads = if cfg!(all(target_arch = "wasm32", not(target_feature = "atomics"))) {
-        1
-    } else {
-        threads
-    };
-    let mut builder = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("trm-cpu-{i}"));
-    if cfg!(all(target_arch = "wasm32", not(target_feature = "atomics"))) {
-        builder = builder.use_current_thread();
+fn worker_pool(threads: usize) -> Result<(Arc<rayon::ThreadPool>, usize)> {
+    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+    {
+        let _ = threads;
+        // A thread joins one rayon pool for good (`use_current_thread`
+        // leaks its registration; a second pool on it fails with "already
+        // part of another thread pool"), so every engine on this thread
+        // shares the one pool made for the first: the page's check builds
+        // a CPU engine per model.
+        thread_local! {
+            static CALLING_THREAD: std::cell::RefCell<Option<Arc<rayon::ThreadPool>>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        CALLING_THREAD.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            if let Some(pool) = cell.as_ref() {
+                return Ok((Arc::clone(pool), 1));
+            }
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .use_current_thread()
+                .build()
+                .map_err(|e| TrmError::Input(format!("cannot run on the calling thread: {e}")))?;
+            let pool = Arc::new(pool);
+            *cell = Some(Arc::clone(&pool));
+            Ok((pool, 1))
+        })
     }
-    let pool = builder
-        .build()
-        .map_err(|e| TrmError::Input(format!("cannot start {threads} CPU threads: {e}")))?;
-    Ok((pool, threads))
+    #[cfg(not(all(target_arch = "wasm32", not(target_feature = "atomics"))))]
+    {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("trm-cpu-{i}"))
+            .build()
+            .map_err(|e| TrmError::Input(format!("cannot start {threads} CPU threads: {e}")))?;
+        Ok((Arc::new(pool), threads))
+    }
 }
 
 impl CpuEngine {

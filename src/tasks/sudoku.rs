@@ -49,7 +49,11 @@ impl Grid {
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
             .map(|(n, l)| {
-                Grid::parse(l).map_err(|e| TrmError::Input(format!("line {}: {e}", n + 1)))
+                // the line number inside the one `input:` prefix
+                Grid::parse(l).map_err(|e| match e {
+                    TrmError::Input(why) => TrmError::Input(format!("line {}: {why}", n + 1)),
+                    other => other,
+                })
             })
             .collect()
     }
@@ -260,11 +264,9 @@ mod tests {
         assert!(Grid::parse(&"x".repeat(81)).is_err());
         let many = format!("# comment\n{PUZZLE}\n\n{SOLVED}\n");
         assert_eq!(Grid::parse_many(&many).unwrap().len(), 2);
-        assert!(
-            Grid::parse_many("12\n")
-                .unwrap_err()
-                .to_string()
-                .contains("line 1")
-        );
+        // the line number once, inside one `input:` prefix
+        let message = Grid::parse_many("12\n").unwrap_err().to_string();
+        assert!(message.starts_with("input: line 1: "), "{message}");
+        assert_eq!(message.matches("input:").count(), 1, "{message}");
     }
 }

@@ -12,7 +12,7 @@
 // uses `try_borrow_mut`, so nothing can panic on it).
 #![allow(clippy::await_holding_refcell_ref)]
 
-use std::cell::{RefCell, RefMut};
+use std::cell::{Cell, RefCell, RefMut};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -54,6 +54,9 @@ struct State {
 #[wasm_bindgen]
 pub struct Session {
     state: Rc<RefCell<State>>,
+    /// Set by [`Session::cancel`]; the running call stops at its next
+    /// check (between ACT steps, bench timings, pipeline cases).
+    cancel: Rc<Cell<bool>>,
     /// The adapter and the device's limits, as JSON (fixed at open).
     adapter: String,
 }
@@ -64,6 +67,50 @@ fn take(state: &Rc<RefCell<State>>) -> Result<RefMut<'_, State>, JsValue> {
     state
         .try_borrow_mut()
         .map_err(|_| js_message("the GPU is busy with another call; wait for it to finish"))
+}
+
+/// What a call rejects with when [`Session::cancel`] stopped it (the page
+/// tells it from an error by this text).
+const CANCELLED: &str = "cancelled";
+
+/// Rejects once the page asked to cancel (the flag is cleared for the next
+/// call).
+fn check_cancel(cancel: &Cell<bool>) -> Result<(), JsValue> {
+    if cancel.replace(false) {
+        Err(js_message(CANCELLED))
+    } else {
+        Ok(())
+    }
+}
+
+/// The most ACT steps the page runs (the bundled model was trained with
+/// 16; a solve past 64 is minutes on a software GPU).
+const MAX_ACT_STEPS: u32 = 64;
+
+/// `message` with `name: ` in front unless it already names the file (the
+/// loader's own messages mostly do): each prefix once.
+fn named(name: &str, message: &str) -> String {
+    if message.starts_with(name) {
+        message.to_string()
+    } else {
+        format!("{name}: {message}")
+    }
+}
+
+/// Whether the safetensors header of `bytes` has the `config` metadata
+/// entry trm-wgpu's model files carry; `None` where the header does not
+/// parse (the loader says why).
+fn has_embedded_config(bytes: &[u8]) -> Option<bool> {
+    let length = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let end = 8usize.checked_add(usize::try_from(length).ok()?)?;
+    let header: Value = serde_json::from_slice(bytes.get(8..end)?).ok()?;
+    let header = header.as_object()?;
+    Some(
+        header
+            .get("__metadata__")
+            .and_then(|m| m.get("config"))
+            .is_some(),
+    )
 }
 
 /// `{"max_workgroup_memory": bytes, "max_buffer_bytes": bytes}`, both
@@ -128,6 +175,12 @@ fn report(callback: &Function, value: &impl Serialize) {
 #[derive(Serialize)]
 struct SolveStep {
     step: usize,
+    /// The most ACT steps the solve runs.
+    act_steps: usize,
+    /// The ACT step at which each puzzle halted (early halting only).
+    halted: Vec<Option<usize>>,
+    /// Puzzles still running after this step: 0 on the last.
+    running: usize,
     /// The answer of each puzzle (81 digits).
     answers: Vec<String>,
     /// The answer tokens of all puzzles, puzzle after puzzle (tokens 2..10
@@ -151,6 +204,9 @@ struct BenchRow {
     wall_seconds: f64,
     gpu_seconds: Option<f64>,
     net_calls_per_second: f64,
+    /// FLOPs of one network call for one puzzle, in 10^9.
+    gflop_per_net_call: f64,
+    /// net_calls_per_second x gflop_per_net_call.
     gflops: f64,
 }
 
@@ -172,6 +228,7 @@ impl Session {
                 engine: None,
                 bench: None,
             })),
+            cancel: Rc::new(Cell::new(false)),
             adapter,
         })
     }
@@ -179,6 +236,20 @@ impl Session {
     /// The adapter, the device's limits and features (JSON).
     pub fn adapter(&self) -> String {
         self.adapter.clone()
+    }
+
+    /// Asks the running solve, bench or pipeline check to stop at its next
+    /// check; it then rejects with `cancelled` (what it reported so far
+    /// stands). A no-op when nothing runs.
+    pub fn cancel(&self) {
+        if self.state.try_borrow_mut().is_err() {
+            self.cancel.set(true);
+        }
+    }
+
+    /// The most ACT steps [`Session::solve`] runs.
+    pub fn max_act_steps() -> u32 {
+        MAX_ACT_STEPS
     }
 
     /// Loads a model from the bytes of its safetensors file (`name` for
@@ -189,19 +260,35 @@ impl Session {
         let state = Rc::clone(&self.state);
         future_to_promise(async move {
             let mut state = take(&state)?;
+            let refuse = |message: &str| js_message(&named(&name, message));
+            if has_embedded_config(&bytes) == Some(false) {
+                // the loader would ask for a configuration, which the page
+                // cannot take
+                return Err(refuse(
+                    "this safetensors file carries no model configuration (the `config` entry of \
+                     its header metadata), so it is not a model file in trm-wgpu's format; \
+                     `trm convert` writes one from a checkpoint and its configuration \
+                     (README, \"Converting a checkpoint\")",
+                ));
+            }
             let model =
                 TrmModel::from_safetensors_bytes(&bytes, &name, &LoadOptions::default(), None)
-                    .map_err(js_error)?;
+                    .map_err(|e| refuse(&e.to_string()))?;
             let config = model.config().clone();
             let parameters = model.parameter_count();
-            let engine = GpuEngine::new(&state.ctx, Arc::new(model)).map_err(js_error)?;
-            state.ctx.flush_errors().await.map_err(js_error)?;
+            let engine =
+                GpuEngine::new(&state.ctx, Arc::new(model)).map_err(|e| refuse(&e.to_string()))?;
+            state
+                .ctx
+                .flush_errors()
+                .await
+                .map_err(|e| refuse(&e.to_string()))?;
             state.engine = Some(engine);
             let info = json!({
                 "name": name,
                 "parameters": parameters,
                 "config": serde_json::from_str::<Value>(&config.to_json()).unwrap_or(Value::Null),
-                "sudoku": config.seq_len == 81 && config.vocab_size == 11,
+                "sudoku": is_sudoku(&config),
             });
             Ok(JsValue::from_str(&info.to_string()))
         })
@@ -209,42 +296,79 @@ impl Session {
 
     /// Solves the puzzles of `text` (81 characters a line, `.` or `0` for
     /// blanks) with the loaded model through the solve program (a
-    /// `Stream`), one ACT step at a time for `act_steps` steps, calling `on_step` with each step's
-    /// `SolveStep` (JSON); resolves to all of them (a JSON array).
-    pub fn solve(&self, text: String, act_steps: u32, on_step: Function) -> Promise {
+    /// `Stream`), one ACT step at a time for at most `act_steps` steps (1
+    /// to [`MAX_ACT_STEPS`]), with `early_halt` each puzzle stopping after
+    /// the first step where it halts by the model's rule (TRM: q_halt > 0;
+    /// the CLI's `--halt`), calling `on_step` with each step's `SolveStep`
+    /// (JSON); resolves to all of them (a JSON array).
+    pub fn solve(
+        &self,
+        text: String,
+        act_steps: u32,
+        early_halt: bool,
+        on_step: Function,
+    ) -> Promise {
         let state = Rc::clone(&self.state);
+        let cancel = Rc::clone(&self.cancel);
         future_to_promise(async move {
             let mut state = take(&state)?;
+            cancel.set(false);
+            if !(1..=MAX_ACT_STEPS).contains(&act_steps) {
+                return Err(js_message(&format!(
+                    "ACT steps: give a whole number from 1 to {MAX_ACT_STEPS}, not {act_steps}"
+                )));
+            }
             let engine = state
                 .engine
                 .as_mut()
                 .ok_or_else(|| js_message("no model is loaded"))?;
+            let config = engine.config().clone();
+            if !is_sudoku(&config) {
+                return Err(js_message(
+                    "the loaded model is not a 9 x 9 Sudoku model (seq_len 81, vocab 11); load one to solve",
+                ));
+            }
             let puzzles = Grid::parse_many(&text).map_err(js_error)?;
             if puzzles.is_empty() {
                 return Err(js_message(
                     "no puzzle given: 81 characters a line, . or 0 for blanks",
                 ));
             }
-            let seq = engine.config().seq_len;
+            let seq = config.seq_len;
             let start = Instant::now();
             // the solve program, one ACT step at a time, every puzzle in
-            // flight looked at after each
-            let options = SolveOptions::default().act_steps(act_steps.max(1) as usize);
+            // flight looked at after each; halting is the program's
+            let options = SolveOptions::default()
+                .act_steps(act_steps as usize)
+                .early_halt(early_halt)
+                .carry(false);
             let mut stream = Stream::new(engine, puzzles.len(), &options)
                 .map_err(js_error)?
                 .every_step();
             for puzzle in &puzzles {
-                let tokens: Vec<u32> = puzzle.tokens().to_vec();
-                stream.submit(&tokens, 0).map_err(js_error)?;
+                stream.submit(&puzzle.tokens(), 0).map_err(js_error)?;
             }
             let n = puzzles.len();
             let mut latest: Vec<Option<(Vec<u32>, f32)>> = vec![None; n];
+            let mut halted: Vec<Option<usize>> = vec![None; n];
             let mut previous: Option<Vec<u32>> = None;
             let mut steps = Vec::new();
             let mut step = 0;
             while !stream.is_idle() {
+                check_cancel(&cancel)?;
                 step += 1;
-                let mut shown = stream.step_async().await.map_err(js_error)?;
+                let finished = stream.step_async().await.map_err(js_error)?;
+                for one in &finished {
+                    // it left: by halting, or at its last allowed step
+                    // (halted too where it would have)
+                    let ticket = one.ticket as usize;
+                    let (q_halt, q_continue) =
+                        (one.output.q_halt_logits[0], one.output.q_continue_logits[0]);
+                    if early_halt && config.halts(q_halt, q_continue) {
+                        halted[ticket] = Some(one.output.steps[0] as usize);
+                    }
+                }
+                let mut shown = finished;
                 shown.extend(stream.peek_async().await.map_err(js_error)?);
                 for one in shown {
                     let predicted = one.output.predictions();
@@ -265,6 +389,7 @@ impl Session {
                 };
                 let row = SolveStep {
                     step,
+                    act_steps: act_steps as usize,
                     answers: grids.iter().map(Grid::to_line).collect(),
                     valid: grids
                         .iter()
@@ -275,6 +400,8 @@ impl Session {
                         .iter()
                         .map(|l| l.as_ref().map_or(f32::NAN, |l| l.1))
                         .collect(),
+                    halted: halted.clone(),
+                    running: n - stream.stats().puzzles as usize,
                     tokens: predicted.clone(),
                     changed,
                     seconds: start.elapsed().as_secs_f64(),
@@ -295,8 +422,10 @@ impl Session {
     /// Batch sizes beyond what one chunk of this device holds are skipped.
     pub fn bench(&self, batches: Vec<u32>, seconds: f64, on_row: Function) -> Promise {
         let state = Rc::clone(&self.state);
+        let cancel = Rc::clone(&self.cancel);
         future_to_promise(async move {
             let mut state = take(&state)?;
+            cancel.set(false);
             let state = &mut *state;
             if state.bench.is_none() {
                 let model = TrmModel::random(TrmConfig::sudoku_extreme(), BENCH_SEED, 1.0)
@@ -312,11 +441,20 @@ impl Session {
             let capacity = engine.chunk_capacity().map_err(js_error)?;
             let budget = seconds.max(0.01);
             let mut rows = Vec::new();
-            for &b in &batches {
+            let total = batches.len();
+            for (i, &b) in batches.iter().enumerate() {
                 let b = b.max(1) as usize;
+                // progress: every size is reported, a skipped one too, so
+                // the count reaches the total with the last
+                let mut progress = json!({"done": i + 1, "total": total, "batch": b});
                 if b > capacity {
+                    progress["skipped"] = json!(format!(
+                        "batch {b}: more than one chunk of this device holds ({capacity})"
+                    ));
+                    report(&on_row, &progress);
                     continue;
                 }
+                check_cancel(&cancel)?;
                 let batch = random_batch(&config, b).map_err(js_error)?;
                 // pipelines, the plan of this batch size
                 engine
@@ -327,6 +465,7 @@ impl Session {
                 let mut k = 1;
                 let started = Instant::now();
                 while calls == 0 || started.elapsed().as_secs_f64() < budget {
+                    check_cancel(&cancel)?;
                     let t = engine
                         .time_recursion_steps_async(&batch, k)
                         .await
@@ -339,20 +478,22 @@ impl Session {
                         k *= 2;
                     }
                 }
+                // a net call is one network call for one puzzle: `calls`
+                // calls over b puzzles each
                 let net_calls = calls * b as u64;
+                let net_calls_per_second = net_calls as f64 / wall.max(1e-9);
                 let row = BenchRow {
                     batch: b,
                     schedule: engine.last_stats().schedule.clone(),
                     net_calls,
                     wall_seconds: wall,
                     gpu_seconds: gpu.filter(|&g| g > 0.0),
-                    net_calls_per_second: net_calls as f64 / wall.max(1e-9),
-                    gflops: net_calls as f64 * config.flops_per_recursion_step() as f64
-                        / b as f64
-                        / wall.max(1e-9)
-                        / 1e9,
+                    net_calls_per_second,
+                    gflop_per_net_call: config.flops_per_recursion_step() as f64 / 1e9,
+                    gflops: net_calls_per_second * config.flops_per_recursion_step() as f64 / 1e9,
                 };
-                report(&on_row, &row);
+                progress["row"] = serde_json::to_value(&row).unwrap_or(Value::Null);
+                report(&on_row, &progress);
                 rows.push(row);
             }
             let text = serde_json::to_string(&rows).map_err(|e| js_message(&e.to_string()))?;
@@ -371,8 +512,15 @@ impl Session {
     /// `passed`: both within `trm_wgpu::check::TOLERANCE`).
     /// Calls `on_case` per case; resolves to all (JSON).
     pub fn check_pipelines(&self, on_case: Function) -> Promise {
+        let cancel = Rc::clone(&self.cancel);
+        let state = Rc::clone(&self.state);
         future_to_promise(async move {
+            // held as the other calls hold it: one call at a time, and
+            // `cancel` knows one runs
+            let _busy = take(&state)?;
+            cancel.set(false);
             let mut cases = Vec::new();
+            let total = pipeline_cases();
             for (device, options, solve) in [
                 (
                     "WebGPU default limits",
@@ -404,6 +552,7 @@ impl Session {
                     }
                 }
                 for (label, config, precision, solve) in runs {
+                    check_cancel(&cancel)?;
                     let case = check_case(&ctx, &label, config, precision, solve)
                         .await
                         .map_err(|e| js_message(&format!("{label} on {device}: {e}")))?;
@@ -411,6 +560,8 @@ impl Session {
                     // where only built) and the verdict
                     let vs_cpu = |i: usize| case.as_ref().map(|c| c[i].relative_l2);
                     let row = json!({
+                        "done": cases.len() + 1,
+                        "total": total,
                         "device": device,
                         "model": label,
                         "precision": precision.as_str(),
@@ -427,6 +578,18 @@ impl Session {
             Ok(JsValue::from_str(&Value::Array(cases).to_string()))
         })
     }
+}
+
+/// Whether `config` is a 9 x 9 Sudoku model, what the page's solver takes.
+fn is_sudoku(config: &TrmConfig) -> bool {
+    config.seq_len == 81 && config.vocab_size == 11
+}
+
+/// The cases of `Session::check_pipelines`: every model on each of the two
+/// devices, and the two step kernels at each reduced precision on the
+/// first.
+fn pipeline_cases() -> usize {
+    2 * check_models().len() + 2 * (Precision::ALL.len() - 1)
 }
 
 /// `batch` random puzzles (as `trm bench`'s).
