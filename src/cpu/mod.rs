@@ -24,9 +24,13 @@
 //! buffers, so a puzzle that halts leaves the lockstep group at the end of
 //! that ACT step and costs nothing afterwards.
 
+mod amx;
+mod amx_panels;
+mod amx_token;
 mod block;
 mod int8_panels;
 mod join;
+mod kernels;
 pub(crate) mod ops;
 mod packed;
 mod panels;
@@ -52,6 +56,7 @@ use token_panels::TokenScratch;
 /// engines ([`crate::model::maths`]).
 pub use crate::model::maths::rope_tables;
 pub use int8_panels::Int8Kernel;
+pub use kernels::{KERNEL_ENV, KernelChoice};
 
 /// Rows (tokens) per task at most: the gated activations of a channel
 /// SwiGLU task of the Sudoku-Extreme model (`[256, 1536]` floats, 1.5 MiB)
@@ -118,12 +123,17 @@ pub enum ActivationPrecision {
     #[default]
     F32,
     /// Activations at the weights' precision where a kernel gains from
-    /// it. int8 weights: the channel SwiGLU's inputs quantized per token
-    /// (symmetric, one scale per token and call) and integer products
-    /// (`vpdpbusd` with AVX-512 VNNI); its error bound is stated in
-    /// `tests/cpu_precision.rs`. The token mixer, attention and the heads
-    /// stay f32, and so do f16 and bf16 weights: bf16 dot products
-    /// (`vdpbf16ps`) measured less than half as fast as f32 FMA here.
+    /// it (`kernels.rs` has the table). int8 weights: the channel SwiGLU's
+    /// inputs quantized per token (symmetric, one scale per token and
+    /// call) and integer products (AMX's `tdpbusd`, `vpdpbusd` with
+    /// AVX-512 VNNI or AVX-VNNI); the token mixer, attention and the heads
+    /// stay f32. bf16 weights on a CPU with AMX: every block product (the
+    /// channel SwiGLU, the token mixer, attention's projections) on bf16
+    /// tiles, each product's inputs rounded to bf16, f32 accumulation, f32
+    /// everywhere else; without AMX they stay f32 (bf16 dot products,
+    /// `vdpbf16ps`, measured less than half as fast as f32 FMA here), and
+    /// so do f16 weights. The error bounds are stated in
+    /// `tests/cpu_precision.rs`.
     Matched,
 }
 
@@ -165,9 +175,9 @@ pub struct CpuOptions {
     pub threads: Option<usize>,
     /// What the products multiply the weights with.
     pub activations: ActivationPrecision,
-    /// Run the integer products on the portable code whatever the CPU has
-    /// (the same results bit for bit, slower; for tests).
-    pub portable_kernels: bool,
+    /// Which instructions the matched-activation products may run on
+    /// (default: the fastest the CPU has; forcing one the CPU lacks fails).
+    pub kernels: KernelChoice,
 }
 
 impl CpuOptions {
@@ -183,10 +193,26 @@ impl CpuOptions {
         self
     }
 
-    /// Sets [`CpuOptions::portable_kernels`].
-    pub fn portable_kernels(mut self, portable: bool) -> Self {
-        self.portable_kernels = portable;
+    /// Sets [`CpuOptions::kernels`].
+    pub fn kernels(mut self, kernels: KernelChoice) -> Self {
+        self.kernels = kernels;
         self
+    }
+
+    /// Applies the environment: [`KERNEL_ENV`] (`TRM_CPU_KERNEL`: `auto`,
+    /// `amx`, `avx512-vnni`, `avx-vnni`, `avx2`, `portable`) sets
+    /// [`CpuOptions::kernels`] where it is still `auto`. Fails on a value
+    /// it cannot read.
+    pub fn with_env(mut self) -> Result<Self> {
+        if self.kernels == KernelChoice::Auto
+            && let Ok(value) = std::env::var(KERNEL_ENV)
+            && !value.trim().is_empty()
+        {
+            self.kernels = value
+                .parse()
+                .map_err(|e| TrmError::Input(format!("{KERNEL_ENV}: {e}")))?;
+        }
+        Ok(self)
     }
 }
 
@@ -305,20 +331,16 @@ impl CpuEngine {
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .max(1);
-        let kernel = if options.portable_kernels {
-            Int8Kernel::Portable
-        } else {
-            Int8Kernel::detect()
-        };
+        let kernels = options.kernels.resolve()?;
         let (pool, threads) = worker_pool(threads)?;
         let config = model.config();
         let rope = (!config.mlp_t && config.pos_encodings == PosEncodings::Rope)
             .then(|| rope_tables(config.state_len(), config.head_dim(), config.rope_theta));
         let (s, d) = (config.state_len(), config.hidden_size);
-        let layers = PackedLayer::for_model(&model, options.activations, kernel);
+        let layers = PackedLayer::for_model(&model, options.activations, kernels);
         // the int8 products' quantized inputs: the wider of the two
         let quantized = if layers.iter().any(|l| l.channel.int8_kernel().is_some()) {
-            MAX_ROWS_PER_TASK * config.channel_inter().max(d).next_multiple_of(4)
+            MAX_ROWS_PER_TASK * config.channel_inter().max(d).next_multiple_of(64)
         } else {
             0
         };
@@ -337,8 +359,13 @@ impl CpuEngine {
                         Some(PackedMixer::Mlp(mlp)) => mlp.scratch(),
                         _ => TokenScratch::default(),
                     },
+                    amx_token: match layers.first().map(|l| &l.mixer) {
+                        Some(PackedMixer::AmxMlp(mlp)) => mlp.scratch(),
+                        _ => Default::default(),
+                    },
                     quantized: vec![0; quantized],
                     row_scales: vec![0.0; if quantized > 0 { r } else { 0 }],
+                    bf16: vec![0; layers.first().map_or(0, |l| l.bf16_scratch(r))],
                 })
             })
             .collect();
@@ -373,6 +400,15 @@ impl CpuEngine {
     /// one (int8 weights with matched activations).
     pub fn int8_kernel(&self) -> Option<Int8Kernel> {
         self.layers.first().and_then(|l| l.channel.int8_kernel())
+    }
+
+    /// The kernel family the block products run on, as `trm bench` and
+    /// `trm run --stats` report it: `f32` (f32 FMA), `amx-bf16` (bf16
+    /// weights with matched activations on AMX), or for int8 weights with
+    /// matched activations the integer kernel's name (`amx-int8`,
+    /// `avx512-vnni`, `avx-vnni`, `avx2`, `portable`).
+    pub fn kernel_family(&self) -> &'static str {
+        self.layers.first().map_or("f32", |l| l.channel.family())
     }
 
     /// The model.
@@ -542,7 +578,24 @@ impl CpuEngine {
                         );
                     });
                 }
-                PackedMixer::Attention { qkv_t, o_t } => {
+                PackedMixer::AmxMlp(mlp) => {
+                    join::par_chunks(state, s * d, &|p, puzzle| {
+                        let injection = injection.map(|all| &all[p * s * d..][..s * d]);
+                        let task = |block: MatMut<'_, f32>, first: usize| {
+                            let injection = injection.map(|inj| (&inj[first..], d));
+                            self.with_scratch(|scratch| {
+                                mlp.apply(block, injection, eps, &mut scratch.amx_token)
+                            })
+                        };
+                        self.par_column_blocks(
+                            ops::mat_mut(puzzle, s, d),
+                            0,
+                            plan.cols_per_task,
+                            &task,
+                        );
+                    });
+                }
+                PackedMixer::Attention { qkv: qkv_proj, o } => {
                     let rope = self
                         .rope
                         .as_ref()
@@ -557,7 +610,19 @@ impl CpuEngine {
                                 let add = &injection[i * rows * d..][..h.len()];
                                 h.iter_mut().zip(add).for_each(|(h, a)| *h += a);
                             }
-                            block::qkv_rows(qkv_t, h, qkv, d, config.head_dim(), rope, i * rows, s)
+                            self.with_scratch(|scratch| {
+                                block::qkv_rows(
+                                    qkv_proj,
+                                    h,
+                                    qkv,
+                                    d,
+                                    config.head_dim(),
+                                    rope,
+                                    i * rows,
+                                    s,
+                                    scratch,
+                                )
+                            })
                         });
                     let attn = &mut buffers.attn[..state.len()];
                     let qkv = &*qkv;
@@ -588,7 +653,7 @@ impl CpuEngine {
                         .zip(attn.par_chunks(rows * d))
                         .for_each(|(h, a)| {
                             self.with_scratch(|scratch| {
-                                block::o_proj_rows(o_t, a, h, d, eps, scratch)
+                                block::o_proj_rows(o, a, h, d, eps, scratch)
                             })
                         });
                 }
