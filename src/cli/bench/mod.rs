@@ -237,8 +237,7 @@ struct Bench<'a> {
     /// Adapter labels, for the plot's title.
     adapters: Vec<String>,
     cpu_label: Option<String>,
-    /// The CPU engine's activations and integer kernel (if any), for its
-    /// rows.
+    /// The CPU engine's activations and kernel family, for its rows.
     cpu_activations: Option<(String, Option<String>)>,
 }
 
