@@ -19,6 +19,10 @@
 //! 0 x NaN would be NaN), features past the last too, and never written
 //! out.
 //!
+//! The input rows are laid out in tiles as well when they are rounded to
+//! bf16 (`[row pairs][steps][2][16][32]`: every A tile 1 KiB in one piece):
+//! measured against rows read in place at their stride, 1.15-1.25x.
+//!
 //! The kernel: for each panel pair, every pair of row tiles (32 tokens) in
 //! turn, 2x2 tiles of results (two row tiles by the pair's two B tiles),
 //! four tile products per four tile loads; the results go through the
@@ -40,18 +44,20 @@ const TILE: usize = 512;
 /// Output features of a panel pair (two tiles of 16 columns).
 const PAIR: usize = 32;
 
-/// bf16 added to every input row's stride: a tile's 16 rows at a stride of
-/// a power of two cache lines would fall into a quarter of L1's sets.
-const ROW_PAD: usize = 32;
-
 /// Where [`AmxBf16Panels::apply`] writes its outputs.
 pub(super) enum Out<'a> {
     /// `[rows, outputs]` f32.
     F32(&'a mut [f32]),
-    /// bf16 rows `stride` apart, zero from `outputs` to `stride`: the
-    /// input of a next product whose [`AmxBf16Panels::row_stride`] is
-    /// `stride`.
-    Bf16 { data: &'a mut [u16], stride: usize },
+    /// bf16 in the tile layout of the inputs of a next product of `steps`
+    /// steps ([`AmxBf16Panels::load_rows`]), zero past `outputs`.
+    Bf16 { data: &'a mut [u16], steps: usize },
+}
+
+/// Where input `k` of row `row` lies in the tile layout of inputs of
+/// `steps` steps: `[row / 32][k / 32][row % 32 / 16][row % 16][k % 32]`.
+#[inline(always)]
+fn tiled(row: usize, k: usize, steps: usize) -> usize {
+    ((row / 32 * steps + k / STEP) * 2 + row % 32 / 16) * TILE + row % 16 * STEP + k % STEP
 }
 
 /// A bf16 weight packed for [`AmxBf16Panels::apply`].
@@ -127,36 +133,43 @@ impl AmxBf16Panels {
         self.outputs
     }
 
-    /// bf16 between the starts of two input rows of [`AmxBf16Panels::apply`].
-    pub fn row_stride(&self) -> usize {
-        self.steps * STEP + ROW_PAD
+    /// Steps of 32 inputs.
+    pub fn steps(&self) -> usize {
+        self.steps
     }
 
-    /// `rows` (`[r, inputs]` f32) rounded to bf16 into `dst` as `apply`
-    /// reads them; returns that part of `dst`.
+    /// bf16 the inputs of `rows` rows take in the tile layout of
+    /// [`AmxBf16Panels::load_rows`].
+    pub fn input_len(&self, rows: usize) -> usize {
+        input_len(rows, self.steps)
+    }
+
+    /// `rows` (`[r, inputs]` f32) rounded to bf16 into `dst` in the tile
+    /// layout `apply` reads; returns that part of `dst`.
     pub fn load_rows<'a>(&self, rows: &[f32], dst: &'a mut [u16]) -> &'a mut [u16] {
-        let stride = self.row_stride();
-        let dst = &mut dst[..rows.len() / self.inputs.max(1) * stride];
+        let r = rows.len() / self.inputs.max(1);
+        let dst = &mut dst[..self.input_len(r)];
         // SAFETY: an `Amx` token exists only where the CPU has AVX-512 F
         // and BW as well (`Amx::detect`).
         #[allow(unsafe_code)]
         unsafe {
-            rows_to_bf16_avx512(rows, self.inputs, dst, stride)
+            rows_to_tiles_avx512(rows, self.inputs, dst, self.steps)
         };
         dst
     }
 
-    /// `out` from `rows` rows of bf16 inputs (`a`, rows [`row_stride`]
-    /// apart): `a @ w^T`, or the gated SwiGLU of it.
-    ///
-    /// [`row_stride`]: AmxBf16Panels::row_stride
+    /// `out` from `rows` rows of bf16 inputs in tile layout (`a`, from
+    /// [`AmxBf16Panels::load_rows`] or a previous product's
+    /// [`Out::Bf16`]): `a @ w^T`, or the gated SwiGLU of it.
     pub fn apply(&self, a: &[u16], rows: usize, out: Out<'_>) {
-        let stride = self.row_stride();
-        assert!(a.len() >= rows * stride, "bf16 product of {rows} rows");
+        assert!(
+            a.len() >= self.input_len(rows),
+            "bf16 product of {rows} rows"
+        );
         match &out {
             Out::F32(o) => assert_eq!(o.len(), rows * self.outputs),
-            Out::Bf16 { data, stride: s } => {
-                assert!(*s >= self.outputs && data.len() >= rows * s)
+            Out::Bf16 { data, steps } => {
+                assert!(steps * STEP >= self.outputs && data.len() >= input_len(rows, *steps))
             }
         }
         if rows == 0 {
@@ -170,17 +183,34 @@ impl AmxBf16Panels {
     }
 }
 
-/// [`super::ops::rows_to_bf16`] compiled for AVX-512.
+/// bf16 of the inputs of `rows` rows of `steps` steps in tile layout.
+fn input_len(rows: usize, steps: usize) -> usize {
+    rows.div_ceil(2 * MAX_ROWS) * steps * 2 * TILE
+}
+
+/// The rows of `src` (`width` f32 each) rounded to bf16 into `dst` in the
+/// tile layout of `steps` steps, zero from `width` on; compiled for
+/// AVX-512.
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
-fn rows_to_bf16_avx512(src: &[f32], width: usize, dst: &mut [u16], stride: usize) {
-    super::ops::rows_to_bf16(src, width, dst, stride)
+fn rows_to_tiles_avx512(src: &[f32], width: usize, dst: &mut [u16], steps: usize) {
+    for (r, row) in src.chunks_exact(width).enumerate() {
+        for (s, chunk) in row.chunks(STEP).enumerate() {
+            let out = &mut dst[tiled(r, s * STEP, steps)..][..STEP];
+            for (o, &v) in out.iter_mut().zip(chunk) {
+                *o = bf16_bits(v);
+            }
+            out[chunk.len()..].fill(0);
+        }
+        for s in width.div_ceil(STEP)..steps {
+            dst[tiled(r, s * STEP, steps)..][..STEP].fill(0);
+        }
+    }
 }
 
 /// [`AmxBf16Panels::apply`] on checked arguments; the epilogue compiled for
 /// AVX-512 (every CPU with AMX has it).
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
 fn apply_avx512(w: &AmxBf16Panels, a: &[u16], rows: usize, mut out: Out<'_>) {
-    let stride = w.row_stride();
     let packed: &[u16] = bytemuck::cast_slice(&w.memory[w.start..]);
     let per_pair = if w.gated { PAIR / 2 } else { PAIR };
     let pair_len = w.steps * 2 * TILE;
@@ -191,17 +221,8 @@ fn apply_avx512(w: &AmxBf16Panels, a: &[u16], rows: usize, mut out: Out<'_>) {
         let first_col = p * per_pair;
         let cols = per_pair.min(w.outputs - first_col);
         let mut block = |(first, h0, h1): (usize, usize, usize)| {
-            multiply_pair(
-                &mut tiles,
-                a,
-                stride,
-                first,
-                h0,
-                h1,
-                panel,
-                w.steps,
-                &mut results,
-            );
+            let a = &a[first / (2 * MAX_ROWS) * w.steps * 2 * TILE..][..w.steps * 2 * TILE];
+            multiply_pair(&mut tiles, a, h0, h1, panel, w.steps, &mut results);
             for (t, sums) in results.chunks_exact(PAIR).take(h0 + h1).enumerate() {
                 let row = first + t;
                 let mut values = [0f32; PAIR];
@@ -217,8 +238,10 @@ fn apply_avx512(w: &AmxBf16Panels, a: &[u16], rows: usize, mut out: Out<'_>) {
                     Out::F32(o) => {
                         o[row * w.outputs + first_col..][..cols].copy_from_slice(&values[..cols])
                     }
-                    Out::Bf16 { data, stride } => {
-                        let dst = &mut data[row * *stride + first_col..][..cols];
+                    Out::Bf16 { data, steps } => {
+                        // within one step: a gated pair's 16 features, or
+                        // a plain pair's 32
+                        let dst = &mut data[tiled(row, first_col, *steps)..][..cols];
                         for (d, &v) in dst.iter_mut().zip(&values) {
                             *d = bf16_bits(v);
                         }
@@ -233,22 +256,26 @@ fn apply_avx512(w: &AmxBf16Panels, a: &[u16], rows: usize, mut out: Out<'_>) {
             row_pairs(rows).rev().for_each(&mut block);
         }
     }
-    if let Out::Bf16 { data, stride } = out {
-        for row in data.chunks_exact_mut(stride).take(rows) {
-            row[w.outputs..].fill(0);
+    // the next product's inputs past the last output are zero
+    if let Out::Bf16 { data, steps } = out {
+        for row in 0..rows {
+            let mut k = w.outputs;
+            while k < steps * STEP {
+                let (first, len) = (tiled(row, k, steps), STEP - k % STEP);
+                data[first..first + len].fill(0);
+                k += len;
+            }
         }
     }
 }
 
-/// The 2x2 tile block: rows `first..first + h0 + h1` of `a` (`h1` = 0:
-/// one row tile) times a panel pair, into `results` (`[h0 + h1][PAIR]`).
-#[allow(clippy::too_many_arguments)]
+/// The 2x2 tile block: a pair of row tiles of `h0` and `h1` rows (`h1` =
+/// 0: one row tile; `a` their `[steps][2][TILE]` inputs) times a panel
+/// pair, into `results` (`[h0 + h1][PAIR]`).
 #[inline(always)]
 fn multiply_pair(
     tiles: &mut Tiles,
     a: &[u16],
-    stride: usize,
-    first: usize,
     h0: usize,
     h1: usize,
     panel: &[u16],
@@ -256,7 +283,6 @@ fn multiply_pair(
     results: &mut [f32],
 ) {
     tiles.configure(&pair_config(h0, h1));
-    let bytes = 2 * stride;
     tiles.zero::<0>();
     tiles.zero::<1>();
     if h1 > 0 {
@@ -265,8 +291,8 @@ fn multiply_pair(
         for s in 0..steps {
             tiles.load::<6, u16>(panel, s * 2 * TILE, 64);
             tiles.load::<7, u16>(panel, s * 2 * TILE + TILE, 64);
-            tiles.load::<4, u16>(a, first * stride + s * STEP, bytes);
-            tiles.load::<5, u16>(a, (first + MAX_ROWS) * stride + s * STEP, bytes);
+            tiles.load::<4, u16>(a, s * 2 * TILE, 64);
+            tiles.load::<5, u16>(a, s * 2 * TILE + TILE, 64);
             tiles.dp_bf16::<0, 4, 6>();
             tiles.dp_bf16::<1, 4, 7>();
             tiles.dp_bf16::<2, 5, 6>();
@@ -278,7 +304,7 @@ fn multiply_pair(
         for s in 0..steps {
             tiles.load::<6, u16>(panel, s * 2 * TILE, 64);
             tiles.load::<7, u16>(panel, s * 2 * TILE + TILE, 64);
-            tiles.load::<4, u16>(a, first * stride + s * STEP, bytes);
+            tiles.load::<4, u16>(a, s * 2 * TILE, 64);
             tiles.dp_bf16::<0, 4, 6>();
             tiles.dp_bf16::<1, 4, 7>();
         }
@@ -317,7 +343,7 @@ mod tests {
             let swiglu = AmxBf16Panels::swiglu(amx, &w, outputs, inputs);
             for rows in [1, 2, 15, 16, 17, 31, 32, 33, 48, 49, 97, 256] {
                 let a = values(rows * inputs, rows as u32 + 3);
-                let mut a16 = vec![u16::MAX; rows * plain.row_stride()];
+                let mut a16 = vec![u16::MAX; plain.input_len(rows)];
                 let a16 = plain.load_rows(&a, &mut a16);
                 let ad = widen(&bf16(&a));
                 let dot = |r: usize, o: usize| -> f64 {
@@ -327,13 +353,16 @@ mod tests {
                 };
                 let mut out = vec![f32::NAN; rows * outputs];
                 plain.apply(a16, rows, Out::F32(&mut out));
-                let mut gated = vec![u16::MAX; rows * (outputs + 5)];
+                // the gated outputs as the inputs of a product with a
+                // step more than they need
+                let steps = outputs.div_ceil(STEP) + 1;
+                let mut gated = vec![u16::MAX; input_len(rows, steps)];
                 swiglu.apply(
                     a16,
                     rows,
                     Out::Bf16 {
                         data: &mut gated,
-                        stride: outputs + 5,
+                        steps,
                     },
                 );
                 for (i, &got) in out.iter().enumerate() {
@@ -346,7 +375,7 @@ mod tests {
                         "plain {rows}x{outputs}x{inputs} at {i}: {got} vs {want}"
                     );
                     let want = want / (1.0 + (-want).exp()) * dot(r, outputs + o);
-                    let got = f64::from(half::bf16::from_bits(gated[r * (outputs + 5) + o]));
+                    let got = f64::from(half::bf16::from_bits(gated[tiled(r, o, steps)]));
                     // and the gate's output rounded to bf16
                     assert!(
                         (got - want).abs() <= 4e-3 * want.abs() + 1e-5,
@@ -354,8 +383,10 @@ mod tests {
                     );
                 }
                 // the padding of the next product's rows is zero
-                for row in gated.chunks_exact(outputs + 5) {
-                    assert_eq!(&row[outputs..], &[0; 5]);
+                for r in 0..rows {
+                    for k in outputs..steps * STEP {
+                        assert_eq!(gated[tiled(r, k, steps)], 0, "row {r} input {k}");
+                    }
                 }
             }
         }

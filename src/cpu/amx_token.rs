@@ -56,10 +56,21 @@ pub(super) struct AmxTokenMlp {
 pub(super) struct AmxTokenScratch {
     /// The block's input in f32, `[S, BLOCK]`.
     input: Vec<f32>,
-    /// The input as bf16 pairs of positions, `[steps * 16][BLOCK][2]`.
-    pairs: Vec<u16>,
-    /// The gated activations as bf16 pairs of features, `[inter / 2][BLOCK][2]`.
-    gated: Vec<u16>,
+    /// The input as bf16 pairs of positions, `[steps * 16][BLOCK]`, each
+    /// pair one `u32` (the even position in the low half).
+    pairs: Vec<u32>,
+    /// The gated activations as bf16 pairs of features, `[inter / 2][BLOCK]`.
+    gated: Vec<u32>,
+}
+
+/// Two rows of f32 as bf16 pairs: `a` in the low halves, `b` in the high
+/// ones (the layout of a B tile's row). Written whole words at a time so
+/// that it vectorises.
+#[inline(always)]
+fn pair_rows(a: &[f32], b: &[f32], out: &mut [u32]) {
+    for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+        *o = u32::from(bf16_bits(a)) | (u32::from(bf16_bits(b)) << 16);
+    }
 }
 
 impl AmxTokenMlp {
@@ -101,8 +112,8 @@ impl AmxTokenMlp {
     pub fn scratch(&self) -> AmxTokenScratch {
         AmxTokenScratch {
             input: vec![0.0; self.seq * BLOCK],
-            pairs: vec![0; self.steps * 16 * BLOCK * 2],
-            gated: vec![0; self.inter * BLOCK],
+            pairs: vec![0; self.steps * 16 * BLOCK],
+            gated: vec![0; self.inter / 2 * BLOCK],
         }
     }
 
@@ -160,19 +171,12 @@ fn block_avx512(
         }
         dst[cols..].fill(0.0);
     }
-    for (p, out) in pairs.chunks_exact_mut(2 * BLOCK).enumerate() {
-        for e in 0..2 {
-            let s = 2 * p + e;
-            if s < seq {
-                let row = &input[s * BLOCK..][..BLOCK];
-                for (o, &v) in out.iter_mut().skip(e).step_by(2).zip(row) {
-                    *o = bf16_bits(v);
-                }
-            } else {
-                out.iter_mut().skip(e).step_by(2).for_each(|o| *o = 0);
-            }
-        }
+    const ZERO: [f32; BLOCK] = [0.0; BLOCK];
+    for (p, out) in pairs.chunks_exact_mut(BLOCK).enumerate() {
+        let row = |s: usize| input.get(s * BLOCK..(s + 1) * BLOCK).unwrap_or(&ZERO);
+        pair_rows(row(2 * p), row(2 * p + 1), out);
     }
+    let pairs: &[u16] = bytemuck::cast_slice(pairs);
 
     let mut tiles = Tiles::new(mlp.amx, &pair_config(MAX_ROWS, MAX_ROWS));
     let mut results = [0f32; 2 * MAX_ROWS * 32];
@@ -203,23 +207,18 @@ fn block_avx512(
             tiles.store::<1, f32>(&mut results, 16, 128);
             tiles.store::<2, f32>(&mut results, 16 * 32, 128);
             tiles.store::<3, f32>(&mut results, 16 * 32 + 16, 128);
-            for f in 0..16 {
-                let feature = tile * 16 + f;
-                let gate = &results[f * 32..][..32];
-                let up = &results[(16 + f) * 32..][..32];
-                let out = &mut gated[(feature / 2 * BLOCK + pair * 32) * 2..][..64];
-                for ((o, &g), &u) in out
-                    .iter_mut()
-                    .skip(feature % 2)
-                    .step_by(2)
-                    .zip(gate)
-                    .zip(up)
-                {
-                    *o = bf16_bits(silu(g) * u);
-                }
+            let mut values = [0f32; 16 * 32];
+            for ((v, &g), &u) in values.iter_mut().zip(&results).zip(&results[16 * 32..]) {
+                *v = silu(g) * u;
+            }
+            // features 2j and 2j + 1 make pair row 8 tile + j
+            for (j, two) in values.chunks_exact(64).enumerate() {
+                let out = &mut gated[(tile * 8 + j) * BLOCK + pair * 32..][..32];
+                pair_rows(&two[..32], &two[32..], out);
             }
         }
     }
+    let gated: &[u16] = bytemuck::cast_slice(gated);
 
     // input += down_t @ gated, and each column's sum of squares
     let inner_steps = mlp.inter / STEP;

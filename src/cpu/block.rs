@@ -74,18 +74,10 @@ pub(super) fn channel_swiglu_rows(
             down.apply(&a, update);
         }
         ChannelWeights::Bf16 { gate_up, down } => {
-            let (a, gated) = s.bf16.split_at_mut(r * gate_up.row_stride());
+            let (a, gated) = s.bf16.split_at_mut(gate_up.input_len(r));
             let a = gate_up.load_rows(rows, a);
-            let stride = down.row_stride();
-            let gated = &mut gated[..r * stride];
-            gate_up.apply(
-                a,
-                r,
-                Out::Bf16 {
-                    data: gated,
-                    stride,
-                },
-            );
+            let (gated, steps) = (&mut gated[..down.input_len(r)], down.steps());
+            gate_up.apply(a, r, Out::Bf16 { data: gated, steps });
             down.apply(gated, r, Out::F32(update));
         }
     }

@@ -90,18 +90,6 @@ pub(crate) fn bf16_bits(x: f32) -> u16 {
     (if nan { (b >> 16) | 0x40 } else { rounded }) as u16
 }
 
-/// The rows of `src` (`width` f32 each) rounded to bf16 into `dst`, rows
-/// `stride` apart, each padded with zeros from `width` to `stride`.
-#[inline(always)]
-pub(crate) fn rows_to_bf16(src: &[f32], width: usize, dst: &mut [u16], stride: usize) {
-    for (row, out) in src.chunks_exact(width).zip(dst.chunks_exact_mut(stride)) {
-        for (o, &v) in out.iter_mut().zip(row) {
-            *o = bf16_bits(v);
-        }
-        out[width..].fill(0);
-    }
-}
-
 /// Row `i` of a matrix whose rows are contiguous, as a slice.
 pub(crate) fn row_slice<'a>(m: MatMut<'a, f32>, i: usize) -> &'a mut [f32] {
     match m.try_as_row_major_mut() {

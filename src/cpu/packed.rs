@@ -97,7 +97,7 @@ impl Projection {
     fn bf16_scratch(&self, rows: usize) -> usize {
         match self {
             Projection::F32 { .. } => 0,
-            Projection::Bf16(w) => rows * w.row_stride(),
+            Projection::Bf16(w) => w.input_len(rows),
         }
     }
 }
@@ -188,7 +188,7 @@ impl ChannelWeights {
     fn bf16_scratch(&self, rows: usize) -> usize {
         match self {
             ChannelWeights::Bf16 { gate_up, down } => {
-                rows * (gate_up.row_stride() + down.row_stride())
+                gate_up.input_len(rows) + down.input_len(rows)
             }
             _ => 0,
         }
