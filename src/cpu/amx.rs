@@ -350,6 +350,23 @@ impl Tiles {
             );
         }
     }
+
+    /// `C += A B` on signed bytes into i32 (`tdpbssd`): `A` is `[m, 4k]`
+    /// i8, `B` is `k` rows of `n` groups of four i8, `C` `[m, n]` i32.
+    #[inline(always)]
+    pub(crate) fn dp_i8i8<const C: u8, const A: u8, const B: u8>(&mut self) {
+        self.check_product(C, A, B);
+        // SAFETY: registers only, on configured tiles of fitting shapes.
+        unsafe {
+            core::arch::asm!(
+                "tdpbssd tmm{c}, tmm{a}, tmm{b}",
+                c = const C,
+                a = const A,
+                b = const B,
+                options(nostack, nomem, preserves_flags)
+            );
+        }
+    }
 }
 
 impl Drop for Tiles {

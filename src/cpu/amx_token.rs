@@ -1,40 +1,63 @@
-//! The token-mixing MLP of one puzzle's column block on AMX tiles in bf16
-//! (`amx.rs`), for the engine's `matched` activations at bf16 weights:
-//! `h = rms_norm_S(h + down_t @ gate(gate_up_t @ h))` on `h` `[S, c]`, as
-//! `token_panels.rs` computes it in f32.
+//! The token-mixing MLP of one puzzle's column block on AMX tiles
+//! (`amx.rs`), for the engine's `matched` activations: `h = rms_norm_S(h +
+//! down_t @ gate(gate_up_t @ h))` on `h` `[S, c]`, as `token_panels.rs`
+//! computes it in f32, either
+//!
+//! - in bf16 (bf16 weights): the weights exactly, each product's inputs
+//!   rounded to bf16, f32 accumulation (`tdpbf16ps`), as `amx_panels.rs`;
+//! - or in int8 (int8 weights): the weights' int8 values with their row
+//!   scales, each product's inputs quantized per column of the state (the
+//!   token mixer's products reduce along S, so a column is what a token is
+//!   to the channel products: scale `max |a| / 127` over the column, round
+//!   to nearest even), exact i32 sums (`tdpbssd`), then `sum * (s_a *
+//!   s_w)` in f32 as in `int8_panels.rs`.
 //!
 //! Both products multiply a weight from the left, so here the weights are
-//! the A tiles (16 rows of 32 bf16: features or positions by inputs),
-//! packed once, and the activations the B tiles (16 rows of bf16 pairs
-//! by 16 columns of the state), laid out per block:
+//! the A tiles (16 rows of 64 bytes: features or positions by inputs),
+//! packed once, and the activations the B tiles (16 rows of 16 columns of
+//! the state, each a pair of bf16 or a group of four bytes of consecutive
+//! inputs), laid out per block of 64 columns:
 //!
 //! - the block's input `[S, 64]` (with the injection added) is kept in f32
-//!   for the residual and rounded to bf16 pairs of positions, zero from `S`
-//!   to whole steps of 32;
+//!   for the residual, and packed into pairs (groups) of positions, zero
+//!   from `S` to whole steps;
 //! - `gate_up_t @ input`: each 2x2 tile block is 16 gate features and the
 //!   same 16 up features (the A tiles) by 32 columns (the B tiles), so the
-//!   gate is applied as the results leave the tiles, written in bf16 pairs
-//!   of features: the second product's B tiles;
+//!   gate is applied as the results leave the tiles (bf16: written at once
+//!   as the second product's B tiles; int8: kept in f32 until every
+//!   feature's is known, the column scales need them all);
 //! - `down_t @ gated`: 2x2 tile blocks of positions by columns (the last
 //!   pair of row tiles configured for the positions that are left), the
 //!   residual added and the sums of squares of the norm over `S` taken as
 //!   the results leave the tiles.
-//!
-//! Numerics as in `amx_panels.rs`: bf16 weights exactly, each product's
-//! inputs rounded to bf16, f32 accumulation; f32 outside the products.
 
 use faer::MatMut;
 use faer::reborrow::ReborrowMut;
 
-use super::amx::{Amx, MAX_ROWS, Tiles, pair_config, row_pairs};
+use super::amx::{Amx, MAX_ROWS, ROW_BYTES, Tiles, pair_config, row_pairs};
 use super::ops::{bf16_bits, row_slice, silu};
 
 /// Columns of a block: four B tiles of 16.
 const BLOCK: usize = 64;
 
-/// bf16 in a tile (16 rows of 32) and inputs per step.
-const TILE: usize = 512;
-const STEP: usize = 32;
+/// Bytes in a tile (16 rows of 64).
+const TILE_BYTES: usize = MAX_ROWS * ROW_BYTES;
+
+/// The packed weights of one element type.
+enum Weights {
+    /// bf16 bits.
+    Bf16 { gate_up: Vec<u16>, down: Vec<u16> },
+    /// int8 values (as bytes) and the rows' scales: `gate_scales` and
+    /// `up_scales` `[inter]` (zero past the last feature), `down_scales`
+    /// `[S]`.
+    Int8 {
+        gate_up: Vec<u8>,
+        down: Vec<u8>,
+        gate_scales: Vec<f32>,
+        up_scales: Vec<f32>,
+        down_scales: Vec<f32>,
+    },
+}
 
 /// The token MLP's weights, packed for [`AmxTokenMlp::apply`].
 pub(super) struct AmxTokenMlp {
@@ -43,12 +66,13 @@ pub(super) struct AmxTokenMlp {
     seq: usize,
     /// `inter(S)`, padded to whole steps.
     inter: usize,
-    /// `seq.div_ceil(STEP)`.
+    /// Inputs per step (32 bf16 or 64 bytes in a tile row).
+    step: usize,
+    /// `seq.div_ceil(step)`.
     steps: usize,
-    /// `gate_up_t` as A tiles: `[inter / 16][steps][gate, up][16][32]`.
-    gate_up: Vec<u16>,
-    /// `down_t` as A tiles: `[S.div_ceil(16)][inter / 32][16][32]`.
-    down: Vec<u16>,
+    /// `gate_up_t` as A tiles, `[inter / 16][steps][gate, up][16][step]`,
+    /// and `down_t`, `[S.div_ceil(16)][inter / step][16][step]`.
+    weights: Weights,
 }
 
 /// Per-thread scratch of [`AmxTokenMlp::apply`].
@@ -56,11 +80,14 @@ pub(super) struct AmxTokenMlp {
 pub(super) struct AmxTokenScratch {
     /// The block's input in f32, `[S, BLOCK]`.
     input: Vec<f32>,
-    /// The input as bf16 pairs of positions, `[steps * 16][BLOCK]`, each
-    /// pair one `u32` (the even position in the low half).
-    pairs: Vec<u32>,
-    /// The gated activations as bf16 pairs of features, `[inter / 2][BLOCK]`.
+    /// The input packed for the B tiles, `[steps * 16][BLOCK]`: each `u32`
+    /// a pair (bf16) or group of four (int8) consecutive positions, the
+    /// first in the low bits.
+    packed: Vec<u32>,
+    /// The gated activations packed the same way, `[inter / (step / 16)][BLOCK]`.
     gated: Vec<u32>,
+    /// int8: the gated activations in f32, `[inter][BLOCK]`.
+    gated_f32: Vec<f32>,
 }
 
 /// Two rows of f32 as bf16 pairs: `a` in the low halves, `b` in the high
@@ -73,47 +100,140 @@ fn pair_rows(a: &[f32], b: &[f32], out: &mut [u32]) {
     }
 }
 
+/// Four rows of f32 quantized by column (`inv[c]` = 127 / max of column
+/// `c`) into groups of four signed bytes, the first row in the low byte.
+/// Rounds to nearest even as `int8_panels.rs` does (adding 1.5 * 2^23
+/// leaves the integer in the low mantissa bits), which vectorises.
+#[inline(always)]
+fn quad_rows(rows: [&[f32]; 4], inv: &[f32], out: &mut [u32]) {
+    const ROUND: f32 = 12_582_912.0;
+    let q = |v: f32, inv: f32| ((v * inv).clamp(-127.0, 127.0) + ROUND).to_bits() & 0xff;
+    for (c, o) in out.iter_mut().enumerate() {
+        *o = q(rows[0][c], inv[c])
+            | q(rows[1][c], inv[c]) << 8
+            | q(rows[2][c], inv[c]) << 16
+            | q(rows[3][c], inv[c]) << 24;
+    }
+}
+
+/// The quantization of each column of `rows` (`[n][BLOCK]` f32): scale
+/// `max |v| / 127` into `scales`, its inverse into `inv` (a zero column:
+/// both 0; a non-finite one: a NaN scale, so that its outputs are NaN as
+/// in f32).
+#[inline(always)]
+fn column_scales(rows: &[f32], scales: &mut [f32; BLOCK], inv: &mut [f32; BLOCK]) {
+    let larger = |m: f32, v: f32| if v <= m { m } else { v };
+    let mut max = [0f32; BLOCK];
+    for row in rows.chunks_exact(BLOCK) {
+        for (m, &v) in max.iter_mut().zip(row) {
+            *m = larger(*m, v.abs());
+        }
+    }
+    for ((s, i), &m) in scales.iter_mut().zip(inv.iter_mut()).zip(&max) {
+        (*s, *i) = if m > 0.0 && m.is_finite() {
+            (m / 127.0, 127.0 / m)
+        } else if m == 0.0 {
+            (0.0, 0.0)
+        } else {
+            (f32::NAN, 0.0)
+        };
+    }
+}
+
+/// `gate_up_t` (`[2 inter, S]`: gate rows, then up rows) as A tiles of
+/// `step` inputs, features padded to `padded`.
+fn pack_gate_up<T: Copy + Default>(w: &[T], seq: usize, inter: usize, padded: usize) -> Vec<T> {
+    let step = ROW_BYTES / size_of::<T>();
+    let steps = seq.div_ceil(step);
+    let tile = TILE_BYTES / size_of::<T>();
+    let mut out = vec![T::default(); padded / 16 * steps * 2 * tile];
+    for feature in 0..inter {
+        for (half, row) in [feature, inter + feature].into_iter().enumerate() {
+            for (k, &v) in w[row * seq..][..seq].iter().enumerate() {
+                let at = ((feature / 16 * steps + k / step) * 2 + half) * tile
+                    + feature % 16 * step
+                    + k % step;
+                out[at] = v;
+            }
+        }
+    }
+    out
+}
+
+/// `down_t` (`[S, inter]`) as A tiles of `step` inputs, features padded to
+/// `padded`.
+fn pack_down<T: Copy + Default>(w: &[T], seq: usize, inter: usize, padded: usize) -> Vec<T> {
+    let step = ROW_BYTES / size_of::<T>();
+    let tile = TILE_BYTES / size_of::<T>();
+    let inner_steps = padded / step;
+    let mut out = vec![T::default(); seq.div_ceil(16) * inner_steps * tile];
+    for s in 0..seq {
+        for (k, &v) in w[s * inter..][..inter].iter().enumerate() {
+            out[(s / 16 * inner_steps + k / step) * tile + s % 16 * step + k % step] = v;
+        }
+    }
+    out
+}
+
 impl AmxTokenMlp {
-    /// `gate_up_t` (`[2 inter, S]` bf16 bits: gate rows, then up rows) and
-    /// `down_t` (`[S, inter]`), official layouts.
-    pub fn new(amx: Amx, gate_up_t: &[u16], down_t: &[u16], seq: usize, inter: usize) -> Self {
-        let steps = seq.div_ceil(STEP);
-        let padded = inter.next_multiple_of(STEP);
-        let mut gate_up = vec![0; padded / 16 * steps * 2 * TILE];
-        for feature in 0..inter {
-            for (half, row) in [feature, inter + feature].into_iter().enumerate() {
-                for (k, &v) in gate_up_t[row * seq..][..seq].iter().enumerate() {
-                    let at = ((feature / 16 * steps + k / STEP) * 2 + half) * TILE
-                        + feature % 16 * STEP
-                        + k % STEP;
-                    gate_up[at] = v;
-                }
-            }
-        }
-        let inner_steps = padded / STEP;
-        let mut down = vec![0; seq.div_ceil(16) * inner_steps * TILE];
-        for s in 0..seq {
-            for (k, &v) in down_t[s * inter..][..inter].iter().enumerate() {
-                let at = (s / 16 * inner_steps + k / STEP) * TILE + s % 16 * STEP + k % STEP;
-                down[at] = v;
-            }
-        }
+    /// bf16 weights: `gate_up_t` (`[2 inter, S]` bf16 bits: gate rows, then
+    /// up rows) and `down_t` (`[S, inter]`), official layouts.
+    pub fn bf16(amx: Amx, gate_up_t: &[u16], down_t: &[u16], seq: usize, inter: usize) -> Self {
+        let padded = inter.next_multiple_of(ROW_BYTES);
         AmxTokenMlp {
             amx,
             seq,
             inter: padded,
-            steps,
-            gate_up,
-            down,
+            step: ROW_BYTES / 2,
+            steps: seq.div_ceil(ROW_BYTES / 2),
+            weights: Weights::Bf16 {
+                gate_up: pack_gate_up(gate_up_t, seq, inter, padded),
+                down: pack_down(down_t, seq, inter, padded),
+            },
+        }
+    }
+
+    /// int8 weights as bytes, official layouts as in [`AmxTokenMlp::bf16`],
+    /// with one scale per row.
+    pub fn int8(
+        amx: Amx,
+        (gate_up_t, gate_up_scales): (&[u8], &[f32]),
+        (down_t, down_scales): (&[u8], &[f32]),
+        seq: usize,
+        inter: usize,
+    ) -> Self {
+        let padded = inter.next_multiple_of(ROW_BYTES);
+        let mut gate_scales = gate_up_scales[..inter].to_vec();
+        let mut up_scales = gate_up_scales[inter..2 * inter].to_vec();
+        gate_scales.resize(padded, 0.0);
+        up_scales.resize(padded, 0.0);
+        AmxTokenMlp {
+            amx,
+            seq,
+            inter: padded,
+            step: ROW_BYTES,
+            steps: seq.div_ceil(ROW_BYTES),
+            weights: Weights::Int8 {
+                gate_up: pack_gate_up(gate_up_t, seq, inter, padded),
+                down: pack_down(down_t, seq, inter, padded),
+                gate_scales,
+                up_scales,
+                down_scales: down_scales.to_vec(),
+            },
         }
     }
 
     /// Scratch for [`AmxTokenMlp::apply`] on one thread.
     pub fn scratch(&self) -> AmxTokenScratch {
+        let per_word = self.step / 16;
         AmxTokenScratch {
             input: vec![0.0; self.seq * BLOCK],
-            pairs: vec![0; self.steps * 16 * BLOCK],
-            gated: vec![0; self.inter / 2 * BLOCK],
+            packed: vec![0; self.steps * 16 * BLOCK],
+            gated: vec![0; self.inter / per_word * BLOCK],
+            gated_f32: match self.weights {
+                Weights::Int8 { .. } => vec![0.0; self.inter * BLOCK],
+                Weights::Bf16 { .. } => Vec::new(),
+            },
         }
     }
 
@@ -142,6 +262,67 @@ impl AmxTokenMlp {
     }
 }
 
+/// The 2x2 tile block `C += A B` over `steps` steps: A tiles 4 and 5 from
+/// `a` (their first elements `a0` and `a1`, `a_step` tiles further each
+/// step), B
+/// tiles 6 and 7 from `b` (from element `b0` and 16 columns further; rows
+/// of `BLOCK` words, 16 rows further each step); tile 5 and its results
+/// only with `a1` (else tiles 2, 3 and 5 are not configured).
+#[inline(always)]
+fn multiply<const INT8: bool, T: bytemuck::Pod>(
+    tiles: &mut Tiles,
+    (a, a0, a1, a_step): (&[T], usize, Option<usize>, usize),
+    (b, b0): (&[T], usize),
+    steps: usize,
+) {
+    let tile = a_step * TILE_BYTES / size_of::<T>();
+    // a word of B is one column's pair (group)
+    let words = 4 / size_of::<T>();
+    let b_stride = BLOCK * 4;
+    tiles.zero::<0>();
+    tiles.zero::<1>();
+    if a1.is_some() {
+        tiles.zero::<2>();
+        tiles.zero::<3>();
+    }
+    for s in 0..steps {
+        let b_step = b0 + s * 16 * BLOCK * words;
+        tiles.load::<4, T>(a, a0 + s * tile, ROW_BYTES);
+        tiles.load::<6, T>(b, b_step, b_stride);
+        tiles.load::<7, T>(b, b_step + 16 * words, b_stride);
+        if INT8 {
+            tiles.dp_i8i8::<0, 4, 6>();
+            tiles.dp_i8i8::<1, 4, 7>();
+        } else {
+            tiles.dp_bf16::<0, 4, 6>();
+            tiles.dp_bf16::<1, 4, 7>();
+        }
+        if let Some(a1) = a1 {
+            tiles.load::<5, T>(a, a1 + s * tile, ROW_BYTES);
+            if INT8 {
+                tiles.dp_i8i8::<2, 5, 6>();
+                tiles.dp_i8i8::<3, 5, 7>();
+            } else {
+                tiles.dp_bf16::<2, 5, 6>();
+                tiles.dp_bf16::<3, 5, 7>();
+            }
+        }
+    }
+}
+
+/// Stores the 2x2 results into `results` (`[32][32]` 4-byte values: rows
+/// of tile 0 then 2, columns of tile 0 then 1); tiles 2 and 3 only if
+/// `two`.
+#[inline(always)]
+fn store<T: bytemuck::Pod>(tiles: &mut Tiles, results: &mut [T], two: bool) {
+    tiles.store::<0, T>(results, 0, 128);
+    tiles.store::<1, T>(results, 16, 128);
+    if two {
+        tiles.store::<2, T>(results, 16 * 32, 128);
+        tiles.store::<3, T>(results, 16 * 32 + 16, 128);
+    }
+}
+
 /// One block of at most [`BLOCK`] columns; element-wise work compiled for
 /// AVX-512 (every CPU with AMX has it).
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
@@ -155,13 +336,13 @@ fn block_avx512(
     let (seq, cols) = (mlp.seq, h.ncols());
     let AmxTokenScratch {
         input,
-        pairs,
+        packed,
         gated,
+        gated_f32,
     } = scratch;
     let input = &mut input[..seq * BLOCK];
 
-    // the block's input, contiguous and zero-padded to the block width,
-    // and as bf16 pairs of positions (zero past S)
+    // the block's input, contiguous and zero-padded to the block width
     for (i, dst) in input.chunks_exact_mut(BLOCK).enumerate() {
         let row = row_slice(h.rb_mut(), i);
         dst[..cols].copy_from_slice(row);
@@ -171,89 +352,124 @@ fn block_avx512(
         }
         dst[cols..].fill(0.0);
     }
+    // ... and packed for the B tiles, zero past S
     const ZERO: [f32; BLOCK] = [0.0; BLOCK];
-    for (p, out) in pairs.chunks_exact_mut(BLOCK).enumerate() {
-        let row = |s: usize| input.get(s * BLOCK..(s + 1) * BLOCK).unwrap_or(&ZERO);
-        pair_rows(row(2 * p), row(2 * p + 1), out);
-    }
-    let pairs: &[u16] = bytemuck::cast_slice(pairs);
-
-    let mut tiles = Tiles::new(mlp.amx, &pair_config(MAX_ROWS, MAX_ROWS));
-    let mut results = [0f32; 2 * MAX_ROWS * 32];
-    // B tiles of the block's pairs: 16 pair rows of BLOCK columns
-    let b_stride = 4 * BLOCK;
-
-    // gated = silu(gate_up_t @ input)[gate] * (...)[up], as bf16 pairs of
-    // features
-    for (tile, weights) in mlp.gate_up.chunks_exact(mlp.steps * 2 * TILE).enumerate() {
-        for pair in 0..BLOCK / 32 {
-            tiles.zero::<0>();
-            tiles.zero::<1>();
-            tiles.zero::<2>();
-            tiles.zero::<3>();
-            for s in 0..mlp.steps {
-                tiles.load::<4, u16>(weights, s * 2 * TILE, 64);
-                tiles.load::<5, u16>(weights, s * 2 * TILE + TILE, 64);
-                let b = (s * 16 * BLOCK + pair * 32) * 2;
-                tiles.load::<6, u16>(pairs, b, b_stride);
-                tiles.load::<7, u16>(pairs, b + 32, b_stride);
-                tiles.dp_bf16::<0, 4, 6>();
-                tiles.dp_bf16::<1, 4, 7>();
-                tiles.dp_bf16::<2, 5, 6>();
-                tiles.dp_bf16::<3, 5, 7>();
+    let row = |s: usize| input.get(s * BLOCK..(s + 1) * BLOCK).unwrap_or(&ZERO);
+    let (mut scales, mut inv) = ([0f32; BLOCK], [0f32; BLOCK]);
+    match mlp.weights {
+        Weights::Bf16 { .. } => {
+            for (p, out) in packed.chunks_exact_mut(BLOCK).enumerate() {
+                pair_rows(row(2 * p), row(2 * p + 1), out);
             }
-            // rows 0..16: gate features, 16..32: up, by 32 columns
-            tiles.store::<0, f32>(&mut results, 0, 128);
-            tiles.store::<1, f32>(&mut results, 16, 128);
-            tiles.store::<2, f32>(&mut results, 16 * 32, 128);
-            tiles.store::<3, f32>(&mut results, 16 * 32 + 16, 128);
-            let mut values = [0f32; 16 * 32];
-            for ((v, &g), &u) in values.iter_mut().zip(&results).zip(&results[16 * 32..]) {
-                *v = silu(g) * u;
-            }
-            // features 2j and 2j + 1 make pair row 8 tile + j
-            for (j, two) in values.chunks_exact(64).enumerate() {
-                let out = &mut gated[(tile * 8 + j) * BLOCK + pair * 32..][..32];
-                pair_rows(&two[..32], &two[32..], out);
+        }
+        Weights::Int8 { .. } => {
+            column_scales(input, &mut scales, &mut inv);
+            for (g, out) in packed.chunks_exact_mut(BLOCK).enumerate() {
+                quad_rows(core::array::from_fn(|j| row(4 * g + j)), &inv, out);
             }
         }
     }
-    let gated: &[u16] = bytemuck::cast_slice(gated);
+
+    let mut tiles = Tiles::new(mlp.amx, &pair_config(MAX_ROWS, MAX_ROWS));
+    let mut results = [0f32; 2 * MAX_ROWS * 32];
+    // elements of one column's word (a pair or a group) of the B tiles
+    let words = mlp.step / 16;
+
+    // gated = silu(gate_up_t @ input)[gate] * (...)[up]
+    let features = mlp.inter;
+    for f0 in (0..features).step_by(16) {
+        for pair in 0..BLOCK / 32 {
+            let b0 = pair * 32 * words;
+            let values: [f32; 16 * 32] = match &mlp.weights {
+                Weights::Bf16 { gate_up, .. } => {
+                    let a0 = f0 / 16 * mlp.steps * 2 * (TILE_BYTES / 2);
+                    let a = (&gate_up[..], a0, Some(a0 + TILE_BYTES / 2), 2);
+                    let b: &[u16] = bytemuck::cast_slice(packed);
+                    multiply::<false, u16>(&mut tiles, a, (b, b0), mlp.steps);
+                    store::<f32>(&mut tiles, &mut results, true);
+                    core::array::from_fn(|i| silu(results[i]) * results[16 * 32 + i])
+                }
+                Weights::Int8 {
+                    gate_up,
+                    gate_scales,
+                    up_scales,
+                    ..
+                } => {
+                    let a0 = f0 / 16 * mlp.steps * 2 * TILE_BYTES;
+                    let a = (&gate_up[..], a0, Some(a0 + TILE_BYTES), 2);
+                    let b: &[u8] = bytemuck::cast_slice(packed);
+                    multiply::<true, u8>(&mut tiles, a, (b, b0), mlp.steps);
+                    let sums: &mut [i32] = bytemuck::cast_slice_mut(&mut results);
+                    store::<i32>(&mut tiles, sums, true);
+                    let sums: &[i32] = sums;
+                    let column = |i: usize| scales[pair * 32 + i % 32];
+                    core::array::from_fn(|i| {
+                        let f = f0 + i / 32;
+                        let g = (sums[i] as f32) * (column(i) * gate_scales[f]);
+                        let u = (sums[16 * 32 + i] as f32) * (column(i) * up_scales[f]);
+                        silu(g) * u
+                    })
+                }
+            };
+            match mlp.weights {
+                // features 2j and 2j + 1 make pair row f0 / 2 + j
+                Weights::Bf16 { .. } => {
+                    for (j, two) in values.chunks_exact(64).enumerate() {
+                        let out = &mut gated[(f0 / 2 + j) * BLOCK + pair * 32..][..32];
+                        pair_rows(&two[..32], &two[32..], out);
+                    }
+                }
+                Weights::Int8 { .. } => {
+                    for (f, v) in values.chunks_exact(32).enumerate() {
+                        gated_f32[(f0 + f) * BLOCK + pair * 32..][..32].copy_from_slice(v);
+                    }
+                }
+            }
+        }
+    }
+    if let Weights::Int8 { .. } = mlp.weights {
+        let gated_f32 = &gated_f32[..features * BLOCK];
+        column_scales(gated_f32, &mut scales, &mut inv);
+        for (g, out) in gated.chunks_exact_mut(BLOCK).enumerate() {
+            let rows = core::array::from_fn(|j| &gated_f32[(4 * g + j) * BLOCK..][..BLOCK]);
+            quad_rows(rows, &inv, out);
+        }
+    }
 
     // input += down_t @ gated, and each column's sum of squares
-    let inner_steps = mlp.inter / STEP;
+    let inner_steps = features / mlp.step;
     let mut sums = [0f32; BLOCK];
     for (first, h0, h1) in row_pairs(seq) {
         tiles.configure(&pair_config(h0, h1));
-        let a0 = first / 16 * inner_steps * TILE;
-        let a1 = a0 + inner_steps * TILE;
         for pair in 0..BLOCK / 32 {
-            tiles.zero::<0>();
-            tiles.zero::<1>();
-            if h1 > 0 {
-                tiles.zero::<2>();
-                tiles.zero::<3>();
-            }
-            for s in 0..inner_steps {
-                tiles.load::<4, u16>(&mlp.down, a0 + s * TILE, 64);
-                let b = (s * 16 * BLOCK + pair * 32) * 2;
-                tiles.load::<6, u16>(gated, b, b_stride);
-                tiles.load::<7, u16>(gated, b + 32, b_stride);
-                tiles.dp_bf16::<0, 4, 6>();
-                tiles.dp_bf16::<1, 4, 7>();
-                if h1 > 0 {
-                    tiles.load::<5, u16>(&mlp.down, a1 + s * TILE, 64);
-                    tiles.dp_bf16::<2, 5, 6>();
-                    tiles.dp_bf16::<3, 5, 7>();
+            let b0 = pair * 32 * words;
+            let two = h1 > 0;
+            let update: [f32; 32 * 32] = match &mlp.weights {
+                Weights::Bf16 { down, .. } => {
+                    let a0 = first / 16 * inner_steps * (TILE_BYTES / 2);
+                    let a1 = two.then_some(a0 + inner_steps * (TILE_BYTES / 2));
+                    let b: &[u16] = bytemuck::cast_slice(gated);
+                    multiply::<false, u16>(&mut tiles, (down, a0, a1, 1), (b, b0), inner_steps);
+                    store::<f32>(&mut tiles, &mut results, two);
+                    results
                 }
-            }
-            tiles.store::<0, f32>(&mut results, 0, 128);
-            tiles.store::<1, f32>(&mut results, 16, 128);
-            if h1 > 0 {
-                tiles.store::<2, f32>(&mut results, 16 * 32, 128);
-                tiles.store::<3, f32>(&mut results, 16 * 32 + 16, 128);
-            }
-            for (t, update) in results.chunks_exact(32).take(h0 + h1).enumerate() {
+                Weights::Int8 {
+                    down, down_scales, ..
+                } => {
+                    let a0 = first / 16 * inner_steps * TILE_BYTES;
+                    let a1 = two.then_some(a0 + inner_steps * TILE_BYTES);
+                    let b: &[u8] = bytemuck::cast_slice(gated);
+                    multiply::<true, u8>(&mut tiles, (down, a0, a1, 1), (b, b0), inner_steps);
+                    let sums: &mut [i32] = bytemuck::cast_slice_mut(&mut results);
+                    store::<i32>(&mut tiles, sums, two);
+                    let sums: &[i32] = sums;
+                    core::array::from_fn(|i| {
+                        let s = (first + i / 32).min(seq - 1);
+                        (sums[i] as f32) * (scales[pair * 32 + i % 32] * down_scales[s])
+                    })
+                }
+            };
+            for (t, update) in update.chunks_exact(32).take(h0 + h1).enumerate() {
                 let row = &mut input[(first + t) * BLOCK + pair * 32..][..32];
                 let sums = &mut sums[pair * 32..][..32];
                 for ((v, &u), s) in row.iter_mut().zip(update).zip(sums.iter_mut()) {
@@ -328,6 +544,110 @@ mod tests {
         out
     }
 
+    /// As [`reference`] for int8 weights (`q` bytes, one scale per row),
+    /// each product's inputs quantized per column as the kernel does it.
+    #[allow(clippy::too_many_arguments)]
+    fn reference_int8(
+        (gu, gu_scales): (&[u8], &[f32]),
+        (dn, dn_scales): (&[u8], &[f32]),
+        t: &[f32],
+        seq: usize,
+        inter: usize,
+        d: usize,
+    ) -> Vec<f64> {
+        let w = |v: u8| f64::from(v as i8);
+        // per column: the scale and the quantized values, rounded as the
+        // kernel rounds (f32 `v * (127 / max)`, to nearest even)
+        let quantize = |column: &[f32]| -> (f64, Vec<f64>) {
+            let max = column.iter().fold(0f32, |m, v| m.max(v.abs()));
+            if max == 0.0 {
+                return (0.0, vec![0.0; column.len()]);
+            }
+            let inv = 127.0 / max;
+            let q = column
+                .iter()
+                .map(|&v| f64::from((v * inv).clamp(-127.0, 127.0).round_ties_even()))
+                .collect();
+            (f64::from(max / 127.0), q)
+        };
+        let mut out: Vec<f64> = t.iter().map(|&v| f64::from(v)).collect();
+        for col in 0..d {
+            let column: Vec<f32> = (0..seq).map(|s| t[s * d + col]).collect();
+            let (s_a, q) = quantize(&column);
+            let gated: Vec<f32> = (0..inter)
+                .map(|f| {
+                    let dot = |row: usize| -> f64 {
+                        let sum: f64 = (0..seq).map(|k| w(gu[row * seq + k]) * q[k]).sum();
+                        sum * s_a * f64::from(gu_scales[row])
+                    };
+                    let (g, u) = (dot(f), dot(inter + f));
+                    (g / (1.0 + (-g).exp()) * u) as f32
+                })
+                .collect();
+            let (s_g, q) = quantize(&gated);
+            let mut squares = 0.0;
+            for s in 0..seq {
+                let sum: f64 = (0..inter).map(|f| w(dn[s * inter + f]) * q[f]).sum();
+                out[s * d + col] += sum * s_g * f64::from(dn_scales[s]);
+                squares += out[s * d + col] * out[s * d + col];
+            }
+            let scale = 1.0 / (squares / seq as f64 + 1e-5).sqrt();
+            (0..seq).for_each(|s| out[s * d + col] *= scale);
+        }
+        out
+    }
+
+    #[test]
+    fn int8_matches_float64_on_the_quantized_inputs() {
+        let Some(amx) = Amx::detect() else {
+            eprintln!("SKIPPED: this CPU (or OS) has no AMX");
+            return;
+        };
+        let int8 = |v: &[f32], cols: usize| -> (Vec<u8>, Vec<f32>) {
+            let mut bytes = Vec::new();
+            let mut scales = Vec::new();
+            for row in v.chunks_exact(cols) {
+                let (s, q) = crate::weights::quantize_row(row);
+                bytes.extend(q.iter().map(|&q| q as u8));
+                scales.push(s);
+            }
+            (bytes, scales)
+        };
+        // S 97 (two steps of 64: padded), 65, 13; inter past a multiple of
+        // 64; partial blocks; a zero column
+        for (seq, inter, d) in [(13, 10, 70), (97, 512, 64), (65, 70, 130), (1, 1, 3)] {
+            let gu = int8(&values(2 * inter * seq, 3), seq);
+            let dn = int8(&values(seq * inter, 5), inter);
+            let mlp = AmxTokenMlp::int8(amx, (&gu.0, &gu.1), (&dn.0, &dn.1), seq, inter);
+            let mut scratch = mlp.scratch();
+            let mut h = values(seq * d, 11);
+            for s in 0..seq {
+                h[s * d + d / 2] = 0.0;
+            }
+            let want = reference_int8((&gu.0, &gu.1), (&dn.0, &dn.1), &h, seq, inter, d);
+            let split = d.min(50);
+            let (a, b) = mat_mut(&mut h, seq, d).split_at_col_mut(split);
+            mlp.apply(a, None, 1e-5, &mut scratch);
+            mlp.apply(b, None, 1e-5, &mut scratch);
+            let (worst, at) = h
+                .iter()
+                .zip(&want)
+                .map(|(&g, &w)| (g as f64 - w).abs() / (1.0 + w.abs()))
+                .enumerate()
+                .fold((0.0, 0), |m, (i, e)| if e > m.0 { (e, i) } else { m });
+            eprintln!("int8 S {seq} inter {inter} D {d}: worst {worst:.1e}");
+            // the first product's sums are exact on both sides; a gated
+            // value quantizes to a neighbouring level where f32 and
+            // float64 fall on either side of a boundary (a step of 1/127
+            // of its column's largest, moving an output by about 3e-5);
+            // measured 5e-9 to 2.4e-7
+            assert!(
+                worst < 2e-4,
+                "int8 S {seq} inter {inter} D {d}: error {worst:e} at {at}"
+            );
+        }
+    }
+
     #[test]
     fn matches_float64_on_the_rounded_inputs() {
         let Some(amx) = Amx::detect() else {
@@ -340,7 +660,7 @@ mod tests {
         for (seq, inter, d) in [(13, 10, 70), (97, 512, 64), (33, 40, 130), (1, 1, 3)] {
             let gu = bf16(&values(2 * inter * seq, 3));
             let dn = bf16(&values(seq * inter, 5));
-            let mlp = AmxTokenMlp::new(amx, &gu, &dn, seq, inter);
+            let mlp = AmxTokenMlp::bf16(amx, &gu, &dn, seq, inter);
             let mut scratch = mlp.scratch();
             for with_injection in [false, true] {
                 let mut h = values(seq * d, 11);
@@ -364,6 +684,7 @@ mod tests {
                     .map(|(&g, &w)| (g as f64 - w).abs() / (1.0 + w.abs()))
                     .enumerate()
                     .fold((0.0, 0), |m, (i, e)| if e > m.0 { (e, i) } else { m });
+                eprintln!("bf16 S {seq} inter {inter} D {d}: worst {worst:.1e}");
                 // the inputs are rounded the same on both sides; a gated
                 // value, from f32 sums in the kernel and float64 ones
                 // here, can round to neighbouring bf16 values (1 in 2^8

@@ -8,12 +8,13 @@
 //!
 //! | weights | AMX | AVX-512 VNNI | AVX-VNNI | AVX2 | otherwise |
 //! |---|---|---|---|---|---|
-//! | int8 (channel SwiGLU) | `amx-int8` | `avx512-vnni` | `avx-vnni` | `avx2` | `portable` |
-//! | bf16 (every block product) | `amx-bf16` | f32 | f32 | f32 | f32 |
+//! | int8: channel SwiGLU | `amx-int8` | `avx512-vnni` | `avx-vnni` | `avx2` | `portable` |
+//! | int8: token mixer | int8 on AMX | f32 | f32 | f32 | f32 |
+//! | bf16: every block product | `amx-bf16` | f32 | f32 | f32 | f32 |
 //!
 //! bf16 products only pay on AMX: without it, `vdpbf16ps` runs at about
-//! 0.4x f32 FMA here (`int8_panels.rs`). The int8 kernels all give the
-//! same results bit for bit (exact integer sums).
+//! 0.4x f32 FMA here (`int8_panels.rs`). The int8 channel kernels all give
+//! the same results bit for bit (exact integer sums, one epilogue).
 
 use super::amx::Amx;
 use super::int8_panels::Int8Kernel;

@@ -126,8 +126,10 @@ pub enum ActivationPrecision {
     /// it (`kernels.rs` has the table). int8 weights: the channel SwiGLU's
     /// inputs quantized per token (symmetric, one scale per token and
     /// call) and integer products (AMX's `tdpbusd`, `vpdpbusd` with
-    /// AVX-512 VNNI or AVX-VNNI); the token mixer, attention and the heads
-    /// stay f32. bf16 weights on a CPU with AMX: every block product (the
+    /// AVX-512 VNNI or AVX-VNNI); on AMX the token mixer's products too
+    /// (`tdpbssd`, inputs quantized per column of the state, the axis they
+    /// reduce along); attention, the heads, and the token mixer without
+    /// AMX stay f32. bf16 weights on a CPU with AMX: every block product (the
     /// channel SwiGLU, the token mixer, attention's projections) on bf16
     /// tiles, each product's inputs rounded to bf16, f32 accumulation, f32
     /// everywhere else; without AMX they stay f32 (bf16 dot products,

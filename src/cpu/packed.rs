@@ -17,7 +17,7 @@ use super::ActivationPrecision;
 use super::amx::Amx;
 use super::amx_panels::{AmxBf16Panels, Out};
 use super::amx_token::AmxTokenMlp;
-use super::int8_panels::Int8Panels;
+use super::int8_panels::{Int8Kernel, Int8Panels};
 use super::kernels::Kernels;
 use super::ops::{mat, mat_mut, matmul_into};
 use super::panels::PanelWeights;
@@ -211,13 +211,17 @@ impl PackedLayer {
     ) -> Vec<PackedLayer> {
         let config = model.config();
         let (d, ci) = (config.hidden_size, config.channel_inter());
-        // AMX for the token mixer's products where both weights are bf16
-        let amx = |a: &Matrix, b: &Matrix| {
-            kernels.amx.filter(|_| {
-                activations == ActivationPrecision::Matched
-                    && a.precision() == Precision::Bf16
-                    && b.precision() == Precision::Bf16
-            })
+        // AMX for the token mixer's products where both weights are bf16,
+        // or (with the AMX int8 kernel) both int8
+        let amx = |a: &Matrix, b: &Matrix, precision| {
+            let int8 = precision == Precision::Int8 && kernels.int8 == Int8Kernel::Amx;
+            let bf16 = precision == Precision::Bf16 && kernels.amx.is_some();
+            (activations == ActivationPrecision::Matched
+                && a.precision() == precision
+                && b.precision() == precision
+                && (int8 || bf16))
+                .then(Amx::detect)
+                .flatten()
         };
         model
             .weights()
@@ -225,23 +229,35 @@ impl PackedLayer {
             .iter()
             .map(|layer| PackedLayer {
                 mixer: match &layer.mixer {
-                    TokenMixer::Mlp { gate_up, down } => match amx(gate_up, down) {
-                        Some(amx) => PackedMixer::AmxMlp(AmxTokenMlp::new(
-                            amx,
-                            &bf16_bits(gate_up),
-                            &bf16_bits(down),
-                            config.state_len(),
-                            config.token_inter(),
-                        )),
-                        None => PackedMixer::Mlp(TokenMlp::new(
-                            &gate_up.to_f32(),
-                            &down.to_f32(),
-                            config.state_len(),
-                            config.token_inter(),
-                        )),
-                    },
+                    TokenMixer::Mlp { gate_up, down } => {
+                        let (s, inter) = (config.state_len(), config.token_inter());
+                        if let Some(amx) = amx(gate_up, down, Precision::Bf16) {
+                            PackedMixer::AmxMlp(AmxTokenMlp::bf16(
+                                amx,
+                                &bf16_bits(gate_up),
+                                &bf16_bits(down),
+                                s,
+                                inter,
+                            ))
+                        } else if let Some(amx) = amx(gate_up, down, Precision::Int8) {
+                            PackedMixer::AmxMlp(AmxTokenMlp::int8(
+                                amx,
+                                (gate_up.raw(), gate_up.scales()),
+                                (down.raw(), down.scales()),
+                                s,
+                                inter,
+                            ))
+                        } else {
+                            PackedMixer::Mlp(TokenMlp::new(
+                                &gate_up.to_f32(),
+                                &down.to_f32(),
+                                s,
+                                inter,
+                            ))
+                        }
+                    }
                     TokenMixer::Attention { qkv, o_proj } => {
-                        let amx = amx(qkv, o_proj);
+                        let amx = amx(qkv, o_proj, Precision::Bf16);
                         PackedMixer::Attention {
                             qkv: Projection::new(qkv, amx),
                             o: Projection::new(o_proj, amx),
