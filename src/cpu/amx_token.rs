@@ -380,14 +380,19 @@ fn block_avx512(
     for f0 in (0..features).step_by(16) {
         for pair in 0..BLOCK / 32 {
             let b0 = pair * 32 * words;
-            let values: [f32; 16 * 32] = match &mlp.weights {
+            // rows 0..16 of the results: gate features, 16..32: up
+            let mut values = [0f32; 16 * 32];
+            match &mlp.weights {
                 Weights::Bf16 { gate_up, .. } => {
                     let a0 = f0 / 16 * mlp.steps * 2 * (TILE_BYTES / 2);
                     let a = (&gate_up[..], a0, Some(a0 + TILE_BYTES / 2), 2);
                     let b: &[u16] = bytemuck::cast_slice(packed);
                     multiply::<false, u16>(&mut tiles, a, (b, b0), mlp.steps);
                     store::<f32>(&mut tiles, &mut results, true);
-                    core::array::from_fn(|i| silu(results[i]) * results[16 * 32 + i])
+                    let (gate, up) = results.split_at(16 * 32);
+                    for ((v, &g), &u) in values.iter_mut().zip(gate).zip(up) {
+                        *v = silu(g) * u;
+                    }
                 }
                 Weights::Int8 {
                     gate_up,
@@ -401,16 +406,22 @@ fn block_avx512(
                     multiply::<true, u8>(&mut tiles, a, (b, b0), mlp.steps);
                     let sums: &mut [i32] = bytemuck::cast_slice_mut(&mut results);
                     store::<i32>(&mut tiles, sums, true);
-                    let sums: &[i32] = sums;
-                    let column = |i: usize| scales[pair * 32 + i % 32];
-                    core::array::from_fn(|i| {
-                        let f = f0 + i / 32;
-                        let g = (sums[i] as f32) * (column(i) * gate_scales[f]);
-                        let u = (sums[16 * 32 + i] as f32) * (column(i) * up_scales[f]);
-                        silu(g) * u
-                    })
+                    let (gate, up) = sums.split_at(16 * 32);
+                    let columns = &scales[pair * 32..][..32];
+                    for (f, ((v, g), u)) in values
+                        .chunks_exact_mut(32)
+                        .zip(gate.chunks_exact(32))
+                        .zip(up.chunks_exact(32))
+                        .enumerate()
+                    {
+                        let (s_g, s_u) = (gate_scales[f0 + f], up_scales[f0 + f]);
+                        for (((v, &g), &u), &c) in v.iter_mut().zip(g).zip(u).zip(columns) {
+                            let g = (g as f32) * (c * s_g);
+                            *v = silu(g) * ((u as f32) * (c * s_u));
+                        }
+                    }
                 }
-            };
+            }
             match mlp.weights {
                 // features 2j and 2j + 1 make pair row f0 / 2 + j
                 Weights::Bf16 { .. } => {
@@ -444,14 +455,13 @@ fn block_avx512(
         for pair in 0..BLOCK / 32 {
             let b0 = pair * 32 * words;
             let two = h1 > 0;
-            let update: [f32; 32 * 32] = match &mlp.weights {
+            match &mlp.weights {
                 Weights::Bf16 { down, .. } => {
                     let a0 = first / 16 * inner_steps * (TILE_BYTES / 2);
                     let a1 = two.then_some(a0 + inner_steps * (TILE_BYTES / 2));
                     let b: &[u16] = bytemuck::cast_slice(gated);
                     multiply::<false, u16>(&mut tiles, (down, a0, a1, 1), (b, b0), inner_steps);
                     store::<f32>(&mut tiles, &mut results, two);
-                    results
                 }
                 Weights::Int8 {
                     down, down_scales, ..
@@ -462,14 +472,17 @@ fn block_avx512(
                     multiply::<true, u8>(&mut tiles, (down, a0, a1, 1), (b, b0), inner_steps);
                     let sums: &mut [i32] = bytemuck::cast_slice_mut(&mut results);
                     store::<i32>(&mut tiles, sums, two);
-                    let sums: &[i32] = sums;
-                    core::array::from_fn(|i| {
-                        let s = (first + i / 32).min(seq - 1);
-                        (sums[i] as f32) * (scales[pair * 32 + i % 32] * down_scales[s])
-                    })
+                    // in place: each i32 sum becomes its f32 update
+                    let columns = &scales[pair * 32..][..32];
+                    for (t, row) in results.chunks_exact_mut(32).take(h0 + h1).enumerate() {
+                        let s_w = down_scales[first + t];
+                        for (v, &c) in row.iter_mut().zip(columns) {
+                            *v = (v.to_bits() as i32 as f32) * (c * s_w);
+                        }
+                    }
                 }
-            };
-            for (t, update) in update.chunks_exact(32).take(h0 + h1).enumerate() {
+            }
+            for (t, update) in results.chunks_exact(32).take(h0 + h1).enumerate() {
                 let row = &mut input[(first + t) * BLOCK + pair * 32..][..32];
                 let sums = &mut sums[pair * 32..][..32];
                 for ((v, &u), s) in row.iter_mut().zip(update).zip(sums.iter_mut()) {

@@ -448,14 +448,21 @@ fn epilogue(
     let cols = per_panel.min(w.outputs - first_col);
     let scales: &[f32; PANEL] = slot_array(&w.scales, panel);
     let offsets: &[i32; PANEL] = slot_array(&w.offsets, panel);
-    let values: [f32; PANEL] =
-        core::array::from_fn(|i| ((sums[i] - offsets[i]) as f32) * (s_a * scales[i]));
+    // plain loops over zipped arrays: `array::from_fn` here was not
+    // inlined once the AMX kernel called it too, and ran element by element
+    let mut values = [0f32; PANEL];
+    for (((v, &sum), &offset), &scale) in values.iter_mut().zip(sums).zip(offsets).zip(scales) {
+        *v = ((sum - offset) as f32) * (s_a * scale);
+    }
     let dst = &mut out[row * w.outputs + first_col..][..cols];
     match w.pairing {
         Pairing::Plain => dst.copy_from_slice(&values[..cols]),
         Pairing::SwiGlu => {
-            let gated: [f32; PANEL / 2] =
-                core::array::from_fn(|i| silu(values[i]) * values[PANEL / 2 + i]);
+            let (gate, up) = values.split_at(PANEL / 2);
+            let mut gated = [0f32; PANEL / 2];
+            for ((o, &g), &u) in gated.iter_mut().zip(gate).zip(up) {
+                *o = silu(g) * u;
+            }
             dst.copy_from_slice(&gated[..cols]);
         }
     }
