@@ -286,6 +286,7 @@ fn multiply<const INT8: bool, T: bytemuck::Pod>(
         tiles.zero::<3>();
     }
     for s in 0..steps {
+        // the weights' tiles two steps ahead (as `amx_panels.rs`)
         let b_step = b0 + s * 16 * BLOCK * words;
         tiles.load::<4, T>(a, a0 + s * tile, ROW_BYTES);
         tiles.load::<6, T>(b, b_step, b_stride);
@@ -320,6 +321,59 @@ fn store<T: bytemuck::Pod>(tiles: &mut Tiles, results: &mut [T], two: bool) {
     if two {
         tiles.store::<2, T>(results, 16 * 32, 128);
         tiles.store::<3, T>(results, 16 * 32 + 16, 128);
+    }
+}
+
+/// The gate of one block of the first product, 16 features from `f0` by
+/// the 32 columns of pair `pair`, from its results (rows 0..16: gate
+/// sums, 16..32: up sums; f32 for bf16, i32 for int8) into `gated` (bf16
+/// pairs) or `gated_f32` (int8, quantized once every feature is known).
+#[inline(always)]
+fn gate_epilogue(
+    mlp: &AmxTokenMlp,
+    results: &[f32; 2 * MAX_ROWS * 32],
+    (f0, pair): (usize, usize),
+    column_scales: &[f32; BLOCK],
+    gated: &mut [u32],
+    gated_f32: &mut [f32],
+) {
+    let mut values = [0f32; 16 * 32];
+    match &mlp.weights {
+        Weights::Bf16 { .. } => {
+            let (gate, up) = results.split_at(16 * 32);
+            for ((v, &g), &u) in values.iter_mut().zip(gate).zip(up) {
+                *v = silu(g) * u;
+            }
+            // features 2j and 2j + 1 make pair row f0 / 2 + j
+            for (j, two) in values.chunks_exact(64).enumerate() {
+                let out = &mut gated[(f0 / 2 + j) * BLOCK + pair * 32..][..32];
+                pair_rows(&two[..32], &two[32..], out);
+            }
+        }
+        Weights::Int8 {
+            gate_scales,
+            up_scales,
+            ..
+        } => {
+            let sums: &[i32] = bytemuck::cast_slice(results);
+            let (gate, up) = sums.split_at(16 * 32);
+            let columns = &column_scales[pair * 32..][..32];
+            for (f, ((v, g), u)) in values
+                .chunks_exact_mut(32)
+                .zip(gate.chunks_exact(32))
+                .zip(up.chunks_exact(32))
+                .enumerate()
+            {
+                let (s_g, s_u) = (gate_scales[f0 + f], up_scales[f0 + f]);
+                for (((v, &g), &u), &c) in v.iter_mut().zip(g).zip(u).zip(columns) {
+                    let g = (g as f32) * (c * s_g);
+                    *v = silu(g) * ((u as f32) * (c * s_u));
+                }
+            }
+            for (f, v) in values.chunks_exact(32).enumerate() {
+                gated_f32[(f0 + f) * BLOCK + pair * 32..][..32].copy_from_slice(v);
+            }
+        }
     }
 }
 
@@ -375,68 +429,46 @@ fn block_avx512(
     // elements of one column's word (a pair or a group) of the B tiles
     let words = mlp.step / 16;
 
-    // gated = silu(gate_up_t @ input)[gate] * (...)[up]
+    // gated = silu(gate_up_t @ input)[gate] * (...)[up], block by block
+    // of 16 features by 32 columns, software-pipelined: a block's tile
+    // products are issued before the previous block's gate epilogue, so
+    // the tile unit works while the vector units run the epilogue (it is
+    // as long as the products: 4 steps of 4 tile products per 512 SiLUs)
     let features = mlp.inter;
-    for f0 in (0..features).step_by(16) {
-        for pair in 0..BLOCK / 32 {
-            let b0 = pair * 32 * words;
-            // rows 0..16 of the results: gate features, 16..32: up
-            let mut values = [0f32; 16 * 32];
-            match &mlp.weights {
-                Weights::Bf16 { gate_up, .. } => {
-                    let a0 = f0 / 16 * mlp.steps * 2 * (TILE_BYTES / 2);
-                    let a = (&gate_up[..], a0, Some(a0 + TILE_BYTES / 2), 2);
-                    let b: &[u16] = bytemuck::cast_slice(packed);
-                    multiply::<false, u16>(&mut tiles, a, (b, b0), mlp.steps);
-                    store::<f32>(&mut tiles, &mut results, true);
-                    let (gate, up) = results.split_at(16 * 32);
-                    for ((v, &g), &u) in values.iter_mut().zip(gate).zip(up) {
-                        *v = silu(g) * u;
-                    }
-                }
-                Weights::Int8 {
-                    gate_up,
-                    gate_scales,
-                    up_scales,
-                    ..
-                } => {
-                    let a0 = f0 / 16 * mlp.steps * 2 * TILE_BYTES;
-                    let a = (&gate_up[..], a0, Some(a0 + TILE_BYTES), 2);
-                    let b: &[u8] = bytemuck::cast_slice(packed);
-                    multiply::<true, u8>(&mut tiles, a, (b, b0), mlp.steps);
-                    let sums: &mut [i32] = bytemuck::cast_slice_mut(&mut results);
-                    store::<i32>(&mut tiles, sums, true);
-                    let (gate, up) = sums.split_at(16 * 32);
-                    let columns = &scales[pair * 32..][..32];
-                    for (f, ((v, g), u)) in values
-                        .chunks_exact_mut(32)
-                        .zip(gate.chunks_exact(32))
-                        .zip(up.chunks_exact(32))
-                        .enumerate()
-                    {
-                        let (s_g, s_u) = (gate_scales[f0 + f], up_scales[f0 + f]);
-                        for (((v, &g), &u), &c) in v.iter_mut().zip(g).zip(u).zip(columns) {
-                            let g = (g as f32) * (c * s_g);
-                            *v = silu(g) * ((u as f32) * (c * s_u));
-                        }
-                    }
-                }
+    let mut staged = [[0f32; 2 * MAX_ROWS * 32]; 2];
+    let mut pending: Option<(usize, usize, usize)> = None;
+    let blocks = (0..features)
+        .step_by(16)
+        .flat_map(|f0| (0..BLOCK / 32).map(move |pair| (f0, pair)));
+    let mut epilogue = |(f0, pair, slot): (usize, usize, usize), staged: &[[f32; 1024]; 2]| {
+        gate_epilogue(mlp, &staged[slot], (f0, pair), &scales, gated, gated_f32)
+    };
+    for (i, (f0, pair)) in blocks.enumerate() {
+        let slot = i % 2;
+        let b0 = pair * 32 * words;
+        match &mlp.weights {
+            Weights::Bf16 { gate_up, .. } => {
+                let a0 = f0 / 16 * mlp.steps * 2 * (TILE_BYTES / 2);
+                let a = (&gate_up[..], a0, Some(a0 + TILE_BYTES / 2), 2);
+                let b: &[u16] = bytemuck::cast_slice(packed);
+                multiply::<false, u16>(&mut tiles, a, (b, b0), mlp.steps);
             }
-            match mlp.weights {
-                // features 2j and 2j + 1 make pair row f0 / 2 + j
-                Weights::Bf16 { .. } => {
-                    for (j, two) in values.chunks_exact(64).enumerate() {
-                        let out = &mut gated[(f0 / 2 + j) * BLOCK + pair * 32..][..32];
-                        pair_rows(&two[..32], &two[32..], out);
-                    }
-                }
-                Weights::Int8 { .. } => {
-                    for (f, v) in values.chunks_exact(32).enumerate() {
-                        gated_f32[(f0 + f) * BLOCK + pair * 32..][..32].copy_from_slice(v);
-                    }
-                }
+            Weights::Int8 { gate_up, .. } => {
+                let a0 = f0 / 16 * mlp.steps * 2 * TILE_BYTES;
+                let a = (&gate_up[..], a0, Some(a0 + TILE_BYTES), 2);
+                let b: &[u8] = bytemuck::cast_slice(packed);
+                multiply::<true, u8>(&mut tiles, a, (b, b0), mlp.steps);
             }
         }
+        if let Some(previous) = pending {
+            epilogue(previous, &staged);
+        }
+        // f32 or i32 sums: the same four bytes
+        store::<f32>(&mut tiles, &mut staged[slot], true);
+        pending = Some((f0, pair, slot));
+    }
+    if let Some(previous) = pending {
+        epilogue(previous, &staged);
     }
     if let Weights::Int8 { .. } = mlp.weights {
         let gated_f32 = &gated_f32[..features * BLOCK];
