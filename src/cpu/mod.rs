@@ -16,6 +16,11 @@
 //! - while a solve runs, the pool's threads neither sleep between its
 //!   phases nor at the end of one: a wake-up cost more than a tenth of a
 //!   short phase (`join.rs`);
+//! - with matched activations (`ActivationPrecision::Matched`), int8 and
+//!   bf16 weights stay at their precision and the products run on the
+//!   CPU's integer or matrix units: AMX tiles (`amx.rs`, `amx_panels.rs`,
+//!   `amx_token.rs`), or 512- or 256-bit VNNI (`int8_panels.rs`), chosen
+//!   at run time or forced (`kernels.rs`);
 //! - weights are laid out once, when the engine is made (`packed.rs`);
 //! - nothing is allocated inside the recursion loop.
 //!
