@@ -22,8 +22,8 @@ PyTorch precision, so that all of them meet the same machine states:
 
 With --out (default: bench/results/DATE-cpu-compare-pytorch-COMMIT.json)
 it writes the run: the CPU's model and flags, the commit, the command,
-every round's rates and the machine's load average around it, and the
-medians, ranges and ratios.
+the niceness it ran at and a --note, every round's rates and the
+machine's load average around it, and the medians, ranges and ratios.
 """
 import argparse
 import datetime
@@ -105,6 +105,7 @@ def main():
     p.add_argument("--activations", default=None, help="trm's CPU activations: f32 or matched")
     p.add_argument("--torch-mode", default="f32-eager", choices=["f32-eager", "bf16-eager"],
                    help="PyTorch's precision: float32, or bfloat16 weights and states")
+    p.add_argument("--note", default=None, help="a remark on the run's conditions, kept in its JSON")
     p.add_argument("--out", default=None,
                    help="where to write the run's JSON (default: bench/results/DATE-cpu-compare-pytorch-COMMIT.json; '-' for none)")
     args = p.parse_args()
@@ -165,6 +166,7 @@ def main():
               "cpu": cpu, "cpu_flags": flags, "logical_cores": os.cpu_count(),
               "platform": platform.platform(), "threads": threads, "torch": torch_version,
               "commit": commit, "worktree_modified": bool(dirty),
+              "niceness": os.nice(0), "note": args.note,
               "command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
               "rounds": args.rounds, "seconds": args.seconds, "rounds_detail": rounds,
               "summary": summary}
