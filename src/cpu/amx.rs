@@ -41,10 +41,34 @@
 //! Dropping a [`Tiles`] runs `tilerelease`, so a thread that is done with
 //! the tiles no longer carries 8 KiB of tile state through every context
 //! switch.
+//!
+//! The instructions exist on x86-64 only. Elsewhere (the Apple, Android and
+//! browser builds) this module compiles without them: no [`Amx`] token can
+//! be made there, so no [`Tiles`] either, and `tile_asm!` stands in for
+//! the assembly with `unreachable!`.
 #![allow(unsafe_code)]
+#![cfg_attr(
+    not(target_arch = "x86_64"),
+    allow(unused_unsafe, unused_variables, unreachable_code, dead_code)
+)]
 
 use std::cell::Cell;
 use std::marker::PhantomData;
+
+/// A tile instruction: `core::arch::asm!` on x86-64; elsewhere never
+/// reached (no [`Amx`] token exists there).
+#[cfg(target_arch = "x86_64")]
+macro_rules! tile_asm {
+    ($($asm:tt)*) => {
+        core::arch::asm!($($asm)*)
+    };
+}
+#[cfg(not(target_arch = "x86_64"))]
+macro_rules! tile_asm {
+    ($($asm:tt)*) => {
+        unreachable!("AMX tile instructions off x86-64")
+    };
+}
 
 /// Proof that this process may run the tile instructions (see the module's
 /// safety argument).
@@ -213,7 +237,7 @@ impl Tiles {
         // `self.config`, a valid palette-1 configuration (TileConfig's
         // constructors keep rows and row bytes within the palette's limits).
         unsafe {
-            core::arch::asm!(
+            tile_asm!(
                 "ldtilecfg [{}]",
                 in(reg) self.config.bytes.as_ptr(),
                 options(nostack, readonly, preserves_flags)
@@ -227,7 +251,7 @@ impl Tiles {
         // SAFETY: registers only; tile `T` is configured (a TILEZERO of an
         // unconfigured tile raises #UD and touches nothing).
         unsafe {
-            core::arch::asm!("tilezero tmm{t}", t = const T, options(nostack, nomem, preserves_flags));
+            tile_asm!("tilezero tmm{t}", t = const T, options(nostack, nomem, preserves_flags));
         }
     }
 
@@ -249,7 +273,7 @@ impl Tiles {
         // configuration) lie inside `data`, checked above; TILELOADD reads
         // only them.
         unsafe {
-            core::arch::asm!(
+            tile_asm!(
                 "tileloadd tmm{t}, [{base} + {stride}*1]",
                 t = const T,
                 base = in(reg) base,
@@ -276,7 +300,7 @@ impl Tiles {
         // SAFETY: the tile's rows lie inside `data`, checked above;
         // TILESTORED writes only them, and `data` is borrowed mutably.
         unsafe {
-            core::arch::asm!(
+            tile_asm!(
                 "tilestored [{base} + {stride}*1], tmm{t}",
                 t = const T,
                 base = in(reg) base,
@@ -324,7 +348,7 @@ impl Tiles {
         self.check_product(C, A, B);
         // SAFETY: registers only, on configured tiles of fitting shapes.
         unsafe {
-            core::arch::asm!(
+            tile_asm!(
                 "tdpbf16ps tmm{c}, tmm{a}, tmm{b}",
                 c = const C,
                 a = const A,
@@ -341,7 +365,7 @@ impl Tiles {
         self.check_product(C, A, B);
         // SAFETY: registers only, on configured tiles of fitting shapes.
         unsafe {
-            core::arch::asm!(
+            tile_asm!(
                 "tdpbusd tmm{c}, tmm{a}, tmm{b}",
                 c = const C,
                 a = const A,
@@ -358,7 +382,7 @@ impl Tiles {
         self.check_product(C, A, B);
         // SAFETY: registers only, on configured tiles of fitting shapes.
         unsafe {
-            core::arch::asm!(
+            tile_asm!(
                 "tdpbssd tmm{c}, tmm{a}, tmm{b}",
                 c = const C,
                 a = const A,
@@ -374,7 +398,7 @@ impl Drop for Tiles {
         // SAFETY: TILERELEASE returns the tiles to their initial state;
         // registers only.
         unsafe {
-            core::arch::asm!("tilerelease", options(nostack, nomem, preserves_flags));
+            tile_asm!("tilerelease", options(nostack, nomem, preserves_flags));
         }
         CONFIGURED.set(false);
     }

@@ -30,6 +30,9 @@
 //! pair of tiles has the rows that are left (the tiles are configured for
 //! them, no padded rows are multiplied), and the pairs run in a serpentine
 //! order so that the configuration changes once per panel pair at most.
+// off x86-64 the AVX-512 epilogues are plain functions (never called:
+// no `Amx` token exists there), so their unsafe blocks are not needed
+#![cfg_attr(not(target_arch = "x86_64"), allow(unused_unsafe))]
 
 use super::amx::{Amx, MAX_ROWS, Tiles, pair_config, row_pairs};
 use super::ops::{bf16_bits, silu};
@@ -191,7 +194,10 @@ fn input_len(rows: usize, steps: usize) -> usize {
 /// The rows of `src` (`width` f32 each) rounded to bf16 into `dst` in the
 /// tile layout of `steps` steps, zero from `width` on; compiled for
 /// AVX-512.
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+#[cfg_attr(
+    target_arch = "x86_64",
+    target_feature(enable = "avx512f,avx512bw,avx2,fma")
+)]
 fn rows_to_tiles_avx512(src: &[f32], width: usize, dst: &mut [u16], steps: usize) {
     for (r, row) in src.chunks_exact(width).enumerate() {
         for (s, chunk) in row.chunks(STEP).enumerate() {
@@ -209,7 +215,10 @@ fn rows_to_tiles_avx512(src: &[f32], width: usize, dst: &mut [u16], steps: usize
 
 /// [`AmxBf16Panels::apply`] on checked arguments; the epilogue compiled for
 /// AVX-512 (every CPU with AMX has it).
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+#[cfg_attr(
+    target_arch = "x86_64",
+    target_feature(enable = "avx512f,avx512bw,avx2,fma")
+)]
 fn apply_avx512(w: &AmxBf16Panels, a: &[u16], rows: usize, mut out: Out<'_>) {
     let packed: &[u16] = bytemuck::cast_slice(&w.memory[w.start..]);
     let per_pair = if w.gated { PAIR / 2 } else { PAIR };

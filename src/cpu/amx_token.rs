@@ -30,6 +30,9 @@
 //!   pair of row tiles configured for the positions that are left), the
 //!   residual added and the sums of squares of the norm over `S` taken as
 //!   the results leave the tiles.
+// off x86-64 the AVX-512 epilogues are plain functions (never called:
+// no `Amx` token exists there), so their unsafe blocks are not needed
+#![cfg_attr(not(target_arch = "x86_64"), allow(unused_unsafe))]
 
 use faer::MatMut;
 use faer::reborrow::ReborrowMut;
@@ -379,7 +382,10 @@ fn gate_epilogue(
 
 /// One block of at most [`BLOCK`] columns; element-wise work compiled for
 /// AVX-512 (every CPU with AMX has it).
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+#[cfg_attr(
+    target_arch = "x86_64",
+    target_feature(enable = "avx512f,avx512bw,avx2,fma")
+)]
 fn block_avx512(
     mlp: &AmxTokenMlp,
     mut h: MatMut<'_, f32>,
