@@ -133,6 +133,13 @@ VIEWS = {
         "columns": [("code", "code"), ("spread, 1 thread", "spread_1"), ("spread, 2 threads", "spread_2"),
                     ("fused, 1 thread", "fused_1"), ("fused, 2 threads", "fused_2")],
     },
+    "cpu-vs-pytorch-amx": {
+        "files": ["2026-12-06-cpu-compare-pytorch-5abca8e-third", "2026-12-06-cpu-compare-pytorch-a78ae3b-1-thread",
+                  "2026-12-06-cpu-compare-pytorch-a78ae3b", "2026-12-06-cpu-compare-pytorch-a78ae3b-second"],
+        "columns": [("commit", "@commit"), ("threads", "threads"), ("load", "load"), ("batch", "batch"),
+                    ("ours", "ours"), ("net calls/s", "ours_rate"), ("PyTorch", "torch"),
+                    ("net calls/s", "torch_rate"), ("ratio", "ratio"), ("per round", "ratio_range")],
+    },
     "browser": {
         "files": ["2026-12-06-browser-swiftshader-page"],
         "columns": [("what", "what"), ("SwiftShader in headless Chromium 156", "swiftshader"),
@@ -143,6 +150,8 @@ VIEWS = {
         # figure each, joined by " / ", so no run is left out
         "pick": [
             ("CPU engine, f32, over PyTorch float32, batch 1 (three runs)", CPU_VS_PYTORCH, 0, "{ratio}x"),
+            ("CPU engine, bf16 on AMX, over PyTorch bfloat16 (batch 1 / batch 8)",
+             "2026-12-06-cpu-compare-pytorch-5abca8e-third", [2, 3], "{ratio}"),
             ("CPU engine, f32, over PyTorch float32, batch 8 (three runs)", CPU_VS_PYTORCH, 1, "{ratio}x"),
             ("CPU engine, int8 with matched activations, over its f32, batch 1 (two runs)",
              "2026-12-01-cpu-int8-matched-7a38e0b", [0, 1], "{batch_1}"),
@@ -159,6 +168,39 @@ VIEWS = {
 }
 
 
+def from_compare_pytorch(data):
+    """A benches/compare_pytorch.py run (its `summary` of interleaved rounds)
+    in the fields every results file states, a figure per comparison and batch."""
+    loads = [r["load_before"] for r in data.get("rounds_detail", []) if r.get("load_before") is not None]
+    load = f"{min(loads):.1f} to {max(loads):.1f}" if loads else "-"
+    figures = []
+    for r in data["summary"]:
+        figures.append({
+            "threads": data["threads"],
+            "load": load,
+            "comparison": r["comparison"],
+            "batch": r["batch"],
+            "ours": f"{r['trm_precision']}, {r['trm_activations']} activations ({r['trm_kernel']})",
+            "ours_rate": f"{r['trm_net_calls_per_s']:.0f}",
+            "torch": r["torch_mode"],
+            "torch_rate": f"{r['pytorch_net_calls_per_s']:.0f}",
+            "ratio": f"{r['ratio']:.2f}x",
+            "ratio_range": f"{r['ratio_range'][0]:.2f} to {r['ratio_range'][1]:.2f}",
+        })
+    return {
+        "title": "The CPU engine beside PyTorch",
+        "date": data["date"][:10],
+        "machine": f"{data['cpu']}, {data['logical_cores']} logical cores ({', '.join(data.get('cpu_flags', []))})",
+        "adapter": "CPU",
+        "driver": f"PyTorch {data['torch']}",
+        "commit": data["commit"],
+        "command": data["command"],
+        "notes": f"{data['rounds']} interleaved rounds of {data['seconds']} s, {data['threads']} threads each; "
+                 + data.get("note", ""),
+        "figures": figures,
+    }
+
+
 def load_results():
     results = {}
     for path in sorted(glob.glob(os.path.join(RESULTS, "*.json"))):
@@ -166,6 +208,8 @@ def load_results():
             data = json.load(f)
         if "rows" in data and "figures" not in data:
             continue  # a bench/device.sh report: its own tables (bench/device_report.py)
+        if "summary" in data and "rounds_detail" in data and "figures" not in data:
+            data = from_compare_pytorch(data)
         missing = [k for k in REQUIRED if k not in data]
         if missing:
             raise SystemExit(f"error: {os.path.relpath(path, ROOT)} lacks {', '.join(missing)}")

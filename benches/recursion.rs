@@ -15,9 +15,10 @@
 //! waits for the device inside the timed region, after a warm-up that
 //! compiles the pipelines. Without an adapter the GPU groups are skipped.
 //!
-//! `cpu/recursion_step_{f32,f16,bf16,int8}` time the CPU's recursion step
-//! at the official shape at each weight precision, side by side in one run
-//! (batch 1 and 8).
+//! `cpu/recursion_step_precision/{f32,f16,bf16,int8}` time the CPU's
+//! recursion step at the official shape at each weight precision, side by
+//! side in one run (batch 1 and 8), and `.../{bf16,int8}-matched-FAMILY`
+//! with matched activations on each kernel family the CPU has.
 //!
 //! `cargo bench --bench recursion` (add `-- cpu/` or `-- gpu/` to filter).
 
@@ -30,8 +31,8 @@ use criterion::{
 };
 use trm_wgpu::rng::SplitMix64;
 use trm_wgpu::{
-    CpuEngine, Engine, GpuContext, GpuEngine, GpuOptions, Precision, PuzzleBatch, SolveOptions,
-    TrmConfig, TrmModel,
+    ActivationPrecision, CpuEngine, CpuOptions, Engine, GpuContext, GpuEngine, GpuOptions,
+    KernelChoice, Precision, PuzzleBatch, SolveOptions, TrmConfig, TrmModel,
 };
 
 const BATCHES: [usize; 3] = [1, 8, 64];
@@ -110,14 +111,33 @@ fn cpu(c: &mut Criterion) {
     });
 
     // each precision's recursion step, interleaved batch by batch so that
-    // the machine's drift falls on all of them alike
-    let engines: Vec<(Precision, CpuEngine)> = Precision::ALL
+    // the machine's drift falls on all of them alike; bf16 and int8 with
+    // matched activations too, on every kernel family this CPU has (AMX,
+    // AVX-512 VNNI, AVX-VNNI), named by the family that ran
+    let mut engines: Vec<(String, CpuEngine)> = Precision::ALL
         .into_iter()
         .map(|p| {
             let model = Arc::new(full.to_precision(p).expect("precision"));
-            (p, CpuEngine::new(model).expect("engine"))
+            (
+                p.as_str().to_string(),
+                CpuEngine::new(model).expect("engine"),
+            )
         })
         .collect();
+    for (p, kernels) in [
+        (Precision::Bf16, KernelChoice::Auto),
+        (Precision::Int8, KernelChoice::Amx),
+        (Precision::Int8, KernelChoice::Avx512Vnni),
+        (Precision::Int8, KernelChoice::AvxVnni),
+    ] {
+        let model = Arc::new(full.to_precision(p).expect("precision"));
+        let options = CpuOptions::default()
+            .activations(ActivationPrecision::Matched)
+            .kernels(kernels);
+        if let Ok(engine) = CpuEngine::with_options(model, options) {
+            engines.push((format!("{p}-matched-{}", engine.kernel_family()), engine));
+        }
+    }
     for batch in [1, 8] {
         let mut group = c.benchmark_group("cpu/recursion_step_precision");
         group

@@ -137,7 +137,8 @@ pub enum AnyEngine {
 
 impl AnyEngine {
     /// The GPU engine's counters of the last solve, or for the CPU the
-    /// recursion steps of `out`: one JSON object (`trm run --stats`).
+    /// kernel family its products ran on and the recursion steps of `out`:
+    /// one JSON object (`trm run --stats`).
     pub fn stats_json(&self, out: &SolveOutput) -> serde_json::Value {
         match self {
             AnyEngine::Gpu(e) => {
@@ -164,6 +165,7 @@ impl AnyEngine {
                 let per_act = engine.config().recursion_steps_per_act_step() as u64;
                 serde_json::json!({
                     "engine": "cpu",
+                    "kernel": engine.kernel_family(),
                     "recursion_steps": act_steps * per_act,
                     "act_steps": act_steps,
                     "puzzle_recursion_steps":
@@ -277,7 +279,9 @@ impl Backend {
             _ => model,
         };
         let cpu = |model, gpu_unavailable| -> Result<AnyEngine> {
-            let mut cpu_options = CpuOptions::default().activations(options.activations);
+            let mut cpu_options = CpuOptions::default()
+                .activations(options.activations)
+                .with_env()?;
             cpu_options.threads = options.threads;
             let engine = CpuEngine::with_options(model, cpu_options)?;
             Ok(AnyEngine::Cpu {

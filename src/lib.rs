@@ -67,7 +67,7 @@ pub mod weights;
 pub use backend::{AnyEngine, Backend, EngineOptions};
 pub use batch::PuzzleBatch;
 pub use config::{Arch, Level, PosEncodings, TrmConfig};
-pub use cpu::{ActivationPrecision, CpuEngine, CpuOptions, Int8Kernel};
+pub use cpu::{ActivationPrecision, CpuEngine, CpuOptions, Int8Kernel, KernelChoice};
 pub use error::{Result, TrmError};
 pub use gpu::{
     GpuBackend, GpuContext, GpuEngine, GpuOptions, GpuRunOptions, GpuSchedule, GpuStats,

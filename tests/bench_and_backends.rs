@@ -518,3 +518,115 @@ fn bench_times_hrm_at_its_published_shape() {
     assert_eq!(row["arch"], "hrm");
     assert!(row["net_calls_per_s"].as_f64().unwrap() > 0.0, "{row}");
 }
+
+/// The kernel family the CPU engine's products ran on, as `trm bench --json`
+/// (`kernel`) and `trm run --stats` report it, chosen at run time or forced
+/// with `TRM_CPU_KERNEL`: `amx-bf16` for a bf16 model with matched
+/// activations where the CPU has AMX (`f32` elsewhere, or when forced off
+/// it), the integer kernel for an int8 one, `f32` with f32 activations; a
+/// kernel the CPU lacks, or a name that is none, is one error line.
+#[test]
+fn the_cpu_kernel_family_is_reported_and_can_be_forced() {
+    let amx = trm_wgpu::Int8Kernel::Amx.available();
+    if !amx {
+        eprintln!("this CPU (or OS) has no AMX: bf16 rows report f32");
+    }
+    let dir = temp_dir("cpu-kernels");
+    let kernel_of = |model: &TrmModel, activations: &str, env: &[(&str, &str)]| {
+        let path = dir.join(format!("{}.safetensors", model.precision()));
+        model.save(&path).unwrap();
+        let out = common::trm_env(
+            &[
+                "bench",
+                "--model",
+                path.to_str().unwrap(),
+                "--backend",
+                "cpu",
+                "--batch",
+                "1",
+                "--seconds",
+                "0.05",
+                "--activations",
+                activations,
+                "--json",
+            ],
+            env,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rows = json_rows(&String::from_utf8_lossy(&out.stdout));
+        rows[0]["kernel"].as_str().unwrap().to_string()
+    };
+    let bf16 = small_model()
+        .to_precision(trm_wgpu::Precision::Bf16)
+        .unwrap();
+    let int8 = small_model()
+        .to_precision(trm_wgpu::Precision::Int8)
+        .unwrap();
+    let amx_bf16 = if amx { "amx-bf16" } else { "f32" };
+    assert_eq!(kernel_of(&bf16, "matched", &[]), amx_bf16);
+    assert_eq!(kernel_of(&bf16, "f32", &[]), "f32");
+    assert_eq!(
+        kernel_of(&bf16, "matched", &[("TRM_CPU_KERNEL", "portable")]),
+        "f32"
+    );
+    assert_eq!(
+        kernel_of(&int8, "matched", &[]),
+        trm_wgpu::Int8Kernel::detect().as_str()
+    );
+    assert_eq!(
+        kernel_of(&int8, "matched", &[("TRM_CPU_KERNEL", "portable")]),
+        "portable"
+    );
+    for (choice, kernel) in [
+        ("avx-vnni", trm_wgpu::Int8Kernel::AvxVnni),
+        ("avx512-vnni", trm_wgpu::Int8Kernel::Vnni512),
+        ("amx", trm_wgpu::Int8Kernel::Amx),
+    ] {
+        if kernel.available() {
+            let env = [("TRM_CPU_KERNEL", choice)];
+            assert_eq!(kernel_of(&int8, "matched", &env), kernel.as_str());
+        } else {
+            eprintln!("SKIPPED {choice}: this CPU lacks it");
+        }
+    }
+
+    // trm run --stats names it too
+    let (model_path, input_path, _) = common::write_run_case(&dir, &bf16, 2, 3);
+    let run = |env: &[(&str, &str)]| {
+        common::trm_env(
+            &[
+                "run",
+                "--model",
+                model_path.to_str().unwrap(),
+                "--input",
+                input_path.to_str().unwrap(),
+                "--output",
+                dir.join("out.safetensors").to_str().unwrap(),
+                "--backend",
+                "cpu",
+                "--activations",
+                "matched",
+                "--stats",
+            ],
+            env,
+        )
+    };
+    let out = run(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stats: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(stats["kernel"], amx_bf16, "{stats}");
+
+    common::assert_one_error_line(&run(&[("TRM_CPU_KERNEL", "avx1024")]), "TRM_CPU_KERNEL");
+    if !amx {
+        common::assert_one_error_line(&run(&[("TRM_CPU_KERNEL", "amx")]), "no AMX");
+    }
+}

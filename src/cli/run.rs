@@ -44,8 +44,9 @@ pub struct RunArgs {
     #[arg(long)]
     threads: Option<usize>,
     /// What the CPU engine's products multiply the weights with: f32, or
-    /// matched (int8 weights: per-token int8 activations on integer
-    /// products).
+    /// matched (int8 weights: int8 activations on integer products; bf16
+    /// weights on a CPU with AMX: bf16 activations on AMX tiles).
+    /// TRM_CPU_KERNEL=amx|avx512-vnni|avx-vnni|avx2|portable forces a kernel.
     #[arg(long, default_value_t)]
     activations: ActivationPrecision,
     /// GPU schedule: fused (one workgroup per puzzle), spread (every phase

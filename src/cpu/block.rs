@@ -15,22 +15,27 @@
 use faer::reborrow::ReborrowMut;
 use faer::{MatMut, Par};
 
+use super::amx_panels::Out;
+use super::amx_token::AmxTokenScratch;
 use super::ops::{add_rms_norm_rows, exp_clamped, mat, mat_mut, mat_strided, matmul_into};
-use super::packed::ChannelWeights;
+use super::packed::{ChannelWeights, Projection};
 use super::token_panels::TokenScratch;
 
 /// Scratch memory of one worker thread, sized for the largest task: `wide`
 /// for attention scores, `gated` for the channel SwiGLU's gated
 /// activations, `update` for its second product (or o_proj's), `token` for
-/// the token-mixing MLP, `quantized` and `row_scales` for the int8
-/// products' quantized inputs (empty unless the engine has them).
+/// the token-mixing MLP (`amx_token` on AMX), `quantized` and
+/// `row_scales` for the int8 products' quantized inputs, `bf16` for the
+/// bf16 products' rounded inputs (each empty unless the engine has them).
 pub(super) struct TaskScratch {
     pub wide: Vec<f32>,
     pub gated: Vec<f32>,
     pub update: Vec<f32>,
     pub token: TokenScratch,
+    pub amx_token: AmxTokenScratch,
     pub quantized: Vec<u8>,
     pub row_scales: Vec<f32>,
+    pub bf16: Vec<u16>,
 }
 
 /// Channel SwiGLU on a block of rows (tokens of any puzzles), `[r, D]`:
@@ -39,7 +44,9 @@ pub(super) struct TaskScratch {
 /// the first product's epilogue; the block's gated activations
 /// (`[r, inter(D)]`, 1.5 MiB at 256 rows) and update stay in L2 for the
 /// second product and the norm. On int8 weights (`int8_panels.rs`) each
-/// product's input rows are quantized first, per token.
+/// product's input rows are quantized first, per token; on bf16 weights
+/// with AMX (`amx_panels.rs`) rounded to bf16, the gated activations
+/// written in bf16 at once.
 pub(super) fn channel_swiglu_rows(
     weights: &ChannelWeights,
     rows: &mut [f32],
@@ -49,20 +56,29 @@ pub(super) fn channel_swiglu_rows(
     let (d, ci) = match weights {
         ChannelWeights::F32 { gate_up, .. } => (gate_up.inputs(), gate_up.outputs()),
         ChannelWeights::Int8 { gate_up, .. } => (gate_up.inputs(), gate_up.outputs()),
+        ChannelWeights::Bf16 { gate_up, .. } => (gate_up.inputs(), gate_up.outputs()),
     };
     let r = rows.len() / d;
-    let gated = &mut s.gated[..r * ci];
     let update = &mut s.update[..r * d];
     match weights {
         ChannelWeights::F32 { gate_up, down } => {
+            let gated = &mut s.gated[..r * ci];
             gate_up.apply(rows, gated);
             down.apply(gated, update);
         }
         ChannelWeights::Int8 { gate_up, down } => {
+            let gated = &mut s.gated[..r * ci];
             let a = gate_up.quantize(rows, &mut s.quantized, &mut s.row_scales);
             gate_up.apply(&a, gated);
             let a = down.quantize(gated, &mut s.quantized, &mut s.row_scales);
             down.apply(&a, update);
+        }
+        ChannelWeights::Bf16 { gate_up, down } => {
+            let (a, gated) = s.bf16.split_at_mut(gate_up.input_len(r));
+            let a = gate_up.load_rows(rows, a);
+            let (gated, steps) = (&mut gated[..down.input_len(r)], down.steps());
+            gate_up.apply(a, r, Out::Bf16 { data: gated, steps });
+            down.apply(gated, r, Out::F32(update));
         }
     }
     add_rms_norm_rows(rows, update, d, eps);
@@ -73,7 +89,7 @@ pub(super) fn channel_swiglu_rows(
 /// on the q and k heads (`q' = q cos + rotate_half(q) sin`) when given.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn qkv_rows(
-    qkv_t: &[f32],
+    qkv_proj: &Projection,
     rows: &[f32],
     qkv: &mut [f32],
     d: usize,
@@ -81,14 +97,9 @@ pub(super) fn qkv_rows(
     rope: Option<(&[f32], &[f32])>,
     first_row: usize,
     state_len: usize,
+    s: &mut TaskScratch,
 ) {
-    let r = rows.len() / d;
-    matmul_into(
-        mat_mut(qkv, r, 3 * d),
-        mat(rows, r, d),
-        mat(qkv_t, d, 3 * d),
-        Par::Seq,
-    );
+    qkv_proj.apply(rows, qkv, &mut s.bf16);
     let Some((cos, sin)) = rope else { return };
     let half = head_dim / 2;
     for (i, row) in qkv.chunks_exact_mut(3 * d).enumerate() {
@@ -173,7 +184,7 @@ fn softmax_scaled(row: &mut [f32], scale: f32) {
 
 /// Attention, third phase on `rows`: `h = rms_norm(h + attn @ o_proj^T)`.
 pub(super) fn o_proj_rows(
-    o_t: &[f32],
+    o_proj: &Projection,
     attn: &[f32],
     rows: &mut [f32],
     d: usize,
@@ -182,12 +193,7 @@ pub(super) fn o_proj_rows(
 ) {
     let r = rows.len() / d;
     let update = &mut s.update[..r * d];
-    matmul_into(
-        mat_mut(update, r, d),
-        mat(attn, r, d),
-        mat(o_t, d, d),
-        Par::Seq,
-    );
+    o_proj.apply(attn, update, &mut s.bf16);
     add_rms_norm_rows(rows, update, d, eps);
 }
 

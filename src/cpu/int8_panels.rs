@@ -59,8 +59,13 @@ pub(super) const MAX_INPUTS: usize = (i32::MAX as usize) / (255 * 127);
 /// The integer kernel in use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Int8Kernel {
+    /// `tdpbusd` on AMX tiles (`amx.rs`).
+    Amx,
     /// `vpdpbusd` on 512-bit vectors (AVX-512 VNNI).
     Vnni512,
+    /// `vpdpbusd` on 256-bit vectors (AVX-VNNI: Alder Lake and later,
+    /// without AVX-512).
+    AvxVnni,
     /// The portable integer code compiled for AVX2.
     Avx2,
     /// The portable integer code as the crate is compiled.
@@ -68,27 +73,49 @@ pub enum Int8Kernel {
 }
 
 impl Int8Kernel {
-    /// The fastest kernel this CPU runs.
+    /// The fastest kernel this CPU runs (AMX asks the OS for the tile
+    /// state the first time).
     pub fn detect() -> Int8Kernel {
+        if super::amx::Amx::detect().is_some() {
+            Int8Kernel::Amx
+        } else {
+            Int8Kernel::detect_vector()
+        }
+    }
+
+    /// The fastest kernel on vector registers this CPU runs.
+    pub(super) fn detect_vector() -> Int8Kernel {
+        [Int8Kernel::Vnni512, Int8Kernel::AvxVnni, Int8Kernel::Avx2]
+            .into_iter()
+            .find(|k| k.available())
+            .unwrap_or(Int8Kernel::Portable)
+    }
+
+    /// Whether this CPU runs the kernel.
+    pub fn available(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vnni")
-            {
-                return Int8Kernel::Vnni512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                return Int8Kernel::Avx2;
+            use std::arch::is_x86_feature_detected as has;
+            match self {
+                Int8Kernel::Amx => super::amx::Amx::detect().is_some(),
+                Int8Kernel::Vnni512 => has!("avx512f") && has!("avx512bw") && has!("avx512vnni"),
+                Int8Kernel::AvxVnni => has!("avx2") && has!("fma") && has!("avxvnni"),
+                Int8Kernel::Avx2 => has!("avx2"),
+                Int8Kernel::Portable => true,
             }
         }
-        Int8Kernel::Portable
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Int8Kernel::Portable
+        }
     }
 
     /// The kernel's name, as `trm bench` prints it.
     pub fn as_str(self) -> &'static str {
         match self {
+            Int8Kernel::Amx => "amx-int8",
             Int8Kernel::Vnni512 => "avx512-vnni",
+            Int8Kernel::AvxVnni => "avx-vnni",
             Int8Kernel::Avx2 => "avx2",
             Int8Kernel::Portable => "portable",
         }
@@ -106,7 +133,7 @@ enum Pairing {
 pub(super) struct Int8Panels {
     kernel: Int8Kernel,
     inputs: usize,
-    /// `inputs.div_ceil(4)`.
+    /// `inputs.div_ceil(4)` (AMX: whole tile steps of 16 groups).
     groups: usize,
     outputs: usize,
     pairing: Pairing,
@@ -162,7 +189,11 @@ impl Int8Panels {
     ) -> Self {
         let per_panel = per_panel(pairing);
         let panels = outputs.div_ceil(per_panel);
-        let groups = inputs.div_ceil(4);
+        // AMX multiplies 64 inputs (16 groups) per tile step
+        let groups = match kernel {
+            Int8Kernel::Amx => inputs.div_ceil(64) * 16,
+            _ => inputs.div_ceil(4),
+        };
         let panel_bytes = groups * PANEL * 4;
         assert!(
             inputs <= MAX_INPUTS,
@@ -250,12 +281,30 @@ impl Int8Panels {
         // the integer products themselves
         match self.kernel {
             #[cfg(target_arch = "x86_64")]
+            Int8Kernel::Amx => {
+                // SAFETY: `Amx` is chosen only where the CPU has AMX and
+                // AVX-512 F and BW (`Int8Kernel::available`).
+                #[allow(unsafe_code)]
+                unsafe {
+                    apply_amx(self, a, out)
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
             Int8Kernel::Vnni512 => {
                 // SAFETY: `Vnni512` is chosen only where the CPU has
-                // AVX-512 F, BW and VNNI (`Int8Kernel::detect`).
+                // AVX-512 F, BW and VNNI (`Int8Kernel::available`).
                 #[allow(unsafe_code)]
                 unsafe {
                     apply_avx512(self, a, out)
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Int8Kernel::AvxVnni => {
+                // SAFETY: `AvxVnni` is chosen only where the CPU has AVX2,
+                // FMA and AVX-VNNI (`Int8Kernel::available`).
+                #[allow(unsafe_code)]
+                unsafe {
+                    apply_avx_vnni(self, a, out)
                 }
             }
             #[cfg(target_arch = "x86_64")]
@@ -278,11 +327,85 @@ fn apply_avx512(w: &Int8Panels, a: &QuantizedRows<'_>, out: &mut [f32]) {
     apply_rows(w, a, out)
 }
 
+/// [`apply_rows`] compiled for AVX2 with AVX-VNNI.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avxvnni")]
+fn apply_avx_vnni(w: &Int8Panels, a: &QuantizedRows<'_>, out: &mut [f32]) {
+    apply_rows(w, a, out)
+}
+
 /// [`apply_rows`] compiled for AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn apply_avx2(w: &Int8Panels, a: &QuantizedRows<'_>, out: &mut [f32]) {
     apply_rows(w, a, out)
+}
+
+/// [`Int8Panels::apply`] on AMX tiles: for each panel, every pair of row
+/// tiles (32 tokens) in turn, in a serpentine order as in `amx_panels.rs`;
+/// the sums of a pair against the panel's four B tiles (two 2x2 tile blocks)
+/// then go through the same epilogue as the vector kernels'.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+fn apply_amx(w: &Int8Panels, a: &QuantizedRows<'_>, out: &mut [f32]) {
+    use super::amx::{Amx, MAX_ROWS, Tiles, pair_config, row_pairs};
+    let Some(amx) = Amx::detect() else {
+        unreachable!("the AMX kernel is chosen only where AMX is granted")
+    };
+    let rows = a.scales.len();
+    let row_bytes = w.row_bytes();
+    let per_panel = per_panel(w.pairing);
+    let panel_bytes = w.groups * PANEL * 4;
+    let steps = w.groups / 16;
+    let packed: &[u8] = bytemuck::cast_slice(&w.memory[w.start..]);
+    let mut tiles = Tiles::new(amx, &pair_config(MAX_ROWS, MAX_ROWS));
+    let mut sums = [[0i32; PANEL]; 2 * MAX_ROWS];
+    for panel in 0..w.outputs.div_ceil(per_panel) {
+        let weights = &packed[panel * panel_bytes..][..panel_bytes];
+        let mut block = |(first, h0, h1): (usize, usize, usize)| {
+            tiles.configure(&pair_config(h0, h1));
+            let results: &mut [i32] = bytemuck::cast_slice_mut(&mut sums);
+            // B tiles: 16 groups of a step (PANEL * 4 bytes apart), 16
+            // features of the panel's four quarters
+            for quarters in [0, 2] {
+                tiles.zero::<0>();
+                tiles.zero::<1>();
+                if h1 > 0 {
+                    tiles.zero::<2>();
+                    tiles.zero::<3>();
+                }
+                for s in 0..steps {
+                    let b = s * 16 * PANEL * 4 + quarters * 64;
+                    tiles.load::<6, u8>(weights, b, PANEL * 4);
+                    tiles.load::<7, u8>(weights, b + 64, PANEL * 4);
+                    tiles.load::<4, u8>(a.bytes, first * row_bytes + s * 64, row_bytes);
+                    tiles.dp_u8i8::<0, 4, 6>();
+                    tiles.dp_u8i8::<1, 4, 7>();
+                    if h1 > 0 {
+                        let a1 = (first + MAX_ROWS) * row_bytes + s * 64;
+                        tiles.load::<5, u8>(a.bytes, a1, row_bytes);
+                        tiles.dp_u8i8::<2, 5, 6>();
+                        tiles.dp_u8i8::<3, 5, 7>();
+                    }
+                }
+                let column = quarters * 16;
+                tiles.store::<0, i32>(results, column, PANEL * 4);
+                tiles.store::<1, i32>(results, column + 16, PANEL * 4);
+                if h1 > 0 {
+                    tiles.store::<2, i32>(results, MAX_ROWS * PANEL + column, PANEL * 4);
+                    tiles.store::<3, i32>(results, MAX_ROWS * PANEL + column + 16, PANEL * 4);
+                }
+            }
+            for (t, sums) in sums[..h0 + h1].iter().enumerate() {
+                epilogue(w, panel, sums, first + t, a.scales[first + t], out);
+            }
+        };
+        if panel % 2 == 0 {
+            row_pairs(rows).for_each(&mut block);
+        } else {
+            row_pairs(rows).rev().for_each(&mut block);
+        }
+    }
 }
 
 /// [`Int8Panels::apply`] on checked lengths: for each panel (it stays in
@@ -296,29 +419,51 @@ fn apply_rows(w: &Int8Panels, a: &QuantizedRows<'_>, out: &mut [f32]) {
     let packed: &[u8] = bytemuck::cast_slice(&w.memory[w.start..]);
     for panel in 0..w.outputs.div_ceil(per_panel) {
         let weights = &packed[panel * panel_bytes..][..panel_bytes];
-        let first_col = panel * per_panel;
-        let cols = per_panel.min(w.outputs - first_col);
-        let scales: &[f32; PANEL] = slot_array(&w.scales, panel);
-        let offsets: &[i32; PANEL] = slot_array(&w.offsets, panel);
         for (first, height) in tiles(rows, MAX_ROWS) {
             let mut sums = [[0i32; PANEL]; MAX_ROWS];
             let rows_bytes = &a.bytes[first * row_bytes..(first + height) * row_bytes];
             tile_sums(w.kernel, rows_bytes, weights, &mut sums[..height]);
             for (t, sums) in sums[..height].iter().enumerate() {
-                let row = first + t;
-                let s_a = a.scales[row];
-                let values: [f32; PANEL] =
-                    core::array::from_fn(|i| ((sums[i] - offsets[i]) as f32) * (s_a * scales[i]));
-                let dst = &mut out[row * w.outputs + first_col..][..cols];
-                match w.pairing {
-                    Pairing::Plain => dst.copy_from_slice(&values[..cols]),
-                    Pairing::SwiGlu => {
-                        let gated: [f32; PANEL / 2] =
-                            core::array::from_fn(|i| silu(values[i]) * values[PANEL / 2 + i]);
-                        dst.copy_from_slice(&gated[..cols]);
-                    }
-                }
+                epilogue(w, panel, sums, first + t, a.scales[first + t], out);
             }
+        }
+    }
+}
+
+/// The outputs of row `row` from its integer sums over panel `panel`:
+/// dequantized (`(sum - offset) * s_a * s_w`), gated for a SwiGLU, into
+/// `out` (`[r, outputs]`). The same code for every kernel, so that all
+/// give the same bits.
+#[inline(always)]
+fn epilogue(
+    w: &Int8Panels,
+    panel: usize,
+    sums: &[i32; PANEL],
+    row: usize,
+    s_a: f32,
+    out: &mut [f32],
+) {
+    let per_panel = per_panel(w.pairing);
+    let first_col = panel * per_panel;
+    let cols = per_panel.min(w.outputs - first_col);
+    let scales: &[f32; PANEL] = slot_array(&w.scales, panel);
+    let offsets: &[i32; PANEL] = slot_array(&w.offsets, panel);
+    // plain loops over zipped arrays: `array::from_fn` here was not
+    // inlined once the AMX kernel called it too, and ran element by element
+    let mut values = [0f32; PANEL];
+    for (((v, &sum), &offset), &scale) in values.iter_mut().zip(sums).zip(offsets).zip(scales) {
+        *v = ((sum - offset) as f32) * (s_a * scale);
+    }
+    let dst = &mut out[row * w.outputs + first_col..][..cols];
+    match w.pairing {
+        Pairing::Plain => dst.copy_from_slice(&values[..cols]),
+        Pairing::SwiGlu => {
+            let (gate, up) = values.split_at(PANEL / 2);
+            let mut gated = [0f32; PANEL / 2];
+            for ((o, &g), &u) in gated.iter_mut().zip(gate).zip(up) {
+                *o = silu(g) * u;
+            }
+            dst.copy_from_slice(&gated[..cols]);
         }
     }
 }
@@ -351,16 +496,16 @@ fn quantize_rows(
 ) {
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        Int8Kernel::Vnni512 => {
-            // SAFETY: `Vnni512` is chosen only where the CPU has AVX-512 F,
-            // BW and VNNI (`Int8Kernel::detect`).
+        Int8Kernel::Vnni512 | Int8Kernel::Amx => {
+            // SAFETY: `Vnni512` and `Amx` are chosen only where the CPU has
+            // AVX-512 F and BW (`Int8Kernel::available`).
             #[allow(unsafe_code)]
             unsafe {
                 quantize_rows_avx512(a, inputs, bytes, scales)
             }
         }
         #[cfg(target_arch = "x86_64")]
-        Int8Kernel::Avx2 => {
+        Int8Kernel::Avx2 | Int8Kernel::AvxVnni => {
             // SAFETY: `Avx2` is chosen only where the CPU has AVX2.
             #[allow(unsafe_code)]
             unsafe {
@@ -373,7 +518,7 @@ fn quantize_rows(
 
 /// [`quantize_rows_portable`] compiled for AVX-512.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[target_feature(enable = "avx512f,avx512bw")]
 fn quantize_rows_avx512(a: &[f32], inputs: usize, bytes: &mut [u8], scales: &mut [f32]) {
     quantize_rows_portable(a, inputs, bytes, scales)
 }
@@ -387,7 +532,10 @@ fn quantize_rows_avx2(a: &[f32], inputs: usize, bytes: &mut [u8], scales: &mut [
 
 #[inline(always)]
 fn quantize_rows_portable(a: &[f32], inputs: usize, bytes: &mut [u8], scales: &mut [f32]) {
-    let row_bytes = inputs.div_ceil(4) * 4;
+    if scales.is_empty() {
+        return;
+    }
+    let row_bytes = bytes.len() / scales.len();
     for ((row, dst), scale) in a
         .chunks_exact(inputs)
         .zip(bytes.chunks_exact_mut(row_bytes))
@@ -452,6 +600,8 @@ fn tile_sums(kernel: Int8Kernel, rows: &[u8], panel: &[u8], sums: &mut [[i32; PA
         #[cfg(target_arch = "x86_64")]
         Int8Kernel::Vnni512 => vnni::tile_sums(rows, panel, sums),
         #[cfg(target_arch = "x86_64")]
+        Int8Kernel::AvxVnni => vnni256::tile_sums(rows, panel, sums),
+        #[cfg(target_arch = "x86_64")]
         Int8Kernel::Avx2 => {
             // SAFETY: `Avx2` is chosen only where the CPU has AVX2.
             #[allow(unsafe_code)]
@@ -487,202 +637,11 @@ fn tile_sums_portable(rows: &[u8], panel: &[u8], sums: &mut [[i32; PANEL]]) {
     }
 }
 
-/// The AVX-512 VNNI tile.
 #[cfg(target_arch = "x86_64")]
-mod vnni {
-    use super::{MAX_ROWS, PANEL};
-    use core::arch::x86_64::{
-        __m512i, _MM_HINT_T0, _mm_prefetch, _mm512_dpbusd_epi32, _mm512_loadu_si512,
-        _mm512_set1_epi32, _mm512_setzero_si512, _mm512_storeu_si512,
-    };
+mod vnni;
 
-    /// How far ahead in the panel the kernel asks for weights (bytes).
-    const PREFETCH_AHEAD: usize = 2048;
-
-    /// See `super::tile_sums`; only called where `Int8Kernel::detect`
-    /// found AVX-512 F, BW and VNNI.
-    pub(super) fn tile_sums(rows: &[u8], panel: &[u8], sums: &mut [[i32; PANEL]]) {
-        let height = sums.len();
-        assert!((1..=MAX_ROWS).contains(&height), "tile of {height} rows");
-        let row_bytes = rows.len() / height;
-        let groups = row_bytes / 4;
-        assert!(
-            rows.len() == height * row_bytes
-                && row_bytes.is_multiple_of(4)
-                && panel.len() == groups * PANEL * 4,
-            "int8 tile of {height} rows of {row_bytes} bytes over a {} byte panel",
-            panel.len()
-        );
-        macro_rules! by_rows {
-            ($($h:literal)*) => {
-                match height {
-                    $($h => {
-                        let out: &mut [[i32; PANEL]; $h] = match sums.try_into() {
-                            Ok(out) => out,
-                            Err(_) => unreachable!(),
-                        };
-                        // SAFETY: the CPU has AVX-512 F, BW and VNNI (the
-                        // only way to this kernel is `Int8Kernel::Vnni512`,
-                        // chosen by run-time detection); the lengths were
-                        // checked above, which is all `tile` relies on.
-                        #[allow(unsafe_code)]
-                        unsafe { tile::<$h>(rows, row_bytes, groups, panel, out) }
-                    })*
-                    _ => unreachable!(),
-                }
-            };
-        }
-        by_rows!(1 2 3 4 5 6)
-    }
-
-    /// `ROWS` rows by one panel, all 4 x `ROWS` accumulators in registers.
-    ///
-    /// Safety: the CPU has AVX-512 F, BW and VNNI; `rows` holds `ROWS *
-    /// row_bytes` bytes with `row_bytes = 4 * groups`, `panel` `groups *
-    /// 256`.
-    #[allow(unsafe_code)]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn tile<const ROWS: usize>(
-        rows: &[u8],
-        row_bytes: usize,
-        groups: usize,
-        panel: &[u8],
-        out: &mut [[i32; PANEL]; ROWS],
-    ) {
-        let mut acc = [[_mm512_setzero_si512(); 4]; ROWS];
-        let a = rows.as_ptr();
-        let w = panel.as_ptr();
-        for g in 0..groups {
-            // SAFETY (loads): `g < groups`, so the four vectors at `w + 256
-            // g` lie in `panel` and the four bytes at `a + t * row_bytes +
-            // 4 g` in row `t` of `rows`; unaligned loads are allowed. The
-            // prefetch is a hint and never faults, wherever it points.
-            let weights: [__m512i; 4] = core::array::from_fn(|v| unsafe {
-                _mm512_loadu_si512(w.add(g * 256 + v * 64).cast())
-            });
-            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(g * 256 + PREFETCH_AHEAD).cast());
-            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(g * 256 + PREFETCH_AHEAD + 128).cast());
-            for (t, acc) in acc.iter_mut().enumerate() {
-                let four = unsafe { a.add(t * row_bytes + 4 * g).cast::<i32>().read_unaligned() };
-                let b = _mm512_set1_epi32(four);
-                for (acc, &weights) in acc.iter_mut().zip(&weights) {
-                    *acc = _mm512_dpbusd_epi32(*acc, b, weights);
-                }
-            }
-        }
-        for (out, acc) in out.iter_mut().zip(&acc) {
-            for (v, &acc) in acc.iter().enumerate() {
-                // SAFETY: 16 i32 at `out[16 v..]`, inside the array.
-                unsafe { _mm512_storeu_si512(out[16 * v..].as_mut_ptr().cast(), acc) };
-            }
-        }
-    }
-}
+#[cfg(target_arch = "x86_64")]
+mod vnni256;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cpu::test_values::values;
-    use crate::weights::quantize_row as quantize_weights;
-
-    /// `w` quantized by rows: (bytes, scales, dequantized values).
-    fn int8_weights(w: &[f32], inputs: usize) -> (Vec<u8>, Vec<f32>, Vec<f32>) {
-        let mut bytes = Vec::new();
-        let mut scales = Vec::new();
-        let mut dequantized = Vec::new();
-        for row in w.chunks_exact(inputs) {
-            let (s, q) = quantize_weights(row);
-            bytes.extend(q.iter().map(|&v| v as u8));
-            dequantized.extend(q.iter().map(|&v| f32::from(v) * s));
-            scales.push(s);
-        }
-        (bytes, scales, dequantized)
-    }
-
-    fn kernels() -> Vec<Int8Kernel> {
-        let mut k = vec![Int8Kernel::Portable];
-        let detected = Int8Kernel::detect();
-        if detected == Int8Kernel::Vnni512 {
-            k.push(Int8Kernel::Avx2);
-        }
-        if detected != Int8Kernel::Portable {
-            k.push(detected);
-        }
-        k
-    }
-
-    #[test]
-    fn products_match_float64_on_the_quantized_values_and_kernels_agree_bit_for_bit() {
-        // odd inputs (padding of the groups), outputs not a multiple of a
-        // panel, rows covering every tile height
-        for (outputs, inputs) in [(37, 19), (64, 40), (5, 3), (40, 1203)] {
-            let w = values(2 * outputs * inputs, 11);
-            let (q, scales, wd) = int8_weights(&w, inputs);
-            for rows in (1..=14).chain([97]) {
-                let a = values(rows * inputs, rows as u32 + 3);
-                let mut first: Option<(Vec<f32>, Vec<f32>)> = None;
-                for kernel in kernels() {
-                    let plain = Int8Panels::plain(&q, &scales, outputs, inputs, kernel);
-                    let swiglu = Int8Panels::swiglu(&q, &scales, outputs, inputs, kernel);
-                    let mut bytes = vec![0; rows * plain.row_bytes()];
-                    let mut row_scales = vec![0.0; rows];
-                    let qa = plain.quantize(&a, &mut bytes, &mut row_scales);
-                    // the activations as the kernel saw them
-                    let ad: Vec<f64> = (0..rows * inputs)
-                        .map(|i| {
-                            let (r, k) = (i / inputs, i % inputs);
-                            (f64::from(qa.bytes[r * plain.row_bytes() + k]) - 128.0)
-                                * f64::from(qa.scales[r])
-                        })
-                        .collect();
-                    let dot = |r: usize, o: usize| -> f64 {
-                        (0..inputs)
-                            .map(|k| ad[r * inputs + k] * f64::from(wd[o * inputs + k]))
-                            .sum()
-                    };
-                    let mut out_plain = vec![f32::NAN; rows * outputs];
-                    plain.apply(&qa, &mut out_plain);
-                    let mut out_swiglu = vec![f32::NAN; rows * outputs];
-                    swiglu.apply(&qa, &mut out_swiglu);
-                    for i in 0..rows * outputs {
-                        let (r, o) = (i / outputs, i % outputs);
-                        let want = dot(r, o);
-                        let got = f64::from(out_plain[i]);
-                        assert!(
-                            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                            "{kernel:?} plain {rows}x{outputs}x{inputs} at {i}: {got} vs {want}"
-                        );
-                        let g = dot(r, o);
-                        let want = g / (1.0 + (-g).exp()) * dot(r, outputs + o);
-                        let got = f64::from(out_swiglu[i]);
-                        assert!(
-                            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                            "{kernel:?} swiglu {rows}x{outputs}x{inputs} at {i}: {got} vs {want}"
-                        );
-                    }
-                    match &first {
-                        None => first = Some((out_plain, out_swiglu)),
-                        Some((p, s)) => {
-                            assert!(p == &out_plain && s == &out_swiglu, "{kernel:?} differs");
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn quantization_rounds_to_nearest_and_keeps_zero_rows() {
-        let a = [0.0, 1.0, -0.5, 0.25, 0.0, 0.0, 0.0];
-        let mut bytes = [0u8; 16];
-        let mut scales = [0.0f32; 2];
-        for kernel in kernels() {
-            quantize_rows(kernel, &a[..4], 4, &mut bytes[..4], &mut scales[..1]);
-            assert_eq!(scales[0], 1.0 / 127.0);
-            // 0, 127, -63.5 -> -64 (ties to even), 31.75 -> 32
-            assert_eq!(&bytes[..4], &[128, 255, 64, 160]);
-            quantize_rows(kernel, &a[4..], 3, &mut bytes[..4], &mut scales[..1]);
-            assert_eq!((scales[0], &bytes[..4]), (0.0, &[128u8, 128, 128, 128][..]));
-        }
-    }
-}
+mod tests;

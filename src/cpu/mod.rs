@@ -16,6 +16,11 @@
 //! - while a solve runs, the pool's threads neither sleep between its
 //!   phases nor at the end of one: a wake-up cost more than a tenth of a
 //!   short phase (`join.rs`);
+//! - with matched activations (`ActivationPrecision::Matched`), int8 and
+//!   bf16 weights stay at their precision and the products run on the
+//!   CPU's integer or matrix units: AMX tiles (`amx.rs`, `amx_panels.rs`,
+//!   `amx_token.rs`), or 512- or 256-bit VNNI (`int8_panels.rs`), chosen
+//!   at run time or forced (`kernels.rs`);
 //! - weights are laid out once, when the engine is made (`packed.rs`);
 //! - nothing is allocated inside the recursion loop.
 //!
@@ -24,12 +29,18 @@
 //! buffers, so a puzzle that halts leaves the lockstep group at the end of
 //! that ACT step and costs nothing afterwards.
 
+mod amx;
+mod amx_panels;
+mod amx_token;
 mod block;
 mod int8_panels;
 mod join;
+mod kernels;
 pub(crate) mod ops;
+mod options;
 mod packed;
 mod panels;
+mod slots;
 mod token_panels;
 
 use std::sync::{Arc, Mutex};
@@ -42,16 +53,17 @@ use crate::config::{Level, PosEncodings, TrmConfig};
 use crate::error::{Result, TrmError};
 use crate::model::TrmModel;
 use crate::model::maths::{LEARNED_POS_SCALE, embedding_scale};
-use crate::program::{self, ActReport, ActRun, Call, Fill, SlotEngine, act_step_calls};
-use crate::solve::{Carry, Engine, SolveOptions, SolveOutput};
 use block::TaskScratch;
 use packed::{PackedLayer, PackedMixer};
+use slots::Work;
 use token_panels::TokenScratch;
 
 /// The RoPE tables' old path: they are the model's maths, shared by both
 /// engines ([`crate::model::maths`]).
 pub use crate::model::maths::rope_tables;
 pub use int8_panels::Int8Kernel;
+pub use kernels::{KERNEL_ENV, KernelChoice};
+pub use options::{ActivationPrecision, CpuOptions};
 
 /// Rows (tokens) per task at most: the gated activations of a channel
 /// SwiGLU task of the Sudoku-Extreme model (`[256, 1536]` floats, 1.5 MiB)
@@ -111,87 +123,6 @@ pub struct CpuEngine {
     activations: ActivationPrecision,
 }
 
-/// What the CPU engine's matrix products multiply the weights with.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ActivationPrecision {
-    /// f32 activations against the weights widened to f32: the engine
-    /// computes the network on the dequantized weights (within 1e-5
-    /// relative L2 of float64 at every precision).
-    #[default]
-    F32,
-    /// Activations at the weights' precision where a kernel gains from
-    /// it. int8 weights: the channel SwiGLU's inputs quantized per token
-    /// (symmetric, one scale per token and call) and integer products
-    /// (`vpdpbusd` with AVX-512 VNNI); its error bound is stated in
-    /// `tests/cpu_precision.rs`. The token mixer, attention and the heads
-    /// stay f32, and so do f16 and bf16 weights: bf16 dot products
-    /// (`vdpbf16ps`) measured less than half as fast as f32 FMA here.
-    Matched,
-}
-
-impl ActivationPrecision {
-    /// `f32` or `matched`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ActivationPrecision::F32 => "f32",
-            ActivationPrecision::Matched => "matched",
-        }
-    }
-}
-
-impl std::fmt::Display for ActivationPrecision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for ActivationPrecision {
-    type Err = TrmError;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "f32" => Ok(ActivationPrecision::F32),
-            "matched" => Ok(ActivationPrecision::Matched),
-            _ => Err(TrmError::Input(format!(
-                "unknown activations `{s}` (expected f32 or matched)"
-            ))),
-        }
-    }
-}
-
-/// How [`CpuEngine::with_options`] makes its engine.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct CpuOptions {
-    /// Worker threads (default: all cores).
-    pub threads: Option<usize>,
-    /// What the products multiply the weights with.
-    pub activations: ActivationPrecision,
-    /// Run the integer products on the portable code whatever the CPU has
-    /// (the same results bit for bit, slower; for tests).
-    pub portable_kernels: bool,
-}
-
-impl CpuOptions {
-    /// Sets [`CpuOptions::threads`].
-    pub fn threads(mut self, threads: usize) -> Self {
-        self.threads = Some(threads);
-        self
-    }
-
-    /// Sets [`CpuOptions::activations`].
-    pub fn activations(mut self, activations: ActivationPrecision) -> Self {
-        self.activations = activations;
-        self
-    }
-
-    /// Sets [`CpuOptions::portable_kernels`].
-    pub fn portable_kernels(mut self, portable: bool) -> Self {
-        self.portable_kernels = portable;
-        self
-    }
-}
-
 /// How a network call is cut into tasks for the current group of puzzles,
 /// so that every thread has the same work and every GEMM as many rows as
 /// the cache allows.
@@ -242,22 +173,6 @@ impl Buffers {
             attn: vec![0.0; attention],
         }
     }
-}
-
-/// The slots of the solve program (`crate::program`): `[slots, ...]`
-/// buffers, the occupied slots at the front, a network call running on
-/// those only.
-struct Work {
-    slots: usize,
-    x: Vec<f32>,
-    y: Vec<f32>,
-    z: Vec<f32>,
-    injection: Vec<f32>,
-    buffers: Buffers,
-    /// `[slots, seq_len, vocab]` logits and `[slots]` Q logits of the last
-    /// heads.
-    logits: Vec<f32>,
-    q: Vec<[f32; 2]>,
 }
 
 /// What the CPU engine reads outside the blocks, widened to f32 once.
@@ -328,20 +243,16 @@ impl CpuEngine {
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .max(1);
-        let kernel = if options.portable_kernels {
-            Int8Kernel::Portable
-        } else {
-            Int8Kernel::detect()
-        };
+        let kernels = options.kernels.resolve()?;
         let (pool, threads) = worker_pool(threads)?;
         let config = model.config();
         let rope = (!config.mlp_t && config.pos_encodings == PosEncodings::Rope)
             .then(|| rope_tables(config.state_len(), config.head_dim(), config.rope_theta));
         let (s, d) = (config.state_len(), config.hidden_size);
-        let layers = PackedLayer::for_model(&model, options.activations, kernel);
+        let layers = PackedLayer::for_model(&model, options.activations, kernels);
         // the int8 products' quantized inputs: the wider of the two
         let quantized = if layers.iter().any(|l| l.channel.int8_kernel().is_some()) {
-            MAX_ROWS_PER_TASK * config.channel_inter().max(d).next_multiple_of(4)
+            MAX_ROWS_PER_TASK * config.channel_inter().max(d).next_multiple_of(64)
         } else {
             0
         };
@@ -360,8 +271,13 @@ impl CpuEngine {
                         Some(PackedMixer::Mlp(mlp)) => mlp.scratch(),
                         _ => TokenScratch::default(),
                     },
+                    amx_token: match layers.first().map(|l| &l.mixer) {
+                        Some(PackedMixer::AmxMlp(mlp)) => mlp.scratch(),
+                        _ => Default::default(),
+                    },
                     quantized: vec![0; quantized],
                     row_scales: vec![0.0; if quantized > 0 { r } else { 0 }],
+                    bf16: vec![0; layers.first().map_or(0, |l| l.bf16_scratch(r))],
                 })
             })
             .collect();
@@ -396,6 +312,15 @@ impl CpuEngine {
     /// one (int8 weights with matched activations).
     pub fn int8_kernel(&self) -> Option<Int8Kernel> {
         self.layers.first().and_then(|l| l.channel.int8_kernel())
+    }
+
+    /// The kernel family the block products run on, as `trm bench` and
+    /// `trm run --stats` report it: `f32` (f32 FMA), `amx-bf16` (bf16
+    /// weights with matched activations on AMX), or for int8 weights with
+    /// matched activations the integer kernel's name (`amx-int8`,
+    /// `avx512-vnni`, `avx-vnni`, `avx2`, `portable`).
+    pub fn kernel_family(&self) -> &'static str {
+        self.layers.first().map_or("f32", |l| l.channel.family())
     }
 
     /// The model.
@@ -565,7 +490,24 @@ impl CpuEngine {
                         );
                     });
                 }
-                PackedMixer::Attention { qkv_t, o_t } => {
+                PackedMixer::AmxMlp(mlp) => {
+                    join::par_chunks(state, s * d, &|p, puzzle| {
+                        let injection = injection.map(|all| &all[p * s * d..][..s * d]);
+                        let task = |block: MatMut<'_, f32>, first: usize| {
+                            let injection = injection.map(|inj| (&inj[first..], d));
+                            self.with_scratch(|scratch| {
+                                mlp.apply(block, injection, eps, &mut scratch.amx_token)
+                            })
+                        };
+                        self.par_column_blocks(
+                            ops::mat_mut(puzzle, s, d),
+                            0,
+                            plan.cols_per_task,
+                            &task,
+                        );
+                    });
+                }
+                PackedMixer::Attention { qkv: qkv_proj, o } => {
                     let rope = self
                         .rope
                         .as_ref()
@@ -580,7 +522,19 @@ impl CpuEngine {
                                 let add = &injection[i * rows * d..][..h.len()];
                                 h.iter_mut().zip(add).for_each(|(h, a)| *h += a);
                             }
-                            block::qkv_rows(qkv_t, h, qkv, d, config.head_dim(), rope, i * rows, s)
+                            self.with_scratch(|scratch| {
+                                block::qkv_rows(
+                                    qkv_proj,
+                                    h,
+                                    qkv,
+                                    d,
+                                    config.head_dim(),
+                                    rope,
+                                    i * rows,
+                                    s,
+                                    scratch,
+                                )
+                            })
                         });
                     let attn = &mut buffers.attn[..state.len()];
                     let qkv = &*qkv;
@@ -611,7 +565,7 @@ impl CpuEngine {
                         .zip(attn.par_chunks(rows * d))
                         .for_each(|(h, a)| {
                             self.with_scratch(|scratch| {
-                                block::o_proj_rows(o_t, a, h, d, eps, scratch)
+                                block::o_proj_rows(o, a, h, d, eps, scratch)
                             })
                         });
                 }
@@ -622,289 +576,6 @@ impl CpuEngine {
                     block::channel_swiglu_rows(&packed.channel, rows, eps, scratch)
                 })
             });
-        }
-    }
-
-    /// One ACT step on the first `occupied` slots: the calls of
-    /// [`act_step_calls`], the injection `y + x` summed before each run of
-    /// latent updates (y does not change within one).
-    fn run_act_step(&self, work: &mut Work, occupied: usize, plan: Plan) {
-        let config = self.model.config();
-        let n = occupied * config.state_len() * config.hidden_size;
-        let Work {
-            x,
-            y,
-            z,
-            injection,
-            buffers,
-            ..
-        } = work;
-        let (x, y, z, injection) = (&x[..n], &mut y[..n], &mut z[..n], &mut injection[..n]);
-        let rows = plan.rows_per_task * config.hidden_size;
-        let mut summed = false;
-        for call in act_step_calls(config) {
-            match call {
-                Call::Latent => {
-                    if !summed {
-                        injection
-                            .par_chunks_mut(rows)
-                            .zip(y.par_chunks(rows))
-                            .zip(x.par_chunks(rows))
-                            .for_each(|((i, y), x)| {
-                                for ((i, a), b) in i.iter_mut().zip(y).zip(x) {
-                                    *i = a + b;
-                                }
-                            });
-                        summed = true;
-                    }
-                    self.net(Level::L, z, injection, buffers, plan);
-                }
-                Call::Answer => {
-                    self.net(Level::H, y, z, buffers, plan);
-                    summed = false;
-                }
-            }
-        }
-    }
-
-    /// Output heads of one puzzle: logits of the sequence positions and the
-    /// two Q logits from position 0.
-    fn heads(&self, y: &[f32], logits: &mut [f32]) -> (f32, f32) {
-        let config = self.model.config();
-        let w = self.model.weights();
-        let d = config.hidden_size;
-        let p = config.puzzle_emb_positions();
-        let (seq, vocab) = (config.seq_len, config.vocab_size);
-        ops::matmul_into(
-            ops::mat_mut(logits, seq, vocab),
-            ops::mat(&y[p * d..], seq, d),
-            ops::mat(&self.tables.lm_head, vocab, d).transpose(),
-            faer::Par::Seq,
-        );
-        let dot = |row: &[f32]| -> f32 { row.iter().zip(&y[..d]).map(|(a, b)| a * b).sum() };
-        let q = &self.tables.q_head;
-        (
-            dot(&q[..d]) + w.q_head_bias[0],
-            dot(&q[d..2 * d]) + w.q_head_bias[1],
-        )
-    }
-}
-
-impl Engine for CpuEngine {
-    fn config(&self) -> &TrmConfig {
-        self.model.config()
-    }
-
-    fn describe(&self) -> String {
-        format!("cpu ({} threads)", self.threads)
-    }
-
-    fn solve_from(
-        &mut self,
-        batch: &PuzzleBatch,
-        carry: Option<&Carry>,
-        options: &SolveOptions,
-    ) -> Result<SolveOutput> {
-        let out = program::solve_batch(self, batch, carry, options);
-        // a solve's buffers go with it, as a batch's memory should
-        self.work = None;
-        out
-    }
-}
-
-impl SlotEngine for CpuEngine {
-    fn open_slots(&mut self, slots: usize) -> Result<usize> {
-        let config = self.model.config();
-        let slots = slots.max(1);
-        let sd = config.state_len() * config.hidden_size;
-        let n = slots * sd;
-        // the buffers of the last stream serve when they are large enough
-        match &mut self.work {
-            Some(work) if work.slots >= slots => {}
-            _ => {
-                self.work = Some(Work {
-                    slots,
-                    x: vec![0.0; n],
-                    y: vec![0.0; n],
-                    z: vec![0.0; n],
-                    injection: vec![0.0; n],
-                    buffers: Buffers::new(config, slots),
-                    logits: vec![0.0; slots * config.seq_len * config.vocab_size],
-                    q: vec![[0.0; 2]; slots],
-                })
-            }
-        }
-        Ok(slots)
-    }
-
-    fn fill_slots(&mut self, fills: &[Fill<'_>]) -> Result<()> {
-        let model = Arc::clone(&self.model);
-        let config = model.config();
-        let sd = config.state_len() * config.hidden_size;
-        let most = fills.iter().map(|f| f.slot).max().unwrap_or(0);
-        let mut work = self.take_work(most)?;
-        // every fill checked before any slot is written: a refused fill
-        // changes nothing
-        if let Some(f) = fills
-            .iter()
-            .find(|f| f.carry.is_some_and(|(h, l)| h.len() != sd || l.len() != sd))
-        {
-            self.work = Some(work);
-            return Err(TrmError::Input(format!(
-                "slot {}'s carry must hold {sd} values each",
-                f.slot
-            )));
-        }
-        let mut x = vec![0.0; sd];
-        for f in fills {
-            if let Err(e) = self.embed_into(f.tokens, f.puzzle_id, &mut x) {
-                self.work = Some(work);
-                return Err(e);
-            }
-            work.x[f.slot * sd..(f.slot + 1) * sd].copy_from_slice(&x);
-        }
-        let w = model.weights();
-        for f in fills {
-            let (y, z) = (
-                &mut work.y[f.slot * sd..(f.slot + 1) * sd],
-                &mut work.z[f.slot * sd..(f.slot + 1) * sd],
-            );
-            match f.carry {
-                Some((z_h, z_l)) => {
-                    y.copy_from_slice(z_h);
-                    z.copy_from_slice(z_l);
-                }
-                None => {
-                    for (y, z) in y
-                        .chunks_exact_mut(config.hidden_size)
-                        .zip(z.chunks_exact_mut(config.hidden_size))
-                    {
-                        y.copy_from_slice(&w.h_init);
-                        z.copy_from_slice(&w.l_init);
-                    }
-                }
-            }
-        }
-        self.work = Some(work);
-        Ok(())
-    }
-
-    fn add_noise(
-        &mut self,
-        slot: usize,
-        state: crate::noise::State,
-        draw: &crate::noise::NoiseDraw,
-    ) -> Result<()> {
-        let sd = self.model.config().state_len() * self.model.config().hidden_size;
-        let mut work = self.take_work(slot)?;
-        let values = match state {
-            crate::noise::State::ZH => &mut work.y[slot * sd..(slot + 1) * sd],
-            crate::noise::State::ZL => &mut work.z[slot * sd..(slot + 1) * sd],
-        };
-        crate::noise::add_noise(
-            values,
-            draw.sigma,
-            draw.seed,
-            draw.puzzle,
-            draw.trajectory,
-            draw.step,
-            state,
-        );
-        self.work = Some(work);
-        Ok(())
-    }
-
-    fn move_slot(&mut self, from: usize, to: usize) -> Result<()> {
-        let sd = self.model.config().state_len() * self.model.config().hidden_size;
-        let mut work = self.take_work(from.max(to))?;
-        for buf in [&mut work.x, &mut work.y, &mut work.z] {
-            buf.copy_within(from * sd..(from + 1) * sd, to * sd);
-        }
-        self.work = Some(work);
-        Ok(())
-    }
-
-    /// One ACT step (the CPU runs no further ahead: the program gets each
-    /// step's halting at once), the heads where the run asks, halting by
-    /// the model's rule.
-    async fn act_steps(&mut self, occupied: usize, run: ActRun) -> Result<ActReport> {
-        if occupied == 0 {
-            return Err(TrmError::Input("an ACT step over no slots".into()));
-        }
-        let mut work = self.take_work(occupied - 1)?;
-        let model = Arc::clone(&self.model);
-        let config = model.config();
-        let plan = Plan::new(config, occupied, self.threads);
-        let sd = config.state_len() * config.hidden_size;
-        let l = config.seq_len * config.vocab_size;
-        // the heads where this step is one a slot may leave after
-        let heads = run.halt || (run.heads && run.max_steps == 1);
-        self.pool.install(|| {
-            join::team_awake(self.threads, || {
-                self.run_act_step(&mut work, occupied, plan);
-                if heads {
-                    let Work { y, logits, q, .. } = &mut work;
-                    for slot in 0..occupied {
-                        let (h, c) = self.heads(
-                            &y[slot * sd..(slot + 1) * sd],
-                            &mut logits[slot * l..(slot + 1) * l],
-                        );
-                        q[slot] = [h, c];
-                    }
-                }
-            })
-        });
-        let last = run.last && run.max_steps == 1;
-        let done = (0..occupied)
-            .map(|slot| last || (run.halt && config.halts(work.q[slot][0], work.q[slot][1])))
-            .collect();
-        self.work = Some(work);
-        Ok(ActReport {
-            ran: vec![1; occupied],
-            done,
-            outputs: None,
-        })
-    }
-
-    async fn read_slots(&mut self, slots: &[usize], carry: bool) -> Result<SolveOutput> {
-        let config = self.model.config();
-        let Some(work) = &self.work else {
-            return Err(TrmError::Input("no slots are open".into()));
-        };
-        if let Some(&bad) = slots.iter().find(|&&s| s >= work.slots) {
-            return Err(TrmError::Input(format!(
-                "slot {bad} of {} slots",
-                work.slots
-            )));
-        }
-        let sd = config.state_len() * config.hidden_size;
-        let l = config.seq_len * config.vocab_size;
-        let mut out = SolveOutput::poisoned(config, slots.len());
-        for (i, &slot) in slots.iter().enumerate() {
-            out.logits[i * l..(i + 1) * l].copy_from_slice(&work.logits[slot * l..(slot + 1) * l]);
-            [out.q_halt_logits[i], out.q_continue_logits[i]] = work.q[slot];
-            if carry {
-                out.z_h[i * sd..(i + 1) * sd].copy_from_slice(&work.y[slot * sd..(slot + 1) * sd]);
-                out.z_l[i * sd..(i + 1) * sd].copy_from_slice(&work.z[slot * sd..(slot + 1) * sd]);
-            }
-        }
-        Ok(if carry { out } else { out.without_carry() })
-    }
-}
-
-impl CpuEngine {
-    /// The open slots, taken out while an operation works on them; `slot`
-    /// must be one of them.
-    fn take_work(&mut self, slot: usize) -> Result<Work> {
-        match self.work.take() {
-            Some(work) if slot < work.slots => Ok(work),
-            other => {
-                let slots = other.as_ref().map_or(0, |w| w.slots);
-                self.work = other;
-                Err(TrmError::Input(format!(
-                    "slot {slot} of {slots} open slots"
-                )))
-            }
         }
     }
 }

@@ -79,6 +79,17 @@ pub(crate) fn silu(a: f32) -> f32 {
     a / (1.0 + exp_clamped(-a))
 }
 
+/// `x` rounded to bfloat16 (to nearest, ties to even; a NaN stays a quiet
+/// NaN), as its bits: the rounding of `half::bf16::from_f32`, written so
+/// that a loop of it vectorises.
+#[inline(always)]
+pub(crate) fn bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16;
+    let nan = (b & 0x7fff_ffff) > 0x7f80_0000;
+    (if nan { (b >> 16) | 0x40 } else { rounded }) as u16
+}
+
 /// Row `i` of a matrix whose rows are contiguous, as a slice.
 pub(crate) fn row_slice<'a>(m: MatMut<'a, f32>, i: usize) -> &'a mut [f32] {
     match m.try_as_row_major_mut() {
@@ -123,6 +134,32 @@ pub(crate) fn add_rms_norm_rows(residual: &mut [f32], update: &[f32], width: usi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bf16_rounding_is_that_of_half() {
+        let mut rng = crate::rng::SplitMix64::new(5);
+        let specials = [
+            0.0f32,
+            -0.0,
+            1.0,
+            f32::MAX,
+            f32::MIN_POSITIVE,
+            1e-40,
+            f32::INFINITY,
+        ];
+        let nans = [f32::NAN, -f32::NAN, f32::from_bits(0x7f80_0001)];
+        let values = specials.into_iter().chain(nans);
+        let random = (0..100_000).map(|_| f32::from_bits(rng.next_u64() as u32));
+        for x in values.chain(random) {
+            let want = half::bf16::from_f32(x);
+            let got = bf16_bits(x);
+            if x.is_nan() {
+                assert!(half::bf16::from_bits(got).is_nan(), "{x}");
+            } else {
+                assert_eq!(got, want.to_bits(), "{x:e}");
+            }
+        }
+    }
 
     #[test]
     fn exp_is_within_a_few_ulp() {

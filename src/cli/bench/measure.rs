@@ -215,13 +215,15 @@ impl Bench<'_> {
     /// The CPU rows: runs of recursion steps on a resident batch, through
     /// `CpuEngine::recursion_steps`, at each of the CPU's batches.
     pub(super) fn cpu(&mut self) -> Result<()> {
-        let mut options = CpuOptions::default().activations(self.args.activations);
+        let mut options = CpuOptions::default()
+            .activations(self.args.activations)
+            .with_env()?;
         options.threads = self.args.threads;
         let engine = CpuEngine::with_options(self.model.clone(), options)?;
         let name = format!("{} ({} threads)", cpu_name(), engine.threads());
         self.cpu_activations = Some((
             self.args.activations.to_string(),
-            engine.int8_kernel().map(|k| k.as_str().to_string()),
+            Some(engine.kernel_family().to_string()),
         ));
         self.cpu_label = Some(name.clone());
         let batches = self.cpu_batches();
@@ -239,8 +241,8 @@ impl Bench<'_> {
                 "cpu",
                 name.clone(),
                 String::new(),
-                // the integer kernel, where the products ran on one
-                engine.int8_kernel().map_or("-", |k| k.as_str()).into(),
+                // the kernel family the products ran on
+                engine.kernel_family().into(),
                 batch_size,
                 timed,
                 None,

@@ -110,8 +110,9 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',')]
     precision: Vec<Precision>,
     /// What the CPU engine's products multiply the weights with: f32, or
-    /// matched (int8 weights: per-token int8 activations on integer
-    /// products).
+    /// matched (int8 weights: int8 activations on integer products; bf16
+    /// weights on a CPU with AMX: bf16 activations on AMX tiles).
+    /// TRM_CPU_KERNEL=amx|avx512-vnni|avx-vnni|avx2|portable forces a kernel.
     #[arg(long, default_value_t)]
     activations: ActivationPrecision,
 }
@@ -239,8 +240,7 @@ struct Bench<'a> {
     /// Adapter labels, for the plot's title.
     adapters: Vec<String>,
     cpu_label: Option<String>,
-    /// The CPU engine's activations and integer kernel (if any), for its
-    /// rows.
+    /// The CPU engine's activations and kernel family, for its rows.
     cpu_activations: Option<(String, Option<String>)>,
 }
 

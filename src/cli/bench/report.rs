@@ -20,11 +20,11 @@ pub(super) struct Row {
     /// The weights' precision (`f32`, `f16`, `bf16`, `int8`).
     precision: String,
     /// CPU rows: the activations asked for (`f32`, `matched`) and the
-    /// integer kernel, when the products ran on one.
+    /// kernel family the block products ran on (`CpuEngine::kernel_family`).
     #[serde(skip_serializing_if = "Option::is_none")]
     activations: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    int8_kernel: Option<String>,
+    kernel: Option<String>,
     backend: String,
     adapter: String,
     driver: String,
@@ -190,7 +190,7 @@ impl Bench<'_> {
             arch: self.config.arch.as_str().to_string(),
             precision: self.model.precision().to_string(),
             activations: cpu.map(|c| c.0.clone()),
-            int8_kernel: cpu.and_then(|c| c.1.clone()),
+            kernel: cpu.and_then(|c| c.1.clone()),
             backend: backend.to_string(),
             adapter,
             driver,
