@@ -57,6 +57,23 @@ fn raw_safetensors(header: &str, data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Opens the hostile `bytes` as an ARC predictions file (`trm arc-eval
+/// --predictions`), which must refuse them: a header every safetensors
+/// reader refuses as such, anything else as not a predictions file.
+fn predictions_error(bytes: &[u8]) -> TrmError {
+    let path = temp_dir("hostile-predictions").join("predictions.safetensors");
+    std::fs::write(&path, bytes).unwrap();
+    match trm_wgpu::arc::Predictions::open(&path) {
+        Ok(p) => panic!("predictions of {} rows accepted", p.len()),
+        Err(e) => e,
+    }
+}
+
+fn assert_predictions_refused(bytes: &[u8]) {
+    let err = predictions_error(bytes);
+    assert!(matches!(err, TrmError::Safetensors { .. }), "{err:?}");
+}
+
 fn config_meta() -> String {
     let json = config().to_json();
     serde_json::to_string(&json).unwrap()
@@ -104,6 +121,7 @@ fn offsets_out_of_range_or_overflowing() {
             matches!(load(&bytes), Err(TrmError::Safetensors { .. })),
             "{offsets}"
         );
+        assert_predictions_refused(&bytes);
     }
     // Eight consistent tensors of 2^61 - 1 bytes: the last offset plus the
     // header length overflows inside safetensors 0.8.
@@ -118,10 +136,9 @@ fn offsets_out_of_range_or_overflowing() {
         })
         .collect::<Vec<_>>()
         .join(", ");
-    assert!(matches!(
-        load(&raw_safetensors(&format!("{{{header}}}"), &[])),
-        Err(TrmError::Safetensors { .. })
-    ));
+    let bytes = raw_safetensors(&format!("{{{header}}}"), &[]);
+    assert!(matches!(load(&bytes), Err(TrmError::Safetensors { .. })));
+    assert_predictions_refused(&bytes);
     // Offsets chained so that their sum would wrap around.
     let big = 1u64 << 62;
     let header = format!(
@@ -132,10 +149,9 @@ fn offsets_out_of_range_or_overflowing() {
         big - 1,
         3 * big
     );
-    assert!(matches!(
-        load(&raw_safetensors(&header, &[])),
-        Err(TrmError::Safetensors { .. })
-    ));
+    let bytes = raw_safetensors(&header, &[]);
+    assert!(matches!(load(&bytes), Err(TrmError::Safetensors { .. })));
+    assert_predictions_refused(&bytes);
 }
 
 #[test]
@@ -149,13 +165,19 @@ fn shapes_whose_product_overflows() {
         let header = format!(
             r#"{{"__metadata__": {{"config": {meta}}}, "inner.H_init": {{"dtype": "F32", "shape": {shape}, "data_offsets": [0, 0]}}}}"#
         );
-        let result = load(&raw_safetensors(&header, &[]));
+        let bytes = raw_safetensors(&header, &[]);
+        let result = load(&bytes);
         assert!(
             matches!(
                 result,
                 Err(TrmError::Safetensors { .. }) | Err(TrmError::TensorShape { .. })
             ),
             "{shape}: {result:?}"
+        );
+        let err = predictions_error(&bytes);
+        assert!(
+            matches!(err, TrmError::Safetensors { .. } | TrmError::Dataset { .. }),
+            "{shape}: {err:?}"
         );
     }
 }
