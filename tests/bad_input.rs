@@ -447,3 +447,111 @@ fn bad_hrm_checkpoints_are_refused_with_typed_errors() {
     };
     assert!(matches!(trm_with_h.validate(), Err(TrmError::Config(_))));
 }
+
+fn too_large<T>(result: Result<T, TrmError>) -> String {
+    match result {
+        Err(TrmError::TooLarge(message)) => message,
+        Err(other) => panic!("TooLarge expected, got {other}"),
+        Ok(_) => panic!("TooLarge expected, got a success"),
+    }
+}
+
+/// Every size the CPU engine derives from a configuration is checked
+/// against its memory limit before anything is allocated or a thread
+/// started, with the largest part named: the attention scores of a model
+/// claiming a million tokens (4 TB per thread), the RoPE tables, the task
+/// scratch, a solve's buffers; and the threads are bounded.
+#[test]
+fn cpu_engine_sizes_are_checked_before_allocation() {
+    use std::sync::Arc;
+    use trm_wgpu::{CpuEngine, CpuOptions, Engine, SolveOptions};
+
+    let started = std::time::Instant::now();
+    for pos in [PosEncodings::None, PosEncodings::Rope] {
+        let model = Arc::new(common::million_token_model(pos));
+        let message = too_large(CpuEngine::with_options(
+            model,
+            CpuOptions::default().threads(3),
+        ));
+        assert!(
+            message.contains("attention scores (3 threads x S^2 floats, S = 1000000)"),
+            "{message}"
+        );
+        assert!(message.contains("10.9 TiB of memory"), "{message}");
+    }
+    assert!(started.elapsed().as_secs() < 30, "{:?}", started.elapsed());
+
+    let small = Arc::new(model());
+    let threads = trm_wgpu::cpu::MAX_THREADS + 1;
+    let message = too_large(CpuEngine::with_options(
+        small.clone(),
+        CpuOptions::default().threads(threads),
+    ));
+    assert!(message.contains("4097 CPU threads asked for"), "{message}");
+    CpuEngine::with_options(
+        small.clone(),
+        CpuOptions::default().threads(trm_wgpu::cpu::MAX_THREADS.min(8)),
+    )
+    .unwrap();
+
+    // each thread's scratch
+    let message = too_large(CpuEngine::with_options(
+        small.clone(),
+        CpuOptions::default().threads(2).memory_limit(64 << 10),
+    ));
+    assert!(
+        message.contains("the task scratch of 2 threads"),
+        "{message}"
+    );
+    assert!(
+        message.contains("beyond the limit of 64.0 KiB"),
+        "{message}"
+    );
+
+    // RoPE tables of S = 300 and head_dim = 1024 (2.3 MiB) outweigh the
+    // rest of a thread's memory
+    let rope = TrmConfig {
+        seq_len: 300,
+        hidden_size: 1024,
+        num_heads: 1,
+        expansion: 0.05,
+        h_cycles: 1,
+        l_cycles: 1,
+        l_layers: 1,
+        mlp_t: false,
+        pos_encodings: PosEncodings::Rope,
+        puzzle_emb_ndim: 0,
+        ..small_config()
+    };
+    let rope = Arc::new(TrmModel::random(rope, 3, 0.5).unwrap());
+    let message = too_large(CpuEngine::with_options(
+        rope,
+        CpuOptions::default().threads(1).memory_limit(1 << 20),
+    ));
+    assert!(
+        message.contains(
+            "2.3 MiB of it for RoPE tables (2 x S x head_dim floats, S = 300, head_dim = 1024)"
+        ),
+        "{message}"
+    );
+
+    // a solve's buffers: the engine fits, a batch of 20000 puzzles does not
+    let mut engine = CpuEngine::with_options(
+        small.clone(),
+        CpuOptions::default().threads(1).memory_limit(8 << 20),
+    )
+    .unwrap();
+    let c = small.config();
+    let tokens: Vec<i64> = (0..20_000 * c.seq_len)
+        .map(|i| (i % c.vocab_size) as i64)
+        .collect();
+    let batch = PuzzleBatch::new(c, &tokens, None).unwrap();
+    let message = too_large(engine.solve(&batch, &SolveOptions::default()));
+    assert!(
+        message.contains("the states x, y, z and injection of 20000 puzzles"),
+        "{message}"
+    );
+    // and one that does, on the same engine
+    let one = PuzzleBatch::new(c, &tokens[..c.seq_len], None).unwrap();
+    engine.solve(&one, &SolveOptions::default()).unwrap();
+}
