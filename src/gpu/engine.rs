@@ -401,9 +401,16 @@ impl GpuEngine {
 
 /// The weights of each kernel must fit one storage binding: the layers at
 /// the model's precision (as the step kernels store them), the embeddings
-/// and heads widened to f32.
+/// and heads widened to f32; and the RoPE tables the host builds for them,
+/// the memory limit ([`crate::PuzzleBatch::max_state_bytes`]).
 fn check_weights_fit(ctx: &GpuContext, model: &TrmModel) -> Result<()> {
     let config = model.config();
+    // the RoPE tables are built on the host before the device sees them
+    crate::batch::check_memory(
+        "the GPU engine",
+        &[crate::model::maths::rope_tables_memory(config)],
+        crate::PuzzleBatch::max_state_bytes()?,
+    )?;
     let limits = ctx.limits();
     let limit = limits
         .max_storage_buffer_binding_size
