@@ -555,3 +555,31 @@ fn cpu_engine_sizes_are_checked_before_allocation() {
     let one = PuzzleBatch::new(c, &tokens[..c.seq_len], None).unwrap();
     engine.solve(&one, &SolveOptions::default()).unwrap();
 }
+
+/// A valid configuration whose SwiGLU rounds to width 0 (expansion 0.05 at
+/// D = 8) is refused by the CPU engine, whose products cannot take it
+/// (they panicked mid-solve).
+#[test]
+fn cpu_engine_refuses_a_swiglu_of_width_zero() {
+    use std::sync::Arc;
+    use trm_wgpu::CpuEngine;
+
+    for mlp_t in [true, false] {
+        let config = TrmConfig {
+            hidden_size: 8,
+            expansion: 0.05,
+            mlp_t,
+            puzzle_emb_ndim: 8,
+            ..small_config()
+        };
+        let model = Arc::new(TrmModel::random(config, 5, 0.5).unwrap());
+        match CpuEngine::with_threads(model, 1) {
+            Err(TrmError::Config(message)) => assert!(
+                message.contains("expansion 0.05 makes inter(D = 8) = 0"),
+                "{message}"
+            ),
+            Err(other) => panic!("a configuration error expected, got {other}"),
+            Ok(_) => panic!("a SwiGLU of width 0 was accepted"),
+        }
+    }
+}
