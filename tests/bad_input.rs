@@ -583,3 +583,51 @@ fn cpu_engine_refuses_a_swiglu_of_width_zero() {
         }
     }
 }
+
+/// `--augment` and `--trajectories` batches are held to the limit on an
+/// input's state before a variant is drawn.
+#[test]
+fn augmented_batches_are_held_to_the_state_limit() {
+    use std::sync::Arc;
+    use trm_wgpu::augment::{AugmentTask, solve_variants};
+    use trm_wgpu::noise::{NoiseOn, NoiseOptions};
+    use trm_wgpu::{CpuEngine, SolveOptions};
+
+    let model = Arc::new(model());
+    let c = model.config().clone();
+    let tokens: Vec<i64> = (0..2 * c.seq_len)
+        .map(|i| (i % c.vocab_size) as i64)
+        .collect();
+    let batch = PuzzleBatch::new(&c, &tokens, None).unwrap();
+    let mut engine = CpuEngine::with_threads(model, 1).unwrap();
+    let plain = SolveOptions::default();
+    let started = std::time::Instant::now();
+    let message = too_large(solve_variants(
+        &mut engine,
+        &batch,
+        &plain,
+        AugmentTask::Maze,
+        1_000_000_000,
+        0,
+    ));
+    assert!(
+        message.contains("the state of 2 puzzles x 1000000000 variants x 1 trajectories"),
+        "{message}"
+    );
+    let noisy = plain.clone().noise(NoiseOptions {
+        sigma: 0.5,
+        seed: 1,
+        on: NoiseOn::ZL,
+        trajectories: u32::MAX,
+    });
+    let message = too_large(solve_variants(
+        &mut engine,
+        &batch,
+        &noisy,
+        AugmentTask::Maze,
+        usize::MAX,
+        0,
+    ));
+    assert!(message.contains("beyond the limit of 8.0 GiB"), "{message}");
+    assert!(started.elapsed().as_secs() < 10, "{:?}", started.elapsed());
+}
