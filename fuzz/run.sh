@@ -3,7 +3,7 @@
 # one libFuzzer process each, with AddressSanitizer, debug assertions and
 # overflow checks (cargo-fuzz's defaults).
 #
-#   fuzz/run.sh [SECONDS] [TARGET...]      # targets: model_file official batch arc
+#   fuzz/run.sh [SECONDS] [TARGET...]      # targets: model_file official batch arc engine
 #
 # Needs cargo-fuzz (`cargo install cargo-fuzz`) and a nightly toolchain, or
 # stable with RUSTC_BOOTSTRAP=1 (set here). Each target starts from its
@@ -22,7 +22,7 @@ seconds="${1:-600}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(model_file official batch arc)
+  targets=(model_file official batch arc engine)
 fi
 
 export RUSTC_BOOTSTRAP=1
