@@ -170,7 +170,7 @@ impl std::str::FromStr for ActivationPrecision {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CpuOptions {
-    /// Worker threads (default: all cores).
+    /// Worker threads (default: all cores, at most [`MAX_THREADS`]).
     pub threads: Option<usize>,
     /// What the products multiply the weights with.
     pub activations: ActivationPrecision,
@@ -439,10 +439,9 @@ fn worker_pool(threads: usize) -> Result<(rayon::ThreadPool, usize)> {
 }
 
 impl CpuEngine {
-    /// An engine on all available cores.
+    /// An engine on all available cores (at most [`MAX_THREADS`]).
     pub fn new(model: Arc<TrmModel>) -> Result<Self> {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self::with_threads(model, threads)
+        Self::with_options(model, CpuOptions::default())
     }
 
     /// An engine on `threads` worker threads.
@@ -461,7 +460,10 @@ impl CpuEngine {
     pub fn with_options(model: Arc<TrmModel>, options: CpuOptions) -> Result<Self> {
         let threads = options
             .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .unwrap_or_else(|| {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                cores.min(MAX_THREADS)
+            })
             .max(1);
         if threads > MAX_THREADS {
             return Err(TrmError::TooLarge(format!(
