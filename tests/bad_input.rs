@@ -269,6 +269,35 @@ fn integer_or_non_finite_weights() {
     assert!(matches!(err, TrmError::NonFinite { index: 1, .. }), "{err}");
 }
 
+/// An int8 matrix whose finite scale overflows when multiplied by its
+/// bytes (the engine fuzz target's first finding) is refused at load as
+/// non-finite, from bytes and through a mapping alike.
+#[test]
+fn int8_scales_that_overflow_are_non_finite() {
+    let model = model().to_precision(trm_wgpu::Precision::Int8).unwrap();
+    let mut bytes = model.to_safetensors_bytes().unwrap();
+    let (at, cols) = {
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let scales = file.tensor("inner.lm_head.weight_scale").unwrap();
+        let cols = file.tensor("inner.lm_head.weight").unwrap().shape()[1];
+        (
+            scales.data().as_ptr() as usize - bytes.as_ptr() as usize,
+            cols,
+        )
+    };
+    // row 1's largest byte is +-127: 127 x 1e37 is beyond f32::MAX
+    bytes[at + 4..at + 8].copy_from_slice(&1e37f32.to_le_bytes());
+    let err = load(&bytes).unwrap_err();
+    assert!(
+        matches!(&err, TrmError::NonFinite { name, index } if name == "inner.lm_head.weight" && index / cols == 1),
+        "{err}"
+    );
+    let path = common::temp_dir("int8-scale").join("model.safetensors");
+    std::fs::write(&path, &bytes).unwrap();
+    let err = TrmModel::load(&path).unwrap_err();
+    assert!(matches!(err, TrmError::NonFinite { .. }), "{err}");
+}
+
 fn input_bytes(tensors: &[RawTensor]) -> Vec<u8> {
     safetensors_bytes(tensors, None)
 }
