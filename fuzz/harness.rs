@@ -372,6 +372,32 @@ fn arc_fixture() -> std::path::PathBuf {
     panic!("tests/data/arc is missing");
 }
 
+/// The ARC fixture's files a data set and its predictions need, by their
+/// paths under it, read once.
+fn arc_fixture_files() -> &'static [(&'static str, Vec<u8>)] {
+    static FILES: OnceLock<Vec<(&'static str, Vec<u8>)>> = OnceLock::new();
+    FILES.get_or_init(|| {
+        let fixture = arc_fixture();
+        [
+            "data/test/all__inputs.npy",
+            "data/test/all__labels.npy",
+            "data/test/all__puzzle_indices.npy",
+            "data/test/all__puzzle_identifiers.npy",
+            "data/test/all__group_indices.npy",
+            "data/test/dataset.json",
+            "data/identifiers.json",
+            "data/test_puzzles.json",
+            "predictions.safetensors",
+        ]
+        .into_iter()
+        .map(|name| {
+            let bytes = std::fs::read(fixture.join(name)).expect("the ARC fixture reads");
+            (name, bytes)
+        })
+        .collect()
+    })
+}
+
 /// `trm arc-eval`'s readers: the input's first byte picks one file of the
 /// ARC fixture ([`ARC_FILES`]), the rest of it replaces that file in a
 /// copy; the data set is opened and the predictions voted. Whatever is
@@ -383,31 +409,19 @@ pub fn arc(data: &[u8]) -> Vec<Result<(), TrmError>> {
         return Vec::new();
     };
     let replaced = ARC_FILES[usize::from(which) % ARC_FILES.len()];
-    let fixture = arc_fixture();
     let dir = std::env::temp_dir().join(format!(
         "trm-fuzz-arc-{}-{}",
         std::process::id(),
         RUN.fetch_add(1, Ordering::Relaxed)
     ));
-    let copy = |name: &str| {
-        let to = dir.join("data").join(name);
+    // written from memory: fs::copy can fail with EINTR under libFuzzer's
+    // timer signal (a false finding, FUZZING.md), where write_all retries
+    for (name, bytes) in arc_fixture_files() {
+        let to = dir.join(name);
         std::fs::create_dir_all(to.parent().expect("a parent")).expect("a temp dir");
-        std::fs::copy(fixture.join("data").join(name), to).expect("the fixture copies");
-    };
-    for name in [
-        "test/all__inputs.npy",
-        "test/all__labels.npy",
-        "test/all__puzzle_indices.npy",
-        "test/all__puzzle_identifiers.npy",
-        "test/all__group_indices.npy",
-        "test/dataset.json",
-        "identifiers.json",
-        "test_puzzles.json",
-    ] {
-        copy(name);
+        std::fs::write(to, bytes).expect("the fixture copies");
     }
     let predictions = dir.join("predictions.safetensors");
-    std::fs::copy(fixture.join("predictions.safetensors"), &predictions).expect("copies");
     let target = if replaced == "predictions.safetensors" {
         predictions.clone()
     } else {
