@@ -898,3 +898,53 @@ fn cli_reports_hostile_files_on_one_line() {
         String::from_utf8_lossy(&ok.stderr)
     );
 }
+
+// ---------------------------------------------------------------- ARC .npy
+
+/// A `.npy` preamble claiming a header far beyond the file is refused, for
+/// every version's length field, and nothing of the claim is allocated (the
+/// `arc` fuzzer's finding against ndarray-npy, which allocated it: 560
+/// bytes claiming 662 MB; the in-tree reader compares the claim with the
+/// bytes that follow before it slices them).
+#[test]
+fn npy_header_claiming_more_than_the_file() {
+    let fixture = common::data_dir().join("arc/data");
+    for (file, version, claim) in [
+        ("test/all__puzzle_identifiers.npy", 3u8, 662_372_470u32),
+        ("test/all__inputs.npy", 2, u32::MAX),
+        ("test/all__puzzle_indices.npy", 1, 60_000),
+    ] {
+        let dir = temp_dir("hostile-npy");
+        for name in [
+            "identifiers.json",
+            "test_puzzles.json",
+            "test/dataset.json",
+            "test/all__inputs.npy",
+            "test/all__labels.npy",
+            "test/all__puzzle_indices.npy",
+            "test/all__puzzle_identifiers.npy",
+            "test/all__group_indices.npy",
+        ] {
+            std::fs::create_dir_all(dir.join(name).parent().unwrap()).unwrap();
+            std::fs::copy(fixture.join(name), dir.join(name)).unwrap();
+        }
+        let mut bytes = b"\x93NUMPY".to_vec();
+        bytes.extend([version, 0]);
+        if version == 1 {
+            bytes.extend((claim as u16).to_le_bytes());
+        } else {
+            bytes.extend(claim.to_le_bytes());
+        }
+        bytes.extend(b"{'descr': '<i4', 'fortran_order': False, 'shape': (108,), }\n");
+        std::fs::write(dir.join(file), &bytes).unwrap();
+        let Err(err) = trm_wgpu::arc::ArcDataset::open(&dir) else {
+            panic!("{file}: a header beyond the file must be refused");
+        };
+        assert!(matches!(err, TrmError::Dataset { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("the header claims {claim} bytes")),
+            "{file}: {err}"
+        );
+    }
+}
