@@ -14,7 +14,10 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use trm_wgpu::checkpoint::official::{self, ConvertOptions, OfficialCheckpoint};
-use trm_wgpu::{LoadOptions, PuzzleBatch, TrmConfig, TrmError, TrmModel};
+use trm_wgpu::{
+    CpuEngine, CpuOptions, Engine, LoadOptions, PuzzleBatch, SolveOptions, TrmConfig, TrmError,
+    TrmModel,
+};
 
 /// A tiny MLP-mixer whose SwiGLU widths are 0 (expansion 0.05), so that
 /// its files are a few hundred bytes: the model of the official-checkpoint
@@ -82,15 +85,34 @@ pub fn template_storages() -> &'static HashMap<String, Vec<u8>> {
 /// The official Sudoku data set's sizes, for batch inputs.
 pub const SUDOKU_CONFIG_JSON: &str = r#"{"seq_len": 81, "vocab_size": 11, "num_puzzle_identifiers": 1, "hidden_size": 512, "expansion": 4, "num_heads": 8, "H_cycles": 3, "L_cycles": 6, "L_layers": 2, "halt_max_steps": 16, "mlp_t": true, "pos_encodings": "none", "puzzle_emb_ndim": 512, "puzzle_emb_len": 16}"#;
 
+/// The puzzle-embedding table's canonical name.
+const PUZZLE_TABLE: &str = "inner.puzzle_emb.weights";
+
 /// Checks a model that a loader accepted: tensor sizes agree with shapes
-/// and the configuration, and the model survives a round trip through the
-/// project's format unchanged.
+/// and the configuration; every value finite, but the puzzle table's,
+/// whose rows the loaders check as a solve reads them (a table in a file
+/// mapping is not read whole at load): each row is finite or refused as
+/// non-finite; and the model survives a round trip through the project's
+/// format unchanged, bit for bit.
 pub fn check_model(model: &TrmModel) {
     let tensors = model.named_tensors();
     for (name, tensor) in &tensors {
         let n: usize = tensor.shape.iter().product();
         assert_eq!(n, tensor.data.len(), "tensor {name}");
-        assert!(tensor.data.iter().all(|v| v.is_finite()), "tensor {name}");
+        if name != PUZZLE_TABLE {
+            assert!(tensor.data.iter().all(|v| v.is_finite()), "tensor {name}");
+        }
+    }
+    let rows = model.weights().puzzle_emb.as_ref().map_or(0, |t| t.rows());
+    for id in 0..rows as u32 {
+        match model.puzzle_rows(&[id]) {
+            Ok(row) => {
+                assert_eq!(row.len(), model.config().puzzle_emb_ndim, "row {id}");
+                assert!(row.iter().all(|v| v.is_finite()), "row {id}");
+            }
+            Err(TrmError::NonFinite { .. }) => {}
+            Err(e) => panic!("row {id} of the puzzle table: {e}"),
+        }
     }
     let bytes = model
         .to_safetensors_bytes()
@@ -99,7 +121,16 @@ pub fn check_model(model: &TrmModel) {
         TrmModel::from_safetensors_bytes(&bytes, "round trip", &LoadOptions::default(), None)
             .expect("an accepted model reloads");
     assert_eq!(again.config(), model.config());
-    assert_eq!(again.named_tensors(), tensors);
+    let bits = |tensors: Vec<(String, trm_wgpu::Tensor)>| -> Vec<(String, Vec<usize>, Vec<u32>)> {
+        tensors
+            .into_iter()
+            .map(|(name, t)| (name, t.shape, t.data.iter().map(|v| v.to_bits()).collect()))
+            .collect()
+    };
+    assert!(
+        bits(again.named_tensors()) == bits(tensors),
+        "the round trip changed the model"
+    );
 }
 
 /// Fuzz target `model_file`: a model file in the project's format
@@ -114,6 +145,91 @@ pub fn model_file(data: &[u8]) -> Vec<Result<(), TrmError>> {
                 .map(|model| check_model(&model))
         })
         .collect()
+}
+
+/// The memory limit of the `engine` target's CPU engines: a model of a
+/// few KiB has no right to more, and libFuzzer refuses any allocation
+/// beyond 512 MiB (`fuzz/run.sh`).
+pub const ENGINE_MEMORY_LIMIT: u64 = 64 << 20;
+
+/// The most FLOPs of the one ACT step the `engine` target runs: a valid
+/// model may ask for 2^40 network calls an ACT step (compute time is not
+/// bounded, FUZZING.md), which no fuzzer can wait for. A costlier model
+/// still gets its engine built (where the size checks are), not run.
+pub const ENGINE_FLOPS_LIMIT: u64 = 20_000_000;
+
+/// Fuzz target `engine`: the first byte picks how the rest, a model file,
+/// is loaded: even, from the bytes (as `model_file`); odd, memory-mapped
+/// from a temporary file, where the matrices borrow from the mapping. A
+/// model that loads is checked ([`check_model`]), a CPU engine of one thread is built on it under
+/// [`ENGINE_MEMORY_LIMIT`] (every size the configuration implies is
+/// checked before it is allocated: a model of 200 bytes may claim
+/// S = 2^20, terabytes of attention scores) and, within
+/// [`ENGINE_FLOPS_LIMIT`], runs one ACT step of a one-puzzle batch, whose
+/// outputs must have the configuration's sizes.
+pub fn engine(data: &[u8]) -> Vec<Result<(), TrmError>> {
+    let Some((&mode, file)) = data.split_first() else {
+        return Vec::new();
+    };
+    let mapped = (mode % 2 == 1).then(|| TempFile::new("engine", file));
+    let loaded = match &mapped {
+        None => TrmModel::from_safetensors_bytes(file, "fuzz input", &LoadOptions::default(), None)
+            .inspect(check_model),
+        Some(temp) => TrmModel::load(&temp.0).inspect(check_model),
+    };
+    vec![loaded.and_then(run_one_act_step)]
+}
+
+/// A file in the temporary directory, removed when dropped (after the
+/// models mapping it: declared before them).
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(target: &str, bytes: &[u8]) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static RUN: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "trm-fuzz-{target}-{}-{}",
+            std::process::id(),
+            RUN.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, bytes).expect("a temporary file");
+        TempFile(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Builds a one-thread CPU engine on `model` under
+/// [`ENGINE_MEMORY_LIMIT`] and, within [`ENGINE_FLOPS_LIMIT`], runs one
+/// ACT step of a one-puzzle batch (tokens `0, 1, ...` modulo the
+/// vocabulary, puzzle identifier 0).
+pub fn run_one_act_step(model: TrmModel) -> Result<(), TrmError> {
+    let config = model.config().clone();
+    let options = CpuOptions::default()
+        .threads(1)
+        .memory_limit(ENGINE_MEMORY_LIMIT);
+    let mut engine = CpuEngine::with_options(std::sync::Arc::new(model), options)?;
+    if config.flops_per_act_step() > ENGINE_FLOPS_LIMIT {
+        return Ok(());
+    }
+    let tokens: Vec<i64> = (0..config.seq_len)
+        .map(|i| (i % config.vocab_size) as i64)
+        .collect();
+    let batch = PuzzleBatch::new(&config, &tokens, None)?;
+    let out = engine.solve(&batch, &SolveOptions::default().act_steps(1))?;
+    let (seq, state) = (config.seq_len, config.state_len() * config.hidden_size);
+    assert_eq!(out.batch, 1);
+    assert_eq!(out.logits.len(), seq * config.vocab_size);
+    assert_eq!(out.q_halt_logits.len(), 1);
+    assert_eq!(out.q_continue_logits.len(), 1);
+    assert_eq!((out.z_h.len(), out.z_l.len()), (state, state));
+    assert_eq!(out.steps, vec![1]);
+    Ok(())
 }
 
 /// The `data.pkl` of the tiny model (the seed `ok-pickle-tiny`, after its
@@ -256,6 +372,32 @@ fn arc_fixture() -> std::path::PathBuf {
     panic!("tests/data/arc is missing");
 }
 
+/// The ARC fixture's files a data set and its predictions need, by their
+/// paths under it, read once.
+fn arc_fixture_files() -> &'static [(&'static str, Vec<u8>)] {
+    static FILES: OnceLock<Vec<(&'static str, Vec<u8>)>> = OnceLock::new();
+    FILES.get_or_init(|| {
+        let fixture = arc_fixture();
+        [
+            "data/test/all__inputs.npy",
+            "data/test/all__labels.npy",
+            "data/test/all__puzzle_indices.npy",
+            "data/test/all__puzzle_identifiers.npy",
+            "data/test/all__group_indices.npy",
+            "data/test/dataset.json",
+            "data/identifiers.json",
+            "data/test_puzzles.json",
+            "predictions.safetensors",
+        ]
+        .into_iter()
+        .map(|name| {
+            let bytes = std::fs::read(fixture.join(name)).expect("the ARC fixture reads");
+            (name, bytes)
+        })
+        .collect()
+    })
+}
+
 /// `trm arc-eval`'s readers: the input's first byte picks one file of the
 /// ARC fixture ([`ARC_FILES`]), the rest of it replaces that file in a
 /// copy; the data set is opened and the predictions voted. Whatever is
@@ -267,31 +409,19 @@ pub fn arc(data: &[u8]) -> Vec<Result<(), TrmError>> {
         return Vec::new();
     };
     let replaced = ARC_FILES[usize::from(which) % ARC_FILES.len()];
-    let fixture = arc_fixture();
     let dir = std::env::temp_dir().join(format!(
         "trm-fuzz-arc-{}-{}",
         std::process::id(),
         RUN.fetch_add(1, Ordering::Relaxed)
     ));
-    let copy = |name: &str| {
-        let to = dir.join("data").join(name);
+    // written from memory: fs::copy can fail with EINTR under libFuzzer's
+    // timer signal (a false finding, FUZZING.md), where write_all retries
+    for (name, bytes) in arc_fixture_files() {
+        let to = dir.join(name);
         std::fs::create_dir_all(to.parent().expect("a parent")).expect("a temp dir");
-        std::fs::copy(fixture.join("data").join(name), to).expect("the fixture copies");
-    };
-    for name in [
-        "test/all__inputs.npy",
-        "test/all__labels.npy",
-        "test/all__puzzle_indices.npy",
-        "test/all__puzzle_identifiers.npy",
-        "test/all__group_indices.npy",
-        "test/dataset.json",
-        "identifiers.json",
-        "test_puzzles.json",
-    ] {
-        copy(name);
+        std::fs::write(to, bytes).expect("the fixture copies");
     }
     let predictions = dir.join("predictions.safetensors");
-    std::fs::copy(fixture.join("predictions.safetensors"), &predictions).expect("copies");
     let target = if replaced == "predictions.safetensors" {
         predictions.clone()
     } else {

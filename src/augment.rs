@@ -34,7 +34,7 @@
 use std::collections::HashMap;
 
 use crate::arc::{self, Augmentation, ColourPermutation, Dihedral};
-use crate::batch::PuzzleBatch;
+use crate::batch::{PuzzleBatch, check_memory};
 use crate::error::{Result, TrmError};
 use crate::rng::SplitMix64;
 use crate::solve::{Engine, NamedArray, SolveOptions, SolveOutput};
@@ -411,9 +411,23 @@ pub fn solve_variants(
     seed: u64,
 ) -> Result<VariantSolve> {
     let trajectories = options.noise.map_or(1, |n| n.trajectories.max(1) as usize);
-    let k = variants * trajectories;
+    let k = variants.saturating_mul(trajectories);
     let config = engine.config().clone();
     let seq = config.seq_len;
+    // the batch of every variant's trajectories is held to the limit on an
+    // input's state, before a symmetry is drawn
+    let rows = batch.len().saturating_mul(k);
+    check_memory(
+        "the augmented solve",
+        &[(
+            format!(
+                "the state of {} puzzles x {variants} variants x {trajectories} trajectories",
+                batch.len()
+            ),
+            PuzzleBatch::state_bytes(&config, rows),
+        )],
+        PuzzleBatch::max_state_bytes()?,
+    )?;
     let symmetries: Vec<Vec<std::sync::Arc<dyn Symmetry>>> = (0..batch.len())
         .map(|i| {
             let vs = task.variants(variants, seed, i, seq)?;

@@ -17,7 +17,9 @@ use crate::config::TrmConfig;
 use crate::error::{Result, TrmError};
 use crate::tensor_file;
 
-/// Default limit on the state memory of a batch read from a file (8 GiB).
+/// Default limit on the state memory of a batch read from a file, of the
+/// batches `--augment` and `--trajectories` make from it, and on the
+/// working memory an engine derives from a configuration (8 GiB).
 pub const DEFAULT_MAX_BATCH_BYTES: u64 = 8 << 30;
 
 /// Environment variable that overrides [`DEFAULT_MAX_BATCH_BYTES`].
@@ -212,8 +214,9 @@ impl PuzzleBatch {
     }
 
     /// The limit on [`PuzzleBatch::state_bytes`] for batches read from
-    /// files: the environment variable [`MAX_BATCH_BYTES_ENV`] (a byte count)
-    /// when set, else [`DEFAULT_MAX_BATCH_BYTES`].
+    /// files (and the engines' default memory limit): the environment
+    /// variable [`MAX_BATCH_BYTES_ENV`] (a byte count) when set, else
+    /// [`DEFAULT_MAX_BATCH_BYTES`].
     pub fn max_state_bytes() -> Result<u64> {
         match std::env::var(MAX_BATCH_BYTES_ENV) {
             Err(_) => Ok(DEFAULT_MAX_BATCH_BYTES),
@@ -300,6 +303,29 @@ impl PuzzleBatch {
             puzzle_ids: self.puzzle_ids[range].to_vec(),
         }
     }
+}
+
+/// Refuses memory that `parts` (what, bytes) ask of `whom` beyond `limit`
+/// (see [`PuzzleBatch::max_state_bytes`]), naming the total and its largest
+/// part. Engines call it with every size a configuration implies before
+/// allocating any of it: a small file may claim sizes of terabytes.
+pub(crate) fn check_memory(whom: &str, parts: &[(String, u64)], limit: u64) -> Result<()> {
+    let total = parts
+        .iter()
+        .fold(0u64, |sum, (_, bytes)| sum.saturating_add(*bytes));
+    if total <= limit {
+        return Ok(());
+    }
+    let (largest, bytes) = parts
+        .iter()
+        .max_by_key(|(_, bytes)| *bytes)
+        .map_or(("nothing", 0), |(what, bytes)| (what.as_str(), *bytes));
+    Err(TrmError::TooLarge(format!(
+        "{whom} needs {} of memory, {} of it for {largest}, beyond the limit of {}; {MAX_BATCH_BYTES_ENV}=<bytes> raises the limit",
+        human_bytes(total),
+        human_bytes(bytes),
+        human_bytes(limit)
+    )))
 }
 
 /// A byte count for people: `512 B`, `1.5 MiB`, `8.0 GiB`.

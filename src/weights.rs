@@ -382,11 +382,20 @@ impl Matrix {
     /// matrices whose values came from a file unchecked.
     pub fn first_non_finite(&self) -> Option<usize> {
         if self.precision == Precision::Int8 {
-            return self
-                .scales
-                .iter()
-                .position(|s| !s.is_finite())
-                .map(|r| r * self.cols);
+            // a finite scale times a byte may still overflow (a scale
+            // beyond f32::MAX / 128): only such a row needs reading
+            return self.scales.iter().enumerate().find_map(|(r, &scale)| {
+                if !scale.is_finite() {
+                    return Some(r * self.cols);
+                }
+                if (scale * 128.0).is_finite() {
+                    return None;
+                }
+                self.raw_row(r)
+                    .iter()
+                    .position(|&q| !(scale * f32::from(q as i8)).is_finite())
+                    .map(|c| r * self.cols + c)
+            });
         }
         let mut row = vec![0.0f32; self.cols];
         (0..self.rows).find_map(|r| {

@@ -269,6 +269,35 @@ fn integer_or_non_finite_weights() {
     assert!(matches!(err, TrmError::NonFinite { index: 1, .. }), "{err}");
 }
 
+/// An int8 matrix whose finite scale overflows when multiplied by its
+/// bytes (the engine fuzz target's first finding) is refused at load as
+/// non-finite, from bytes and through a mapping alike.
+#[test]
+fn int8_scales_that_overflow_are_non_finite() {
+    let model = model().to_precision(trm_wgpu::Precision::Int8).unwrap();
+    let mut bytes = model.to_safetensors_bytes().unwrap();
+    let (at, cols) = {
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let scales = file.tensor("inner.lm_head.weight_scale").unwrap();
+        let cols = file.tensor("inner.lm_head.weight").unwrap().shape()[1];
+        (
+            scales.data().as_ptr() as usize - bytes.as_ptr() as usize,
+            cols,
+        )
+    };
+    // row 1's largest byte is +-127: 127 x 1e37 is beyond f32::MAX
+    bytes[at + 4..at + 8].copy_from_slice(&1e37f32.to_le_bytes());
+    let err = load(&bytes).unwrap_err();
+    assert!(
+        matches!(&err, TrmError::NonFinite { name, index } if name == "inner.lm_head.weight" && index / cols == 1),
+        "{err}"
+    );
+    let path = common::temp_dir("int8-scale").join("model.safetensors");
+    std::fs::write(&path, &bytes).unwrap();
+    let err = TrmModel::load(&path).unwrap_err();
+    assert!(matches!(err, TrmError::NonFinite { .. }), "{err}");
+}
+
 fn input_bytes(tensors: &[RawTensor]) -> Vec<u8> {
     safetensors_bytes(tensors, None)
 }
@@ -446,4 +475,188 @@ fn bad_hrm_checkpoints_are_refused_with_typed_errors() {
         ..small_config()
     };
     assert!(matches!(trm_with_h.validate(), Err(TrmError::Config(_))));
+}
+
+fn too_large<T>(result: Result<T, TrmError>) -> String {
+    match result {
+        Err(TrmError::TooLarge(message)) => message,
+        Err(other) => panic!("TooLarge expected, got {other}"),
+        Ok(_) => panic!("TooLarge expected, got a success"),
+    }
+}
+
+/// Every size the CPU engine derives from a configuration is checked
+/// against its memory limit before anything is allocated or a thread
+/// started, with the largest part named: the attention scores of a model
+/// claiming a million tokens (4 TB per thread), the RoPE tables, the task
+/// scratch, a solve's buffers; and the threads are bounded.
+#[test]
+fn cpu_engine_sizes_are_checked_before_allocation() {
+    use std::sync::Arc;
+    use trm_wgpu::{CpuEngine, CpuOptions, Engine, SolveOptions};
+
+    let started = std::time::Instant::now();
+    for pos in [PosEncodings::None, PosEncodings::Rope] {
+        let model = Arc::new(common::million_token_model(pos));
+        let message = too_large(CpuEngine::with_options(
+            model,
+            CpuOptions::default().threads(3),
+        ));
+        assert!(
+            message.contains("attention scores (3 threads x S^2 floats, S = 1000000)"),
+            "{message}"
+        );
+        assert!(message.contains("10.9 TiB of memory"), "{message}");
+    }
+    assert!(started.elapsed().as_secs() < 30, "{:?}", started.elapsed());
+
+    let small = Arc::new(model());
+    let threads = trm_wgpu::cpu::MAX_THREADS + 1;
+    let message = too_large(CpuEngine::with_options(
+        small.clone(),
+        CpuOptions::default().threads(threads),
+    ));
+    assert!(message.contains("4097 CPU threads asked for"), "{message}");
+    CpuEngine::with_options(
+        small.clone(),
+        CpuOptions::default().threads(trm_wgpu::cpu::MAX_THREADS.min(8)),
+    )
+    .unwrap();
+
+    // each thread's scratch
+    let message = too_large(CpuEngine::with_options(
+        small.clone(),
+        CpuOptions::default().threads(2).memory_limit(64 << 10),
+    ));
+    assert!(
+        message.contains("the task scratch of 2 threads"),
+        "{message}"
+    );
+    assert!(
+        message.contains("beyond the limit of 64.0 KiB"),
+        "{message}"
+    );
+
+    // RoPE tables of S = 300 and head_dim = 1024 (2.3 MiB) outweigh the
+    // rest of a thread's memory
+    let rope = TrmConfig {
+        seq_len: 300,
+        hidden_size: 1024,
+        num_heads: 1,
+        expansion: 0.05,
+        h_cycles: 1,
+        l_cycles: 1,
+        l_layers: 1,
+        mlp_t: false,
+        pos_encodings: PosEncodings::Rope,
+        puzzle_emb_ndim: 0,
+        ..small_config()
+    };
+    let rope = Arc::new(TrmModel::random(rope, 3, 0.5).unwrap());
+    let message = too_large(CpuEngine::with_options(
+        rope,
+        CpuOptions::default().threads(1).memory_limit(1 << 20),
+    ));
+    assert!(
+        message.contains(
+            "2.3 MiB of it for RoPE tables (2 x S x head_dim floats, S = 300, head_dim = 1024)"
+        ),
+        "{message}"
+    );
+
+    // a solve's buffers: the engine fits, a batch of 20000 puzzles does not
+    let mut engine = CpuEngine::with_options(
+        small.clone(),
+        CpuOptions::default().threads(1).memory_limit(8 << 20),
+    )
+    .unwrap();
+    let c = small.config();
+    let tokens: Vec<i64> = (0..20_000 * c.seq_len)
+        .map(|i| (i % c.vocab_size) as i64)
+        .collect();
+    let batch = PuzzleBatch::new(c, &tokens, None).unwrap();
+    let message = too_large(engine.solve(&batch, &SolveOptions::default()));
+    assert!(
+        message.contains("the states x, y, z and injection of 20000 puzzles"),
+        "{message}"
+    );
+    // and one that does, on the same engine
+    let one = PuzzleBatch::new(c, &tokens[..c.seq_len], None).unwrap();
+    engine.solve(&one, &SolveOptions::default()).unwrap();
+}
+
+/// A valid configuration whose SwiGLU rounds to width 0 (expansion 0.05 at
+/// D = 8) is refused by the CPU engine, whose products cannot take it
+/// (they panicked mid-solve).
+#[test]
+fn cpu_engine_refuses_a_swiglu_of_width_zero() {
+    use std::sync::Arc;
+    use trm_wgpu::CpuEngine;
+
+    for mlp_t in [true, false] {
+        let config = TrmConfig {
+            hidden_size: 8,
+            expansion: 0.05,
+            mlp_t,
+            puzzle_emb_ndim: 8,
+            ..small_config()
+        };
+        let model = Arc::new(TrmModel::random(config, 5, 0.5).unwrap());
+        match CpuEngine::with_threads(model, 1) {
+            Err(TrmError::Config(message)) => assert!(
+                message.contains("expansion 0.05 makes inter(D = 8) = 0"),
+                "{message}"
+            ),
+            Err(other) => panic!("a configuration error expected, got {other}"),
+            Ok(_) => panic!("a SwiGLU of width 0 was accepted"),
+        }
+    }
+}
+
+/// `--augment` and `--trajectories` batches are held to the limit on an
+/// input's state before a variant is drawn.
+#[test]
+fn augmented_batches_are_held_to_the_state_limit() {
+    use std::sync::Arc;
+    use trm_wgpu::augment::{AugmentTask, solve_variants};
+    use trm_wgpu::noise::{NoiseOn, NoiseOptions};
+    use trm_wgpu::{CpuEngine, SolveOptions};
+
+    let model = Arc::new(model());
+    let c = model.config().clone();
+    let tokens: Vec<i64> = (0..2 * c.seq_len)
+        .map(|i| (i % c.vocab_size) as i64)
+        .collect();
+    let batch = PuzzleBatch::new(&c, &tokens, None).unwrap();
+    let mut engine = CpuEngine::with_threads(model, 1).unwrap();
+    let plain = SolveOptions::default();
+    let started = std::time::Instant::now();
+    let message = too_large(solve_variants(
+        &mut engine,
+        &batch,
+        &plain,
+        AugmentTask::Maze,
+        1_000_000_000,
+        0,
+    ));
+    assert!(
+        message.contains("the state of 2 puzzles x 1000000000 variants x 1 trajectories"),
+        "{message}"
+    );
+    let noisy = plain.clone().noise(NoiseOptions {
+        sigma: 0.5,
+        seed: 1,
+        on: NoiseOn::ZL,
+        trajectories: u32::MAX,
+    });
+    let message = too_large(solve_variants(
+        &mut engine,
+        &batch,
+        &noisy,
+        AugmentTask::Maze,
+        usize::MAX,
+        0,
+    ));
+    assert!(message.contains("beyond the limit of 8.0 GiB"), "{message}");
+    assert!(started.elapsed().as_secs() < 10, "{:?}", started.elapsed());
 }

@@ -376,3 +376,104 @@ fn bad_inputs_give_one_error_line() {
         "/nonexistent/dir",
     );
 }
+
+/// Sizes a configuration or a flag implies are checked before anything is
+/// allocated or started: a model file claiming a million tokens (its
+/// attention scores alone would take 4 TB: the CPU engine used to die
+/// allocating them, exit code 134), and `--threads`, `--augment`,
+/// `--trajectories` and bench's `--batch` at a billion, each end in one
+/// error line and exit code 1 within seconds.
+#[test]
+fn sizes_beyond_the_limits_give_one_error_line_in_seconds() {
+    let within = 30.0; // seconds; a second or less on a quiet machine
+    for pos in [PosEncodings::None, PosEncodings::Rope] {
+        let model = common::million_token_model(pos);
+        let dir = temp_dir("cli-million-tokens");
+        let (model_path, input_path, _) = common::write_run_case(&dir, &model, 1, 3);
+        let (m, i) = (model_path.to_str().unwrap(), input_path.to_str().unwrap());
+        let o = dir.join("out.safetensors");
+        let o = o.to_str().unwrap();
+        common::assert_refused_in_seconds(
+            &[
+                "run",
+                "-m",
+                m,
+                "-i",
+                i,
+                "-o",
+                o,
+                "--backend",
+                "cpu",
+                "--threads",
+                "2",
+            ],
+            "the CPU engine needs 7.3 TiB of memory, 7.3 TiB of it for attention scores (2 threads x S^2 floats, S = 1000000), beyond the limit of 8.0 GiB",
+            within,
+        );
+    }
+
+    let model = TrmModel::random(config(true, PosEncodings::None), 2, 0.5).unwrap();
+    let dir = temp_dir("cli-billions");
+    let (model_path, input_path, _) = common::write_run_case(&dir, &model, 2, 9);
+    let (m, i) = (model_path.to_str().unwrap(), input_path.to_str().unwrap());
+    let o = dir.join("out.safetensors");
+    let o = o.to_str().unwrap();
+    let run = |extra: &[&str]| -> Vec<String> {
+        ["run", "-m", m, "-i", i, "-o", o]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let billion = "1000000000";
+    for (args, needle) in [
+        (
+            run(&["--threads", billion]),
+            "1000000000 CPU threads asked for",
+        ),
+        (
+            run(&["--task", "sudoku", "--augment", billion]),
+            "the state of 2 puzzles x 1000000000 variants x 1 trajectories",
+        ),
+        (
+            run(&["--trajectories", billion, "--noise", "0.5"]),
+            "the state of 2 puzzles x 1 variants x 1000000000 trajectories",
+        ),
+        (
+            run(&[
+                "--task",
+                "maze",
+                "--augment",
+                billion,
+                "--trajectories",
+                billion,
+                "--noise",
+                "0.5",
+            ]),
+            "1000000000 variants x 1000000000 trajectories",
+        ),
+        (
+            [
+                "bench",
+                "--backend",
+                "cpu",
+                "--threads",
+                billion,
+                "--batch",
+                "1",
+            ]
+            .map(String::from)
+            .to_vec(),
+            "1000000000 CPU threads asked for",
+        ),
+        (
+            ["bench", "--backend", "cpu", "--batch", billion]
+                .map(String::from)
+                .to_vec(),
+            "--batch: 1000000000 puzzles need",
+        ),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        common::assert_refused_in_seconds(&args, needle, within);
+    }
+}

@@ -21,7 +21,7 @@ use common::torch_save::{
     torch_zip,
 };
 use common::{RawTensor, model_bytes, raw_tensors, safetensors_bytes};
-use trm_wgpu::{PosEncodings, TrmConfig, TrmError, TrmModel};
+use trm_wgpu::{PosEncodings, Precision, TrmConfig, TrmError, TrmModel};
 
 fn fuzz_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz")
@@ -93,6 +93,29 @@ fn batch_seeds_and_regressions() {
 #[test]
 fn arc_seeds_and_regressions() {
     replay("arc", harness::arc);
+}
+
+#[test]
+fn engine_seeds_and_regressions() {
+    replay("engine", harness::engine);
+}
+
+/// The model claiming a million tokens is refused by the engine's size
+/// checks, from bytes and through a mapping alike, not by accident.
+#[test]
+fn million_token_seeds_are_refused_by_size() {
+    for path in inputs("engine") {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !name.contains("million-tokens") {
+            continue;
+        }
+        for outcome in harness::engine(&std::fs::read(&path).unwrap()) {
+            assert!(
+                matches!(&outcome, Err(TrmError::TooLarge(m)) if m.contains("attention scores")),
+                "{name}: {outcome:?}"
+            );
+        }
+    }
 }
 
 /// The malicious seeds are refused by name, not by accident.
@@ -268,6 +291,99 @@ fn regenerate_seeds() {
         ),
     );
 
+    // engine: a mode byte (even: from the bytes, odd: mapped), then a
+    // model file. SwiGLU widths of 1 or more are 256 (so int8, to stay
+    // small); the tiny model's are 0, which the CPU engine refuses.
+    let widths = |config: TrmConfig| -> TrmModel {
+        let config = TrmConfig {
+            expansion: 1.0,
+            ..config
+        };
+        TrmModel::random(config, 6, 0.5)
+            .unwrap()
+            .to_precision(Precision::Int8)
+            .unwrap()
+    };
+    let mlp = widths(TrmConfig {
+        hidden_size: 4,
+        num_heads: 1,
+        puzzle_emb_ndim: 4,
+        ..tiny.config().clone()
+    });
+    let rope = widths(TrmConfig {
+        mlp_t: false,
+        pos_encodings: PosEncodings::Rope,
+        ..tiny.config().clone()
+    });
+    let learned = widths(attention.config().clone());
+    let million = common::million_token_model(PosEncodings::None)
+        .to_precision(Precision::Int8)
+        .unwrap();
+    for (name, model) in [
+        ("ok-{mode}-mlp-int8", &mlp),
+        ("ok-{mode}-attention-rope-int8", &rope),
+        ("ok-{mode}-attention-learned-int8", &learned),
+        ("err-{mode}-tiny-mlp-zero-widths", &tiny),
+        ("err-{mode}-million-tokens-int8", &million),
+    ] {
+        let bytes = model.to_safetensors_bytes().unwrap();
+        for mode in [0, 1] {
+            let name = name.replace("{mode}", &mode.to_string());
+            write("engine", &name, &with_mode(mode, &bytes));
+        }
+    }
+    // a NaN in the puzzle table: the loaders check the table's rows as a
+    // solve reads them, and the engine reads row 0 only
+    let file = mlp.to_safetensors_bytes().unwrap();
+    let (table, row_bytes) = {
+        let parsed = safetensors::SafeTensors::deserialize(&file).unwrap();
+        let t = parsed.tensor("inner.puzzle_emb.weights").unwrap();
+        assert_eq!(t.dtype(), safetensors::Dtype::F32);
+        (
+            t.data().as_ptr() as usize - file.as_ptr() as usize,
+            t.shape()[1] * 4,
+        )
+    };
+    for (row, expect) in [(1, "ok"), (0, "err")] {
+        let mut nan_row = file.clone();
+        let at = table + row * row_bytes;
+        nan_row[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+        for mode in [0, 1] {
+            let name = format!("{expect}-{mode}-nan-in-puzzle-row-{row}");
+            write("engine", &name, &with_mode(mode, &nan_row));
+        }
+    }
+    write(
+        "engine",
+        "err-1-truncated",
+        &with_mode(1, &bytes[..bytes.len() / 2]),
+    );
+
+    // arc: a predictions file of the fixture's first two rows (the whole
+    // one is beyond the fuzzers' 16 KiB).
+    let fixture = std::fs::read(common::data_dir().join("arc/predictions.safetensors")).unwrap();
+    let fixture = safetensors::SafeTensors::deserialize(&fixture).unwrap();
+    let rows = |name: &str, row_bytes: usize| {
+        fixture.tensor(name).unwrap().data()[..2 * row_bytes].to_vec()
+    };
+    let two_rows = [
+        ("inputs", vec![2, 900], 900 * 4, safetensors::Dtype::I32),
+        ("preds", vec![2, 900], 900 * 4, safetensors::Dtype::I32),
+        ("puzzle_identifiers", vec![2], 4, safetensors::Dtype::I32),
+        ("q_halt_logits", vec![2], 4, safetensors::Dtype::F32),
+    ]
+    .map(|(name, shape, row_bytes, dtype)| RawTensor {
+        name: name.to_string(),
+        dtype,
+        shape,
+        bytes: rows(name, row_bytes),
+    });
+    write(
+        "arc",
+        "ok-5-predictions-two-rows.safetensors",
+        &with_mode(5, &safetensors_bytes(&two_rows, None)),
+    );
+
     // batch: trm run's input.
     let sudoku: Vec<i32> = (0..2 * 81).map(|i| i % 11).collect();
     write(
@@ -299,7 +415,7 @@ fn regenerate_seeds() {
 /// The seeds are small, as a corpus kept in git should be.
 #[test]
 fn seeds_stay_small() {
-    for target in ["model_file", "official", "batch"] {
+    for target in ["model_file", "official", "batch", "engine"] {
         for path in inputs(target) {
             let len = std::fs::metadata(&path).unwrap().len();
             assert!(len <= 16 << 10, "{}: {len} bytes", path.display());

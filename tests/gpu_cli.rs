@@ -463,3 +463,37 @@ fn check_passes_and_finds_a_driver_that_cuts_loops_short() {
         );
     }
 }
+
+/// A model file claiming a million tokens (attention without position
+/// encodings or with RoPE, hidden size 8) on the GPU: the engine refuses it
+/// in one error line, exit code 1, within seconds, on every device and
+/// before anything of its size is allocated: an attention tile over
+/// S = 1,000,000 runs more loop iterations in one invocation than the loop
+/// budget every driver runs right (`src/gpu/budget.rs`; a kernel that
+/// cannot be cut, so `TRM_GPU_LOOP_BUDGET` does not lift it).
+#[test]
+fn run_gpu_refuses_a_million_token_model_in_seconds() {
+    if gpu::context().is_none() {
+        return;
+    }
+    for pos in [PosEncodings::None, PosEncodings::Rope] {
+        let model = common::million_token_model(pos);
+        let dir = temp_dir("gpu-cli-million-tokens");
+        let (model_path, input_path, _) = common::write_run_case(&dir, &model, 1, 5);
+        let output = dir.join("out.safetensors");
+        let args = [
+            "run",
+            "-m",
+            model_path.to_str().unwrap(),
+            "-i",
+            input_path.to_str().unwrap(),
+            "-o",
+            output.to_str().unwrap(),
+            "--backend",
+            "gpu",
+        ];
+        common::assert_refused_in_seconds(&args, "loop iterations in an invocation", 30.0);
+        let out = common::trm_env(&args, &[("TRM_GPU_LOOP_BUDGET", "none")]);
+        common::assert_one_error_line(&out, "loop iterations in an invocation");
+    }
+}

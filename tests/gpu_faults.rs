@@ -106,6 +106,41 @@ fn weights_beyond_the_device_limit_are_refused() {
     assert!(err.to_string().contains("layer weights"), "{err}");
 }
 
+/// The RoPE tables the engine builds on the host are checked against the
+/// memory limit before they are built, whatever the device allows: S =
+/// 1,000,000 and head_dim = 1100 make 8.8 GB of them from a model of
+/// 5.7M parameters.
+#[test]
+fn rope_tables_beyond_the_memory_limit_are_refused() {
+    let Some(context) = gpu::context() else {
+        return;
+    };
+    let config = TrmConfig::from_json(
+        r#"{"seq_len": 1000000, "vocab_size": 4, "hidden_size": 1100, "num_heads": 1,
+            "expansion": 0.05, "H_cycles": 1, "L_cycles": 1, "L_layers": 1,
+            "halt_max_steps": 1, "mlp_t": false, "pos_encodings": "rope"}"#,
+    )
+    .unwrap();
+    let model = TrmModel::random(config, 29, 0.5).unwrap();
+    let started = std::time::Instant::now();
+    let err = GpuEngine::new(&context, Arc::new(model))
+        .err()
+        .expect("RoPE tables beyond the memory limit must be refused");
+    assert!(matches!(err, TrmError::TooLarge(_)), "{err}");
+    assert!(
+        err.to_string().contains(
+            "8.2 GiB of it for RoPE tables (2 x S x head_dim floats, S = 1000000, head_dim = 1100)"
+        ),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    solve_works(&context);
+}
+
 /// A device the test owns, as an application would bring it.
 fn own_device() -> (wgpu::Device, wgpu::Queue) {
     let options = GpuOptions::default().with_env().unwrap();

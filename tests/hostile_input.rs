@@ -57,6 +57,23 @@ fn raw_safetensors(header: &str, data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Opens the hostile `bytes` as an ARC predictions file (`trm arc-eval
+/// --predictions`), which must refuse them: a header every safetensors
+/// reader refuses as such, anything else as not a predictions file.
+fn predictions_error(bytes: &[u8]) -> TrmError {
+    let path = temp_dir("hostile-predictions").join("predictions.safetensors");
+    std::fs::write(&path, bytes).unwrap();
+    match trm_wgpu::arc::Predictions::open(&path) {
+        Ok(p) => panic!("predictions of {} rows accepted", p.len()),
+        Err(e) => e,
+    }
+}
+
+fn assert_predictions_refused(bytes: &[u8]) {
+    let err = predictions_error(bytes);
+    assert!(matches!(err, TrmError::Safetensors { .. }), "{err:?}");
+}
+
 fn config_meta() -> String {
     let json = config().to_json();
     serde_json::to_string(&json).unwrap()
@@ -104,6 +121,7 @@ fn offsets_out_of_range_or_overflowing() {
             matches!(load(&bytes), Err(TrmError::Safetensors { .. })),
             "{offsets}"
         );
+        assert_predictions_refused(&bytes);
     }
     // Eight consistent tensors of 2^61 - 1 bytes: the last offset plus the
     // header length overflows inside safetensors 0.8.
@@ -118,10 +136,9 @@ fn offsets_out_of_range_or_overflowing() {
         })
         .collect::<Vec<_>>()
         .join(", ");
-    assert!(matches!(
-        load(&raw_safetensors(&format!("{{{header}}}"), &[])),
-        Err(TrmError::Safetensors { .. })
-    ));
+    let bytes = raw_safetensors(&format!("{{{header}}}"), &[]);
+    assert!(matches!(load(&bytes), Err(TrmError::Safetensors { .. })));
+    assert_predictions_refused(&bytes);
     // Offsets chained so that their sum would wrap around.
     let big = 1u64 << 62;
     let header = format!(
@@ -132,10 +149,9 @@ fn offsets_out_of_range_or_overflowing() {
         big - 1,
         3 * big
     );
-    assert!(matches!(
-        load(&raw_safetensors(&header, &[])),
-        Err(TrmError::Safetensors { .. })
-    ));
+    let bytes = raw_safetensors(&header, &[]);
+    assert!(matches!(load(&bytes), Err(TrmError::Safetensors { .. })));
+    assert_predictions_refused(&bytes);
 }
 
 #[test]
@@ -149,13 +165,19 @@ fn shapes_whose_product_overflows() {
         let header = format!(
             r#"{{"__metadata__": {{"config": {meta}}}, "inner.H_init": {{"dtype": "F32", "shape": {shape}, "data_offsets": [0, 0]}}}}"#
         );
-        let result = load(&raw_safetensors(&header, &[]));
+        let bytes = raw_safetensors(&header, &[]);
+        let result = load(&bytes);
         assert!(
             matches!(
                 result,
                 Err(TrmError::Safetensors { .. }) | Err(TrmError::TensorShape { .. })
             ),
             "{shape}: {result:?}"
+        );
+        let err = predictions_error(&bytes);
+        assert!(
+            matches!(err, TrmError::Safetensors { .. } | TrmError::Dataset { .. }),
+            "{shape}: {err:?}"
         );
     }
 }
@@ -875,4 +897,54 @@ fn cli_reports_hostile_files_on_one_line() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
+}
+
+// ---------------------------------------------------------------- ARC .npy
+
+/// A `.npy` preamble claiming a header far beyond the file is refused, for
+/// every version's length field, and nothing of the claim is allocated (the
+/// `arc` fuzzer's finding against ndarray-npy, which allocated it: 560
+/// bytes claiming 662 MB; the in-tree reader compares the claim with the
+/// bytes that follow before it slices them).
+#[test]
+fn npy_header_claiming_more_than_the_file() {
+    let fixture = common::data_dir().join("arc/data");
+    for (file, version, claim) in [
+        ("test/all__puzzle_identifiers.npy", 3u8, 662_372_470u32),
+        ("test/all__inputs.npy", 2, u32::MAX),
+        ("test/all__puzzle_indices.npy", 1, 60_000),
+    ] {
+        let dir = temp_dir("hostile-npy");
+        for name in [
+            "identifiers.json",
+            "test_puzzles.json",
+            "test/dataset.json",
+            "test/all__inputs.npy",
+            "test/all__labels.npy",
+            "test/all__puzzle_indices.npy",
+            "test/all__puzzle_identifiers.npy",
+            "test/all__group_indices.npy",
+        ] {
+            std::fs::create_dir_all(dir.join(name).parent().unwrap()).unwrap();
+            std::fs::copy(fixture.join(name), dir.join(name)).unwrap();
+        }
+        let mut bytes = b"\x93NUMPY".to_vec();
+        bytes.extend([version, 0]);
+        if version == 1 {
+            bytes.extend((claim as u16).to_le_bytes());
+        } else {
+            bytes.extend(claim.to_le_bytes());
+        }
+        bytes.extend(b"{'descr': '<i4', 'fortran_order': False, 'shape': (108,), }\n");
+        std::fs::write(dir.join(file), &bytes).unwrap();
+        let Err(err) = trm_wgpu::arc::ArcDataset::open(&dir) else {
+            panic!("{file}: a header beyond the file must be refused");
+        };
+        assert!(matches!(err, TrmError::Dataset { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("the header claims {claim} bytes")),
+            "{file}: {err}"
+        );
+    }
 }

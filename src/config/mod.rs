@@ -196,6 +196,11 @@ struct RawConfig {
     rope_theta: f64,
 }
 
+/// The product of `factors`, `u64::MAX` where it would overflow.
+fn saturating_product(factors: &[u64]) -> u64 {
+    factors.iter().fold(1u64, |acc, &f| acc.saturating_mul(f))
+}
+
 fn is_zero(n: &usize) -> bool {
     *n == 0
 }
@@ -506,10 +511,14 @@ impl TrmConfig {
     }
 
     /// FLOPs of the network calls of one ACT step for one puzzle.
+    ///
+    /// These counts saturate: a valid configuration may ask for 2^20 cycles
+    /// of 2^20 positions, beyond what a `u64` counts.
     fn flops_per_act_step_networks(&self) -> u64 {
-        self.h_cycles as u64
-            * (self.l_cycles as u64 * self.flops_per_net_call(Level::L)
-                + self.flops_per_net_call(Level::H))
+        (self.l_cycles as u64)
+            .saturating_mul(self.flops_per_net_call(Level::L))
+            .saturating_add(self.flops_per_net_call(Level::H))
+            .saturating_mul(self.h_cycles as u64)
     }
 
     /// FLOPs of the costlier of the two network calls for one puzzle: what
@@ -521,37 +530,39 @@ impl TrmConfig {
 
     /// FLOPs of one network call of `level` for one puzzle.
     pub fn flops_per_net_call(&self, level: Level) -> u64 {
-        self.level_layers(level).len() as u64 * self.flops_per_block()
+        (self.level_layers(level).len() as u64).saturating_mul(self.flops_per_block())
     }
 
     /// FLOPs of one block for one puzzle.
     pub fn flops_per_block(&self) -> u64 {
         let s = self.state_len() as u64;
         let d = self.hidden_size as u64;
-        let channel = 6 * s * d * self.channel_inter() as u64;
+        let channel = saturating_product(&[6, s, d, self.channel_inter() as u64]);
         let mixer = if self.mlp_t {
-            6 * s * d * self.token_inter() as u64
+            saturating_product(&[6, s, d, self.token_inter() as u64])
         } else {
             // qkv + o_proj + scores + weighted sum
-            2 * s * d * 3 * d + 2 * s * d * d + 4 * s * s * d
+            saturating_product(&[8, s, d, d]).saturating_add(saturating_product(&[4, s, s, d]))
         };
-        channel + mixer
+        channel.saturating_add(mixer)
     }
 
     /// FLOPs of the output heads for one puzzle (lm_head and q_head).
     pub fn flops_per_heads(&self) -> u64 {
         let d = self.hidden_size as u64;
-        2 * self.seq_len as u64 * d * self.vocab_size as u64 + 2 * 2 * d
+        saturating_product(&[2, self.seq_len as u64, d, self.vocab_size as u64])
+            .saturating_add(d.saturating_mul(4))
     }
 
     /// FLOPs of one ACT step for one puzzle.
     pub fn flops_per_act_step(&self) -> u64 {
-        self.flops_per_act_step_networks() + self.flops_per_heads()
+        self.flops_per_act_step_networks()
+            .saturating_add(self.flops_per_heads())
     }
 
     /// FLOPs of a full solve (halt_max_steps ACT steps) for one puzzle.
     pub fn flops_per_puzzle(&self) -> u64 {
-        self.halt_max_steps as u64 * self.flops_per_act_step()
+        (self.halt_max_steps as u64).saturating_mul(self.flops_per_act_step())
     }
 
     /// Number of trainable parameters (and init buffers) the configuration

@@ -226,6 +226,18 @@ impl AmxTokenMlp {
         }
     }
 
+    /// Bytes of [`AmxTokenMlp::scratch`] (what the engine checks against
+    /// its memory limit before allocating it).
+    pub fn scratch_bytes(&self) -> u64 {
+        let per_word = (self.step / 16) as u64;
+        let (seq, inter, block) = (self.seq as u64, self.inter as u64, BLOCK as u64);
+        let gated_f32 = match self.weights {
+            Weights::Int8 { .. } => inter * block,
+            Weights::Bf16 { .. } => 0,
+        };
+        4 * (seq * block + self.steps as u64 * 16 * block + inter / per_word * block + gated_f32)
+    }
+
     /// Scratch for [`AmxTokenMlp::apply`] on one thread.
     pub fn scratch(&self) -> AmxTokenScratch {
         let per_word = self.step / 16;

@@ -48,7 +48,7 @@ use std::sync::{Arc, Mutex};
 use faer::MatMut;
 use rayon::prelude::*;
 
-use crate::batch::PuzzleBatch;
+use crate::batch::{PuzzleBatch, check_memory};
 use crate::config::{Level, PosEncodings, TrmConfig};
 use crate::error::{Result, TrmError};
 use crate::model::TrmModel;
@@ -77,6 +77,12 @@ const MAX_ROWS_PER_TASK: usize = 256;
 /// columns did not (1.6 MiB with 2 MiB of L2), and every network call ran
 /// about a fifth slower; 32 to 128 measured the same.
 const MAX_COLS_PER_TASK: usize = 64;
+
+/// Worker threads a CPU engine runs at most: more than the cores of any
+/// machine this runs on, few enough to start in a moment (a typo such as
+/// `--threads 1000000000` would otherwise start threads until the system
+/// refuses, for minutes).
+pub const MAX_THREADS: usize = 4096;
 
 /// Runs TRM on the CPU.
 ///
@@ -121,6 +127,9 @@ pub struct CpuEngine {
     work: Option<Work>,
     /// What the products multiply the weights with.
     activations: ActivationPrecision,
+    /// Bytes the engine may allocate beyond the weights (scratch, tables,
+    /// a solve's buffers): [`CpuOptions::memory_limit`].
+    memory_limit: u64,
 }
 
 /// How a network call is cut into tasks for the current group of puzzles,
@@ -161,6 +170,15 @@ struct Buffers {
 }
 
 impl Buffers {
+    /// Bytes of [`Buffers::new`] for `puzzles` puzzles (saturating).
+    fn bytes(config: &TrmConfig, puzzles: usize) -> u64 {
+        let rows = (puzzles as u64).saturating_mul(config.state_len() as u64);
+        // qkv's 3 D and the heads' D floats a row, for attention
+        let floats_per_d = if config.mlp_t { 0 } else { 3 + 1 };
+        rows.saturating_mul(config.hidden_size as u64)
+            .saturating_mul(floats_per_d * 4)
+    }
+
     fn new(config: &TrmConfig, puzzles: usize) -> Self {
         let rows = puzzles * config.state_len();
         let attention = if config.mlp_t {
@@ -175,12 +193,131 @@ impl Buffers {
     }
 }
 
+/// One pool thread's scratch in elements, sized before anything is
+/// allocated: [`CpuEngine::with_options`] checks what all threads' take
+/// against its memory limit, then allocates exactly these. (u64: the
+/// sizes of a hostile configuration may exceed a `usize`.)
+#[derive(Clone, Copy, Debug)]
+struct ScratchSizes {
+    /// f32: one head's attention scores, S^2 (attention models).
+    scores: u64,
+    /// f32: the channel SwiGLU's gated activations, `[r, inter(D)]`.
+    gated: u64,
+    /// f32: its second product's (or o_proj's) output, `[r, D]`.
+    update: u64,
+    /// f32: the token-mixing MLP's scratch (MLP models).
+    token: u64,
+    /// u8: the int8 products' quantized inputs (the wider of the two).
+    quantized: u64,
+    /// f32: their per-row scales.
+    row_scales: u64,
+    /// u16: the bf16 products' inputs (bf16 weights on AMX).
+    bf16: u64,
+    /// bytes: the AMX token mixer's scratch (MLP models on AMX).
+    amx_token: u64,
+}
+
+impl ScratchSizes {
+    fn new(config: &TrmConfig, layers: &[PackedLayer]) -> Self {
+        let (s, d) = (config.state_len() as u64, config.hidden_size as u64);
+        let inter = config.channel_inter() as u64;
+        // channel SwiGLU and o_proj: row tasks of at most
+        // MAX_ROWS_PER_TASK (Plan keeps them within it)
+        let r = MAX_ROWS_PER_TASK as u64;
+        let int8 = layers.iter().any(|l| l.channel.int8_kernel().is_some());
+        ScratchSizes {
+            scores: if config.mlp_t { 0 } else { s * s },
+            gated: r * inter,
+            update: r * d,
+            token: match layers.first().map(|l| &l.mixer) {
+                Some(PackedMixer::Mlp(mlp)) => mlp.scratch_floats() as u64,
+                _ => 0,
+            },
+            quantized: if int8 {
+                r * inter.max(d).next_multiple_of(64)
+            } else {
+                0
+            },
+            row_scales: if int8 { r } else { 0 },
+            bf16: layers
+                .first()
+                .map_or(0, |l| l.bf16_scratch(r as usize) as u64),
+            amx_token: match layers.first().map(|l| &l.mixer) {
+                Some(PackedMixer::AmxMlp(mlp)) => mlp.scratch_bytes(),
+                _ => 0,
+            },
+        }
+    }
+
+    /// What `threads` threads' scratch takes, by part (bytes, saturating).
+    fn memory(&self, config: &TrmConfig, threads: usize) -> [(String, u64); 2] {
+        let t = threads as u64;
+        let rest = 4 * (self.gated + self.update + self.token + self.row_scales)
+            + self.quantized
+            + 2 * self.bf16
+            + self.amx_token;
+        let threads = if threads == 1 {
+            "1 thread".to_string()
+        } else {
+            format!("{threads} threads")
+        };
+        [
+            (
+                format!(
+                    "attention scores ({threads} x S^2 floats, S = {})",
+                    config.state_len()
+                ),
+                t.saturating_mul(4 * self.scores),
+            ),
+            (
+                format!("the task scratch of {threads}"),
+                t.saturating_mul(rest),
+            ),
+        ]
+    }
+
+    /// One thread's scratch.
+    fn allocate(&self, layers: &[PackedLayer]) -> Result<TaskScratch> {
+        let len = |n: u64| {
+            usize::try_from(n).map_err(|_| {
+                TrmError::TooLarge(format!("{n} elements of scratch exceed the address space"))
+            })
+        };
+        Ok(TaskScratch {
+            wide: vec![0.0; len(self.scores)?],
+            gated: vec![0.0; len(self.gated)?],
+            update: vec![0.0; len(self.update)?],
+            token: match layers.first().map(|l| &l.mixer) {
+                Some(PackedMixer::Mlp(mlp)) => mlp.scratch(),
+                _ => TokenScratch::default(),
+            },
+            amx_token: match layers.first().map(|l| &l.mixer) {
+                Some(PackedMixer::AmxMlp(mlp)) => mlp.scratch(),
+                _ => Default::default(),
+            },
+            quantized: vec![0; len(self.quantized)?],
+            row_scales: vec![0.0; len(self.row_scales)?],
+            bf16: vec![0; len(self.bf16)?],
+        })
+    }
+}
+
 /// What the CPU engine reads outside the blocks, widened to f32 once.
 struct Tables {
     embed_tokens: Vec<f32>,
     embed_pos: Option<Vec<f32>>,
     lm_head: Vec<f32>,
     q_head: Vec<f32>,
+}
+
+/// The workers a pool of `threads` has: 1 where the platform cannot start
+/// threads (WebAssembly without atomics: the browser page).
+fn pool_threads(threads: usize) -> usize {
+    if cfg!(all(target_arch = "wasm32", not(target_feature = "atomics"))) {
+        1
+    } else {
+        threads
+    }
 }
 
 /// A pool of `threads` workers; where the platform cannot start threads
@@ -226,10 +363,9 @@ fn worker_pool(threads: usize) -> Result<(Arc<rayon::ThreadPool>, usize)> {
 }
 
 impl CpuEngine {
-    /// An engine on all available cores.
+    /// An engine on all available cores (at most [`MAX_THREADS`]).
     pub fn new(model: Arc<TrmModel>) -> Result<Self> {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self::with_threads(model, threads)
+        Self::with_options(model, CpuOptions::default())
     }
 
     /// An engine on `threads` worker threads.
@@ -238,49 +374,66 @@ impl CpuEngine {
     }
 
     /// An engine made as `options` say.
+    ///
+    /// Fails with [`TrmError::TooLarge`] beyond [`MAX_THREADS`] threads, or
+    /// when the memory the configuration implies (every thread's scratch,
+    /// the attention scores of S^2 floats among it, and the RoPE tables)
+    /// exceeds [`CpuOptions::memory_limit`]: checked before anything is
+    /// allocated or a thread started. Fails with [`TrmError::Config`] on a
+    /// SwiGLU of width 0.
     pub fn with_options(model: Arc<TrmModel>, options: CpuOptions) -> Result<Self> {
         let threads = options
             .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .unwrap_or_else(|| {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                cores.min(MAX_THREADS)
+            })
             .max(1);
+        if threads > MAX_THREADS {
+            return Err(TrmError::TooLarge(format!(
+                "{threads} CPU threads asked for; the CPU engine runs at most {MAX_THREADS}"
+            )));
+        }
+        let memory_limit = match options.memory_limit {
+            Some(bytes) => bytes,
+            None => PuzzleBatch::max_state_bytes()?,
+        };
         let kernels = options.kernels.resolve()?;
-        let (pool, threads) = worker_pool(threads)?;
         let config = model.config();
+        // a valid configuration, whose products the kernels cannot take
+        // (expansion 0.05 at D = 8 rounds inter(D) to 0)
+        let (channel, token) = (config.channel_inter(), config.token_inter());
+        if channel == 0 || (config.mlp_t && token == 0) {
+            return Err(TrmError::Config(format!(
+                "the CPU engine needs SwiGLU widths of at least 1, but expansion {} makes inter(D = {}) = {channel}{}",
+                config.expansion,
+                config.hidden_size,
+                if config.mlp_t {
+                    format!(" and inter(S = {}) = {token}", config.state_len())
+                } else {
+                    String::new()
+                }
+            )));
+        }
+        // the weights' own copy: sized by the model, not the configuration
+        let layers = PackedLayer::for_model(&model, options.activations, kernels);
+        let sizes = ScratchSizes::new(config, &layers);
+        let rope_memory = crate::model::maths::rope_tables_memory(config);
+        check_memory(
+            "the CPU engine",
+            &sizes
+                .memory(config, pool_threads(threads))
+                .into_iter()
+                .chain([rope_memory])
+                .collect::<Vec<_>>(),
+            memory_limit,
+        )?;
+        let (pool, threads) = worker_pool(threads)?;
         let rope = (!config.mlp_t && config.pos_encodings == PosEncodings::Rope)
             .then(|| rope_tables(config.state_len(), config.head_dim(), config.rope_theta));
-        let (s, d) = (config.state_len(), config.hidden_size);
-        let layers = PackedLayer::for_model(&model, options.activations, kernels);
-        // the int8 products' quantized inputs: the wider of the two
-        let quantized = if layers.iter().any(|l| l.channel.int8_kernel().is_some()) {
-            MAX_ROWS_PER_TASK * config.channel_inter().max(d).next_multiple_of(64)
-        } else {
-            0
-        };
-        // channel SwiGLU and o_proj: row tasks of at most
-        // MAX_ROWS_PER_TASK (Plan keeps them within it)
-        let r = MAX_ROWS_PER_TASK;
-        // attention scores of one head
-        let scores = if config.mlp_t { 0 } else { s * s };
         let scratch = (0..threads)
-            .map(|_| {
-                Mutex::new(TaskScratch {
-                    wide: vec![0.0; scores],
-                    gated: vec![0.0; r * config.channel_inter()],
-                    update: vec![0.0; r * d],
-                    token: match layers.first().map(|l| &l.mixer) {
-                        Some(PackedMixer::Mlp(mlp)) => mlp.scratch(),
-                        _ => TokenScratch::default(),
-                    },
-                    amx_token: match layers.first().map(|l| &l.mixer) {
-                        Some(PackedMixer::AmxMlp(mlp)) => mlp.scratch(),
-                        _ => Default::default(),
-                    },
-                    quantized: vec![0; quantized],
-                    row_scales: vec![0.0; if quantized > 0 { r } else { 0 }],
-                    bf16: vec![0; layers.first().map_or(0, |l| l.bf16_scratch(r))],
-                })
-            })
-            .collect();
+            .map(|_| sizes.allocate(&layers).map(Mutex::new))
+            .collect::<Result<_>>()?;
         let w = model.weights();
         let tables = Tables {
             embed_tokens: w.embed_tokens.to_f32(),
@@ -299,6 +452,7 @@ impl CpuEngine {
             step_buffers: Mutex::new(None),
             work: None,
             activations: options.activations,
+            memory_limit,
         })
     }
 
@@ -407,6 +561,10 @@ impl CpuEngine {
             Err(poisoned) => poisoned.into_inner(),
         };
         if !matches!(&*cached, Some((n, _)) if *n == puzzles) {
+            *cached = None; // the old buffers go first
+            let bytes = Buffers::bytes(config, puzzles);
+            let what = format!("the attention buffers of {puzzles} puzzles");
+            check_memory("the CPU engine", &[(what, bytes)], self.memory_limit)?;
             *cached = Some((puzzles, Buffers::new(config, puzzles)));
         }
         if let Some((_, buffers)) = cached.as_mut() {

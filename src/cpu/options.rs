@@ -63,13 +63,19 @@ impl std::str::FromStr for ActivationPrecision {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CpuOptions {
-    /// Worker threads (default: all cores).
+    /// Worker threads (default: all cores, at most
+    /// [`MAX_THREADS`](super::MAX_THREADS)).
     pub threads: Option<usize>,
     /// What the products multiply the weights with.
     pub activations: ActivationPrecision,
     /// Which instructions the matched-activation products may run on
     /// (default: the fastest the CPU has; forcing one the CPU lacks fails).
     pub kernels: KernelChoice,
+    /// Bytes the engine may allocate beyond the model's weights: every
+    /// thread's scratch, the RoPE tables and a solve's buffers, all sized
+    /// by the configuration and checked before anything is allocated
+    /// (default: [`PuzzleBatch::max_state_bytes`](crate::PuzzleBatch::max_state_bytes), 8 GiB).
+    pub memory_limit: Option<u64>,
 }
 
 impl CpuOptions {
@@ -88,6 +94,12 @@ impl CpuOptions {
     /// Sets [`CpuOptions::kernels`].
     pub fn kernels(mut self, kernels: KernelChoice) -> Self {
         self.kernels = kernels;
+        self
+    }
+
+    /// Sets [`CpuOptions::memory_limit`].
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.memory_limit = Some(bytes);
         self
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::{Buffers, CpuEngine, Plan, join, ops};
-use crate::batch::PuzzleBatch;
+use crate::batch::{PuzzleBatch, check_memory};
 use crate::config::{Level, TrmConfig};
 use crate::error::{Result, TrmError};
 use crate::program::{self, ActReport, ActRun, Call, Fill, SlotEngine, act_step_calls};
@@ -26,6 +26,32 @@ pub(super) struct Work {
     /// heads.
     logits: Vec<f32>,
     q: Vec<[f32; 2]>,
+}
+
+impl Work {
+    /// The memory of `slots` slots by part (bytes, saturating): what
+    /// [`SlotEngine::open_slots`] checks before allocating.
+    fn memory(config: &TrmConfig, slots: usize) -> [(String, u64); 3] {
+        let slots64 = slots as u64;
+        let sd = (config.state_len() as u64).saturating_mul(config.hidden_size as u64);
+        let logits = (config.seq_len as u64).saturating_mul(config.vocab_size as u64);
+        [
+            (
+                format!("the states x, y, z and injection of {slots} puzzles"),
+                slots64.saturating_mul(sd).saturating_mul(4 * 4),
+            ),
+            (
+                format!("the attention buffers of {slots} puzzles"),
+                Buffers::bytes(config, slots),
+            ),
+            (
+                format!("the logits and Q values of {slots} puzzles"),
+                slots64
+                    .saturating_mul(logits.saturating_add(2))
+                    .saturating_mul(4),
+            ),
+        ]
+    }
 }
 
 impl CpuEngine {
@@ -120,12 +146,17 @@ impl SlotEngine for CpuEngine {
     fn open_slots(&mut self, slots: usize) -> Result<usize> {
         let config = self.model.config();
         let slots = slots.max(1);
-        let sd = config.state_len() * config.hidden_size;
-        let n = slots * sd;
         // the buffers of the last stream serve when they are large enough
         match &mut self.work {
             Some(work) if work.slots >= slots => {}
             _ => {
+                self.work = None; // the old buffers go first
+                check_memory(
+                    "the CPU engine",
+                    &Work::memory(config, slots),
+                    self.memory_limit,
+                )?;
+                let n = slots * config.state_len() * config.hidden_size;
                 self.work = Some(Work {
                     slots,
                     x: vec![0.0; n],

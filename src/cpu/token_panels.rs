@@ -121,6 +121,11 @@ impl TokenMlp {
         self.vector.0 * self.vector.1
     }
 
+    /// f32 elements of one [`TokenMlp::scratch`].
+    pub fn scratch_floats(&self) -> usize {
+        (self.seq + self.inter) * self.block()
+    }
+
     /// Scratch for [`TokenMlp::apply`] on one thread.
     pub fn scratch(&self) -> TokenScratch {
         TokenScratch {

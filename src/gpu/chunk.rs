@@ -21,10 +21,10 @@ use crate::model::TrmModel;
 use super::budget;
 use super::context::GpuContext;
 use super::embed::Embed;
-use super::engine::{Resident, StepKernel};
 use super::halt;
 use super::layout::{self, PARAMS_BYTES, Params};
 use super::options::GpuRunOptions;
+use super::resident::{Resident, StepKernel};
 use super::spread::{self, SpreadPlan};
 
 /// Bytes of a word (f32 or u32).

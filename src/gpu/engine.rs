@@ -12,7 +12,6 @@ use crate::error::{Result, TrmError};
 use crate::model::TrmModel;
 use crate::program;
 use crate::solve::{Carry, Engine, SolveOptions, SolveOutput};
-use crate::weights::Precision;
 
 use super::budget;
 use super::chunk::{self, Chunk, WORD};
@@ -20,73 +19,13 @@ use super::context::{self, GpuContext};
 use super::embed::Embed;
 use super::halt::Halt;
 use super::heads::Heads;
-use super::layout::{PARAMS_BYTES, Workgroups};
+use super::layout::PARAMS_BYTES;
+use super::noise;
+use super::options::RecordedDispatch;
 use super::options::{GpuRunOptions, GpuSchedule, GpuStats, WorkgroupSpread};
-use super::record::RecordedDispatch;
+use super::resident::{Resident, StepKernel};
 use super::spread::{SpreadKernels, SpreadPlan};
-use super::step_common::{Lanes, StepPipeline};
-use super::{attention_step, mixer_step, noise};
-
-/// The network-call kernel of the model's variant: `mixer_step` for the
-/// MLP-mixer model, `attention_step` for the attention model. Both bind the
-/// same buffers and run a call's segments, one dispatch each.
-pub(super) struct StepKernel {
-    pub pipeline: StepPipeline,
-}
-
-impl StepKernel {
-    /// Builds the kernel of `model`'s variant.
-    pub fn new(ctx: &GpuContext, model: &TrmModel) -> Result<Self> {
-        Ok(if model.config().mlp_t {
-            StepKernel {
-                pipeline: mixer_step::new(ctx, model)?,
-            }
-        } else {
-            StepKernel {
-                pipeline: attention_step::new(ctx, model)?,
-            }
-        })
-    }
-
-    /// Floats of per-puzzle scratch the variant's kernel needs.
-    pub fn scratch_floats(config: &TrmConfig) -> usize {
-        if config.mlp_t {
-            mixer_step::scratch_floats(config)
-        } else {
-            attention_step::scratch_floats(config)
-        }
-    }
-
-    /// Bytes of the weights the variant's kernel binds, stored at
-    /// `precision`.
-    pub fn weight_bytes(config: &TrmConfig, precision: Precision) -> u64 {
-        if config.mlp_t {
-            mixer_step::weight_bytes(config, precision)
-        } else {
-            attention_step::weight_bytes(config, precision)
-        }
-    }
-
-    pub fn record(
-        &self,
-        pass: &mut wgpu::ComputePass<'_>,
-        chunk: &Chunk,
-        params_offset: u32,
-        workgroups: Workgroups<'_>,
-    ) {
-        self.pipeline
-            .record(pass, &chunk.step_group, params_offset, workgroups)
-    }
-}
-
-/// What a model puts on a device once: its weights and the kernels that
-/// read them.
-pub(super) struct Resident {
-    pub step: StepKernel,
-    pub embed: Embed,
-    pub heads: Heads,
-    pub halt: Halt,
-}
+use super::step_common::Lanes;
 
 /// Runs TRM on a GPU through wgpu.
 ///
@@ -430,9 +369,16 @@ impl GpuEngine {
 
 /// The weights of each kernel must fit one storage binding: the layers at
 /// the model's precision (as the step kernels store them), the embeddings
-/// and heads widened to f32.
+/// and heads widened to f32; and the RoPE tables the host builds for them,
+/// the memory limit ([`crate::PuzzleBatch::max_state_bytes`]).
 fn check_weights_fit(ctx: &GpuContext, model: &TrmModel) -> Result<()> {
     let config = model.config();
+    // the RoPE tables are built on the host before the device sees them
+    crate::batch::check_memory(
+        "the GPU engine",
+        &[crate::model::maths::rope_tables_memory(config)],
+        crate::PuzzleBatch::max_state_bytes()?,
+    )?;
     let limits = ctx.limits();
     let limit = limits
         .max_storage_buffer_binding_size

@@ -70,6 +70,7 @@ mod options;
 mod probe;
 mod readback;
 mod record;
+mod resident;
 mod slots;
 mod spread;
 mod step_common;

@@ -309,3 +309,20 @@ impl GpuRunOptions {
         self
     }
 }
+
+/// One dispatch as recorded (for the log tests compare).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct RecordedDispatch {
+    pub kernel: &'static str,
+    pub params_offset: u32,
+    pub workgroups: String,
+}
+
+impl RecordedDispatch {
+    pub fn describe(&self) -> String {
+        format!(
+            "{} @ {} x {}",
+            self.kernel, self.params_offset, self.workgroups
+        )
+    }
+}

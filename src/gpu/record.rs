@@ -14,8 +14,8 @@ use super::engine::GpuEngine;
 use super::halt;
 use super::layout::Workgroups;
 use super::options::GpuSchedule;
+use super::options::RecordedDispatch;
 use super::spread::Dispatch;
-use super::timing::Stamps;
 
 /// One recorded command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,20 +77,27 @@ pub(super) struct Copy<'a> {
     pub bytes: u64,
 }
 
-/// One dispatch as recorded (for the log tests compare).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct RecordedDispatch {
-    pub kernel: &'static str,
-    pub params_offset: u32,
-    pub workgroups: String,
+/// Query set and buffers of the two timestamps of a pass.
+pub(super) struct Stamps {
+    pub(super) set: wgpu::QuerySet,
+    pub(super) resolve: wgpu::Buffer,
+    pub(super) read: wgpu::Buffer,
 }
 
-impl RecordedDispatch {
-    pub fn describe(&self) -> String {
-        format!(
-            "{} @ {} x {}",
-            self.kernel, self.params_offset, self.workgroups
-        )
+impl Stamps {
+    /// The pass descriptor's writes: index 0 at the start, 1 at the end.
+    pub(super) fn pass_writes(&self) -> wgpu::ComputePassTimestampWrites<'_> {
+        wgpu::ComputePassTimestampWrites {
+            query_set: &self.set,
+            beginning_of_pass_write_index: Some(0),
+            end_of_pass_write_index: Some(1),
+        }
+    }
+
+    /// Resolves both stamps and copies them where the host can map them.
+    pub(super) fn resolve(&self, encoder: &mut wgpu::CommandEncoder) {
+        encoder.resolve_query_set(&self.set, 0..2, &self.resolve, 0);
+        encoder.copy_buffer_to_buffer(&self.resolve, 0, &self.read, 0, 16);
     }
 }
 
@@ -254,7 +261,9 @@ impl GpuEngine {
                         // any fused block: they all hold q_base, batch and the slices
                         Planned::Halt => resident.halt.record(&mut pass, &chunk.halt_group, 0),
                         Planned::Fused { offset, groups } => {
-                            resident.step.record(&mut pass, chunk, *offset, *groups)
+                            resident
+                                .step
+                                .record(&mut pass, &chunk.step_group, *offset, *groups)
                         }
                         Planned::Heads { offset, groups } => {
                             resident

@@ -16,7 +16,7 @@ use web_time::Instant;
 
 use super::chunk::Chunk;
 use super::engine::GpuEngine;
-use super::record::{Active, Staging};
+use super::record::{Active, Staging, Stamps};
 use crate::batch::PuzzleBatch;
 use crate::error::{Result, TrmError};
 use crate::program::{Fill, SlotEngine, act_step_calls};
@@ -39,30 +39,6 @@ impl RecursionTiming {
     /// GPU time per recursion step (of the whole batch), where measured.
     pub fn gpu_per_step(&self) -> Option<Duration> {
         self.gpu.map(|t| t / self.steps.max(1) as u32)
-    }
-}
-
-/// Query set and buffers of the two timestamps of a pass.
-pub(super) struct Stamps {
-    set: wgpu::QuerySet,
-    resolve: wgpu::Buffer,
-    read: wgpu::Buffer,
-}
-
-impl Stamps {
-    /// The pass descriptor's writes: index 0 at the start, 1 at the end.
-    pub(super) fn pass_writes(&self) -> wgpu::ComputePassTimestampWrites<'_> {
-        wgpu::ComputePassTimestampWrites {
-            query_set: &self.set,
-            beginning_of_pass_write_index: Some(0),
-            end_of_pass_write_index: Some(1),
-        }
-    }
-
-    /// Resolves both stamps and copies them where the host can map them.
-    pub(super) fn resolve(&self, encoder: &mut wgpu::CommandEncoder) {
-        encoder.resolve_query_set(&self.set, 0..2, &self.resolve, 0);
-        encoder.copy_buffer_to_buffer(&self.resolve, 0, &self.read, 0, 16);
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::f32::consts::FRAC_1_SQRT_2;
 
-use crate::config::TrmConfig;
+use crate::config::{PosEncodings, TrmConfig};
 
 /// Scale of the learned position embedding, `x = scale * (x + pos)`: the
 /// authors write 0.707106781, which rounds to the same f32 as 1/sqrt(2).
@@ -22,6 +22,19 @@ pub fn embedding_scale(config: &TrmConfig) -> f32 {
 /// engines apply it inside the softmax).
 pub fn attention_scale(head_dim: usize) -> f32 {
     1.0 / (head_dim as f32).sqrt()
+}
+
+/// What the tables of [`rope_tables`] for `config` hold, and their bytes
+/// (0 unless it is a RoPE attention model): both engines build them on the
+/// host, and check this against their memory limit first.
+pub(crate) fn rope_tables_memory(config: &TrmConfig) -> (String, u64) {
+    let rope = !config.mlp_t && config.pos_encodings == PosEncodings::Rope;
+    let (s, head_dim) = (config.state_len() as u64, config.head_dim() as u64);
+    let floats = if rope { 2 * s * head_dim } else { 0 };
+    (
+        format!("RoPE tables (2 x S x head_dim floats, S = {s}, head_dim = {head_dim})"),
+        4 * floats,
+    )
 }
 
 /// RoPE tables `cos`, `sin`, each `[positions, head_dim]`, computed as the

@@ -468,3 +468,31 @@ pub fn test_log_header() -> trm_wgpu::arc::LogHeader {
         std::path::Path::new("written-by-a-test"),
     )
 }
+
+/// A model whose configuration claims a million tokens per puzzle while
+/// its file holds a few KiB: an attention model with RoPE or without
+/// position encodings has no tensor whose shape depends on `seq_len`
+/// (hidden size 8, one head). Its S^2 attention scores would take 4 TB.
+pub fn million_token_model(pos: trm_wgpu::PosEncodings) -> TrmModel {
+    let config = TrmConfig::from_json(&format!(
+        r#"{{"seq_len": 1000000, "vocab_size": 4, "num_puzzle_identifiers": 1,
+            "hidden_size": 8, "expansion": 4, "num_heads": 1, "H_cycles": 1,
+            "L_cycles": 1, "L_layers": 1, "halt_max_steps": 1, "mlp_t": false,
+            "pos_encodings": "{}", "puzzle_emb_ndim": 0}}"#,
+        pos.as_str()
+    ))
+    .unwrap();
+    TrmModel::random(config, 29, 0.5).unwrap()
+}
+
+/// Runs `trm` with `args`, checking that it ends within `seconds` with
+/// exit code 1 and one `error: ` line containing `needle`.
+pub fn assert_refused_in_seconds(args: &[&str], needle: &str, seconds: f64) {
+    let started = std::time::Instant::now();
+    let out = trm(args);
+    let elapsed = started.elapsed().as_secs_f64();
+    assert_one_error_line(&out, needle);
+    assert_eq!(out.status.code(), Some(1), "{args:?}");
+    assert!(elapsed < seconds, "{args:?} took {elapsed:.1} s");
+    eprintln!("{args:?}: refused in {elapsed:.2} s");
+}

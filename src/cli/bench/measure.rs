@@ -14,30 +14,8 @@ use trm_wgpu::{
     GpuSchedule, PuzzleBatch, Result, TrmConfig, TrmModel,
 };
 
-use super::report::GpuRow;
+use super::report::{GpuRow, Timed};
 use super::{Bench, BenchArgs};
-
-/// What a time box measured: steps run (not multiplied by the batch), wall
-/// and GPU time.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Timed {
-    pub(super) steps: u64,
-    pub(super) wall: Duration,
-    pub(super) gpu: Option<Duration>,
-}
-
-impl Timed {
-    /// Wall time per step.
-    pub(super) fn wall_per_step(&self) -> Duration {
-        self.wall.div_f64(self.steps.max(1) as f64)
-    }
-
-    /// `total` (the wall or the GPU time of the steps run) per step, in
-    /// milliseconds.
-    pub(super) fn ms_per_step(&self, total: Duration) -> f64 {
-        total.as_secs_f64() * 1e3 / self.steps.max(1) as f64
-    }
-}
 
 /// Runs `run(steps)` (which returns its wall and GPU time) with growing
 /// step counts until the time box is spent, after one run of a step to warm

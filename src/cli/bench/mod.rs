@@ -31,7 +31,8 @@ use std::time::{Duration, Instant};
 
 use trm_wgpu::gpu::{AdapterReport, list_adapters};
 use trm_wgpu::{
-    ActivationPrecision, GpuBackend, GpuSchedule, Result, TrmConfig, TrmError, TrmModel,
+    ActivationPrecision, GpuBackend, GpuSchedule, PuzzleBatch, Result, TrmConfig, TrmError,
+    TrmModel,
 };
 use trm_wgpu::{Arch, Precision};
 
@@ -394,6 +395,11 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         return Err(TrmError::Input(
             "--act-steps, --batch and --max-batch must be positive".into(),
         ));
+    }
+    // a batch is held to the limit on an input's state, before it is made
+    let limit = PuzzleBatch::max_state_bytes()?;
+    for &batch in &args.batch {
+        PuzzleBatch::check_state_bytes(&config, batch, limit, "--batch")?;
     }
     let row_seconds = args.seconds.map(|s| seconds(s, "--seconds")).transpose()?;
     let budget = seconds(args.budget.unwrap_or(DEFAULT_BUDGET_S), "--budget")?;

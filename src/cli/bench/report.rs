@@ -4,13 +4,35 @@
 //! writes is here.
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde::Serialize;
 use trm_wgpu::gpu::{GpuStats, LaneWidths, WorkgroupSpread};
 use trm_wgpu::{GpuSchedule, Precision, Result, TrmError};
 
 use super::Bench;
-use super::measure::Timed;
+
+/// What a time box measured: steps run (not multiplied by the batch), wall
+/// and GPU time.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Timed {
+    pub(super) steps: u64,
+    pub(super) wall: Duration,
+    pub(super) gpu: Option<Duration>,
+}
+
+impl Timed {
+    /// Wall time per step.
+    pub(super) fn wall_per_step(&self) -> Duration {
+        self.wall.div_f64(self.steps.max(1) as f64)
+    }
+
+    /// `total` (the wall or the GPU time of the steps run) per step, in
+    /// milliseconds.
+    pub(super) fn ms_per_step(&self, total: Duration) -> f64 {
+        total.as_secs_f64() * 1e3 / self.steps.max(1) as f64
+    }
+}
 
 /// One measured row.
 #[derive(Serialize, Debug)]

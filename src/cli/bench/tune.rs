@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use trm_wgpu::{GpuSchedule, Result};
 
-use super::measure::{Gpu, Timed};
-use super::report::{Tune, TunePoint};
+use super::measure::Gpu;
+use super::report::{Timed, Tune, TunePoint};
 use super::{Bench, fits, linear_estimate};
 
 /// Default time box of a --tune row.
